@@ -1,0 +1,2 @@
+//! The secure-routes binary. (in progress)
+fn main() {}

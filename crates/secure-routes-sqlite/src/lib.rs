@@ -1,0 +1,1 @@
+//! SQLite stores for secure-routes. (in progress)

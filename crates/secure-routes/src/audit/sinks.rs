@@ -1,0 +1,1 @@
+//! Built-in sinks. STUB: to be completed.

@@ -1,0 +1,1 @@
+//! JWT authenticator. STUB: to be completed.

@@ -1,0 +1,193 @@
+//! Authentication: the [`Authenticator`] trait, the [`Principal`] it yields, and two
+//! implementations ([`jwt::JwtAuthenticator`], [`api_key::ApiKeyAuthenticator`]).
+//!
+//! An authenticator sees the request head only (never the body), and answers one of three
+//! ways: a [`Principal`], [`AuthError::Missing`] when the request carries no credential it
+//! understands, or [`AuthError::Invalid`] when it carries a bad one. The pipeline turns both
+//! errors into `401` with `WWW-Authenticate: Bearer` and audits the failure.
+//!
+//! A principal remembers where its credential came from. A cookie is *ambient*: the browser
+//! attaches it to cross-site requests too, so a principal authenticated by a cookie still has
+//! to pass the CSRF token check; one authenticated by an `Authorization` header does not.
+//!
+//! ```
+//! use secure_routes::auth::{CredentialSource, Principal};
+//! let p = Principal::new("alice", CredentialSource::Cookie);
+//! assert!(p.is_ambient());
+//! assert_eq!(p.subject(), "alice");
+//! ```
+
+pub mod api_key;
+pub mod jwt;
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use http::request::Parts;
+
+pub use crate::rate_limit::BoxFuture;
+use crate::response::problem::Rejection;
+
+/// Where a principal's credential was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CredentialSource {
+    /// `Authorization: Bearer ...` (or another explicit header): not sent by browsers on
+    /// their own, so no CSRF token is needed.
+    Header,
+    /// A cookie: ambient, so CSRF protection applies.
+    Cookie,
+    /// An API key header.
+    ApiKey,
+}
+
+/// An authenticated caller.
+///
+/// Handlers take it as an extractor; it is present whenever the route's policy requires
+/// authentication (and the request got that far).
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use secure_routes::Principal;
+/// async fn me(p: Principal) -> String { format!("hello {}", p.subject()) }
+/// let _app: Router = Router::new().route("/me", get(me));
+/// ```
+#[derive(Clone, Debug)]
+pub struct Principal {
+    subject: Arc<str>,
+    source: CredentialSource,
+    claims: Arc<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Principal {
+    /// A principal with no extra claims.
+    pub fn new(subject: impl Into<Arc<str>>, source: CredentialSource) -> Self {
+        Self {
+            subject: subject.into(),
+            source,
+            claims: Arc::default(),
+        }
+    }
+
+    /// Attaches the verified claims (for JWTs, the whole payload).
+    pub fn with_claims(mut self, claims: serde_json::Map<String, serde_json::Value>) -> Self {
+        self.claims = Arc::new(claims);
+        self
+    }
+
+    /// The stable subject identifier (`sub` for JWTs, the key id for API keys).
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// Where the credential came from.
+    pub fn source(&self) -> CredentialSource {
+        self.source
+    }
+
+    /// Whether the credential was ambient (a cookie), so CSRF protection applies.
+    pub fn is_ambient(&self) -> bool {
+        self.source == CredentialSource::Cookie
+    }
+
+    /// A verified claim by name.
+    pub fn claim(&self, name: &str) -> Option<&serde_json::Value> {
+        self.claims.get(name)
+    }
+
+    /// All verified claims.
+    pub fn claims(&self) -> &serde_json::Map<String, serde_json::Value> {
+        &self.claims
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
+    type Rejection = Rejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| Rejection::unauthorized("no authenticated principal on this route"))
+    }
+}
+
+impl<S: Send + Sync> axum::extract::OptionalFromRequestParts<S> for Principal {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<Principal>().cloned())
+    }
+}
+
+/// Why authentication failed. The reason is for the audit log, never for the client.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// No credential this authenticator understands.
+    #[error("no credential")]
+    Missing,
+    /// A credential was present but did not verify; the reason is safe to log (it never
+    /// contains the credential).
+    #[error("invalid credential: {0}")]
+    Invalid(&'static str),
+    /// The authenticator could not decide (a key server is down): answered with 503.
+    #[error("authenticator unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Verifies a request's credentials.
+///
+/// Object safe, so one `Arc<dyn Authenticator>` serves every policy.
+///
+/// ```
+/// use secure_routes::auth::{AuthError, Authenticator, BoxFuture, CredentialSource, Principal};
+/// struct Everyone;
+/// impl Authenticator for Everyone {
+///     fn authenticate<'a>(&'a self, _: &'a http::request::Parts)
+///         -> BoxFuture<'a, Result<Principal, AuthError>> {
+///         Box::pin(async { Ok(Principal::new("anyone", CredentialSource::Header)) })
+///     }
+/// }
+/// ```
+pub trait Authenticator: Send + Sync + 'static {
+    /// Authenticates the request head.
+    fn authenticate<'a>(&'a self, parts: &'a Parts) -> BoxFuture<'a, Result<Principal, AuthError>>;
+}
+
+/// Tries several authenticators in order; the first that finds a credential decides.
+///
+/// ```
+/// use std::sync::Arc;
+/// use secure_routes::auth::{AnyOf, api_key::ApiKeyAuthenticator};
+/// let any = AnyOf::new(vec![Arc::new(ApiKeyAuthenticator::new("x-api-key"))]);
+/// # let _ = any;
+/// ```
+pub struct AnyOf {
+    inner: Vec<Arc<dyn Authenticator>>,
+}
+
+impl AnyOf {
+    /// Tries `inner` in order.
+    pub fn new(inner: Vec<Arc<dyn Authenticator>>) -> Self {
+        Self { inner }
+    }
+}
+
+impl Authenticator for AnyOf {
+    fn authenticate<'a>(&'a self, parts: &'a Parts) -> BoxFuture<'a, Result<Principal, AuthError>> {
+        Box::pin(async move {
+            for a in &self.inner {
+                match a.authenticate(parts).await {
+                    Err(AuthError::Missing) => continue,
+                    other => return other,
+                }
+            }
+            Err(AuthError::Missing)
+        })
+    }
+}

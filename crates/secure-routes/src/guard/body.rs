@@ -1,0 +1,165 @@
+//! Request body limit: a declared `Content-Length` over the limit is refused at once (413),
+//! and the same limit is enforced on the streamed body, so a chunked body without a length
+//! (the original only read `Content-Length`) cannot slip past.
+//!
+//! ```
+//! use http::{HeaderMap, HeaderValue, header};
+//! use secure_routes::guard::body::check_declared;
+//! let mut h = HeaderMap::new();
+//! h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2048"));
+//! assert!(check_declared(&h, 1024).is_err());
+//! assert!(check_declared(&h, 4096).is_ok());
+//! ```
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Buf;
+use http::{HeaderMap, header};
+use http_body::{Body, Frame, SizeHint};
+
+use crate::response::problem::{Rejection, RejectionKind};
+
+/// Refuses a declared `Content-Length` over `limit`. A malformed length is left to the HTTP
+/// server (hyper refuses it before we run); the streamed limit still applies.
+pub fn check_declared(headers: &HeaderMap, limit: u64) -> Result<(), Rejection> {
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        let declared = v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(too_large("declared_length"));
+        }
+    }
+    Ok(())
+}
+
+/// The 413 rejection.
+pub(crate) fn too_large(reason: &'static str) -> Rejection {
+    Rejection::new(RejectionKind::PayloadTooLarge, reason)
+}
+
+/// The error a [`LimitedBody`] yields once the limit is crossed.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the route's limit")]
+pub struct BodyLimitExceeded;
+
+pin_project_lite::pin_project! {
+    /// A request body that fails once more than `limit` bytes have streamed through, and
+    /// raises a flag the pipeline reads to answer 413 whatever the handler made of the error.
+    ///
+    /// ```
+    /// use http_body_util::{BodyExt, Full};
+    /// use secure_routes::guard::body::LimitedBody;
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let (body, exceeded) = LimitedBody::new(Full::new(bytes::Bytes::from_static(b"hello")), Some(3));
+    /// assert!(body.collect().await.is_err());
+    /// assert!(exceeded.load(std::sync::atomic::Ordering::SeqCst));
+    /// # });
+    /// ```
+    pub struct LimitedBody<B> {
+        #[pin]
+        inner: B,
+        remaining: u64,
+        exceeded: Arc<AtomicBool>,
+    }
+}
+
+impl<B> LimitedBody<B> {
+    /// Wraps `inner` with an optional byte limit; returns the body and its "exceeded" flag.
+    pub fn new(inner: B, limit: Option<u64>) -> (Self, Arc<AtomicBool>) {
+        let exceeded = Arc::new(AtomicBool::new(false));
+        (
+            Self {
+                inner,
+                remaining: limit.unwrap_or(u64::MAX),
+                exceeded: exceeded.clone(),
+            },
+            exceeded,
+        )
+    }
+}
+
+impl<B> Body for LimitedBody<B>
+where
+    B: Body,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = B::Data;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.remaining() as u64;
+                    if len > *this.remaining {
+                        this.exceeded.store(true, Ordering::SeqCst);
+                        *this.remaining = 0;
+                        return Poll::Ready(Some(Err(Box::new(BodyLimitExceeded))));
+                    }
+                    *this.remaining -= len;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = self.inner.size_hint();
+        if hint.lower() > self.remaining {
+            // Declares more than allowed: let readers find out by reading.
+            return SizeHint::default();
+        }
+        if hint.upper().is_none_or(|u| u > self.remaining) {
+            hint.set_upper(self.remaining);
+        }
+        hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+
+    fn chunks(n: usize, size: usize) -> impl Body<Data = Bytes, Error = std::convert::Infallible> {
+        let frames = (0..n).map(move |_| Ok(Frame::data(Bytes::from(vec![b'x'; size]))));
+        StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    #[tokio::test]
+    async fn chunked_body_over_limit_fails_and_flags() {
+        let (body, flag) = LimitedBody::new(chunks(5, 100), Some(450));
+        assert!(body.collect().await.is_err());
+        assert!(flag.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test]
+    async fn body_at_limit_passes() {
+        let (body, flag) = LimitedBody::new(chunks(5, 100), Some(500));
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 500);
+        assert!(!flag.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn declared_length_table() {
+        for (cl, limit, ok) in [("10", 10, true), ("11", 10, false), ("x", 10, true), (" 99 ", 10, false)] {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_LENGTH, cl.parse().unwrap());
+            assert_eq!(check_declared(&h, limit).is_ok(), ok, "{cl}");
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Rate-limit headers and the 429 answer.
+//!
+//! Every limited response, allowed or refused, carries the IETF httpapi draft headers
+//! (`RateLimit-Policy: "name";q=60;w=60`, `RateLimit: "name";r=0;t=17`, Structured Fields)
+//! and the widespread `X-RateLimit-Limit` / `-Remaining` / `-Reset` (Unix seconds). A 429
+//! adds `Retry-After` in whole seconds, rounded up so a client that waits that long is not
+//! refused again for the same reason.
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::HeaderMap;
+//! use secure_routes::{Quota, rate_limit::Decision, guard::rate_limit::apply_headers};
+//! let d = Decision { allowed: true, limit: 60, remaining: 59,
+//!     reset_after: Duration::from_secs(60), retry_after: None };
+//! let mut h = HeaderMap::new();
+//! apply_headers(&mut h, "public", Quota::per_minute(60), &d, Duration::from_secs(1_000));
+//! assert_eq!(h["ratelimit-policy"], "\"public\";q=60;w=60");
+//! assert_eq!(h["ratelimit"], "\"public\";r=59;t=60");
+//! assert_eq!(h["x-ratelimit-reset"], "1060");
+//! ```
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::rate_limit::{Decision, Quota, ceil_secs};
+use crate::response::problem::{Rejection, RejectionKind};
+
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// Adds the rate-limit headers for `decision` to `headers`; `now` is the Unix time.
+/// `name` must be a valid policy name (letters, digits, `-_.`), as [`crate::Policy`] ensures.
+pub fn apply_headers(
+    headers: &mut HeaderMap,
+    name: &str,
+    quota: Quota,
+    decision: &Decision,
+    now: Duration,
+) {
+    let reset = decision.reset_after_secs();
+    let mut put = |n: HeaderName, v: String| {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            headers.insert(n, v);
+        }
+    };
+    put(
+        RATELIMIT_POLICY,
+        format!("\"{name}\";q={};w={}", quota.limit(), ceil_secs(quota.window())),
+    );
+    put(
+        RATELIMIT,
+        format!("\"{name}\";r={};t={reset}", decision.remaining),
+    );
+    put(X_LIMIT, decision.limit.to_string());
+    put(X_REMAINING, decision.remaining.to_string());
+    put(X_RESET, (now.as_secs() + reset).to_string());
+    if let Some(retry) = decision.retry_after_secs() {
+        put(header::RETRY_AFTER, retry.to_string());
+    }
+}
+
+/// The 429 answer for a refused decision: problem body with `retryAfter` (seconds) and
+/// `resetAt` (RFC 3339: when a request will next be admitted), plus all the headers.
+pub fn too_many_requests(name: &str, quota: Quota, decision: &Decision, now: Duration) -> Rejection {
+    let retry = decision.retry_after_secs().unwrap_or(1).max(1);
+    let reset_at = OffsetDateTime::from_unix_timestamp(
+        i64::try_from(now.as_secs().saturating_add(retry)).unwrap_or(i64::MAX),
+    )
+    .ok()
+    .and_then(|t| t.format(&Rfc3339).ok());
+    let mut r = Rejection::new(RejectionKind::RateLimited, "quota_exhausted")
+        .with_detail(format!(
+            "Too many requests. Please try again in {retry} seconds."
+        ))
+        .with_member("retryAfter", json!(retry))
+        .with_member("resetAt", json!(reset_at));
+    let mut d = *decision;
+    d.retry_after = Some(Duration::from_secs(retry));
+    apply_headers(r.headers_mut(), name, quota, &d, now);
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::response::IntoResponse;
+
+    #[tokio::test]
+    async fn refusal_has_retry_after_rounded_up_and_body_fields() {
+        let d = Decision {
+            allowed: false,
+            limit: 10,
+            remaining: 0,
+            reset_after: Duration::from_millis(59_001),
+            retry_after: Some(Duration::from_millis(16_001)),
+        };
+        let res = too_many_requests("strict", Quota::per_minute(10), &d, Duration::from_secs(100))
+            .into_response();
+        assert_eq!(res.status(), 429);
+        assert_eq!(res.headers()[header::RETRY_AFTER], "17");
+        assert_eq!(res.headers()["ratelimit"], "\"strict\";r=0;t=60");
+        assert_eq!(res.headers()["x-ratelimit-reset"], "160");
+        let body = axum::body::to_bytes(res.into_body(), 4096).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["retryAfter"], 17);
+        assert_eq!(v["resetAt"], "1970-01-01T00:01:57Z");
+        assert_eq!(v["error"], "Rate limit exceeded");
+    }
+}

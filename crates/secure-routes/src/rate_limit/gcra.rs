@@ -1,0 +1,1 @@
+//! Generic cell rate algorithm. STUB: to be completed.

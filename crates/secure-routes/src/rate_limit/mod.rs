@@ -1,0 +1,389 @@
+//! Rate limiting: quotas, decisions, keys and the store trait.
+//!
+//! A [`RateLimitStore`] performs one atomic step per check ([`RateLimitStore::acquire`]); the
+//! algorithms themselves ([`sliding_window`], [`gcra`]) are pure functions over a small state
+//! so the memory store and the shared stores make the same decisions.
+//!
+//! Two algorithms, with different promises:
+//!
+//! * [`Algorithm::SlidingWindow`] (the presets' default): "N per W" means never more than N
+//!   admitted in **any** window of length W, exactly. State is the last N admission times.
+//! * [`Algorithm::Gcra`] (token bucket): a burst of up to N, then one admission every W/N.
+//!   Constant state, but N admitted at t=0 and one more at t=W/N is N+1 within W.
+//!
+//! ```
+//! use std::time::Duration;
+//! use secure_routes::rate_limit::{Algorithm, Quota};
+//!
+//! let q = Quota::per_minute(60);
+//! assert_eq!(q.limit(), 60);
+//! assert_eq!(q.window(), Duration::from_secs(60));
+//! assert_eq!(q.algorithm(), Algorithm::SlidingWindow);
+//! assert_eq!(q.with_algorithm(Algorithm::Gcra).algorithm(), Algorithm::Gcra);
+//! ```
+
+pub mod gcra;
+pub mod memory;
+pub mod sliding_window;
+
+use std::fmt;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+pub use crate::error::StoreError;
+pub use memory::MemoryStore;
+
+/// A boxed, `Send` future: what the object-safe store and sink traits return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Which algorithm a [`Quota`] is enforced with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Algorithm {
+    /// Exact sliding window (sliding log): never more than `limit` admitted in any `window`.
+    #[default]
+    SlidingWindow,
+    /// Generic cell rate algorithm (token bucket): burst of `limit`, refilling one per
+    /// `window / limit`.
+    Gcra,
+}
+
+/// How many requests are admitted per window, and by which algorithm.
+///
+/// Constructors carry their unit in the name: `Quota::per_minute(60)` is sixty per minute.
+/// A zero limit or window is rejected when the [`Policy`](crate::Policy) is built.
+///
+/// ```
+/// use std::time::Duration;
+/// use secure_routes::rate_limit::Quota;
+/// assert_eq!(Quota::per_hour(20), Quota::new(20, Duration::from_secs(3600)));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Quota {
+    limit: u32,
+    window: Duration,
+    algorithm: Algorithm,
+}
+
+impl Quota {
+    /// `limit` requests per `window`, sliding window.
+    pub const fn new(limit: u32, window: Duration) -> Self {
+        Self {
+            limit,
+            window,
+            algorithm: Algorithm::SlidingWindow,
+        }
+    }
+    /// `limit` requests per second.
+    pub const fn per_second(limit: u32) -> Self {
+        Self::new(limit, Duration::from_secs(1))
+    }
+    /// `limit` requests per minute.
+    pub const fn per_minute(limit: u32) -> Self {
+        Self::new(limit, Duration::from_secs(60))
+    }
+    /// `limit` requests per hour.
+    pub const fn per_hour(limit: u32) -> Self {
+        Self::new(limit, Duration::from_secs(3600))
+    }
+    /// `limit` requests per day.
+    pub const fn per_day(limit: u32) -> Self {
+        Self::new(limit, Duration::from_secs(86_400))
+    }
+    /// The same quota enforced with another algorithm.
+    pub const fn with_algorithm(self, algorithm: Algorithm) -> Self {
+        Self { algorithm, ..self }
+    }
+    /// Requests admitted per window.
+    pub const fn limit(&self) -> u32 {
+        self.limit
+    }
+    /// The window length.
+    pub const fn window(&self) -> Duration {
+        self.window
+    }
+    /// The algorithm.
+    pub const fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// Problems with this quota, for configuration validation.
+    pub(crate) fn problems(&self, context: &str) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.limit == 0 {
+            p.push(format!("{context}: rate limit must admit at least 1 request"));
+        }
+        if self.window < Duration::from_millis(1) {
+            p.push(format!("{context}: rate limit window must be at least 1 ms"));
+        }
+        if self.window > Duration::from_secs(366 * 86_400) {
+            p.push(format!("{context}: rate limit window must be at most a year"));
+        }
+        if self.algorithm == Algorithm::SlidingWindow && self.limit > 100_000 {
+            p.push(format!(
+                "{context}: sliding window keeps one timestamp per admission; use Algorithm::Gcra above 100000 per window"
+            ));
+        }
+        p
+    }
+}
+
+/// The named quotas of the original pattern.
+///
+/// ```
+/// use secure_routes::rate_limit::{Quota, quotas};
+/// assert_eq!(quotas::API_GENERAL, Quota::per_minute(60));
+/// ```
+pub mod quotas {
+    use super::Quota;
+    /// General API traffic: 60 per minute.
+    pub const API_GENERAL: Quota = Quota::per_minute(60);
+    /// Authenticated generation endpoints: 20 per hour.
+    pub const AUTH_GENERATION: Quota = Quota::per_hour(20);
+    /// Anonymous generation endpoints: 3 per day.
+    pub const ANON_GENERATION: Quota = Quota::per_day(3);
+}
+
+/// The answer to one rate-limit check: what the headers need.
+///
+/// ```
+/// use std::time::Duration;
+/// use secure_routes::rate_limit::Decision;
+/// let d = Decision { allowed: false, limit: 10, remaining: 0,
+///     reset_after: Duration::from_secs(30), retry_after: Some(Duration::from_millis(2500)) };
+/// assert_eq!(d.retry_after_secs(), Some(3));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// Whether this request was admitted (and counted).
+    pub allowed: bool,
+    /// The quota's limit.
+    pub limit: u32,
+    /// Admissions left right now, after this one.
+    pub remaining: u32,
+    /// Time until the quota is fully available again.
+    pub reset_after: Duration,
+    /// On refusal, the time until a request of the same cost could be admitted.
+    pub retry_after: Option<Duration>,
+}
+
+impl Decision {
+    /// `retry_after` rounded **up** to whole seconds, so a client that waits that long is
+    /// never refused again for the same reason (never less than the true wait).
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        self.retry_after.map(ceil_secs)
+    }
+    /// `reset_after` rounded up to whole seconds.
+    pub fn reset_after_secs(&self) -> u64 {
+        ceil_secs(self.reset_after)
+    }
+}
+
+/// Whole seconds, rounded up.
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+/// A rate-limit key: a 128-bit keyed hash of the bucket and the subject.
+///
+/// Stores see only this value, never a raw IP address or user id.
+///
+/// ```
+/// use secure_routes::rate_limit::{KeyHasher, Subject};
+/// let h = KeyHasher::new(b"an instance-shared secret of 32+ bytes....");
+/// let a = h.key("route:/api/x", &Subject::User("alice".into()));
+/// let b = h.key("route:/api/x", &Subject::User("bob".into()));
+/// assert_ne!(a, b);
+/// assert_eq!(a.to_hex().len(), 32);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RateLimitKey([u8; 16]);
+
+impl RateLimitKey {
+    /// Wraps raw key bytes (for stores and tests).
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+    /// The raw key bytes.
+    pub const fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+    /// Lower-case hex, 32 characters: the form shared stores use in their key names.
+    pub fn to_hex(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(32);
+        for b in self.0 {
+            s.push(HEX[usize::from(b >> 4)] as char);
+            s.push(HEX[usize::from(b & 0xf)] as char);
+        }
+        s
+    }
+}
+
+impl fmt::Debug for RateLimitKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RateLimitKey({})", self.to_hex())
+    }
+}
+
+/// Who a rate limit counts against.
+///
+/// ```
+/// use std::net::IpAddr;
+/// use secure_routes::rate_limit::Subject;
+/// let a: IpAddr = "2001:db8::1".parse().unwrap();
+/// let b: IpAddr = "2001:db8::ffff:1".parse().unwrap();
+/// assert_eq!(Subject::from_ip(a), Subject::from_ip(b)); // same /64
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// An authenticated principal (`user:<sub>`).
+    User(String),
+    /// An anonymous client, by address: IPv4 as is, IPv6 grouped by /64 (one subscriber
+    /// usually holds a whole /64, so per-address keys would be trivially evaded).
+    Ip(IpAddr),
+    /// A caller-chosen identity (API key id, tenant, ...).
+    Custom(String),
+}
+
+impl Subject {
+    /// The subject for an anonymous client address: IPv4-mapped IPv6 folded to IPv4, other
+    /// IPv6 addresses truncated to their /64.
+    pub fn from_ip(ip: IpAddr) -> Self {
+        Subject::Ip(group_ip(ip))
+    }
+}
+
+/// Folds IPv4-mapped IPv6 to IPv4 and truncates IPv6 to its /64 prefix.
+pub(crate) fn group_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(bits.into())
+            }
+        },
+    }
+}
+
+/// Derives [`RateLimitKey`]s with HMAC-SHA256 (truncated to 128 bits) under a secret.
+///
+/// Instances that share a store must share the secret, or they will count the same client
+/// under different keys. The hash keeps raw IPs and user ids out of the store; the secret
+/// stops anyone with store access from confirming a guessed IP.
+#[derive(Clone)]
+pub struct KeyHasher {
+    mac: Hmac<Sha256>,
+}
+
+impl fmt::Debug for KeyHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyHasher(..)")
+    }
+}
+
+impl KeyHasher {
+    /// A hasher keyed with `secret` (any length; HMAC accepts every key size).
+    pub fn new(secret: &[u8]) -> Self {
+        let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of every length"));
+        Self { mac }
+    }
+
+    /// The key for `subject` in `bucket`.
+    pub fn key(&self, bucket: &str, subject: &Subject) -> RateLimitKey {
+        let mut mac = self.mac.clone();
+        // Length-prefix the bucket so ("a", "bc") and ("ab", "c") cannot collide.
+        mac.update(&(bucket.len() as u64).to_be_bytes());
+        mac.update(bucket.as_bytes());
+        match subject {
+            Subject::User(s) => {
+                mac.update(b"u");
+                mac.update(s.as_bytes());
+            }
+            Subject::Ip(IpAddr::V4(v4)) => {
+                mac.update(b"4");
+                mac.update(&v4.octets());
+            }
+            Subject::Ip(IpAddr::V6(v6)) => {
+                mac.update(b"6");
+                mac.update(&v6.octets());
+            }
+            Subject::Custom(s) => {
+                mac.update(b"c");
+                mac.update(s.as_bytes());
+            }
+        }
+        let out = mac.finalize().into_bytes();
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&out[..16]);
+        RateLimitKey(key)
+    }
+}
+
+/// A rate-limit store: one atomic check-and-count per call.
+///
+/// `acquire` admits `cost` units under `quota` for `key` if they fit, counting them, or
+/// refuses without counting. It must be atomic: concurrent calls on one key never admit more
+/// than the quota allows. Shared stores take the time from the store itself.
+///
+/// ```
+/// use secure_routes::rate_limit::{KeyHasher, MemoryStore, Quota, RateLimitStore, Subject};
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let store = MemoryStore::new();
+/// let key = KeyHasher::new(b"secret").key("b", &Subject::Custom("x".into()));
+/// let d = store.acquire(&key, Quota::per_minute(1), 1).await.unwrap();
+/// assert!(d.allowed);
+/// let d = store.acquire(&key, Quota::per_minute(1), 1).await.unwrap();
+/// assert!(!d.allowed);
+/// # });
+/// ```
+pub trait RateLimitStore: Send + Sync + 'static {
+    /// Checks and counts `cost` units for `key` under `quota`.
+    fn acquire<'a>(
+        &'a self,
+        key: &'a RateLimitKey,
+        quota: Quota,
+        cost: u32,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>>;
+
+    /// A short name for logs and metrics (`"memory"`, `"redis"`, ...).
+    fn name(&self) -> &'static str;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_groups_by_64_and_ipv4_mapped_folds() {
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(group_ip(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        assert_eq!(group_ip(a), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_ne!(group_ip(a), group_ip(other));
+    }
+
+    #[test]
+    fn bucket_boundary_is_unambiguous() {
+        let h = KeyHasher::new(b"k");
+        assert_ne!(
+            h.key("a", &Subject::Custom("bc".into())),
+            h.key("ab", &Subject::Custom("c".into()))
+        );
+    }
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(ceil_secs(Duration::from_millis(1)), 1);
+        assert_eq!(ceil_secs(Duration::from_secs(2)), 2);
+        assert_eq!(ceil_secs(Duration::ZERO), 0);
+    }
+}

@@ -1,0 +1,111 @@
+//! CORS, on tower-http's [`CorsLayer`], with the configuration validated first
+//! (`CorsLayer` panics on some invalid combinations, such as credentials with a wildcard
+//! origin; this module never builds those).
+//!
+//! Only explicitly listed origins are allowed, always with credentials; the answer carries
+//! `Vary: Origin` so a shared cache never serves one origin's CORS answer to another.
+//! `localhost` origins are only added in development mode.
+//!
+//! ```
+//! use secure_routes::response::cors::parse_origin;
+//! assert!(parse_origin("https://app.example.com").is_ok());
+//! assert!(parse_origin("https://app.example.com/path").is_err());
+//! assert!(parse_origin("*").is_err());
+//! ```
+
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method, header};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+/// Origins added in development mode only (the original allowed these in production too).
+pub const DEV_ORIGINS: [&str; 2] = ["http://localhost:3000", "http://localhost:3001"];
+
+/// Parses and normalizes one allowed origin: `scheme://host[:port]`, http or https, no path,
+/// query, fragment or user info, no wildcard, no `null`.
+pub fn parse_origin(origin: &str) -> Result<HeaderValue, String> {
+    let o = origin.trim().trim_end_matches('/');
+    let bad = |why: &str| Err(format!("allowed origin {origin:?}: {why}"));
+    let Some((scheme, rest)) = o.split_once("://") else {
+        return bad("expected scheme://host[:port]");
+    };
+    if scheme != "http" && scheme != "https" {
+        return bad("scheme must be http or https");
+    }
+    if rest.is_empty()
+        || rest.contains(['/', '?', '#', '@', '*', ' '])
+        || !rest.is_ascii()
+    {
+        return bad("expected only a host and optional port (ASCII, punycode for IDNs)");
+    }
+    let uri: http::Uri = match o.parse() {
+        Ok(u) => u,
+        Err(e) => return bad(&e.to_string()),
+    };
+    if uri.host().is_none_or(str::is_empty) {
+        return bad("missing host");
+    }
+    HeaderValue::from_str(&o.to_ascii_lowercase()).or_else(|e| bad(&e.to_string()))
+}
+
+/// Builds the CORS layer for a policy's methods. With no origins, preflights are still
+/// answered (204) but no `Access-Control-Allow-Origin` is ever sent.
+pub(crate) fn layer(origins: &[HeaderValue], methods: Option<&[Method]>) -> CorsLayer {
+    let methods: Vec<Method> = match methods {
+        Some(m) => m.to_vec(),
+        None => vec![
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::PATCH,
+            Method::DELETE,
+        ],
+    };
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins.iter().cloned()))
+        .allow_credentials(true)
+        .allow_methods(methods)
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("x-csrf-token"),
+            HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("ratelimit"),
+            HeaderName::from_static("ratelimit-policy"),
+            HeaderName::from_static("x-ratelimit-limit"),
+            HeaderName::from_static("x-ratelimit-remaining"),
+            HeaderName::from_static("x-ratelimit-reset"),
+            header::RETRY_AFTER,
+            HeaderName::from_static("x-request-id"),
+        ])
+        .max_age(Duration::from_secs(600))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_rules() {
+        for ok in ["http://localhost:3000", "https://EXAMPLE.com/", "https://a.b:8443"] {
+            assert!(parse_origin(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "null",
+            "*",
+            "example.com",
+            "ftp://x",
+            "https://",
+            "https://u@x.com",
+            "https://x.com?q",
+            "https://*.x.com",
+            "https://bücher.de",
+        ] {
+            assert!(parse_origin(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_origin("https://EXAMPLE.com/").unwrap(), "https://example.com");
+    }
+}

@@ -1,0 +1,6 @@
+//! What the pipeline adds to or answers instead of the handler's response: problem bodies,
+//! security headers, CORS.
+
+pub mod cors;
+pub mod headers;
+pub mod problem;

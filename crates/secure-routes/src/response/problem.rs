@@ -1,0 +1,250 @@
+//! Error bodies: RFC 9457 `application/problem+json`, keeping the original pattern's `error`
+//! field so existing clients keep working.
+//!
+//! Every rejection the pipeline answers is a [`Rejection`]. Its response carries a
+//! [`RejectionInfo`] in the extensions, so outer layers (and the audit step) can read the typed
+//! reason without parsing the body.
+//!
+//! ```
+//! use axum::response::IntoResponse;
+//! use secure_routes::response::problem::{Rejection, RejectionInfo, RejectionKind};
+//! let res = Rejection::new(RejectionKind::MethodNotAllowed, "method_not_allowed").into_response();
+//! assert_eq!(res.status(), 405);
+//! assert_eq!(res.headers()["content-type"], "application/problem+json");
+//! assert_eq!(res.extensions().get::<RejectionInfo>().unwrap().kind, RejectionKind::MethodNotAllowed);
+//! ```
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use serde_json::{Map, Value, json};
+
+use crate::audit::AuditAction;
+
+/// The kinds of rejection, each with a fixed status, title and `error` string.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectionKind {
+    /// 405.
+    MethodNotAllowed,
+    /// 401.
+    Unauthorized,
+    /// 403 from authorization (authenticated, not allowed).
+    Forbidden,
+    /// 429.
+    RateLimited,
+    /// 413.
+    PayloadTooLarge,
+    /// 403 from the CSRF checks.
+    CsrfFailed,
+    /// 503: a store or authenticator needed for the decision is unavailable (fail-closed).
+    Unavailable,
+    /// 500: the handler panicked.
+    Internal,
+}
+
+impl RejectionKind {
+    /// The HTTP status.
+    pub const fn status(self) -> StatusCode {
+        match self {
+            RejectionKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            RejectionKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            RejectionKind::Forbidden | RejectionKind::CsrfFailed => StatusCode::FORBIDDEN,
+            RejectionKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            RejectionKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            RejectionKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            RejectionKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The short human string of the original pattern's `error` field.
+    pub const fn error(self) -> &'static str {
+        match self {
+            RejectionKind::MethodNotAllowed => "Method not allowed",
+            RejectionKind::Unauthorized => "Authentication required",
+            RejectionKind::Forbidden => "Forbidden",
+            RejectionKind::RateLimited => "Rate limit exceeded",
+            RejectionKind::PayloadTooLarge => "Request body too large",
+            RejectionKind::CsrfFailed => "Invalid or missing CSRF token",
+            RejectionKind::Unavailable => "Service temporarily unavailable",
+            RejectionKind::Internal => "Internal server error",
+        }
+    }
+
+    /// The RFC 9457 `title`.
+    pub const fn title(self) -> &'static str {
+        match self {
+            RejectionKind::MethodNotAllowed => "Method Not Allowed",
+            RejectionKind::Unauthorized => "Unauthorized",
+            RejectionKind::Forbidden => "Forbidden",
+            RejectionKind::RateLimited => "Too Many Requests",
+            RejectionKind::PayloadTooLarge => "Content Too Large",
+            RejectionKind::CsrfFailed => "CSRF Validation Failed",
+            RejectionKind::Unavailable => "Service Unavailable",
+            RejectionKind::Internal => "Internal Server Error",
+        }
+    }
+
+    /// The RFC 9457 `type` URI.
+    pub const fn type_uri(self) -> &'static str {
+        match self {
+            RejectionKind::MethodNotAllowed => "urn:secure-routes:problem:method-not-allowed",
+            RejectionKind::Unauthorized => "urn:secure-routes:problem:unauthorized",
+            RejectionKind::Forbidden => "urn:secure-routes:problem:forbidden",
+            RejectionKind::RateLimited => "urn:secure-routes:problem:rate-limited",
+            RejectionKind::PayloadTooLarge => "urn:secure-routes:problem:payload-too-large",
+            RejectionKind::CsrfFailed => "urn:secure-routes:problem:csrf",
+            RejectionKind::Unavailable => "urn:secure-routes:problem:unavailable",
+            RejectionKind::Internal => "urn:secure-routes:problem:internal",
+        }
+    }
+
+    /// The audit action this rejection is recorded as.
+    pub const fn audit_action(self) -> AuditAction {
+        match self {
+            RejectionKind::Unauthorized | RejectionKind::Forbidden => {
+                AuditAction::UnauthorizedAccess
+            }
+            RejectionKind::RateLimited => AuditAction::RateLimitExceeded,
+            RejectionKind::CsrfFailed => AuditAction::CsrfValidationFailed,
+            RejectionKind::MethodNotAllowed | RejectionKind::PayloadTooLarge => {
+                AuditAction::InvalidInput
+            }
+            RejectionKind::Unavailable => AuditAction::StoreFailure,
+            RejectionKind::Internal => AuditAction::InternalError,
+        }
+    }
+
+    fn default_detail(self) -> &'static str {
+        match self {
+            RejectionKind::MethodNotAllowed => "This route does not accept this method.",
+            RejectionKind::Unauthorized => "A valid bearer token or session cookie is required.",
+            RejectionKind::Forbidden => "You are not allowed to do this.",
+            RejectionKind::RateLimited => "Too many requests. Please try again later.",
+            RejectionKind::PayloadTooLarge => "The request body exceeds this route's limit.",
+            RejectionKind::CsrfFailed => "Send the CSRF token from GET /api/csrf in X-CSRF-Token.",
+            RejectionKind::Unavailable => "A dependency is unavailable. Please retry shortly.",
+            RejectionKind::Internal => "The server failed to handle this request.",
+        }
+    }
+}
+
+/// The typed reason placed in a rejection response's extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RejectionInfo {
+    /// What kind of rejection.
+    pub kind: RejectionKind,
+    /// Machine-readable reason for the audit log (never shown verbatim to clients).
+    pub reason: &'static str,
+}
+
+/// A refusal, answered as `application/problem+json`.
+#[derive(Clone, Debug)]
+pub struct Rejection {
+    info: RejectionInfo,
+    detail: Option<String>,
+    headers: HeaderMap,
+    extra: Map<String, Value>,
+}
+
+impl Rejection {
+    /// A rejection of `kind`, with an audit `reason`.
+    pub fn new(kind: RejectionKind, reason: &'static str) -> Self {
+        Self {
+            info: RejectionInfo { kind, reason },
+            detail: None,
+            headers: HeaderMap::new(),
+            extra: Map::new(),
+        }
+    }
+
+    /// 401 with `WWW-Authenticate: Bearer` (RFC 6750 section 3).
+    pub fn unauthorized(reason: &'static str) -> Self {
+        Self::new(RejectionKind::Unauthorized, reason).with_header(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"api\""),
+        )
+    }
+
+    /// Replaces the client-facing `detail`.
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// Adds a response header.
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.append(name, value);
+        self
+    }
+
+    /// Adds a body member (such as `retryAfter`).
+    pub fn with_member(mut self, name: &str, value: Value) -> Self {
+        self.extra.insert(name.to_owned(), value);
+        self
+    }
+
+    /// The typed reason.
+    pub fn info(&self) -> RejectionInfo {
+        self.info
+    }
+
+    /// Headers to add to the response (mutable, for rate-limit headers).
+    pub fn headers_mut(&mut self) -> &mut HeaderMap {
+        &mut self.headers
+    }
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        let kind = self.info.kind;
+        let status = kind.status();
+        let mut body = json!({
+            "type": kind.type_uri(),
+            "title": kind.title(),
+            "status": status.as_u16(),
+            "detail": self.detail.as_deref().unwrap_or(kind.default_detail()),
+            "error": kind.error(),
+        });
+        if let Value::Object(map) = &mut body {
+            map.extend(self.extra);
+        }
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let mut res = Response::new(axum::body::Body::from(bytes));
+        *res.status_mut() = status;
+        let h = res.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        for (name, value) in self.headers.iter() {
+            h.append(name, value.clone());
+        }
+        res.extensions_mut().insert(self.info);
+        res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn body_has_seed_error_field_and_extra_members() {
+        let res = Rejection::new(RejectionKind::RateLimited, "quota")
+            .with_member("retryAfter", json!(3))
+            .into_response();
+        assert_eq!(res.status(), 429);
+        let body = axum::body::to_bytes(res.into_body(), 1 << 16).await.unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"], "Rate limit exceeded");
+        assert_eq!(v["status"], 429);
+        assert_eq!(v["retryAfter"], 3);
+        assert_eq!(v["type"], "urn:secure-routes:problem:rate-limited");
+    }
+
+    #[test]
+    fn unauthorized_sets_www_authenticate() {
+        let res = Rejection::unauthorized("missing").into_response();
+        assert!(res.headers()[header::WWW_AUTHENTICATE].to_str().unwrap().starts_with("Bearer"));
+    }
+}
