@@ -42,8 +42,8 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, header};
 use http_body_util::BodyExt;
-use http_body_util::combinators::UnsyncBoxBody;
 use tower::BoxError;
+use tower_http::body::UnsyncBoxBody;
 use tower_http::catch_panic::{CatchPanic, CatchPanicLayer, ResponseForPanic};
 use tower_http::cors::{Cors, CorsLayer};
 use tower_http::csrf::{
@@ -183,8 +183,8 @@ impl Security {
     ) -> (String, HeaderValue) {
         let binding = principal.map_or("", Principal::subject);
         let name = self.csrf_cookie_name();
-        let existing = cookie_value(request_headers, name)
-            .filter(|t| self.shared.csrf.verify(t, binding));
+        let existing =
+            cookie_value(request_headers, name).filter(|t| self.shared.csrf.verify(t, binding));
         let token = existing.unwrap_or_else(|| self.shared.csrf.issue(binding));
         let cookie = csrf_token::cookie_header_value(&token, self.shared.https);
         let value = HeaderValue::from_str(&cookie)
@@ -352,8 +352,10 @@ impl SecurityBuilder {
             Some(k) => KeyHasher::new(k),
             // Domain separation: the rate-limit key is a different function of the secret.
             None => {
-                let derived = KeyHasher::new(&csrf_secret)
-                    .key("secure-routes/rate-limit-key/v1", &Subject::Custom(String::new()));
+                let derived = KeyHasher::new(&csrf_secret).key(
+                    "secure-routes/rate-limit-key/v1",
+                    &Subject::Custom(String::new()),
+                );
                 KeyHasher::new(derived.as_bytes())
             }
         };
@@ -385,9 +387,7 @@ impl SecurityBuilder {
         }
         let shared = Shared {
             authenticator: self.authenticator,
-            store: self
-                .store
-                .unwrap_or_else(|| Arc::new(MemoryStore::new())),
+            store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
             audit: self.audit,
             hasher,
             csrf,
@@ -514,7 +514,7 @@ impl ResponseForProtectionError<UnsyncBoxBody<Bytes, BoxError>> for CsrfProblem 
         Rejection::new(RejectionKind::CsrfFailed, reason)
             .with_detail("Cross-origin state-changing requests are not allowed.")
             .into_response()
-            .map(|b| b.map_err(BoxError::from).boxed_unsync())
+            .map(|b| UnsyncBoxBody::new(b.map_err(BoxError::from)))
     }
 }
 
@@ -579,6 +579,8 @@ struct Ctx {
     user_agent: Option<HeaderValue>,
     subject: Option<Principal>,
     limit: Option<(Quota, Decision)>,
+    /// A store failure let through (fail-open): audited with the final status.
+    failed_open: Option<RejectionInfo>,
 }
 
 impl Ctx {
@@ -646,7 +648,13 @@ impl Ctx {
         if let Some((quota, decision)) = &self.limit
             && !h.contains_key("ratelimit")
         {
-            rl::apply_headers(h, self.state.policy.name(), *quota, decision, shared.clock.now());
+            rl::apply_headers(
+                h,
+                self.state.policy.name(),
+                *quota,
+                decision,
+                shared.clock.now(),
+            );
         }
         if self.subject.is_some() {
             // Authenticated answers are per-user: no shared cache may keep them.
@@ -669,8 +677,7 @@ fn request_id(state: &CoreState, peer: IpAddr, headers: &HeaderMap) -> HeaderVal
     if state.shared.proxies.contains(peer)
         && let Some(v) = headers.get(X_REQUEST_ID)
         && (1..=64).contains(&v.len())
-        && v
-            .as_bytes()
+        && v.as_bytes()
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
     {
@@ -695,7 +702,10 @@ fn route_identity(state: &CoreState, parts: &Parts) -> Arc<str> {
 }
 
 fn is_unsafe(m: &Method) -> bool {
-    matches!(*m, Method::POST | Method::PUT | Method::PATCH | Method::DELETE)
+    matches!(
+        *m,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    )
 }
 
 async fn run<S, ReqBody, ResBody>(
@@ -733,6 +743,7 @@ where
         user_agent: parts.headers.get(header::USER_AGENT).cloned(),
         subject: None,
         limit: None,
+        failed_open: None,
     };
 
     // 4. Method allow-list (CORS preflights were answered by the outer CORS layer).
@@ -772,7 +783,10 @@ where
                     {
                         let r = rl::too_many_requests(policy.name(), quota, &d, shared.clock.now());
                         ctx.audit(
-                            RejectionInfo { kind: RejectionKind::Unauthorized, reason },
+                            RejectionInfo {
+                                kind: RejectionKind::Unauthorized,
+                                reason,
+                            },
                             429,
                             Outcome::Denied,
                         )
@@ -792,11 +806,9 @@ where
             None => Subject::from_ip(ip),
         };
         let key = shared.hasher.key(&route, &subject);
-        let result = tokio::time::timeout(
-            policy.store_timeout(),
-            shared.store.acquire(&key, quota, 1),
-        )
-        .await;
+        let result =
+            tokio::time::timeout(policy.store_timeout(), shared.store.acquire(&key, quota, 1))
+                .await;
         match result {
             Ok(Ok(d)) if d.allowed => ctx.limit = Some((quota, d)),
             Ok(Ok(d)) => {
@@ -823,7 +835,7 @@ where
                     reason,
                 };
                 match policy.failure_mode() {
-                    FailureMode::Open => ctx.audit(info, 0, Outcome::Allowed).await,
+                    FailureMode::Open => ctx.failed_open = Some(info),
                     FailureMode::Closed => {
                         // 503, never 429: the client did nothing wrong.
                         let r = Rejection::new(RejectionKind::Unavailable, reason)
@@ -857,7 +869,9 @@ where
             csrf_token::COOKIE_NAME
         };
         if let Err(reason) = shared.csrf.check_request(&parts.headers, name, binding) {
-            return Ok(ctx.reject(Rejection::new(RejectionKind::CsrfFailed, reason)).await);
+            return Ok(ctx
+                .reject(Rejection::new(RejectionKind::CsrfFailed, reason))
+                .await);
         }
     }
 
@@ -872,8 +886,13 @@ where
         // Whatever the handler made of the body error, the answer is ours: 413.
         return Ok(ctx.reject(too_large("streamed_length")).await);
     }
+    if let Some(info) = ctx.failed_open {
+        ctx.audit(info, res.status().as_u16(), Outcome::Allowed)
+            .await;
+    }
     if let Some(info) = res.extensions().get::<RejectionInfo>().copied() {
-        ctx.audit(info, res.status().as_u16(), Outcome::Denied).await;
+        ctx.audit(info, res.status().as_u16(), Outcome::Denied)
+            .await;
     }
     ctx.decorate(&mut res);
     Ok(res)

@@ -1,4 +1,92 @@
-//! secure-routes. (crate docs written with the layer)
+//! # secure-routes
+//!
+//! Composable security middleware for [tower] and [axum]: one [`Policy`] per route enforces
+//! allowed methods, authentication, rate limits backed by a real store, request body limits,
+//! CSRF protection, security and CORS headers, and writes an audit trail of every security
+//! decision. It is the Rust counterpart of the Next.js `withSecurity(handler, config)` pattern,
+//! with its presets ([`Policy::public`], [`Policy::authenticated`], [`Policy::strict`]) and
+//! without its flaws (spoofable client IPs, racy limits, unsigned CSRF tokens, lost audit
+//! events).
+//!
+//! ## Layout
+//!
+//! * [`policy`]: what a route enforces, presets, validation.
+//! * [`layer`]: [`Security`] (shared state) and the tower layer running the pipeline.
+//! * [`guard`]: the checks, one module each (method, body, rate-limit headers, CSRF token).
+//! * [`client_ip`]: the client address behind trusted proxies.
+//! * [`auth`]: the [`auth::Authenticator`] trait, [`Principal`], JWT and API-key authenticators.
+//! * [`rate_limit`]: quotas, the store trait, the algorithms and the memory store.
+//! * [`audit`]: audit events, sinks and the batching writer.
+//! * [`response`]: problem bodies (RFC 9457), security headers, CORS.
+//! * [`clock`]: injectable time.
+//!
+//! ## The pipeline
+//!
+//! In order: client address and request id, CORS preflight, method allow-list (405),
+//! authentication (401), rate limit (429), body size (413, declared and streamed), CSRF
+//! (403: Fetch Metadata / `Origin`, and a signed double-submit token bound to the subject),
+//! the handler (a panic becomes a generic 500), then response headers. Every refusal is an
+//! `application/problem+json` body that keeps the original's `error` field, and an audit event.
+//!
+//! ## Example
+//!
+//! The original's four examples, as one axum router:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use axum::{Json, Router, body::Body, routing::{get, post}};
+//! use http::{Method, Request, StatusCode};
+//! use secure_routes::{AuthMode, CsrfMode, Policy, Principal, Quota, Security};
+//! use secure_routes::auth::jwt::JwtAuthenticator;
+//! use tower::ServiceExt;
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let jwt = JwtAuthenticator::builder()
+//!     .hs256(b"a-jwt-secret-of-at-least-32-bytes!!")
+//!     .cookie("sr-session")
+//!     .build()
+//!     .unwrap();
+//! let security = Security::builder()
+//!     .authenticator(jwt)
+//!     .csrf_secret(b"a-csrf-secret-of-at-least-32-bytes!")
+//!     .build()
+//!     .unwrap();
+//!
+//! // Example 3: a custom policy.
+//! let sensitive = Policy::builder("sensitive-operation")
+//!     .methods([Method::POST])
+//!     .auth(AuthMode::Required)
+//!     .csrf(CsrfMode::Auto)
+//!     .rate_limit(Quota::per_hour(5))
+//!     .max_body_bytes(100 * 1024)
+//!     .build()
+//!     .unwrap();
+//!
+//! let app: Router = Router::new()
+//!     // Example 1: public data.
+//!     .route("/api/public-data", get(|| async { Json(serde_json::json!({"data": [1, 2, 3]})) })
+//!         .layer(security.layer(Policy::public()).unwrap()))
+//!     // Example 2: authenticated, with CSRF for cookie sessions.
+//!     .route("/api/user/notes", post(|p: Principal| async move { format!("saved for {}", p.subject()) })
+//!         .layer(security.layer(Policy::authenticated()).unwrap()))
+//!     .route("/api/sensitive-operation", post(|| async { "done" })
+//!         .layer(security.layer(sensitive).unwrap()));
+//!
+//! let res = app.clone()
+//!     .oneshot(Request::get("/api/public-data").body(Body::empty()).unwrap())
+//!     .await.unwrap();
+//! assert_eq!(res.status(), StatusCode::OK);
+//! assert_eq!(res.headers()["x-ratelimit-remaining"], "59");
+//!
+//! let res = app
+//!     .oneshot(Request::post("/api/user/notes").body(Body::empty()).unwrap())
+//!     .await.unwrap();
+//! assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+//! # });
+//! ```
+//!
+//! [tower]: https://docs.rs/tower
+//! [axum]: https://docs.rs/axum
 
 pub mod audit;
 pub mod auth;

@@ -312,7 +312,10 @@ impl PolicyBuilder {
             problems.extend(q.problems(&format!("policy {:?}", p.name)));
         }
         if p.max_body_bytes == Some(0) {
-            problems.push(format!("policy {:?}: max_body_bytes must be at least 1", p.name));
+            problems.push(format!(
+                "policy {:?}: max_body_bytes must be at least 1",
+                p.name
+            ));
         }
         if let Some(methods) = &mut p.methods {
             if methods.is_empty() {
@@ -326,10 +329,16 @@ impl PolicyBuilder {
         if let Some(b) = &p.bucket
             && (b.is_empty() || b.len() > 128)
         {
-            problems.push(format!("policy {:?}: bucket name must be 1-128 bytes", p.name));
+            problems.push(format!(
+                "policy {:?}: bucket name must be 1-128 bytes",
+                p.name
+            ));
         }
         if p.store_timeout.is_zero() {
-            problems.push(format!("policy {:?}: store timeout must be positive", p.name));
+            problems.push(format!(
+                "policy {:?}: store timeout must be positive",
+                p.name
+            ));
         }
         if !self.failure_mode_set {
             p.failure_mode = default_failure_mode(&p);
@@ -361,7 +370,10 @@ mod tests {
         let p = Policy::public();
         assert_eq!(p.rate_limit(), Some(Quota::per_minute(60)));
         assert_eq!(p.max_body_bytes(), Some(1 << 20));
-        assert_eq!(p.methods().unwrap(), [Method::GET, Method::POST, Method::HEAD]);
+        assert_eq!(
+            p.methods().unwrap(),
+            [Method::GET, Method::POST, Method::HEAD]
+        );
         assert_eq!(p.auth(), AuthMode::Off);
         assert_eq!(p.failure_mode(), FailureMode::Open);
 

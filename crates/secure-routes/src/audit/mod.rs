@@ -29,7 +29,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use crate::rate_limit::BoxFuture;
-pub use writer::{AuditConfig, AuditStats, AuditWriter};
+pub use writer::{
+    AuditConfig, AuditStats, AuditWriter, NoRuntime, ReplayError, ReplayReport, replay_spill,
+};
 
 /// What happened. Serialized in `snake_case`, as the original `audit_logs.action` column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

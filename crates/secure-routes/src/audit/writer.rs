@@ -1,11 +1,76 @@
-//! Batching audit writer. STUB: to be completed (keep this public API).
+//! Batching audit writer: a bounded queue between the request path and an [`AuditSink`].
+//!
+//! Why a queue: a request must never wait on a database to record that it was refused,
+//! and an attacker flooding an endpoint must not be able to turn the audit log into the
+//! bottleneck. Why bounded, with a spill file: an unbounded queue turns a slow sink into an
+//! out-of-memory crash, and a queue that drops on overflow lets an attacker erase their own
+//! trail by flooding first. So:
+//!
+//! * [`AuditWriter::record`] puts the event on a bounded `tokio` queue. When the queue is full
+//!   it waits up to [`AuditConfig::block_timeout`] (back-pressure), then appends the event to
+//!   the JSON-lines spill file ([`AuditConfig::spill_path`]) and counts it.
+//! * One background task drains the queue in batches of up to [`AuditConfig::max_batch`]:
+//!   it takes whatever is queued the moment it wakes, so an idle writer flushes a single event
+//!   at once (no timer, no added latency) and a busy one writes large batches.
+//! * A failed batch is retried with exponential backoff ([`AuditConfig::max_attempts`],
+//!   [`AuditConfig::retry_base_delay`]), then spilled. A sink that hangs is cut off after
+//!   [`AuditConfig::sink_timeout`] and one that panics is treated as failed.
+//! * [`replay_spill`] (or [`AuditWriter::replay_spill`]) sends spilled events back to a sink
+//!   once it is healthy, and removes the file only after the sink accepted them.
+//! * Every outcome is counted in [`AuditStats`] and as `metrics` counters
+//!   (`secure_routes_audit_{recorded,written,spilled,sink_errors,retries,blocked,lost}_total`,
+//!   gauge `secure_routes_audit_queue_depth`). An event is only ever lost if the spill file
+//!   itself cannot be written; it is then logged in full at `error` level and counted as `lost`.
+//!
+//! Delivery is at-least-once: a batch that timed out may still have been stored by the sink
+//! and is then retried, so sinks should ignore duplicate ids (the SQLite sink does).
+//!
+//! ```
+//! use std::sync::Arc;
+//! use secure_routes::audit::{AuditAction, AuditConfig, AuditEvent, AuditWriter};
+//! use secure_routes::audit::sinks::JsonlSink;
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let dir = tempfile::tempdir().unwrap();
+//! let sink = Arc::new(JsonlSink::open(dir.path().join("audit.jsonl")).unwrap());
+//! let writer = AuditWriter::spawn(sink, AuditConfig {
+//!     spill_path: dir.path().join("spill.jsonl"),
+//!     ..AuditConfig::default()
+//! });
+//! writer.record(AuditEvent::new(AuditAction::RateLimitExceeded).with_status(429)).await;
+//! writer.shutdown().await;
+//! let stats = writer.stats();
+//! assert_eq!((stats.recorded, stats.written, stats.spilled), (1, 1, 0));
+//! # });
+//! ```
 
-use std::sync::Arc;
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use super::{AuditEvent, AuditSink};
+use futures_util::FutureExt;
+use tokio::sync::{Notify, mpsc, watch};
 
-/// Writer settings.
+use super::{AuditError, AuditEvent, AuditSink};
+
+/// Writer settings. Out-of-range values are clamped when the writer starts (a zero capacity,
+/// batch size or attempt count becomes 1).
+///
+/// ```
+/// use std::time::Duration;
+/// use secure_routes::audit::AuditConfig;
+/// let config = AuditConfig {
+///     max_batch: 1024,
+///     block_timeout: Duration::from_millis(10),
+///     spill_path: "/var/lib/myapp/audit-spill.jsonl".into(),
+///     ..AuditConfig::default()
+/// };
+/// assert_eq!(config.queue_capacity, 10_000);
+/// ```
 #[derive(Clone, Debug)]
 pub struct AuditConfig {
     /// Queue capacity in events.
@@ -14,8 +79,17 @@ pub struct AuditConfig {
     pub max_batch: usize,
     /// How long `record` waits on a full queue before spilling.
     pub block_timeout: Duration,
-    /// JSON-lines file receiving events that could not be queued or stored.
-    pub spill_path: std::path::PathBuf,
+    /// JSON-lines file receiving events that could not be queued or stored. Created on first
+    /// use, owner-readable only on Unix (it holds client addresses and subjects).
+    pub spill_path: PathBuf,
+    /// Attempts per batch before it is spilled, the first included (default 4).
+    pub max_attempts: u32,
+    /// Wait before the first retry; doubled before each further retry (default 50 ms).
+    pub retry_base_delay: Duration,
+    /// Longest wait between two attempts (default 2 s).
+    pub retry_max_delay: Duration,
+    /// Longest a single sink call may take before it counts as failed (default 30 s).
+    pub sink_timeout: Duration,
 }
 
 impl Default for AuditConfig {
@@ -25,48 +99,620 @@ impl Default for AuditConfig {
             max_batch: 512,
             block_timeout: Duration::from_millis(50),
             spill_path: "secure-routes-audit-spill.jsonl".into(),
+            max_attempts: 4,
+            retry_base_delay: Duration::from_millis(50),
+            retry_max_delay: Duration::from_secs(2),
+            sink_timeout: Duration::from_secs(30),
         }
     }
 }
 
-/// Counters.
+impl AuditConfig {
+    /// The delay before retry number `retry` (1-based): `base * 2^(retry-1)`, capped.
+    fn backoff(&self, retry: u32) -> Duration {
+        let factor = 1u32
+            .checked_shl(retry.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.retry_base_delay
+            .checked_mul(factor)
+            .unwrap_or(self.retry_max_delay)
+            .min(self.retry_max_delay)
+    }
+
+    fn normalized(mut self) -> Self {
+        self.queue_capacity = self.queue_capacity.max(1);
+        self.max_batch = self.max_batch.max(1);
+        self.max_attempts = self.max_attempts.max(1);
+        self
+    }
+}
+
+/// Counters, a snapshot taken by [`AuditWriter::stats`].
+///
+/// Once the writer is shut down, `recorded == written + spilled + lost`.
+///
+/// ```
+/// use secure_routes::audit::AuditStats;
+/// let s = AuditStats::default();
+/// assert_eq!(s.recorded, s.written + s.spilled + s.lost);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AuditStats {
-    /// Events accepted by `record`.
+    /// Events handed to `record` (queued or spilled).
     pub recorded: u64,
     /// Events stored by the sink.
     pub written: u64,
-    /// Events spilled to the file.
+    /// Events spilled to the file (full queue, sink failures, or recorded after shutdown).
     pub spilled: u64,
-    /// Failed sink attempts.
+    /// Failed sink attempts (errors, timeouts and panics).
     pub sink_errors: u64,
+    /// Retries after a failed attempt.
+    pub retries: u64,
+    /// Batches handed to the sink successfully.
+    pub batches: u64,
+    /// Times `record` found the queue full and had to wait.
+    pub blocked: u64,
+    /// Events that could be neither stored nor spilled (logged in full at `error` level).
+    pub lost: u64,
+    /// Events waiting in the queue right now.
+    pub queue_depth: u64,
 }
 
-/// Batching writer handle (cheap to clone).
+/// Metric names, kept in one place.
+mod metric {
+    pub(super) const RECORDED: &str = "secure_routes_audit_recorded_total";
+    pub(super) const WRITTEN: &str = "secure_routes_audit_written_total";
+    pub(super) const SPILLED: &str = "secure_routes_audit_spilled_total";
+    pub(super) const SINK_ERRORS: &str = "secure_routes_audit_sink_errors_total";
+    pub(super) const RETRIES: &str = "secure_routes_audit_retries_total";
+    pub(super) const BLOCKED: &str = "secure_routes_audit_blocked_total";
+    pub(super) const LOST: &str = "secure_routes_audit_lost_total";
+    pub(super) const QUEUE_DEPTH: &str = "secure_routes_audit_queue_depth";
+}
+
+#[derive(Default)]
+struct Counters {
+    recorded: AtomicU64,
+    written: AtomicU64,
+    spilled: AtomicU64,
+    sink_errors: AtomicU64,
+    retries: AtomicU64,
+    batches: AtomicU64,
+    blocked: AtomicU64,
+    lost: AtomicU64,
+}
+
+/// State shared by the handles and the background task.
+struct Shared {
+    config: AuditConfig,
+    sink_name: &'static str,
+    counters: Counters,
+    spill: SpillFile,
+}
+
+impl Shared {
+    fn add(counter: &AtomicU64, name: &'static str, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!(name).increment(n);
+    }
+
+    /// Appends events to the spill file; if even that fails, logs each event in full and
+    /// counts it as lost, so nothing disappears without a trace.
+    fn spill(&self, events: &[AuditEvent], why: &'static str) {
+        let n = events.len() as u64;
+        match self.spill.append(events) {
+            Ok(()) => {
+                Self::add(&self.counters.spilled, metric::SPILLED, n);
+                tracing::warn!(
+                    target: "secure_routes::audit",
+                    events = n,
+                    reason = why,
+                    path = %self.spill.path.display(),
+                    "audit events spilled to file"
+                );
+            }
+            Err(err) => {
+                Self::add(&self.counters.lost, metric::LOST, n);
+                for e in events {
+                    let json = serde_json::to_string(e).unwrap_or_else(|_| format!("{e:?}"));
+                    tracing::error!(
+                        target: "secure_routes::audit",
+                        error = %err,
+                        reason = why,
+                        event = %json,
+                        "audit event could not be stored or spilled"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Hands one batch to the sink, retrying with exponential backoff, then spills it.
+    async fn deliver(&self, sink: &dyn AuditSink, batch: &[AuditEvent]) {
+        let config = &self.config;
+        let mut attempt = 1;
+        loop {
+            let call = AssertUnwindSafe(sink.write_batch(batch)).catch_unwind();
+            let error = match tokio::time::timeout(config.sink_timeout, call).await {
+                Ok(Ok(Ok(()))) => {
+                    let n = batch.len() as u64;
+                    self.counters.written.fetch_add(n, Ordering::Relaxed);
+                    self.counters.batches.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!(metric::WRITTEN, "sink" => self.sink_name).increment(n);
+                    return;
+                }
+                Ok(Ok(Err(AuditError(msg)))) => msg,
+                Ok(Err(_panic)) => "the sink panicked".to_owned(),
+                Err(_elapsed) => format!("no answer within {:?}", config.sink_timeout),
+            };
+            self.counters.sink_errors.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(metric::SINK_ERRORS, "sink" => self.sink_name).increment(1);
+            tracing::warn!(
+                target: "secure_routes::audit",
+                sink = self.sink_name,
+                attempt,
+                max_attempts = config.max_attempts,
+                events = batch.len(),
+                error = %super::sanitize(&error, 512),
+                "audit sink failed"
+            );
+            if attempt >= config.max_attempts {
+                self.spill(batch, "sink_failed");
+                return;
+            }
+            tokio::time::sleep(config.backoff(attempt)).await;
+            Self::add(&self.counters.retries, metric::RETRIES, 1);
+            attempt += 1;
+        }
+    }
+}
+
+/// The spill file: appends under a mutex, the file opened per append.
+///
+/// Why a synchronous append on the caller's thread rather than `spawn_blocking`: a spill is one
+/// `write` of an already serialized buffer to an append-mode file (page cache, no fsync), a
+/// few microseconds, and it only happens when the system is already degraded. A blocking-pool
+/// hop would add a failure mode exactly when spilling matters most (events recorded while the
+/// runtime shuts down). Opening per append lets [`replay_spill`] rename the file away under
+/// the same mutex without losing a concurrent append to the old inode.
+struct SpillFile {
+    path: PathBuf,
+    lock: Mutex<()>,
+}
+
+impl SpillFile {
+    fn append(&self, events: &[AuditEvent]) -> io::Result<()> {
+        let buf = to_json_lines(events)?;
+        let _guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        append_bytes(&self.path, &buf)
+    }
+
+    /// Renames the spill file to `to` while no append is in flight. `Ok(false)`: no file.
+    fn claim(&self, to: &Path) -> io::Result<bool> {
+        let _guard = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        claim_file(&self.path, to)
+    }
+}
+
+/// Serializes events as JSON lines (one object per line, `\n`-terminated). JSON escapes every
+/// control character, so a hostile field can never start a new line.
+pub(crate) fn to_json_lines(events: &[AuditEvent]) -> Result<Vec<u8>, serde_json::Error> {
+    let mut buf = Vec::with_capacity(events.len() * 384);
+    for e in events {
+        serde_json::to_writer(&mut buf, e)?;
+        buf.push(b'\n');
+    }
+    Ok(buf)
+}
+
+/// Opens `path` for appending (creating it, mode 0600 on Unix) and writes `buf` in one call.
+pub(crate) fn append_bytes(path: &Path, buf: &[u8]) -> io::Result<()> {
+    let mut file = open_append(path)?;
+    file.write_all(buf)?;
+    file.flush()
+}
+
+/// Opens a file for appending, creating it readable by its owner only on Unix: audit records
+/// carry client addresses and subjects.
+pub(crate) fn open_append(path: &Path) -> io::Result<std::fs::File> {
+    let mut options = OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
+fn claim_file(from: &Path, to: &Path) -> io::Result<bool> {
+    match std::fs::rename(from, to) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+struct Handle {
+    tx: mpsc::Sender<AuditEvent>,
+    shared: Arc<Shared>,
+    close: Arc<Notify>,
+    done: watch::Receiver<bool>,
+}
+
+/// Batching writer handle (cheap to clone; all clones feed the same queue).
+///
+/// When every handle is dropped without [`shutdown`](AuditWriter::shutdown), the task still
+/// drains the queue and stops, provided the runtime keeps running.
+///
+/// ```
+/// use std::sync::Arc;
+/// use secure_routes::audit::{AuditAction, AuditConfig, AuditEvent, AuditWriter};
+/// use secure_routes::audit::sinks::TracingSink;
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let dir = tempfile::tempdir().unwrap();
+/// let writer = AuditWriter::spawn(Arc::new(TracingSink), AuditConfig {
+///     spill_path: dir.path().join("spill.jsonl"),
+///     ..AuditConfig::default()
+/// });
+/// writer.record(AuditEvent::new(AuditAction::UnauthorizedAccess).with_status(401)).await;
+/// writer.shutdown().await;
+/// // After shutdown nothing is lost: the event goes to the spill file.
+/// writer.record(AuditEvent::new(AuditAction::UnauthorizedAccess)).await;
+/// assert_eq!(writer.stats().written, 1);
+/// assert_eq!(writer.stats().spilled, 1);
+/// # });
+/// ```
 #[derive(Clone)]
 pub struct AuditWriter {
-    sink: Arc<dyn AuditSink>,
+    inner: Arc<Handle>,
 }
 
 impl std::fmt::Debug for AuditWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AuditWriter")
+        f.debug_struct("AuditWriter")
+            .field("sink", &self.inner.shared.sink_name)
+            .field("stats", &self.stats())
+            .finish()
     }
 }
 
+/// `spawn` was called outside a tokio runtime.
+#[derive(Debug, thiserror::Error)]
+#[error("the audit writer needs a running tokio runtime")]
+pub struct NoRuntime;
+
 impl AuditWriter {
     /// Starts the writer task on the current tokio runtime.
-    pub fn spawn(sink: Arc<dyn AuditSink>, _config: AuditConfig) -> Self {
-        Self { sink }
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime (like `tokio::spawn`); [`AuditWriter::try_spawn`] returns an
+    /// error instead.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use secure_routes::audit::{AuditConfig, AuditWriter, sinks::TracingSink};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let writer = AuditWriter::spawn(Arc::new(TracingSink), AuditConfig::default());
+    /// assert_eq!(writer.stats().recorded, 0);
+    /// # });
+    /// ```
+    pub fn spawn(sink: Arc<dyn AuditSink>, config: AuditConfig) -> Self {
+        match Self::try_spawn(sink, config) {
+            Ok(w) => w,
+            Err(NoRuntime) => panic!("AuditWriter::spawn must be called within a tokio runtime"),
+        }
     }
-    /// Queues one event.
+
+    /// Starts the writer task on the current tokio runtime, or fails outside one.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use secure_routes::audit::{AuditConfig, AuditWriter, sinks::TracingSink};
+    /// assert!(AuditWriter::try_spawn(Arc::new(TracingSink), AuditConfig::default()).is_err());
+    /// ```
+    pub fn try_spawn(sink: Arc<dyn AuditSink>, config: AuditConfig) -> Result<Self, NoRuntime> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| NoRuntime)?;
+        let config = config.normalized();
+        let (tx, rx) = mpsc::channel(config.queue_capacity);
+        let (done_tx, done_rx) = watch::channel(false);
+        let close = Arc::new(Notify::new());
+        let shared = Arc::new(Shared {
+            spill: SpillFile {
+                path: config.spill_path.clone(),
+                lock: Mutex::new(()),
+            },
+            config,
+            sink_name: sink.name(),
+            counters: Counters::default(),
+        });
+        runtime.spawn(run(
+            rx,
+            sink,
+            Arc::clone(&shared),
+            Arc::clone(&close),
+            done_tx,
+        ));
+        Ok(Self {
+            inner: Arc::new(Handle {
+                tx,
+                shared,
+                close,
+                done: done_rx,
+            }),
+        })
+    }
+
+    /// Queues one event. Waits at most [`AuditConfig::block_timeout`] when the queue is full,
+    /// then spills the event; after [`shutdown`](AuditWriter::shutdown) it spills at once.
+    /// Never fails and never drops the event silently.
     pub async fn record(&self, event: AuditEvent) {
-        let _ = self.sink.write_batch(std::slice::from_ref(&event)).await;
+        let shared = &self.inner.shared;
+        Shared::add(&shared.counters.recorded, metric::RECORDED, 1);
+        let event = match self.inner.tx.try_send(event) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Closed(event)) => {
+                shared.spill(std::slice::from_ref(&event), "writer_stopped");
+                return;
+            }
+            Err(mpsc::error::TrySendError::Full(event)) => event,
+        };
+        // Back-pressure: the request waits a little for the sink to catch up, bounded so an
+        // audit backlog can never stall the service.
+        Shared::add(&shared.counters.blocked, metric::BLOCKED, 1);
+        let timeout = shared.config.block_timeout;
+        match self.inner.tx.send_timeout(event, timeout).await {
+            Ok(()) => {}
+            Err(mpsc::error::SendTimeoutError::Timeout(event)) => {
+                shared.spill(std::slice::from_ref(&event), "queue_full");
+            }
+            Err(mpsc::error::SendTimeoutError::Closed(event)) => {
+                shared.spill(std::slice::from_ref(&event), "writer_stopped");
+            }
+        }
     }
-    /// Flushes everything queued and stops the task.
-    pub async fn shutdown(&self) {}
+
+    /// Closes the queue, waits until every queued event is written or spilled, and stops the
+    /// task. Idempotent; concurrent callers all wait for the same end. Events recorded
+    /// afterwards go to the spill file.
+    pub async fn shutdown(&self) {
+        self.inner.close.notify_one();
+        let mut done = self.inner.done.clone();
+        // An error means the task is gone (its runtime is shutting down): nothing to wait for.
+        let _ = done.wait_for(|finished| *finished).await;
+    }
+
     /// Current counters.
     pub fn stats(&self) -> AuditStats {
-        AuditStats::default()
+        let c = &self.inner.shared.counters;
+        let tx = &self.inner.tx;
+        AuditStats {
+            recorded: c.recorded.load(Ordering::Relaxed),
+            written: c.written.load(Ordering::Relaxed),
+            spilled: c.spilled.load(Ordering::Relaxed),
+            sink_errors: c.sink_errors.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            blocked: c.blocked.load(Ordering::Relaxed),
+            lost: c.lost.load(Ordering::Relaxed),
+            queue_depth: tx.max_capacity().saturating_sub(tx.capacity()) as u64,
+        }
+    }
+
+    /// The spill file this writer appends to.
+    pub fn spill_path(&self) -> &Path {
+        &self.inner.shared.spill.path
+    }
+
+    /// Replays this writer's spill file into `sink` (see [`replay_spill`]). Safe while the
+    /// writer runs: the file is claimed under the same lock its appends take, and new spills
+    /// start a fresh file.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use secure_routes::audit::{AuditConfig, AuditWriter, sinks::TracingSink};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let writer = AuditWriter::spawn(Arc::new(TracingSink), AuditConfig {
+    ///     spill_path: dir.path().join("spill.jsonl"),
+    ///     ..AuditConfig::default()
+    /// });
+    /// let report = writer.replay_spill(&TracingSink).await.unwrap();
+    /// assert_eq!(report.replayed, 0); // nothing was spilled
+    /// # });
+    /// ```
+    pub async fn replay_spill(&self, sink: &dyn AuditSink) -> Result<ReplayReport, ReplayError> {
+        let spill = &self.inner.shared.spill;
+        replay(&spill.path, sink, |to| spill.claim(to)).await
+    }
+}
+
+/// The background task: drain, deliver, repeat; on close, drain what is left and stop.
+async fn run(
+    mut rx: mpsc::Receiver<AuditEvent>,
+    sink: Arc<dyn AuditSink>,
+    shared: Arc<Shared>,
+    close: Arc<Notify>,
+    done: watch::Sender<bool>,
+) {
+    let max = shared.config.max_batch;
+    let mut batch = Vec::with_capacity(max);
+    let mut closing = false;
+    loop {
+        let n = if closing {
+            rx.recv_many(&mut batch, max).await
+        } else {
+            tokio::select! {
+                // Close first, so a steady stream of events cannot postpone shutdown forever.
+                biased;
+                () = close.notified() => {
+                    // Senders now fail fast (and spill); buffered events are still drained.
+                    rx.close();
+                    closing = true;
+                    continue;
+                }
+                n = rx.recv_many(&mut batch, max) => n,
+            }
+        };
+        if n == 0 {
+            break; // closed (or every handle dropped) and empty
+        }
+        metrics::gauge!(metric::QUEUE_DEPTH).set(rx.len() as f64);
+        shared.deliver(&*sink, &batch).await;
+        batch.clear();
+    }
+    metrics::gauge!(metric::QUEUE_DEPTH).set(0.0);
+    let _ = done.send(true);
+}
+
+/// What a replay did.
+///
+/// ```
+/// use secure_routes::audit::ReplayReport;
+/// assert_eq!(ReplayReport::default().replayed, 0);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Events the sink accepted.
+    pub replayed: u64,
+    /// Lines that did not parse as an event (a torn write after a crash, say). They are kept
+    /// in `<spill file>.rejected`, never discarded.
+    pub rejected: u64,
+}
+
+/// A replay stopped. The events not yet accepted stay in `<spill file>.replaying` and the
+/// next replay resumes from there.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplayError {
+    /// Reading, writing or renaming the spill files failed.
+    #[error("spill file: {0}")]
+    Io(#[from] io::Error),
+    /// The sink refused a batch.
+    #[error(transparent)]
+    Sink(#[from] AuditError),
+}
+
+/// Events per batch during a replay.
+const REPLAY_BATCH: usize = 512;
+
+/// Re-sends the events in a spill file to `sink`, then deletes the file.
+///
+/// The file is first renamed to `<path>.replaying`, so events spilled meanwhile start a fresh
+/// file and are kept for the next replay. If the sink fails part-way, the events it has not
+/// accepted are written back to `<path>.replaying` (atomically, via a temporary file) and the
+/// next call resumes there; a crash mid-replay can resend a batch, so sinks should ignore
+/// duplicate ids. Lines that do not parse go to `<path>.rejected`.
+///
+/// While an [`AuditWriter`] in this process may spill to the same file, prefer
+/// [`AuditWriter::replay_spill`], which claims the file under the writer's lock.
+///
+/// ```
+/// use secure_routes::audit::{replay_spill, sinks::JsonlSink};
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let dir = tempfile::tempdir().unwrap();
+/// let spill = dir.path().join("spill.jsonl");
+/// let event = secure_routes::audit::AuditEvent::new(secure_routes::audit::AuditAction::InvalidInput);
+/// std::fs::write(&spill, serde_json::to_string(&event).unwrap() + "\n").unwrap();
+///
+/// let sink = JsonlSink::open(dir.path().join("audit.jsonl")).unwrap();
+/// let report = replay_spill(&spill, &sink).await.unwrap();
+/// assert_eq!(report.replayed, 1);
+/// assert!(!spill.exists());
+/// # });
+/// ```
+pub async fn replay_spill(
+    path: impl AsRef<Path>,
+    sink: &dyn AuditSink,
+) -> Result<ReplayReport, ReplayError> {
+    let path = path.as_ref();
+    replay(path, sink, |to| claim_file(path, to)).await
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+async fn replay(
+    path: &Path,
+    sink: &dyn AuditSink,
+    claim: impl Fn(&Path) -> io::Result<bool>,
+) -> Result<ReplayReport, ReplayError> {
+    let claimed = with_suffix(path, ".replaying");
+    let mut report = ReplayReport::default();
+    // First a file left by an interrupted replay (if any), then the current spill file.
+    for _ in 0..2 {
+        if !tokio::fs::try_exists(&claimed).await? && !claim(&claimed)? {
+            break;
+        }
+        let bytes = tokio::fs::read(&claimed).await?;
+        let mut events = Vec::new();
+        let mut rejected = Vec::new();
+        for line in bytes.split(|b| *b == b'\n') {
+            if line.trim_ascii().is_empty() {
+                continue;
+            }
+            match serde_json::from_slice::<AuditEvent>(line) {
+                Ok(e) => events.push(e),
+                Err(_) => {
+                    rejected.extend_from_slice(line);
+                    rejected.push(b'\n');
+                    report.rejected += 1;
+                }
+            }
+        }
+        if !rejected.is_empty() {
+            append_bytes(&with_suffix(path, ".rejected"), &rejected)?;
+            rejected.clear();
+        }
+        let mut sent = 0;
+        for chunk in events.chunks(REPLAY_BATCH) {
+            if let Err(e) = sink.write_batch(chunk).await {
+                // Keep exactly what the sink has not accepted, replacing the claimed file
+                // atomically so a crash here cannot lose or duplicate the remainder.
+                let rest = events.get(sent..).unwrap_or_default();
+                let tmp = with_suffix(path, ".replaying.tmp");
+                tokio::fs::write(&tmp, to_json_lines(rest).map_err(io::Error::from)?).await?;
+                tokio::fs::rename(&tmp, &claimed).await?;
+                return Err(ReplayError::Sink(e));
+            }
+            sent += chunk.len();
+            report.replayed += chunk.len() as u64;
+        }
+        tokio::fs::remove_file(&claimed).await?;
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let c = AuditConfig {
+            retry_base_delay: Duration::from_millis(10),
+            retry_max_delay: Duration::from_millis(50),
+            ..AuditConfig::default()
+        };
+        let delays: Vec<_> = (1..=5).map(|r| c.backoff(r).as_millis()).collect();
+        assert_eq!(delays, [10, 20, 40, 50, 50]);
+        assert_eq!(c.backoff(200), Duration::from_millis(50));
+    }
+
+    #[test]
+    fn zero_sizes_are_clamped() {
+        let c = AuditConfig {
+            queue_capacity: 0,
+            max_batch: 0,
+            max_attempts: 0,
+            ..AuditConfig::default()
+        }
+        .normalized();
+        assert_eq!((c.queue_capacity, c.max_batch, c.max_attempts), (1, 1, 1));
     }
 }

@@ -1,19 +1,430 @@
-//! API-key authenticator. STUB: to be completed.
+//! API-key authentication from a request header (for example `x-api-key`).
+//!
+//! Keys are stored only as SHA-256 digests, so a memory dump or a leaked configuration does not
+//! hand out working keys. A plain (unsalted, fast) hash is enough because API keys are random
+//! and long (at least [`MIN_KEY_LEN`] bytes are required): they are not passwords, and there is
+//! no dictionary to try. A presented key is hashed and compared with **every** stored digest in
+//! constant time, without stopping at a match, so the response time says nothing about which
+//! keys exist or how close a guess came.
+//!
+//! The principal's subject is the key's id (never the key), with
+//! [`CredentialSource::ApiKey`]: an explicit header, not ambient, so no CSRF token is needed.
+//!
+//! ```
+//! use axum::{Router, body::Body, routing::get};
+//! use http::{Request, StatusCode};
+//! use secure_routes::{AuthMode, Policy, Principal, Security};
+//! use secure_routes::auth::api_key::ApiKeyAuthenticator;
+//! use tower::ServiceExt;
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let keys = ApiKeyAuthenticator::new("x-api-key")
+//!     .with_key("ci-bot", "k_3f9a1c7e5b2d8f60a4c1")
+//!     .build()
+//!     .unwrap();
+//! let security = Security::builder().authenticator(keys).csrf_secret([1u8; 32]).build().unwrap();
+//! let policy = Policy::public().to_builder().auth(AuthMode::Required).build().unwrap();
+//! let app: Router = Router::new()
+//!     .route("/me", get(|p: Principal| async move { p.subject().to_owned() }))
+//!     .layer(security.layer(policy).unwrap());
+//!
+//! let ok = Request::get("/me").header("x-api-key", "k_3f9a1c7e5b2d8f60a4c1").body(Body::empty()).unwrap();
+//! assert_eq!(app.clone().oneshot(ok).await.unwrap().status(), StatusCode::OK);
+//! let bad = Request::get("/me").header("x-api-key", "k_guess_guess_guess_").body(Body::empty()).unwrap();
+//! assert_eq!(app.oneshot(bad).await.unwrap().status(), StatusCode::UNAUTHORIZED);
+//! # });
+//! ```
 
-/// Stub.
-#[derive(Debug)]
-pub struct ApiKeyAuthenticator;
-impl ApiKeyAuthenticator {
-    /// Stub.
-    pub fn new(_header: &str) -> Self {
-        Self
+use std::fmt;
+use std::sync::Arc;
+
+use http::HeaderName;
+use http::request::Parts;
+use sha2::{Digest, Sha256};
+use subtle::{Choice, ConditionallySelectable, ConstantTimeEq};
+
+use super::{AuthError, Authenticator, BoxFuture, CredentialSource, Principal};
+use crate::error::ConfigError;
+
+/// Minimum key length in bytes: shorter keys could be guessed, and the unsalted hash relies on
+/// keys being high-entropy.
+pub const MIN_KEY_LEN: usize = 16;
+/// Longest key header accepted; anything longer is refused before hashing.
+pub const MAX_KEY_LEN: usize = 1024;
+
+/// The SHA-256 of `key`, lowercase hex: what [`ApiKeyAuthenticator::with_key_hash`] expects,
+/// so configuration can carry digests instead of keys.
+///
+/// ```
+/// use secure_routes::auth::api_key::hash_key;
+/// assert_eq!(hash_key(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+/// ```
+pub fn hash_key(key: &[u8]) -> String {
+    use std::fmt::Write as _;
+    Sha256::digest(key)
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Authenticates requests by an API key in a header.
+///
+/// Configure it with [`with_key`](Self::with_key) / [`with_key_hash`](Self::with_key_hash),
+/// then call [`build`](Self::build) to get every configuration problem at once. An instance
+/// with problems that was *not* checked with `build` fails closed: every request presenting
+/// a key is answered [`AuthError::Unavailable`] (503), none is let in.
+///
+/// ```
+/// use secure_routes::auth::api_key::ApiKeyAuthenticator;
+/// let err = ApiKeyAuthenticator::new("x-api-key")
+///     .with_key("a", "short")
+///     .with_key_hash("b", "not-hex")
+///     .build()
+///     .unwrap_err();
+/// assert_eq!(err.problems().len(), 2);
+/// ```
+pub struct ApiKeyAuthenticator {
+    header: Option<HeaderName>,
+    keys: Vec<(Arc<str>, [u8; 32])>,
+    problems: Vec<String>,
+}
+
+impl fmt::Debug for ApiKeyAuthenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Ids only: not even the digests.
+        f.debug_struct("ApiKeyAuthenticator")
+            .field("header", &self.header)
+            .field(
+                "key_ids",
+                &self.keys.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
     }
 }
-impl super::Authenticator for ApiKeyAuthenticator {
-    fn authenticate<'a>(
-        &'a self,
-        _parts: &'a http::request::Parts,
-    ) -> super::BoxFuture<'a, Result<super::Principal, super::AuthError>> {
-        Box::pin(async { Err(super::AuthError::Missing) })
+
+impl ApiKeyAuthenticator {
+    /// Reads keys from `header_name` (case-insensitive). It must be a valid header name, and
+    /// neither `Cookie` (a key there would be ambient, sent by the browser on cross-site
+    /// requests) nor `Authorization` (left to bearer tokens).
+    pub fn new(header_name: &str) -> Self {
+        let mut problems = Vec::new();
+        let header = match HeaderName::from_bytes(header_name.as_bytes()) {
+            Ok(h) if h == http::header::COOKIE || h == http::header::AUTHORIZATION => {
+                problems.push(format!("api key header must not be {h:?}"));
+                None
+            }
+            Ok(h) => Some(h),
+            Err(_) => {
+                problems.push(format!(
+                    "api key header {:?} is not a valid header name",
+                    header_name.chars().take(64).collect::<String>()
+                ));
+                None
+            }
+        };
+        Self {
+            header,
+            keys: Vec::new(),
+            problems,
+        }
+    }
+
+    /// Accepts `key` for the principal `id`. The key is hashed at once and not kept. It must be
+    /// at least [`MIN_KEY_LEN`] and at most [`MAX_KEY_LEN`] bytes.
+    pub fn with_key(mut self, id: impl Into<Arc<str>>, key: impl AsRef<[u8]>) -> Self {
+        let id = id.into();
+        let key = key.as_ref();
+        if key.len() < MIN_KEY_LEN || key.len() > MAX_KEY_LEN {
+            // Never echo the key itself.
+            self.problems.push(format!(
+                "api key {id:?} must be {MIN_KEY_LEN}..={MAX_KEY_LEN} bytes (got {})",
+                key.len()
+            ));
+            return self;
+        }
+        let digest: [u8; 32] = Sha256::digest(key).into();
+        self.add(id, digest)
+    }
+
+    /// Accepts the key whose SHA-256 is `hex_digest` (64 hex digits, see [`hash_key`]) for the
+    /// principal `id`.
+    ///
+    /// ```
+    /// use secure_routes::auth::api_key::{ApiKeyAuthenticator, hash_key};
+    /// let a = ApiKeyAuthenticator::new("x-api-key")
+    ///     .with_key_hash("ops", &hash_key(b"0123456789abcdef-ops"))
+    ///     .build();
+    /// assert!(a.is_ok());
+    /// ```
+    pub fn with_key_hash(mut self, id: impl Into<Arc<str>>, hex_digest: &str) -> Self {
+        let id = id.into();
+        match decode_hex32(hex_digest.trim()) {
+            Some(digest) => self.add(id, digest),
+            None => {
+                self.problems.push(format!(
+                    "api key hash for {id:?} must be 64 hex digits (a SHA-256)"
+                ));
+                self
+            }
+        }
+    }
+
+    fn add(mut self, id: Arc<str>, digest: [u8; 32]) -> Self {
+        if id.is_empty() {
+            self.problems
+                .push("api key id must not be empty".to_owned());
+        } else if self.keys.iter().any(|(k, _)| *k == id) {
+            self.problems
+                .push(format!("api key id {id:?} is configured twice"));
+        } else if self.keys.iter().any(|(_, d)| *d == digest) {
+            // One key, two identities: which one would a request be?
+            self.problems
+                .push(format!("api key {id:?} is the same key as another id"));
+        } else {
+            self.keys.push((id, digest));
+        }
+        self
+    }
+
+    /// Returns the authenticator if the configuration is sound, else every problem found.
+    /// No key at all is a problem too (nobody could ever authenticate).
+    pub fn build(mut self) -> Result<Self, ConfigError> {
+        if self.keys.is_empty() && self.problems.is_empty() {
+            self.problems.push("no api key configured".to_owned());
+        }
+        let problems = std::mem::take(&mut self.problems);
+        ConfigError::check(problems, self)
+    }
+
+    /// The ids of the configured keys.
+    pub fn key_ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|(id, _)| &**id)
+    }
+
+    /// The header keys are read from, if it is valid.
+    pub fn header_name(&self) -> Option<&HeaderName> {
+        self.header.as_ref()
+    }
+
+    fn check(&self, parts: &Parts) -> Result<Principal, AuthError> {
+        let Some(header) = &self.header else {
+            // Misconfigured and never checked: there is no header to read, so no credential.
+            return Err(AuthError::Missing);
+        };
+        let mut values = parts.headers.get_all(header).iter();
+        let presented = match (values.next(), values.next()) {
+            (None, _) => return Err(AuthError::Missing),
+            (Some(_), Some(_)) => return Err(AuthError::Invalid("multiple_credentials")),
+            (Some(v), None) => v.as_bytes().trim_ascii(),
+        };
+        if presented.is_empty() || presented.len() > MAX_KEY_LEN {
+            return Err(AuthError::Invalid("malformed"));
+        }
+        if !self.problems.is_empty() {
+            // Fail closed: a configuration nobody validated is not trusted to let anyone in.
+            return Err(AuthError::Unavailable(
+                "api key authenticator is misconfigured (call build())".to_owned(),
+            ));
+        }
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        // Constant time: every stored digest is compared, the match is selected without a
+        // branch, and the loop never exits early.
+        let mut found = Choice::from(0);
+        let mut index = 0u64;
+        for (i, (_, stored)) in self.keys.iter().enumerate() {
+            let eq = stored.ct_eq(&digest);
+            index.conditional_assign(&(i as u64), eq);
+            found |= eq;
+        }
+        if !bool::from(found) {
+            return Err(AuthError::Invalid("unknown_key"));
+        }
+        let id = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.keys.get(i))
+            .map(|(id, _)| Arc::clone(id))
+            .ok_or(AuthError::Invalid("unknown_key"))?;
+        Ok(Principal::new(id, CredentialSource::ApiKey))
+    }
+}
+
+impl Authenticator for ApiKeyAuthenticator {
+    fn authenticate<'a>(&'a self, parts: &'a Parts) -> BoxFuture<'a, Result<Principal, AuthError>> {
+        let result = self.check(parts);
+        Box::pin(async move { result })
+    }
+}
+
+/// 64 hex digits (either case) into 32 bytes.
+fn decode_hex32(s: &str) -> Option<[u8; 32]> {
+    fn nibble(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            b'A'..=b'F' => Some(b - b'A' + 10),
+            _ => None,
+        }
+    }
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (o, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+        let [hi, lo] = pair else { return None };
+        *o = (nibble(*hi)? << 4) | nibble(*lo)?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use http::{HeaderValue, Request};
+
+    use super::*;
+
+    fn ids(a: &ApiKeyAuthenticator) -> HashSet<&str> {
+        a.key_ids().collect()
+    }
+
+    const K1: &str = "k1-0123456789abcdef";
+    const K2: &str = "k2-fedcba9876543210";
+
+    fn auth() -> ApiKeyAuthenticator {
+        ApiKeyAuthenticator::new("X-Api-Key")
+            .with_key("one", K1)
+            .with_key_hash("two", &hash_key(K2.as_bytes()).to_uppercase())
+            .build()
+            .unwrap()
+    }
+
+    fn parts(values: &[&[u8]]) -> Parts {
+        let mut req = Request::new(());
+        for v in values {
+            req.headers_mut()
+                .append("x-api-key", HeaderValue::from_bytes(v).unwrap());
+        }
+        req.into_parts().0
+    }
+
+    fn run(a: &ApiKeyAuthenticator, values: &[&[u8]]) -> Result<Principal, AuthError> {
+        let p = parts(values);
+        futures_util::FutureExt::now_or_never(a.authenticate(&p)).unwrap()
+    }
+
+    /// Header values presented, and the expected key id or error.
+    type Case<'a> = (&'a [&'a [u8]], Result<&'a str, AuthError>);
+
+    #[test]
+    fn table() {
+        let a = auth();
+        assert_eq!(ids(&a), HashSet::from(["one", "two"]));
+        let long = vec![b'a'; MAX_KEY_LEN + 1];
+        let cases: &[Case<'_>] = &[
+            (&[K1.as_bytes()], Ok("one")),
+            (&[K2.as_bytes()], Ok("two")),
+            (&[b"  k1-0123456789abcdef "], Ok("one")),
+            (&[], Err(AuthError::Missing)),
+            (&[b""], Err(AuthError::Invalid("malformed"))),
+            (&[&long], Err(AuthError::Invalid("malformed"))),
+            (
+                &[b"k1-0123456789abcdeF"],
+                Err(AuthError::Invalid("unknown_key")),
+            ),
+            (
+                &[b"\xff\xfe binary"],
+                Err(AuthError::Invalid("unknown_key")),
+            ),
+            (
+                &[K1.as_bytes(), K1.as_bytes()],
+                Err(AuthError::Invalid("multiple_credentials")),
+            ),
+        ];
+        for (values, want) in cases {
+            let got = run(&a, values);
+            match (got, want) {
+                (Ok(p), Ok(id)) => {
+                    assert_eq!(p.subject(), *id);
+                    assert_eq!(p.source(), CredentialSource::ApiKey);
+                    assert!(!p.is_ambient());
+                }
+                (got, want) => assert_eq!(
+                    got.map(|p| p.subject().to_owned()),
+                    want.clone().map(str::to_owned)
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn config_problems_are_all_reported() {
+        let err = ApiKeyAuthenticator::new("bad header")
+            .with_key("a", "short")
+            .with_key("", "0123456789abcdef")
+            .with_key("b", "0123456789abcdef")
+            .with_key("b", "0123456789abcdefg")
+            .with_key("c", "0123456789abcdef")
+            .with_key_hash("d", "zz")
+            .build()
+            .unwrap_err();
+        assert_eq!(err.problems().len(), 6, "{err}");
+        // The key itself never appears in a message.
+        assert!(!err.to_string().contains("0123456789abcdef"), "{err}");
+    }
+
+    #[test]
+    fn ambient_or_reserved_headers_are_refused() {
+        for h in ["cookie", "Authorization"] {
+            assert!(
+                ApiKeyAuthenticator::new(h)
+                    .with_key("a", K1)
+                    .build()
+                    .is_err(),
+                "{h}"
+            );
+        }
+        assert!(
+            ApiKeyAuthenticator::new("x-api-key").build().is_err(),
+            "no keys"
+        );
+    }
+
+    #[test]
+    fn unchecked_bad_config_fails_closed() {
+        let a = ApiKeyAuthenticator::new("x-api-key")
+            .with_key("one", K1)
+            .with_key("bad", "short");
+        assert!(matches!(
+            run(&a, &[K1.as_bytes()]),
+            Err(AuthError::Unavailable(_))
+        ));
+        assert_eq!(run(&a, &[]).unwrap_err(), AuthError::Missing);
+        // The stub-compatible constructor alone: no key is ever accepted.
+        let empty = ApiKeyAuthenticator::new("x-api-key");
+        assert_eq!(
+            run(&empty, &[K1.as_bytes()]).unwrap_err(),
+            AuthError::Invalid("unknown_key")
+        );
+    }
+
+    #[test]
+    fn debug_shows_ids_only() {
+        let s = format!("{:?}", auth());
+        assert!(
+            s.contains("one") && !s.contains(&hash_key(K1.as_bytes())[..16]),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn hex() {
+        assert_eq!(decode_hex32(&"ab".repeat(32)), Some([0xab; 32]));
+        assert_eq!(decode_hex32(&"AB".repeat(32)), Some([0xab; 32]));
+        assert_eq!(decode_hex32(&"ab".repeat(31)), None);
+        assert_eq!(decode_hex32(&"g0".repeat(32)), None);
+        assert_eq!(decode_hex32(&"é".repeat(32)), None);
     }
 }

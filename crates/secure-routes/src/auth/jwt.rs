@@ -1,1 +1,1057 @@
-//! JWT authenticator. STUB: to be completed.
+//! JWT bearer authentication (RFC 7519 / RFC 7515), from `Authorization: Bearer` or a cookie.
+//!
+//! The classic JWT mistakes are ruled out by construction:
+//!
+//! * **The algorithm is pinned by configuration**, never taken from the token. The header's
+//!   `alg` must equal the configured one exactly, so `"alg": "none"` (in any casing) is refused,
+//!   and so is the RS256 → HS256 confusion attack (an attacker signing an HS256 token with the
+//!   server's *public* RSA key as the HMAC secret).
+//! * `exp` is required, `nbf` is honoured, clock leeway is small (30 s by default, at most
+//!   [`MAX_LEEWAY`]), `iss` and `aud` are checked when configured, and `sub` must be a
+//!   non-empty string: it becomes the [`Principal`]'s subject, with every claim attached.
+//! * HMAC secrets shorter than the hash output are refused at build time (RFC 7518 §3.2).
+//! * Tokens over [`MAX_TOKEN_BYTES`] are refused before any parsing.
+//! * Failure reasons are short static strings (`expired`, `bad_signature`, ...) for the audit
+//!   log; they never contain the token.
+//!
+//! A token in the configured cookie is *ambient* (the browser sends it on cross-site requests),
+//! so such a principal has [`CredentialSource::Cookie`] and CSRF protection applies to it. A
+//! bearer header wins over the cookie; an `Authorization` header with another scheme (say
+//! `Basic`) is not a credential for this authenticator and is ignored.
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::Request;
+//! use secure_routes::auth::{Authenticator, CredentialSource, jwt::JwtAuthenticator};
+//!
+//! let jwt = JwtAuthenticator::builder()
+//!     .hs256(b"a-jwt-secret-of-at-least-32-bytes!!")
+//!     .issuer("https://auth.example")
+//!     .cookie("sr-session")
+//!     .build()
+//!     .unwrap();
+//! let token = jwt.mint("alice", Duration::from_secs(300)).unwrap();
+//!
+//! let (parts, ()) = Request::get("/")
+//!     .header("authorization", format!("Bearer {token}"))
+//!     .body(())
+//!     .unwrap()
+//!     .into_parts();
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let p = jwt.authenticate(&parts).await.unwrap();
+//! assert_eq!(p.subject(), "alice");
+//! assert_eq!(p.source(), CredentialSource::Header);
+//! assert_eq!(p.claim("iss").and_then(|v| v.as_str()), Some("https://auth.example"));
+//! # });
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Once;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::request::Parts;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Map, Value};
+
+use super::{AuthError, Authenticator, BoxFuture, CredentialSource, Principal};
+use crate::error::ConfigError;
+use crate::guard::csrf::{CookieLookup, single_cookie};
+
+/// Tokens longer than this (in bytes) are refused before parsing.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Default clock-skew allowance for `exp` and `nbf`.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+/// Largest clock-skew allowance accepted by [`JwtAuthenticatorBuilder::leeway`].
+pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
+
+type Claims = Map<String, Value>;
+
+/// Selects jsonwebtoken's aws-lc-rs provider for the process, unless the application already
+/// installed one. jsonwebtoken picks a provider from its crate features and panics at the first
+/// signature if *both* backends end up enabled in the dependency graph; installing ours
+/// explicitly before any token is handled rules that out.
+fn ensure_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Err means a provider is already installed: the application's choice stands.
+        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+    });
+}
+
+#[derive(Clone)]
+enum KeySpec {
+    Hmac(Algorithm, Vec<u8>),
+    Pem(Algorithm, Vec<u8>),
+}
+
+/// Configures a [`JwtAuthenticator`]; see [`JwtAuthenticator::builder`].
+///
+/// Exactly one key must be configured. [`build`](Self::build) reports every problem at once.
+///
+/// ```
+/// use std::time::Duration;
+/// use secure_routes::auth::jwt::JwtAuthenticator;
+/// let err = JwtAuthenticator::builder()
+///     .hs256(b"short")
+///     .leeway(Duration::from_secs(3600))
+///     .cookie("bad cookie name")
+///     .build()
+///     .unwrap_err();
+/// assert_eq!(err.problems().len(), 3);
+/// ```
+#[derive(Clone)]
+pub struct JwtAuthenticatorBuilder {
+    keys: Vec<KeySpec>,
+    issuers: Vec<String>,
+    audiences: Vec<String>,
+    leeway: Duration,
+    cookie: Option<String>,
+}
+
+impl fmt::Debug for JwtAuthenticatorBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtAuthenticatorBuilder")
+            .field("keys", &self.keys.len())
+            .field("issuers", &self.issuers)
+            .field("audiences", &self.audiences)
+            .field("leeway", &self.leeway)
+            .field("cookie", &self.cookie)
+            .finish()
+    }
+}
+
+impl JwtAuthenticatorBuilder {
+    fn key(mut self, k: KeySpec) -> Self {
+        self.keys.push(k);
+        self
+    }
+
+    /// Verifies HS256 tokens with `secret` (at least 32 bytes).
+    pub fn hs256(self, secret: impl AsRef<[u8]>) -> Self {
+        self.key(KeySpec::Hmac(Algorithm::HS256, secret.as_ref().to_vec()))
+    }
+
+    /// Verifies HS384 tokens with `secret` (at least 48 bytes).
+    pub fn hs384(self, secret: impl AsRef<[u8]>) -> Self {
+        self.key(KeySpec::Hmac(Algorithm::HS384, secret.as_ref().to_vec()))
+    }
+
+    /// Verifies HS512 tokens with `secret` (at least 64 bytes).
+    pub fn hs512(self, secret: impl AsRef<[u8]>) -> Self {
+        self.key(KeySpec::Hmac(Algorithm::HS512, secret.as_ref().to_vec()))
+    }
+
+    /// Verifies RS256 tokens with an RSA public key (PEM, `PUBLIC KEY` or `RSA PUBLIC KEY`).
+    pub fn rs256_pem(self, public_key_pem: impl AsRef<[u8]>) -> Self {
+        self.key(KeySpec::Pem(
+            Algorithm::RS256,
+            public_key_pem.as_ref().to_vec(),
+        ))
+    }
+
+    /// Verifies ES256 tokens with a P-256 public key (PEM, `PUBLIC KEY`).
+    pub fn es256_pem(self, public_key_pem: impl AsRef<[u8]>) -> Self {
+        self.key(KeySpec::Pem(
+            Algorithm::ES256,
+            public_key_pem.as_ref().to_vec(),
+        ))
+    }
+
+    /// Verifies EdDSA (Ed25519) tokens with a public key (PEM, `PUBLIC KEY`).
+    pub fn eddsa_pem(self, public_key_pem: impl AsRef<[u8]>) -> Self {
+        self.key(KeySpec::Pem(
+            Algorithm::EdDSA,
+            public_key_pem.as_ref().to_vec(),
+        ))
+    }
+
+    /// Requires `iss` to be `issuer`. Call again to accept several issuers.
+    pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
+        self.issuers.push(issuer.into());
+        self
+    }
+
+    /// Requires `aud` to contain `audience` (Supabase: `"authenticated"`). Call again to accept
+    /// several. Without any, a token that carries an `aud` is refused: RFC 7519 §4.1.3 says a
+    /// recipient that does not identify itself with the audience must reject the token.
+    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+        self.audiences.push(audience.into());
+        self
+    }
+
+    /// Clock-skew allowance for `exp` and `nbf` (whole seconds; default [`DEFAULT_LEEWAY`],
+    /// at most [`MAX_LEEWAY`]).
+    pub fn leeway(mut self, leeway: Duration) -> Self {
+        self.leeway = leeway;
+        self
+    }
+
+    /// Also reads the token from the cookie `name` (when no bearer header is present). Such a
+    /// principal is ambient ([`CredentialSource::Cookie`]), so CSRF protection applies.
+    pub fn cookie(mut self, name: impl Into<String>) -> Self {
+        self.cookie = Some(name.into());
+        self
+    }
+
+    /// Validates the configuration and builds the authenticator.
+    pub fn build(self) -> Result<JwtAuthenticator, ConfigError> {
+        let mut problems = Vec::new();
+        let key = match self.keys.as_slice() {
+            [] => {
+                problems.push(
+                    "jwt: no key configured (hs256, hs384, hs512, rs256_pem, es256_pem or eddsa_pem)"
+                        .to_owned(),
+                );
+                None
+            }
+            [k] => check_key(k, &mut problems),
+            _ => {
+                problems.push(format!(
+                    "jwt: {} keys configured; configure exactly one (the algorithm is pinned)",
+                    self.keys.len()
+                ));
+                None
+            }
+        };
+        if self.leeway > MAX_LEEWAY {
+            problems.push(format!(
+                "jwt: leeway {:?} is longer than the maximum {:?}",
+                self.leeway, MAX_LEEWAY
+            ));
+        }
+        if self.issuers.iter().any(|s| s.is_empty()) {
+            problems.push("jwt: an issuer must not be empty".to_owned());
+        }
+        if self.audiences.iter().any(|s| s.is_empty()) {
+            problems.push("jwt: an audience must not be empty".to_owned());
+        }
+        if let Some(c) = &self.cookie
+            && !is_token(c)
+        {
+            problems.push(format!(
+                "jwt: cookie name {:?} is not a valid cookie name",
+                c.chars().take(64).collect::<String>()
+            ));
+        }
+        ConfigError::check(problems, ())?;
+        let Some((alg, decoding, encoding)) = key else {
+            return Err(ConfigError::new("jwt: no usable key"));
+        };
+
+        let mut validation = Validation::new(alg);
+        validation.leeway = self.leeway.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = true;
+        let mut required = vec!["exp", "sub"];
+        if !self.issuers.is_empty() {
+            validation.set_issuer(&self.issuers);
+            required.push("iss");
+        }
+        if !self.audiences.is_empty() {
+            validation.set_audience(&self.audiences);
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
+
+        ensure_crypto_provider();
+        Ok(JwtAuthenticator {
+            alg,
+            decoding,
+            encoding,
+            validation,
+            cookie: self.cookie,
+            issuers: self.issuers,
+            audiences: self.audiences,
+        })
+    }
+}
+
+/// Parses a key spec, recording problems; never echoes secret material.
+fn check_key(
+    k: &KeySpec,
+    problems: &mut Vec<String>,
+) -> Option<(Algorithm, DecodingKey, Option<EncodingKey>)> {
+    match k {
+        KeySpec::Hmac(alg, secret) => {
+            // RFC 7518 §3.2: the key must be at least as long as the hash output.
+            let min = match alg {
+                Algorithm::HS384 => 48,
+                Algorithm::HS512 => 64,
+                _ => 32,
+            };
+            if secret.len() < min {
+                problems.push(format!(
+                    "jwt: the {alg:?} secret must be at least {min} bytes (got {})",
+                    secret.len()
+                ));
+                return None;
+            }
+            Some((
+                *alg,
+                DecodingKey::from_secret(secret),
+                Some(EncodingKey::from_secret(secret)),
+            ))
+        }
+        KeySpec::Pem(alg, pem) => {
+            if pem.windows(11).any(|w| w == b"PRIVATE KEY") {
+                problems.push(format!(
+                    "jwt: the {alg:?} key must be a public key PEM, not a private key"
+                ));
+                return None;
+            }
+            let parsed = match alg {
+                Algorithm::RS256 => DecodingKey::from_rsa_pem(pem),
+                Algorithm::ES256 => DecodingKey::from_ec_pem(pem),
+                _ => DecodingKey::from_ed_pem(pem),
+            };
+            match parsed {
+                Ok(d) => Some((*alg, d, None)),
+                Err(_) => {
+                    problems.push(format!(
+                        "jwt: the {alg:?} key is not a valid public key PEM"
+                    ));
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// Verifies JWTs; build it with [`JwtAuthenticator::builder`].
+pub struct JwtAuthenticator {
+    alg: Algorithm,
+    decoding: DecodingKey,
+    encoding: Option<EncodingKey>,
+    validation: Validation,
+    cookie: Option<String>,
+    issuers: Vec<String>,
+    audiences: Vec<String>,
+}
+
+impl fmt::Debug for JwtAuthenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtAuthenticator")
+            .field("alg", &self.alg)
+            .field("issuers", &self.issuers)
+            .field("audiences", &self.audiences)
+            .field("leeway_secs", &self.validation.leeway)
+            .field("cookie", &self.cookie)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwtAuthenticator {
+    /// A builder with no key, leeway [`DEFAULT_LEEWAY`], no issuer, audience or cookie.
+    pub fn builder() -> JwtAuthenticatorBuilder {
+        JwtAuthenticatorBuilder {
+            keys: Vec::new(),
+            issuers: Vec::new(),
+            audiences: Vec::new(),
+            leeway: DEFAULT_LEEWAY,
+            cookie: None,
+        }
+    }
+
+    /// The pinned algorithm's name as it appears in a token header (`"HS256"`, `"EdDSA"`, ...).
+    ///
+    /// ```
+    /// # use secure_routes::auth::jwt::JwtAuthenticator;
+    /// let j = JwtAuthenticator::builder().hs512([1u8; 64]).build().unwrap();
+    /// assert_eq!(j.algorithm(), "HS512");
+    /// ```
+    pub fn algorithm(&self) -> &'static str {
+        alg_name(self.alg)
+    }
+
+    /// The cookie tokens are also read from, if any.
+    pub fn cookie_name(&self) -> Option<&str> {
+        self.cookie.as_deref()
+    }
+
+    /// Verifies `token` and returns its claims (which include a non-empty string `sub`).
+    ///
+    /// ```
+    /// # use secure_routes::auth::{AuthError, jwt::JwtAuthenticator};
+    /// let j = JwtAuthenticator::builder().hs256([1u8; 32]).build().unwrap();
+    /// let none = "eyJhbGciOiJub25lIn0.eyJzdWIiOiJhIiwiZXhwIjo5OTk5OTk5OTk5fQ.";
+    /// assert_eq!(j.verify(none).unwrap_err(), AuthError::Invalid("wrong_algorithm"));
+    /// ```
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::Invalid("oversized"));
+        }
+        let mut segments = token.split('.');
+        let (Some(header), Some(_), Some(_), None) = (
+            segments.next(),
+            segments.next(),
+            segments.next(),
+            segments.next(),
+        ) else {
+            return Err(AuthError::Invalid("malformed"));
+        };
+        self.check_header(header)?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| AuthError::Invalid(reason(e.kind())))?;
+        match data.claims.get("sub") {
+            Some(Value::String(s)) if !s.is_empty() => Ok(data.claims),
+            _ => Err(AuthError::Invalid("missing_sub")),
+        }
+    }
+
+    /// Our own look at the header, before the library's: the algorithm is pinned (compared
+    /// exactly, so `none`, `None`, `NONE` and every other algorithm fail), and a `crit` header
+    /// is refused because we understand no extension (RFC 7515 §4.1.11).
+    fn check_header(&self, encoded: &str) -> Result<(), AuthError> {
+        let bytes = URL_SAFE_NO_PAD
+            .decode(encoded)
+            .map_err(|_| AuthError::Invalid("malformed"))?;
+        let header: Claims =
+            serde_json::from_slice(&bytes).map_err(|_| AuthError::Invalid("malformed"))?;
+        match header.get("alg") {
+            Some(Value::String(a)) if a == alg_name(self.alg) => {}
+            _ => return Err(AuthError::Invalid("wrong_algorithm")),
+        }
+        if header.contains_key("crit") {
+            return Err(AuthError::Invalid("unsupported_header"));
+        }
+        Ok(())
+    }
+
+    /// Mints a token for `sub`, valid for `ttl` from now, carrying `iat`, `exp`, the first
+    /// configured issuer and every configured audience, so that it passes this authenticator.
+    /// Only for HMAC keys (the others are configured with public keys only); used by the CLI's
+    /// `token` command and by tests.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use secure_routes::auth::jwt::JwtAuthenticator;
+    /// let j = JwtAuthenticator::builder().hs256([1u8; 32]).audience("authenticated").build().unwrap();
+    /// let t = j.mint("alice", Duration::from_secs(60)).unwrap();
+    /// assert_eq!(j.verify(&t).unwrap()["aud"], "authenticated");
+    /// assert!(j.mint("", Duration::from_secs(60)).is_err());
+    /// ```
+    pub fn mint(&self, sub: &str, ttl: Duration) -> Result<String, ConfigError> {
+        let Some(key) = &self.encoding else {
+            return Err(ConfigError::new(
+                "jwt: minting needs an HMAC key (this authenticator only holds a public key)",
+            ));
+        };
+        if sub.is_empty() {
+            return Err(ConfigError::new("jwt: the subject must not be empty"));
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut claims = Claims::new();
+        claims.insert("sub".into(), sub.into());
+        claims.insert("iat".into(), now.into());
+        claims.insert("exp".into(), now.saturating_add(ttl.as_secs()).into());
+        if let Some(iss) = self.issuers.first() {
+            claims.insert("iss".into(), iss.as_str().into());
+        }
+        match self.audiences.as_slice() {
+            [] => {}
+            [one] => {
+                claims.insert("aud".into(), one.as_str().into());
+            }
+            many => {
+                claims.insert("aud".into(), many.to_vec().into());
+            }
+        }
+        jsonwebtoken::encode(&Header::new(self.alg), &claims, key)
+            .map_err(|_| ConfigError::new("jwt: signing failed"))
+    }
+
+    /// Where the credential is, if anywhere: a bearer header wins over the cookie.
+    fn credential<'p>(
+        &self,
+        parts: &'p Parts,
+    ) -> Result<(Cow<'p, str>, CredentialSource), AuthError> {
+        if let Some(t) = bearer(parts)? {
+            return Ok((Cow::Borrowed(t), CredentialSource::Header));
+        }
+        let Some(name) = &self.cookie else {
+            return Err(AuthError::Missing);
+        };
+        match single_cookie(&parts.headers, name) {
+            // An emptied cookie (a logout) is no credential.
+            CookieLookup::Absent => Err(AuthError::Missing),
+            CookieLookup::One(v) if v.is_empty() => Err(AuthError::Missing),
+            CookieLookup::One(v) => Ok((Cow::Owned(v), CredentialSource::Cookie)),
+            // Two different session cookies (one planted for a sub-path or from a sibling
+            // domain): refuse rather than guess which session the user meant.
+            CookieLookup::Conflicting => Err(AuthError::Invalid("ambiguous_cookie")),
+        }
+    }
+
+    fn check(&self, parts: &Parts) -> Result<Principal, AuthError> {
+        let (token, source) = self.credential(parts)?;
+        let claims = self.verify(&token)?;
+        let sub = match claims.get("sub") {
+            Some(Value::String(s)) => s.clone(),
+            _ => return Err(AuthError::Invalid("missing_sub")),
+        };
+        Ok(Principal::new(sub, source).with_claims(claims))
+    }
+}
+
+impl Authenticator for JwtAuthenticator {
+    fn authenticate<'a>(&'a self, parts: &'a Parts) -> BoxFuture<'a, Result<Principal, AuthError>> {
+        let result = self.check(parts);
+        Box::pin(async move { result })
+    }
+}
+
+/// Mints an HS256 token for `sub` valid for `ttl` (for the CLI's `token` command). The secret
+/// must be at least 32 bytes, as [`JwtAuthenticatorBuilder::hs256`] requires.
+///
+/// ```
+/// use std::time::Duration;
+/// use secure_routes::auth::jwt::{JwtAuthenticator, mint_hs256};
+/// let secret = b"a-jwt-secret-of-at-least-32-bytes!!";
+/// let t = mint_hs256(secret, "alice", Duration::from_secs(60)).unwrap();
+/// let j = JwtAuthenticator::builder().hs256(secret).build().unwrap();
+/// assert_eq!(j.verify(&t).unwrap()["sub"], "alice");
+/// assert!(mint_hs256(b"short", "alice", Duration::from_secs(60)).is_err());
+/// ```
+pub fn mint_hs256(secret: &[u8], sub: &str, ttl: Duration) -> Result<String, ConfigError> {
+    JwtAuthenticator::builder()
+        .hs256(secret)
+        .build()?
+        .mint(sub, ttl)
+}
+
+fn alg_name(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::HS256 => "HS256",
+        Algorithm::HS384 => "HS384",
+        Algorithm::HS512 => "HS512",
+        Algorithm::RS256 => "RS256",
+        Algorithm::ES256 => "ES256",
+        Algorithm::EdDSA => "EdDSA",
+        // Not configurable here; never equal to a header's alg we would accept.
+        _ => "\u{0}unsupported",
+    }
+}
+
+/// The audit reason for a jsonwebtoken error (static, never the token).
+fn reason(kind: &ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::InvalidSignature => "bad_signature",
+        ErrorKind::ExpiredSignature => "expired",
+        ErrorKind::ImmatureSignature => "not_yet_valid",
+        ErrorKind::InvalidIssuer => "bad_issuer",
+        ErrorKind::InvalidAudience => "bad_audience",
+        ErrorKind::InvalidSubject => "missing_sub",
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::MissingAlgorithm
+        | ErrorKind::UnsupportedAlgorithm
+        | ErrorKind::InvalidAlgorithmName => "wrong_algorithm",
+        ErrorKind::MissingRequiredClaim(c) => match c.as_str() {
+            "exp" => "missing_exp",
+            "sub" => "missing_sub",
+            "iss" => "missing_iss",
+            "aud" => "missing_aud",
+            _ => "missing_claim",
+        },
+        ErrorKind::InvalidClaimFormat(_) => "bad_claim",
+        ErrorKind::InvalidToken
+        | ErrorKind::Base64(_)
+        | ErrorKind::Json(_)
+        | ErrorKind::Utf8(_) => "malformed",
+        _ => "invalid",
+    }
+}
+
+/// RFC 9110 `token` (`1*tchar`): auth schemes and cookie names.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// RFC 6750 §2.1 `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+fn is_b64token(s: &str) -> bool {
+    let body = s.trim_end_matches('=');
+    !body.is_empty()
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
+}
+
+/// The bearer token of the request, if it has one.
+///
+/// * no `Authorization` header: `None`;
+/// * several: refused (which one would be meant? a proxy and a client may disagree);
+/// * `Bearer <token>` (scheme case-insensitive, RFC 9110 §11.1 / RFC 6750 §2.1): the token;
+/// * a well-formed header with another scheme: `None` (not ours);
+/// * anything else (no scheme, `Bearer` without a token, bad characters): malformed.
+fn bearer(parts: &Parts) -> Result<Option<&str>, AuthError> {
+    let mut lines = parts.headers.get_all(http::header::AUTHORIZATION).iter();
+    let value = match (lines.next(), lines.next()) {
+        (None, _) => return Ok(None),
+        (Some(_), Some(_)) => return Err(AuthError::Invalid("multiple_credentials")),
+        (Some(v), None) => v,
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| AuthError::Invalid("malformed"))?
+        .trim();
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if !is_token(scheme) {
+        return Err(AuthError::Invalid("malformed"));
+    }
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(None);
+    }
+    // Bound before anything else looks at it.
+    if rest.len() > MAX_TOKEN_BYTES + 16 {
+        return Err(AuthError::Invalid("oversized"));
+    }
+    let token = rest.trim_start_matches(' ');
+    if !is_b64token(token) {
+        return Err(AuthError::Invalid("malformed"));
+    }
+    Ok(Some(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{HeaderValue, Request};
+    use jsonwebtoken::{EncodingKey, encode};
+    use serde_json::json;
+
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn now() -> u64 {
+        jsonwebtoken::get_current_timestamp()
+    }
+
+    fn sign(claims: &Value) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    fn auth() -> JwtAuthenticator {
+        JwtAuthenticator::builder()
+            .hs256(SECRET)
+            .cookie("sr-session")
+            .build()
+            .unwrap()
+    }
+
+    fn parts(headers: &[(&str, &str)]) -> Parts {
+        let mut req = Request::new(());
+        for (k, v) in headers {
+            req.headers_mut().append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        req.into_parts().0
+    }
+
+    fn run(a: &JwtAuthenticator, headers: &[(&str, &str)]) -> Result<Principal, AuthError> {
+        let p = parts(headers);
+        futures_util::FutureExt::now_or_never(a.authenticate(&p)).unwrap()
+    }
+
+    /// Request headers, and the expected credential source or error.
+    type Case = (
+        Vec<(&'static str, String)>,
+        Result<CredentialSource, AuthError>,
+    );
+
+    #[test]
+    fn credential_table() {
+        let a = auth();
+        let good = sign(&json!({"sub": "alice", "exp": now() + 60}));
+        let bearer = format!("Bearer {good}");
+        let cookie = format!("sr-session={good}");
+        let other = sign(&json!({"sub": "bob", "exp": now() + 60}));
+        let cases: Vec<Case> = vec![
+            (vec![], Err(AuthError::Missing)),
+            (
+                vec![("authorization", bearer.clone())],
+                Ok(CredentialSource::Header),
+            ),
+            (
+                vec![("authorization", format!("bearer {good}"))],
+                Ok(CredentialSource::Header),
+            ),
+            (
+                vec![("authorization", format!("BEARER   {good}"))],
+                Ok(CredentialSource::Header),
+            ),
+            (
+                vec![("cookie", cookie.clone())],
+                Ok(CredentialSource::Cookie),
+            ),
+            (
+                vec![("cookie", format!("a=b; {cookie}; c=d"))],
+                Ok(CredentialSource::Cookie),
+            ),
+            // Header wins over cookie, even a bad cookie.
+            (
+                vec![
+                    ("authorization", bearer.clone()),
+                    ("cookie", "sr-session=junk".into()),
+                ],
+                Ok(CredentialSource::Header),
+            ),
+            // Another scheme is not ours: fall back to the cookie, or Missing.
+            (
+                vec![("authorization", "Basic YWxhZGRpbjpvcGVuc2VzYW1l".into())],
+                Err(AuthError::Missing),
+            ),
+            (
+                vec![
+                    ("authorization", "Basic YWxh".into()),
+                    ("cookie", cookie.clone()),
+                ],
+                Ok(CredentialSource::Cookie),
+            ),
+            // Malformed headers are Invalid, never Missing.
+            (
+                vec![("authorization", "Bearer".into())],
+                Err(AuthError::Invalid("malformed")),
+            ),
+            (
+                vec![("authorization", "Bearer ".into())],
+                Err(AuthError::Invalid("malformed")),
+            ),
+            (
+                vec![("authorization", format!("Bearer {good} extra"))],
+                Err(AuthError::Invalid("malformed")),
+            ),
+            (
+                vec![("authorization", "Bearer a=b".into())],
+                Err(AuthError::Invalid("malformed")),
+            ),
+            (
+                vec![("authorization", "(weird) x".into())],
+                Err(AuthError::Invalid("malformed")),
+            ),
+            (
+                vec![
+                    ("authorization", bearer.clone()),
+                    ("authorization", bearer.clone()),
+                ],
+                Err(AuthError::Invalid("multiple_credentials")),
+            ),
+            (
+                vec![("authorization", "Bearer not.a.jwt".into())],
+                Err(AuthError::Invalid("malformed")),
+            ),
+            (
+                vec![("authorization", "Bearer abc".into())],
+                Err(AuthError::Invalid("malformed")),
+            ),
+            // Cookie problems.
+            (
+                vec![("cookie", "sr-session=".into())],
+                Err(AuthError::Missing),
+            ),
+            (vec![("cookie", "other=1".into())], Err(AuthError::Missing)),
+            (
+                vec![("cookie", format!("{cookie}; sr-session={other}"))],
+                Err(AuthError::Invalid("ambiguous_cookie")),
+            ),
+            (
+                vec![("cookie", cookie.clone()), ("cookie", cookie.clone())],
+                Ok(CredentialSource::Cookie),
+            ),
+        ];
+        for (hs, want) in cases {
+            let pairs: Vec<(&str, &str)> = hs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let got = run(&a, &pairs).map(|p| {
+                assert_eq!(p.subject(), "alice");
+                p.source()
+            });
+            assert_eq!(got, want, "{hs:?}");
+        }
+    }
+
+    #[test]
+    fn no_cookie_configured_ignores_cookies() {
+        let a = JwtAuthenticator::builder().hs256(SECRET).build().unwrap();
+        let good = sign(&json!({"sub": "alice", "exp": now() + 60}));
+        assert_eq!(
+            run(&a, &[("cookie", &format!("sr-session={good}"))]).unwrap_err(),
+            AuthError::Missing
+        );
+    }
+
+    #[test]
+    fn claims_table() {
+        let a = JwtAuthenticator::builder()
+            .hs256(SECRET)
+            .issuer("iss-a")
+            .issuer("iss-b")
+            .audience("aud-a")
+            .build()
+            .unwrap();
+        let n = now();
+        let cases: Vec<(Value, Result<(), &str>)> = vec![
+            (
+                json!({"sub": "u", "exp": n + 60, "iss": "iss-a", "aud": "aud-a"}),
+                Ok(()),
+            ),
+            (
+                json!({"sub": "u", "exp": n + 60, "iss": "iss-b", "aud": ["x", "aud-a"]}),
+                Ok(()),
+            ),
+            // Within leeway.
+            (
+                json!({"sub": "u", "exp": n - 5, "iss": "iss-a", "aud": "aud-a"}),
+                Ok(()),
+            ),
+            (
+                json!({"sub": "u", "exp": n + 60, "nbf": n + 5, "iss": "iss-a", "aud": "aud-a"}),
+                Ok(()),
+            ),
+            (
+                json!({"sub": "u", "exp": n - 120, "iss": "iss-a", "aud": "aud-a"}),
+                Err("expired"),
+            ),
+            (
+                json!({"sub": "u", "exp": n + 600, "nbf": n + 300, "iss": "iss-a", "aud": "aud-a"}),
+                Err("not_yet_valid"),
+            ),
+            (
+                json!({"sub": "u", "iss": "iss-a", "aud": "aud-a"}),
+                Err("missing_exp"),
+            ),
+            // Not a number: jsonwebtoken counts it as absent.
+            (
+                json!({"sub": "u", "exp": "soon", "iss": "iss-a", "aud": "aud-a"}),
+                Err("missing_exp"),
+            ),
+            (
+                json!({"sub": "u", "exp": n + 60, "iss": "evil", "aud": "aud-a"}),
+                Err("bad_issuer"),
+            ),
+            (
+                json!({"sub": "u", "exp": n + 60, "aud": "aud-a"}),
+                Err("missing_iss"),
+            ),
+            (
+                json!({"sub": "u", "exp": n + 60, "iss": "iss-a", "aud": "other"}),
+                Err("bad_audience"),
+            ),
+            (
+                json!({"sub": "u", "exp": n + 60, "iss": "iss-a"}),
+                Err("missing_aud"),
+            ),
+            (
+                json!({"exp": n + 60, "iss": "iss-a", "aud": "aud-a"}),
+                Err("missing_sub"),
+            ),
+            (
+                json!({"sub": "", "exp": n + 60, "iss": "iss-a", "aud": "aud-a"}),
+                Err("missing_sub"),
+            ),
+            (
+                json!({"sub": 42, "exp": n + 60, "iss": "iss-a", "aud": "aud-a"}),
+                Err("missing_sub"),
+            ),
+        ];
+        for (claims, want) in cases {
+            let got = a.verify(&sign(&claims)).map(|_| ());
+            assert_eq!(got, want.map_err(AuthError::Invalid), "{claims}");
+        }
+    }
+
+    #[test]
+    fn aud_without_configured_audience_is_refused() {
+        let a = auth();
+        let t = sign(&json!({"sub": "u", "exp": now() + 60, "aud": "someone"}));
+        assert_eq!(
+            a.verify(&t).unwrap_err(),
+            AuthError::Invalid("bad_audience")
+        );
+    }
+
+    #[test]
+    fn header_checks() {
+        let a = auth();
+        let payload = URL_SAFE_NO_PAD.encode(json!({"sub": "u", "exp": now() + 60}).to_string());
+        for (header, want) in [
+            (json!({"alg": "none"}), "wrong_algorithm"),
+            (json!({"alg": "None"}), "wrong_algorithm"),
+            (json!({"alg": "NONE"}), "wrong_algorithm"),
+            (json!({"alg": "nOnE"}), "wrong_algorithm"),
+            (json!({"alg": "hs256"}), "wrong_algorithm"),
+            (json!({"alg": "HS512"}), "wrong_algorithm"),
+            (json!({"alg": ["HS256"]}), "wrong_algorithm"),
+            (json!({}), "wrong_algorithm"),
+            (
+                json!({"alg": "HS256", "crit": ["exp"]}),
+                "unsupported_header",
+            ),
+            (json!("HS256"), "malformed"),
+        ] {
+            let h = URL_SAFE_NO_PAD.encode(header.to_string());
+            for sig in ["", "AAAA"] {
+                let t = format!("{h}.{payload}.{sig}");
+                assert_eq!(
+                    a.verify(&t).unwrap_err(),
+                    AuthError::Invalid(want),
+                    "{header} {sig:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_is_invalid() {
+        let a = auth();
+        let big = format!("Bearer {}", "a".repeat(MAX_TOKEN_BYTES + 1));
+        assert_eq!(
+            run(&a, &[("authorization", &big)]).unwrap_err(),
+            AuthError::Invalid("oversized")
+        );
+        let big_cookie = format!("sr-session={}", "a".repeat(MAX_TOKEN_BYTES + 1));
+        assert_eq!(
+            run(&a, &[("cookie", &big_cookie)]).unwrap_err(),
+            AuthError::Invalid("oversized")
+        );
+    }
+
+    #[test]
+    fn config_problems_are_all_reported() {
+        let err = JwtAuthenticator::builder()
+            .hs256([0u8; 31])
+            .hs512([0u8; 64])
+            .issuer("")
+            .audience("")
+            .leeway(Duration::from_secs(301))
+            .cookie("a;b")
+            .build()
+            .unwrap_err();
+        assert_eq!(err.problems().len(), 5, "{err}");
+        assert_eq!(
+            JwtAuthenticator::builder()
+                .build()
+                .unwrap_err()
+                .problems()
+                .len(),
+            1
+        );
+        for (b, ok) in [
+            (JwtAuthenticator::builder().hs256([0u8; 31]), false),
+            (JwtAuthenticator::builder().hs256([0u8; 32]), true),
+            (JwtAuthenticator::builder().hs384([0u8; 47]), false),
+            (JwtAuthenticator::builder().hs384([0u8; 48]), true),
+            (JwtAuthenticator::builder().hs512([0u8; 63]), false),
+            (JwtAuthenticator::builder().hs512([0u8; 64]), true),
+            (JwtAuthenticator::builder().rs256_pem("not a pem"), false),
+            (JwtAuthenticator::builder().es256_pem(""), false),
+            (
+                JwtAuthenticator::builder().eddsa_pem("-----BEGIN PRIVATE KEY-----\n"),
+                false,
+            ),
+            (
+                JwtAuthenticator::builder()
+                    .hs256([0u8; 32])
+                    .leeway(MAX_LEEWAY),
+                true,
+            ),
+            (
+                JwtAuthenticator::builder()
+                    .hs256([0u8; 32])
+                    .cookie("__Host-sr"),
+                true,
+            ),
+            (
+                JwtAuthenticator::builder().hs256([0u8; 32]).cookie(""),
+                false,
+            ),
+        ] {
+            let shown = format!("{b:?}");
+            assert_eq!(b.build().is_ok(), ok, "{shown}");
+        }
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_and_errors() {
+        let b = JwtAuthenticator::builder().hs256(b"super-secret-short");
+        assert!(!format!("{b:?}").contains("super-secret"));
+        let e = b.clone().build().map(|_| ()).unwrap_err().to_string();
+        assert!(!e.contains("super-secret"), "{e}");
+        let a = auth();
+        assert!(!format!("{a:?}").contains("0123456789"));
+    }
+
+    #[test]
+    fn mint_round_trip_with_hs384() {
+        let a = JwtAuthenticator::builder()
+            .hs384([9u8; 48])
+            .issuer("me")
+            .audience("a")
+            .audience("b")
+            .build()
+            .unwrap();
+        let t = a.mint("carol", Duration::from_secs(60)).unwrap();
+        let claims = a.verify(&t).unwrap();
+        assert_eq!(claims["sub"], "carol");
+        assert_eq!(claims["aud"], json!(["a", "b"]));
+        assert_eq!(claims["iss"], "me");
+        // A token for another key or algorithm does not pass.
+        let other = JwtAuthenticator::builder()
+            .hs384([8u8; 48])
+            .issuer("me")
+            .audience("a")
+            .build()
+            .unwrap();
+        assert_eq!(
+            other.verify(&t).unwrap_err(),
+            AuthError::Invalid("bad_signature")
+        );
+        let hs256 = JwtAuthenticator::builder()
+            .hs256([9u8; 48])
+            .issuer("me")
+            .audience("a")
+            .build()
+            .unwrap();
+        assert_eq!(
+            hs256.verify(&t).unwrap_err(),
+            AuthError::Invalid("wrong_algorithm")
+        );
+    }
+
+    #[test]
+    fn token_syntax() {
+        for (s, ok) in [
+            ("Bearer", true),
+            ("x-y.z", true),
+            ("", false),
+            ("a b", false),
+            ("a;b", false),
+            ("é", false),
+        ] {
+            assert_eq!(is_token(s), ok, "{s:?}");
+        }
+        for (s, ok) in [
+            ("abc.def-_~+/", true),
+            ("abc==", true),
+            ("==", false),
+            ("a=b", false),
+            ("", false),
+            ("a b", false),
+        ] {
+            assert_eq!(is_b64token(s), ok, "{s:?}");
+        }
+    }
+}

@@ -1,6 +1,8 @@
 //! Request body limit: a declared `Content-Length` over the limit is refused at once (413),
 //! and the same limit is enforced on the streamed body, so a chunked body without a length
-//! (the original only read `Content-Length`) cannot slip past.
+//! (the original only read `Content-Length`) cannot slip past. The streamed limit applies to
+//! what the handler reads: a handler that never reads the body never buffers it either, and
+//! the server discards the rest.
 //!
 //! ```
 //! use http::{HeaderMap, HeaderValue, header};
@@ -156,7 +158,12 @@ mod tests {
 
     #[test]
     fn declared_length_table() {
-        for (cl, limit, ok) in [("10", 10, true), ("11", 10, false), ("x", 10, true), (" 99 ", 10, false)] {
+        for (cl, limit, ok) in [
+            ("10", 10, true),
+            ("11", 10, false),
+            ("x", 10, true),
+            (" 99 ", 10, false),
+        ] {
             let mut h = HeaderMap::new();
             h.insert(header::CONTENT_LENGTH, cl.parse().unwrap());
             assert_eq!(check_declared(&h, limit).is_ok(), ok, "{cl}");

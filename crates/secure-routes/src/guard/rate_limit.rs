@@ -52,7 +52,11 @@ pub fn apply_headers(
     };
     put(
         RATELIMIT_POLICY,
-        format!("\"{name}\";q={};w={}", quota.limit(), ceil_secs(quota.window())),
+        format!(
+            "\"{name}\";q={};w={}",
+            quota.limit(),
+            ceil_secs(quota.window())
+        ),
     );
     put(
         RATELIMIT,
@@ -68,7 +72,12 @@ pub fn apply_headers(
 
 /// The 429 answer for a refused decision: problem body with `retryAfter` (seconds) and
 /// `resetAt` (RFC 3339: when a request will next be admitted), plus all the headers.
-pub fn too_many_requests(name: &str, quota: Quota, decision: &Decision, now: Duration) -> Rejection {
+pub fn too_many_requests(
+    name: &str,
+    quota: Quota,
+    decision: &Decision,
+    now: Duration,
+) -> Rejection {
     let retry = decision.retry_after_secs().unwrap_or(1).max(1);
     let reset_at = OffsetDateTime::from_unix_timestamp(
         i64::try_from(now.as_secs().saturating_add(retry)).unwrap_or(i64::MAX),
@@ -101,8 +110,13 @@ mod tests {
             reset_after: Duration::from_millis(59_001),
             retry_after: Some(Duration::from_millis(16_001)),
         };
-        let res = too_many_requests("strict", Quota::per_minute(10), &d, Duration::from_secs(100))
-            .into_response();
+        let res = too_many_requests(
+            "strict",
+            Quota::per_minute(10),
+            &d,
+            Duration::from_secs(100),
+        )
+        .into_response();
         assert_eq!(res.status(), 429);
         assert_eq!(res.headers()[header::RETRY_AFTER], "17");
         assert_eq!(res.headers()["ratelimit"], "\"strict\";r=0;t=60");

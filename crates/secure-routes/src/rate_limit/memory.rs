@@ -1,17 +1,100 @@
-//! In-memory rate-limit store. STUB: to be completed.
+//! In-memory rate-limit store for one process: sharded, bounded, self-cleaning.
+//!
+//! * **Both algorithms**: each check runs [`sliding_window::acquire`] or [`gcra::acquire`]
+//!   (chosen by [`Quota::algorithm`]) on the key's state, under the lock of the key's shard, so
+//!   the check and the count are one atomic step and concurrent requests on one key never
+//!   admit more than the quota.
+//! * **No global lock**: keys are spread over independent shards (64 by default), each a
+//!   `Mutex<HashMap>`. The shard and the bucket are taken straight from the key bytes: a
+//!   [`RateLimitKey`] is an HMAC output under a server secret, uniform and not choosable by
+//!   clients, so hashing it again would buy nothing (and an attacker cannot aim keys at one
+//!   shard or one bucket to degrade it). Keys built by hand with
+//!   [`RateLimitKey::from_bytes`] should be uniform too, or they only cost speed.
+//! * **Time** from the injected [`Clock`] ([`SystemClock`] by default). Within a shard, time
+//!   never runs backwards: a reading behind the latest one the shard has seen is taken as that
+//!   one (and waits are reported from the actual reading), so a clock stepping back cannot make
+//!   a swept or counted admission stop counting early.
+//! * **Bounded memory**: see [`MemoryStoreBuilder::max_keys`] for the cap and what happens
+//!   at it. Expired entries (those equivalent to a fresh key) are swept opportunistically
+//!   every few inserts per shard and by [`MemoryStore::sweep`]; a refused request for an
+//!   unknown key stores nothing.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use secure_routes::clock::FakeClock;
+//! use secure_routes::rate_limit::{KeyHasher, MemoryStore, Quota, Subject};
+//!
+//! let clock = FakeClock::new(Duration::from_secs(1_000));
+//! let store = MemoryStore::builder().max_keys(10_000).clock(Arc::new(clock.clone())).build();
+//! let key = KeyHasher::new(b"secret").key("route:/x", &Subject::Custom("alice".into()));
+//! let q = Quota::per_minute(2);
+//! assert!(store.acquire_now(&key, q, 1).allowed);
+//! assert!(store.acquire_now(&key, q, 1).allowed);
+//! assert!(!store.acquire_now(&key, q, 1).allowed);
+//! clock.advance(Duration::from_secs(60));
+//! assert!(store.acquire_now(&key, q, 1).allowed);
+//! assert_eq!(store.len(), 1);
+//! ```
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
+use super::gcra::{self, GcraState};
 use super::sliding_window::{self, SlidingLog};
-use super::{BoxFuture, Decision, Quota, RateLimitKey, RateLimitStore, StoreError};
-use crate::clock::{Clock, SystemClock};
+use super::{Algorithm, BoxFuture, Decision, Quota, RateLimitKey, RateLimitStore, StoreError};
+use crate::clock::{Clock, SystemClock, duration_to_nanos};
 
-/// In-memory store for one process.
-#[derive(Debug)]
+/// Default cap on the number of keys held: one million.
+pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
+/// Default number of shards.
+pub const DEFAULT_SHARDS: usize = 64;
+/// Most shards a store may have.
+const MAX_SHARDS: usize = 1 << 12;
+/// Default number of inserts into a shard between two opportunistic sweeps of it.
+pub const DEFAULT_SWEEP_EVERY: u32 = 1_024;
+/// At its cap, a shard frees `1 / EVICTION_FRACTION` of its share at once, so that one scan of
+/// the shard pays for many inserts.
+const EVICTION_FRACTION: usize = 64;
+
+/// In-memory rate-limit store for one process.
+///
+/// Fast (one uncontended shard lock and one hash lookup per check, no allocation for a known
+/// key, except as a sliding log first grows), exact under concurrency, and bounded. It is
+/// per-process: several instances behind a load balancer each count separately; use a shared
+/// store for a cluster.
+///
+/// ```
+/// use secure_routes::rate_limit::{KeyHasher, MemoryStore, Quota, Subject};
+/// let store = MemoryStore::new();
+/// let key = KeyHasher::new(b"secret").key("b", &Subject::Custom("x".into()));
+/// let d = store.acquire_now(&key, Quota::per_minute(10), 1);
+/// assert!(d.allowed);
+/// assert_eq!(d.remaining, 9);
+/// ```
 pub struct MemoryStore {
     clock: Arc<dyn Clock>,
-    map: Mutex<HashMap<RateLimitKey, SlidingLog>>,
+    shards: Box<[Shard]>,
+    shard_mask: usize,
+    max_keys: usize,
+    sweep_every: u32,
+    evictions: AtomicU64,
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("clock", &self.clock)
+            .field("shards", &self.shards.len())
+            .field("max_keys", &self.max_keys)
+            .field("sweep_every", &self.sweep_every)
+            .field("evictions", &self.evictions())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for MemoryStore {
@@ -21,16 +104,177 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// A store on the system clock.
+    /// A store on the system clock, with the default cap ([`DEFAULT_MAX_KEYS`]).
+    ///
+    /// ```
+    /// use secure_routes::rate_limit::MemoryStore;
+    /// assert_eq!(MemoryStore::new().max_keys(), 1_000_000);
+    /// ```
     pub fn new() -> Self {
-        Self::with_clock(Arc::new(SystemClock))
+        Self::builder().build()
     }
-    /// A store on the given clock.
+
+    /// A store on the given clock, with the default cap.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use secure_routes::{clock::FakeClock, rate_limit::MemoryStore};
+    /// let store = MemoryStore::with_clock(Arc::new(FakeClock::new(Duration::from_secs(1))));
+    /// assert!(store.is_empty());
+    /// ```
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
-        Self {
-            clock,
-            map: Mutex::new(HashMap::new()),
+        Self::builder().clock(clock).build()
+    }
+
+    /// A builder, to set the cap, clock, shard count and sweep interval.
+    ///
+    /// ```
+    /// use secure_routes::rate_limit::MemoryStore;
+    /// let store = MemoryStore::builder().max_keys(100).build();
+    /// assert_eq!(store.max_keys(), 100);
+    /// ```
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder::default()
+    }
+
+    /// Checks and counts `cost` units for `key` under `quota`, now, without a future: the
+    /// synchronous core of [`RateLimitStore::acquire`] (which never waits).
+    ///
+    /// The decision is exactly what [`sliding_window::acquire`] or [`gcra::acquire`] returns
+    /// for the key's history. If a key is used with another algorithm than before, its state
+    /// restarts under the new one.
+    ///
+    /// ```
+    /// use secure_routes::rate_limit::{Algorithm, KeyHasher, MemoryStore, Quota, Subject};
+    /// let store = MemoryStore::new();
+    /// let key = KeyHasher::new(b"secret").key("b", &Subject::Custom("x".into()));
+    /// let q = Quota::per_second(3).with_algorithm(Algorithm::Gcra);
+    /// assert!(store.acquire_now(&key, q, 3).allowed);
+    /// assert!(!store.acquire_now(&key, q, 1).allowed);
+    /// ```
+    pub fn acquire_now(&self, key: &RateLimitKey, quota: Quota, cost: u32) -> Decision {
+        let reading = duration_to_nanos(self.clock.now());
+        let mut shard = self.shard(key);
+        let now_ns = shard.advance(reading);
+        let now = Duration::from_nanos(now_ns);
+        let mut evicted = 0;
+        let decision = match shard.map.get_mut(key) {
+            Some(entry) => entry.acquire(now, quota, cost),
+            None => {
+                let mut entry = Entry::new(quota.algorithm());
+                let decision = entry.acquire(now, quota, cost);
+                // Nothing recorded (a refusal, a zero cost) means the fresh state is all there
+                // is to know: store nothing.
+                if entry.expires_at > now_ns {
+                    evicted = shard.make_room(now_ns, self.sweep_every);
+                    shard.map.insert(*key, entry);
+                }
+                decision
+            }
+        };
+        drop(shard);
+        if evicted > 0 {
+            self.count_evictions(evicted);
         }
+        delayed(decision, now_ns - reading)
+    }
+
+    /// Removes every expired entry (one that would behave exactly as a fresh key) from every
+    /// shard, one shard at a time, and returns how many were removed.
+    ///
+    /// Shards are also swept on their own as keys are inserted; call this from a timer to
+    /// return memory after a burst of keys when traffic then goes quiet.
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// use secure_routes::clock::FakeClock;
+    /// use secure_routes::rate_limit::{KeyHasher, MemoryStore, Quota, Subject};
+    /// let clock = FakeClock::new(Duration::from_secs(100));
+    /// let store = MemoryStore::with_clock(Arc::new(clock.clone()));
+    /// let key = KeyHasher::new(b"s").key("b", &Subject::Custom("x".into()));
+    /// store.acquire_now(&key, Quota::per_second(5), 1);
+    /// assert_eq!(store.sweep(), 0);
+    /// clock.advance(Duration::from_secs(1));
+    /// assert_eq!(store.sweep(), 1);
+    /// assert!(store.is_empty());
+    /// ```
+    pub fn sweep(&self) -> usize {
+        let reading = duration_to_nanos(self.clock.now());
+        self.shards
+            .iter()
+            .map(|s| {
+                let mut shard = lock(&s.inner);
+                let now = shard.advance(reading);
+                shard.sweep_expired(now)
+            })
+            .sum()
+    }
+
+    /// Number of keys held (expired ones not yet swept included). Never more than
+    /// [`max_keys`](Self::max_keys).
+    ///
+    /// ```
+    /// use secure_routes::rate_limit::MemoryStore;
+    /// assert_eq!(MemoryStore::new().len(), 0);
+    /// ```
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(&s.inner).map.len()).sum()
+    }
+
+    /// Whether no key is held.
+    ///
+    /// ```
+    /// use secure_routes::rate_limit::MemoryStore;
+    /// assert!(MemoryStore::new().is_empty());
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        self.shards.iter().all(|s| lock(&s.inner).map.is_empty())
+    }
+
+    /// The cap on keys held.
+    ///
+    /// ```
+    /// use secure_routes::rate_limit::MemoryStore;
+    /// assert_eq!(MemoryStore::builder().max_keys(0).build().max_keys(), 1);
+    /// ```
+    pub fn max_keys(&self) -> usize {
+        self.max_keys
+    }
+
+    /// How many live (unexpired) entries have been evicted because the cap was reached, since
+    /// the store was built. Also counted in the metric
+    /// `secure_routes_rate_limit_evictions_total`.
+    ///
+    /// ```
+    /// use secure_routes::rate_limit::MemoryStore;
+    /// assert_eq!(MemoryStore::new().evictions(), 0);
+    /// ```
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    /// The locked shard owning `key`.
+    fn shard(&self, key: &RateLimitKey) -> MutexGuard<'_, ShardState> {
+        // Bytes 14..16 pick the shard; bytes 0..8 (disjoint) hash within it, so the keys of one
+        // shard still spread over all of its buckets.
+        let [.., hi, lo] = *key.as_bytes();
+        let index = usize::from(u16::from_le_bytes([lo, hi])) & self.shard_mask;
+        let shard = self.shards.get(index).unwrap_or_else(|| {
+            unreachable!("the shard count is a power of two and the mask is one less")
+        });
+        lock(&shard.inner)
+    }
+
+    fn count_evictions(&self, n: usize) {
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        self.evictions.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!("secure_routes_rate_limit_evictions_total").increment(n);
+        tracing::debug!(
+            evicted = n,
+            max_keys = self.max_keys,
+            "rate-limit memory store at its key cap: evicted the entries expiring soonest"
+        );
     }
 }
 
@@ -41,12 +285,549 @@ impl RateLimitStore for MemoryStore {
         quota: Quota,
         cost: u32,
     ) -> BoxFuture<'a, Result<Decision, StoreError>> {
-        let now = self.clock.now();
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        let d = sliding_window::acquire(map.entry(*key).or_default(), now, quota, cost);
-        Box::pin(async move { Ok(d) })
+        let decision = self.acquire_now(key, quota, cost);
+        Box::pin(std::future::ready(Ok(decision)))
     }
+
     fn name(&self) -> &'static str {
         "memory"
+    }
+}
+
+/// Builds a [`MemoryStore`].
+///
+/// ```
+/// use std::{sync::Arc, time::Duration};
+/// use secure_routes::{clock::FakeClock, rate_limit::MemoryStore};
+/// let store = MemoryStore::builder()
+///     .max_keys(50_000)
+///     .clock(Arc::new(FakeClock::new(Duration::from_secs(1))))
+///     .shards(16)
+///     .sweep_every(256)
+///     .build();
+/// assert_eq!(store.max_keys(), 50_000);
+/// ```
+#[derive(Debug)]
+#[must_use]
+pub struct MemoryStoreBuilder {
+    clock: Option<Arc<dyn Clock>>,
+    max_keys: usize,
+    shards: usize,
+    sweep_every: u32,
+}
+
+impl Default for MemoryStoreBuilder {
+    fn default() -> Self {
+        Self {
+            clock: None,
+            max_keys: DEFAULT_MAX_KEYS,
+            shards: DEFAULT_SHARDS,
+            sweep_every: DEFAULT_SWEEP_EVERY,
+        }
+    }
+}
+
+impl MemoryStoreBuilder {
+    /// The most keys the store holds at once (default [`DEFAULT_MAX_KEYS`]; at least 1).
+    ///
+    /// The cap is what keeps a flood of fresh keys (spoofed-looking clients, many IPv6 /64s)
+    /// from exhausting memory. It is split evenly across the shards, and each shard enforces
+    /// its share, so [`MemoryStore::len`] never exceeds the cap. When a new key arrives at a
+    /// full shard:
+    ///
+    /// 1. the shard drops its expired entries first (lossless: they behave as fresh keys);
+    /// 2. if that freed less than 1/64 of its share, it evicts the **live entries that expire
+    ///    soonest** until 1/64 is free: those hold the least state (a few recent stamps, a
+    ///    small debt), so evicting them gives away the least quota. Freeing a batch at a time
+    ///    keeps a flood from forcing a full scan on every insert.
+    ///
+    /// Live evictions are counted ([`MemoryStore::evictions`] and the metric
+    /// `secure_routes_rate_limit_evictions_total`): a non-zero rate means the cap is too low
+    /// for the traffic, and evicted keys restart with a full quota. Memory per key is about
+    /// 64 bytes plus, for a sliding window, 8 bytes per admission still in the window.
+    ///
+    /// ```
+    /// use secure_routes::rate_limit::MemoryStore;
+    /// assert_eq!(MemoryStore::builder().max_keys(10).build().max_keys(), 10);
+    /// ```
+    pub fn max_keys(mut self, n: usize) -> Self {
+        self.max_keys = n.max(1);
+        self
+    }
+
+    /// The clock (default: [`SystemClock`]).
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Duration};
+    /// use secure_routes::{clock::FakeClock, rate_limit::MemoryStore};
+    /// let _store = MemoryStore::builder().clock(Arc::new(FakeClock::default())).build();
+    /// ```
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The number of shards (default [`DEFAULT_SHARDS`]), rounded down to a power of two
+    /// between 1 and 4096, and to at most the cap so every shard may hold a key. More shards
+    /// mean less lock contention between threads.
+    ///
+    /// ```
+    /// use secure_routes::rate_limit::MemoryStore;
+    /// let _store = MemoryStore::builder().shards(256).build();
+    /// ```
+    pub fn shards(mut self, n: usize) -> Self {
+        self.shards = n;
+        self
+    }
+
+    /// Inserts into a shard between two opportunistic sweeps of its expired entries (default
+    /// [`DEFAULT_SWEEP_EVERY`]; at least 1).
+    ///
+    /// ```
+    /// use secure_routes::rate_limit::MemoryStore;
+    /// let _store = MemoryStore::builder().sweep_every(4_096).build();
+    /// ```
+    pub fn sweep_every(mut self, inserts: u32) -> Self {
+        self.sweep_every = inserts.max(1);
+        self
+    }
+
+    /// The store.
+    ///
+    /// ```
+    /// use secure_routes::rate_limit::MemoryStore;
+    /// assert!(MemoryStore::builder().build().is_empty());
+    /// ```
+    pub fn build(self) -> MemoryStore {
+        let max_keys = self.max_keys.max(1);
+        let count = floor_pow2(self.shards.clamp(1, MAX_SHARDS).min(max_keys));
+        let (share, extra) = (max_keys / count, max_keys % count);
+        let shards = (0..count)
+            .map(|i| Shard {
+                inner: Mutex::new(ShardState {
+                    map: HashMap::default(),
+                    cap: share + usize::from(i < extra),
+                    inserts: 0,
+                    now: 0,
+                }),
+            })
+            .collect();
+        MemoryStore {
+            clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+            shards,
+            shard_mask: count - 1,
+            max_keys,
+            sweep_every: self.sweep_every.max(1),
+            evictions: AtomicU64::new(0),
+        }
+    }
+}
+
+/// `d` as seen from a clock reading `by` behind the time it was decided at: every wait is that
+/// much longer.
+fn delayed(mut d: Decision, by: u64) -> Decision {
+    if by > 0 {
+        let by = Duration::from_nanos(by);
+        d.reset_after = d.reset_after.saturating_add(by);
+        d.retry_after = d.retry_after.map(|r| r.saturating_add(by));
+    }
+    d
+}
+
+/// The largest power of two `<= n` (`n >= 1`).
+fn floor_pow2(n: usize) -> usize {
+    match n.checked_ilog2() {
+        Some(bits) => 1 << bits,
+        None => 1,
+    }
+}
+
+/// Locks a shard. A panic while a shard was locked cannot leave an entry half-updated (the
+/// algorithms do not panic; an update is a plain assignment), so a poisoned lock is used as is
+/// rather than turning one panic into a panic on every later request.
+fn lock(m: &Mutex<ShardState>) -> MutexGuard<'_, ShardState> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One shard, alone on its cache lines so that two cores working on two shards do not
+/// invalidate each other's lock word (false sharing).
+#[repr(align(128))]
+struct Shard {
+    inner: Mutex<ShardState>,
+}
+
+struct ShardState {
+    map: HashMap<RateLimitKey, Entry, BuildHasherDefault<KeyPrefixHasher>>,
+    /// This shard's share of the key cap (at least 1).
+    cap: usize,
+    /// Inserts since the last opportunistic sweep.
+    inserts: u32,
+    /// The latest time (ns since the epoch) this shard has seen: its time never goes back.
+    now: u64,
+}
+
+impl ShardState {
+    /// The shard's time for a clock `reading`: the reading, or the latest time seen if the
+    /// clock has stepped back since.
+    fn advance(&mut self, reading: u64) -> u64 {
+        self.now = self.now.max(reading);
+        self.now
+    }
+
+    /// Removes the entries that have expired at `now`; returns how many.
+    fn sweep_expired(&mut self, now: u64) -> usize {
+        let before = self.map.len();
+        self.map.retain(|_, e| e.expires_at > now);
+        before - self.map.len()
+    }
+
+    /// Before inserting a new key: sweeps every `sweep_every` inserts, and at the cap frees a
+    /// batch (expired first, then soonest to expire). Returns how many live entries were
+    /// evicted.
+    fn make_room(&mut self, now: u64, sweep_every: u32) -> usize {
+        self.inserts = self.inserts.saturating_add(1);
+        if self.inserts >= sweep_every {
+            self.inserts = 0;
+            self.sweep_expired(now);
+        }
+        if self.map.len() < self.cap {
+            return 0;
+        }
+        self.sweep_expired(now);
+        let batch = (self.cap / EVICTION_FRACTION).max(1);
+        let target = self.cap - batch;
+        match self.map.len().checked_sub(target) {
+            Some(excess) if excess > 0 => self.evict_soonest(excess),
+            _ => 0,
+        }
+    }
+
+    /// Evicts the `n` entries that expire soonest (`0 < n <= len`); returns how many.
+    fn evict_soonest(&mut self, n: usize) -> usize {
+        let mut expiries: Vec<u64> = self.map.values().map(|e| e.expires_at).collect();
+        let Some(nth) = n.checked_sub(1) else {
+            return 0;
+        };
+        if nth >= expiries.len() {
+            let all = self.map.len();
+            self.map.clear();
+            return all;
+        }
+        let (_, &mut threshold, _) = expiries.select_nth_unstable(nth);
+        // Everything strictly sooner goes; of the ties at the threshold, only enough to make n.
+        let sooner = expiries.iter().filter(|&&e| e < threshold).count();
+        let mut ties = n - sooner;
+        let before = self.map.len();
+        self.map.retain(|_, e| {
+            if e.expires_at < threshold {
+                false
+            } else if e.expires_at == threshold && ties > 0 {
+                ties -= 1;
+                false
+            } else {
+                true
+            }
+        });
+        before - self.map.len()
+    }
+}
+
+/// One key's state and when it stops mattering (nanoseconds since the epoch).
+struct Entry {
+    expires_at: u64,
+    state: State,
+}
+
+enum State {
+    Sliding(SlidingLog),
+    Gcra(GcraState),
+}
+
+impl Entry {
+    fn new(algorithm: Algorithm) -> Self {
+        Self {
+            expires_at: 0,
+            state: State::new(algorithm),
+        }
+    }
+
+    fn acquire(&mut self, now: Duration, quota: Quota, cost: u32) -> Decision {
+        let (decision, expires_at) = match (&mut self.state, quota.algorithm()) {
+            (State::Sliding(log), Algorithm::SlidingWindow) => {
+                let d = sliding_window::acquire(log, now, quota, cost);
+                let window = duration_to_nanos(quota.window());
+                (d, sliding_window::expires_at_nanos(log, window))
+            }
+            (State::Gcra(s), Algorithm::Gcra) => {
+                let d = gcra::acquire(s, now, quota, cost);
+                (d, s.tat())
+            }
+            (state, algorithm) => {
+                // The key's bucket changed algorithm (a redeployed policy): start over.
+                *state = State::new(algorithm);
+                return self.acquire(now, quota, cost);
+            }
+        };
+        self.expires_at = expires_at;
+        decision
+    }
+}
+
+impl State {
+    fn new(algorithm: Algorithm) -> Self {
+        match algorithm {
+            Algorithm::SlidingWindow => State::Sliding(SlidingLog::default()),
+            Algorithm::Gcra => State::Gcra(GcraState::default()),
+        }
+    }
+}
+
+/// The in-shard hasher: the first 8 key bytes as they are.
+///
+/// Safe only because keys are keyed-HMAC outputs: uniform, and not choosable by an attacker
+/// (who would otherwise aim many keys at one bucket, the HashDoS attack SipHash exists for).
+#[derive(Default)]
+struct KeyPrefixHasher(u64);
+
+impl Hasher for KeyPrefixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut word = [0u8; 8];
+        for (w, b) in word.iter_mut().zip(bytes) {
+            *w = *b;
+        }
+        self.0 = self.0.rotate_left(8) ^ u64::from_le_bytes(word);
+    }
+
+    // The `[u8; 16]` inside a key hashes its (constant) length first: nothing to mix in.
+    fn write_usize(&mut self, _: usize) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FakeClock;
+    use crate::rate_limit::{KeyHasher, Subject};
+
+    fn key(i: usize) -> RateLimitKey {
+        KeyHasher::new(b"memory-store-tests").key("bucket", &Subject::Custom(i.to_string()))
+    }
+
+    fn store(max_keys: usize) -> (MemoryStore, FakeClock) {
+        let clock = FakeClock::new(Duration::from_secs(1_700_000_000));
+        let store = MemoryStore::builder()
+            .max_keys(max_keys)
+            .clock(Arc::new(clock.clone()))
+            .build();
+        (store, clock)
+    }
+
+    #[test]
+    fn the_hasher_reads_the_key_prefix() {
+        use std::hash::{BuildHasher, Hash};
+        let k = RateLimitKey::from_bytes([1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 9, 9, 9, 9, 9]);
+        let h = BuildHasherDefault::<KeyPrefixHasher>::default().hash_one(k);
+        assert_eq!(h, u64::from_le_bytes([1, 2, 3, 4, 5, 6, 7, 8]));
+        let mut other = KeyPrefixHasher::default();
+        7u8.hash(&mut other);
+        assert_eq!(other.finish(), 7);
+    }
+
+    #[test]
+    fn shards_are_powers_of_two_no_more_than_the_cap() {
+        assert_eq!(MemoryStore::new().shards.len(), 64);
+        assert_eq!(MemoryStore::builder().max_keys(10).build().shards.len(), 8);
+        assert_eq!(MemoryStore::builder().shards(100).build().shards.len(), 64);
+        assert_eq!(MemoryStore::builder().shards(0).build().shards.len(), 1);
+        assert_eq!(
+            MemoryStore::builder()
+                .shards(usize::MAX)
+                .build()
+                .shards
+                .len(),
+            MAX_SHARDS
+        );
+        let s = MemoryStore::builder().max_keys(1_000).build();
+        let caps: usize = s.shards.iter().map(|s| lock(&s.inner).cap).sum();
+        assert_eq!(caps, 1_000);
+    }
+
+    #[test]
+    fn a_flood_of_fresh_keys_stays_under_the_cap() {
+        let (store, clock) = store(1_000);
+        let q = Quota::per_hour(5);
+        for i in 0..10_000 {
+            assert!(store.acquire_now(&key(i), q, 1).allowed, "fresh key {i}");
+            assert!(store.len() <= 1_000);
+            if i % 1_000 == 0 {
+                clock.advance(Duration::from_secs(1));
+            }
+        }
+        assert!(store.len() <= 1_000);
+        assert!(store.len() >= 900, "the cap is used, not thrown away");
+        // Nothing had expired, so every key beyond the cap cost a live eviction.
+        assert!(store.evictions() >= 9_000);
+        // The same for GCRA.
+        let (store, _) = self::store(1_000);
+        let q = q.with_algorithm(Algorithm::Gcra);
+        for i in 0..10_000 {
+            store.acquire_now(&key(i), q, 1);
+        }
+        assert!(store.len() <= 1_000);
+    }
+
+    #[test]
+    fn at_the_cap_expired_entries_go_first_and_then_the_soonest_to_expire() {
+        let clock = FakeClock::new(Duration::from_secs(1_000));
+        // One shard, so the order of eviction is visible.
+        let store = MemoryStore::builder()
+            .max_keys(4)
+            .shards(1)
+            .clock(Arc::new(clock.clone()))
+            .build();
+        let q = Quota::per_minute(10);
+        // k0 expires in 1 s; k1, k2, k3 in 60 s, 100 ms apart.
+        store.acquire_now(&key(0), Quota::per_second(10), 1);
+        for i in 1..4 {
+            store.acquire_now(&key(i), q, 1);
+            clock.advance(Duration::from_millis(100));
+        }
+        assert_eq!(store.len(), 4);
+        clock.advance(Duration::from_secs(2));
+        // Full: k0 has expired, so it goes and nothing live is evicted.
+        store.acquire_now(&key(4), q, 1);
+        assert_eq!(store.evictions(), 0);
+        assert_eq!(store.len(), 4);
+        // Full again, nothing expired: the soonest to expire (k1) is evicted.
+        store.acquire_now(&key(5), q, 1);
+        assert_eq!(store.evictions(), 1);
+        assert_eq!(store.len(), 4);
+        let held: Vec<bool> = (0..6)
+            .map(|i| lock(&store.shards[0].inner).map.contains_key(&key(i)))
+            .collect();
+        assert_eq!(held, [false, false, true, true, true, true]);
+        // An evicted key restarts with a full quota (the documented cost of eviction).
+        assert_eq!(store.acquire_now(&key(1), q, 1).remaining, 9);
+    }
+
+    #[test]
+    fn refusals_and_zero_costs_for_unknown_keys_store_nothing() {
+        let (store, _) = store(100);
+        let d = store.acquire_now(&key(1), Quota::per_minute(1), 2);
+        assert!(!d.allowed);
+        store.acquire_now(&key(2), Quota::per_minute(1), 0);
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn sweeps_remove_only_what_has_expired() {
+        let (store, clock) = store(1_000);
+        store.acquire_now(&key(1), Quota::per_second(1), 1);
+        store.acquire_now(&key(2), Quota::per_minute(1), 1);
+        store.acquire_now(
+            &key(3),
+            Quota::per_minute(1).with_algorithm(Algorithm::Gcra),
+            1,
+        );
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(store.sweep(), 1);
+        assert_eq!(store.len(), 2);
+        clock.advance(Duration::from_secs(59));
+        assert_eq!(store.sweep(), 2);
+        assert!(store.is_empty());
+    }
+
+    #[test]
+    fn opportunistic_sweeps_run_every_k_inserts() {
+        let clock = FakeClock::new(Duration::from_secs(1_000));
+        let store = MemoryStore::builder()
+            .shards(1)
+            .sweep_every(10)
+            .clock(Arc::new(clock.clone()))
+            .build();
+        for i in 0..9 {
+            store.acquire_now(&key(i), Quota::per_second(1), 1);
+        }
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(store.len(), 9);
+        // The tenth insert sweeps the nine expired keys.
+        store.acquire_now(&key(100), Quota::per_second(1), 1);
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.evictions(), 0);
+    }
+
+    #[test]
+    fn a_clock_going_back_does_not_bring_swept_keys_back() {
+        let (store, clock) = store(100);
+        let q = Quota::per_second(1);
+        let k = key(1);
+        assert!(store.acquire_now(&k, q, 1).allowed);
+        // Forward 2 s: the entry expires and is swept...
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(store.sweep(), 1);
+        // ...then back 1.5 s (to 0.5 s after the admission): for the shard it is still 2 s,
+        // so the new admission is recorded then, and waits count from the real reading.
+        clock.set(clock.now() - Duration::from_millis(1_500));
+        let d = store.acquire_now(&k, q, 1);
+        assert!(d.allowed);
+        assert_eq!(d.reset_after, Duration::from_millis(2_500));
+        let d = store.acquire_now(&k, q, 1);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after, Some(Duration::from_millis(2_500)));
+        clock.advance(Duration::from_millis(2_499));
+        assert!(!store.acquire_now(&k, q, 1).allowed);
+        clock.advance(Duration::from_millis(1));
+        assert!(store.acquire_now(&k, q, 1).allowed);
+    }
+
+    #[test]
+    fn switching_algorithm_restarts_the_key() {
+        let (store, _) = store(10);
+        let k = key(1);
+        assert!(store.acquire_now(&k, Quota::per_minute(1), 1).allowed);
+        assert!(!store.acquire_now(&k, Quota::per_minute(1), 1).allowed);
+        let g = Quota::per_minute(1).with_algorithm(Algorithm::Gcra);
+        assert!(store.acquire_now(&k, g, 1).allowed);
+        assert!(!store.acquire_now(&k, g, 1).allowed);
+    }
+
+    #[test]
+    fn a_poisoned_shard_keeps_working() {
+        let (store, _) = store(10);
+        let store = Arc::new(store);
+        let k = key(7);
+        let q = Quota::per_minute(2);
+        assert!(store.acquire_now(&k, q, 1).allowed);
+        let s = Arc::clone(&store);
+        let joined = std::thread::spawn(move || {
+            let _guard = s.shard(&k);
+            panic!("poison the shard");
+        })
+        .join();
+        assert!(joined.is_err());
+        assert!(store.acquire_now(&k, q, 1).allowed);
+        assert!(!store.acquire_now(&k, q, 1).allowed);
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.sweep(), 0);
+    }
+
+    #[test]
+    fn the_trait_answers_what_acquire_now_answers() {
+        let (store, _) = store(10);
+        let k = key(3);
+        let q = Quota::per_minute(1);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let first = rt.block_on(store.acquire(&k, q, 1)).unwrap();
+        assert!(first.allowed);
+        let second = rt.block_on(store.acquire(&k, q, 1)).unwrap();
+        assert!(!second.allowed);
+        assert_eq!(second.retry_after, Some(Duration::from_secs(60)));
+        assert!(!store.acquire_now(&k, q, 1).allowed);
+        assert_eq!(store.name(), "memory");
     }
 }

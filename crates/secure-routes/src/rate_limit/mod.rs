@@ -115,13 +115,19 @@ impl Quota {
     pub(crate) fn problems(&self, context: &str) -> Vec<String> {
         let mut p = Vec::new();
         if self.limit == 0 {
-            p.push(format!("{context}: rate limit must admit at least 1 request"));
+            p.push(format!(
+                "{context}: rate limit must admit at least 1 request"
+            ));
         }
         if self.window < Duration::from_millis(1) {
-            p.push(format!("{context}: rate limit window must be at least 1 ms"));
+            p.push(format!(
+                "{context}: rate limit window must be at least 1 ms"
+            ));
         }
         if self.window > Duration::from_secs(366 * 86_400) {
-            p.push(format!("{context}: rate limit window must be at most a year"));
+            p.push(format!(
+                "{context}: rate limit window must be at most a year"
+            ));
         }
         if self.algorithm == Algorithm::SlidingWindow && self.limit > 100_000 {
             p.push(format!(

@@ -32,10 +32,7 @@ pub fn parse_origin(origin: &str) -> Result<HeaderValue, String> {
     if scheme != "http" && scheme != "https" {
         return bad("scheme must be http or https");
     }
-    if rest.is_empty()
-        || rest.contains(['/', '?', '#', '@', '*', ' '])
-        || !rest.is_ascii()
-    {
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', '*', ' ']) || !rest.is_ascii() {
         return bad("expected only a host and optional port (ASCII, punycode for IDNs)");
     }
     let uri: http::Uri = match o.parse() {
@@ -90,7 +87,11 @@ mod tests {
 
     #[test]
     fn origin_rules() {
-        for ok in ["http://localhost:3000", "https://EXAMPLE.com/", "https://a.b:8443"] {
+        for ok in [
+            "http://localhost:3000",
+            "https://EXAMPLE.com/",
+            "https://a.b:8443",
+        ] {
             assert!(parse_origin(ok).is_ok(), "{ok}");
         }
         for bad in [
@@ -106,6 +107,9 @@ mod tests {
         ] {
             assert!(parse_origin(bad).is_err(), "{bad}");
         }
-        assert_eq!(parse_origin("https://EXAMPLE.com/").unwrap(), "https://example.com");
+        assert_eq!(
+            parse_origin("https://EXAMPLE.com/").unwrap(),
+            "https://example.com"
+        );
     }
 }

@@ -31,7 +31,10 @@ impl Default for SecurityHeaders {
             headers: vec![
                 (header::X_CONTENT_TYPE_OPTIONS, s("nosniff")),
                 (header::X_FRAME_OPTIONS, s("DENY")),
-                (header::REFERRER_POLICY, s("strict-origin-when-cross-origin")),
+                (
+                    header::REFERRER_POLICY,
+                    s("strict-origin-when-cross-origin"),
+                ),
                 (
                     HeaderName::from_static("permissions-policy"),
                     s("camera=(), microphone=(), geolocation=()"),
@@ -57,7 +60,9 @@ impl Default for SecurityHeaders {
 impl SecurityHeaders {
     /// No headers at all.
     pub fn none() -> Self {
-        Self { headers: Vec::new() }
+        Self {
+            headers: Vec::new(),
+        }
     }
     /// Sets or replaces a header.
     pub fn set(&mut self, name: HeaderName, value: HeaderValue) {
@@ -95,7 +100,10 @@ mod tests {
     #[test]
     fn handler_headers_win_and_hsts_only_on_https() {
         let mut m = HeaderMap::new();
-        m.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("SAMEORIGIN"));
+        m.insert(
+            header::X_FRAME_OPTIONS,
+            HeaderValue::from_static("SAMEORIGIN"),
+        );
         SecurityHeaders::default().apply(&mut m, false);
         assert_eq!(m[header::X_FRAME_OPTIONS], "SAMEORIGIN");
         assert_eq!(m[header::X_CONTENT_TYPE_OPTIONS], "nosniff");

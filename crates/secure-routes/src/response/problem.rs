@@ -24,6 +24,8 @@ use crate::audit::AuditAction;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RejectionKind {
+    /// 400: input the route cannot accept (malformed JSON, a field out of bounds).
+    InvalidInput,
     /// 405.
     MethodNotAllowed,
     /// 401.
@@ -46,6 +48,7 @@ impl RejectionKind {
     /// The HTTP status.
     pub const fn status(self) -> StatusCode {
         match self {
+            RejectionKind::InvalidInput => StatusCode::BAD_REQUEST,
             RejectionKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             RejectionKind::Unauthorized => StatusCode::UNAUTHORIZED,
             RejectionKind::Forbidden | RejectionKind::CsrfFailed => StatusCode::FORBIDDEN,
@@ -59,6 +62,7 @@ impl RejectionKind {
     /// The short human string of the original pattern's `error` field.
     pub const fn error(self) -> &'static str {
         match self {
+            RejectionKind::InvalidInput => "Invalid input",
             RejectionKind::MethodNotAllowed => "Method not allowed",
             RejectionKind::Unauthorized => "Authentication required",
             RejectionKind::Forbidden => "Forbidden",
@@ -73,6 +77,7 @@ impl RejectionKind {
     /// The RFC 9457 `title`.
     pub const fn title(self) -> &'static str {
         match self {
+            RejectionKind::InvalidInput => "Bad Request",
             RejectionKind::MethodNotAllowed => "Method Not Allowed",
             RejectionKind::Unauthorized => "Unauthorized",
             RejectionKind::Forbidden => "Forbidden",
@@ -87,6 +92,7 @@ impl RejectionKind {
     /// The RFC 9457 `type` URI.
     pub const fn type_uri(self) -> &'static str {
         match self {
+            RejectionKind::InvalidInput => "urn:secure-routes:problem:invalid-input",
             RejectionKind::MethodNotAllowed => "urn:secure-routes:problem:method-not-allowed",
             RejectionKind::Unauthorized => "urn:secure-routes:problem:unauthorized",
             RejectionKind::Forbidden => "urn:secure-routes:problem:forbidden",
@@ -106,9 +112,9 @@ impl RejectionKind {
             }
             RejectionKind::RateLimited => AuditAction::RateLimitExceeded,
             RejectionKind::CsrfFailed => AuditAction::CsrfValidationFailed,
-            RejectionKind::MethodNotAllowed | RejectionKind::PayloadTooLarge => {
-                AuditAction::InvalidInput
-            }
+            RejectionKind::InvalidInput
+            | RejectionKind::MethodNotAllowed
+            | RejectionKind::PayloadTooLarge => AuditAction::InvalidInput,
             RejectionKind::Unavailable => AuditAction::StoreFailure,
             RejectionKind::Internal => AuditAction::InternalError,
         }
@@ -116,6 +122,7 @@ impl RejectionKind {
 
     fn default_detail(self) -> &'static str {
         match self {
+            RejectionKind::InvalidInput => "The request could not be understood.",
             RejectionKind::MethodNotAllowed => "This route does not accept this method.",
             RejectionKind::Unauthorized => "A valid bearer token or session cookie is required.",
             RejectionKind::Forbidden => "You are not allowed to do this.",
@@ -138,8 +145,13 @@ pub struct RejectionInfo {
 }
 
 /// A refusal, answered as `application/problem+json`.
+///
+/// Boxed inside so `Result<(), Rejection>` stays one pointer wide on the happy path.
 #[derive(Clone, Debug)]
-pub struct Rejection {
+pub struct Rejection(Box<RejectionParts>);
+
+#[derive(Clone, Debug)]
+struct RejectionParts {
     info: RejectionInfo,
     detail: Option<String>,
     headers: HeaderMap,
@@ -149,12 +161,12 @@ pub struct Rejection {
 impl Rejection {
     /// A rejection of `kind`, with an audit `reason`.
     pub fn new(kind: RejectionKind, reason: &'static str) -> Self {
-        Self {
+        Self(Box::new(RejectionParts {
             info: RejectionInfo { kind, reason },
             detail: None,
             headers: HeaderMap::new(),
             extra: Map::new(),
-        }
+        }))
     }
 
     /// 401 with `WWW-Authenticate: Bearer` (RFC 6750 section 3).
@@ -167,46 +179,47 @@ impl Rejection {
 
     /// Replaces the client-facing `detail`.
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
-        self.detail = Some(detail.into());
+        self.0.detail = Some(detail.into());
         self
     }
 
     /// Adds a response header.
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.append(name, value);
+        self.0.headers.append(name, value);
         self
     }
 
     /// Adds a body member (such as `retryAfter`).
     pub fn with_member(mut self, name: &str, value: Value) -> Self {
-        self.extra.insert(name.to_owned(), value);
+        self.0.extra.insert(name.to_owned(), value);
         self
     }
 
     /// The typed reason.
     pub fn info(&self) -> RejectionInfo {
-        self.info
+        self.0.info
     }
 
     /// Headers to add to the response (mutable, for rate-limit headers).
     pub fn headers_mut(&mut self) -> &mut HeaderMap {
-        &mut self.headers
+        &mut self.0.headers
     }
 }
 
 impl IntoResponse for Rejection {
     fn into_response(self) -> Response {
-        let kind = self.info.kind;
+        let this = *self.0;
+        let kind = this.info.kind;
         let status = kind.status();
         let mut body = json!({
             "type": kind.type_uri(),
             "title": kind.title(),
             "status": status.as_u16(),
-            "detail": self.detail.as_deref().unwrap_or(kind.default_detail()),
+            "detail": this.detail.as_deref().unwrap_or(kind.default_detail()),
             "error": kind.error(),
         });
         if let Value::Object(map) = &mut body {
-            map.extend(self.extra);
+            map.extend(this.extra);
         }
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let mut res = Response::new(axum::body::Body::from(bytes));
@@ -216,10 +229,10 @@ impl IntoResponse for Rejection {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        for (name, value) in self.headers.iter() {
+        for (name, value) in this.headers.iter() {
             h.append(name, value.clone());
         }
-        res.extensions_mut().insert(self.info);
+        res.extensions_mut().insert(this.info);
         res
     }
 }
@@ -234,7 +247,9 @@ mod tests {
             .with_member("retryAfter", json!(3))
             .into_response();
         assert_eq!(res.status(), 429);
-        let body = axum::body::to_bytes(res.into_body(), 1 << 16).await.unwrap();
+        let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+            .await
+            .unwrap();
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["error"], "Rate limit exceeded");
         assert_eq!(v["status"], 429);
@@ -245,6 +260,11 @@ mod tests {
     #[test]
     fn unauthorized_sets_www_authenticate() {
         let res = Rejection::unauthorized("missing").into_response();
-        assert!(res.headers()[header::WWW_AUTHENTICATE].to_str().unwrap().starts_with("Bearer"));
+        assert!(
+            res.headers()[header::WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap()
+                .starts_with("Bearer")
+        );
     }
 }

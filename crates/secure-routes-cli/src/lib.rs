@@ -1,0 +1,22 @@
+//! The `secure-routes` command line: `demo`, `token` and `audit`.
+//!
+//! ## Layout
+//!
+//! * [`cli`]: argument parsing and dispatch (`main` is one call into it).
+//! * [`config`]: environment variables and secrets (dev mode generates, production refuses).
+//! * [`demo`]: the original pattern's examples as a running API; [`demo::serve`] takes a
+//!   listener and a shutdown future, so tests run it on an ephemeral port.
+//! * [`token`]: HS256 tokens for the demo.
+//! * [`audit_cmd`]: lists audit events from the SQLite log.
+//! * [`duration`]: `30s`, `10m`, `1h`, `2d`.
+//!
+//! ```
+//! assert_eq!(secure_routes_cli::duration::parse("10m").unwrap().as_secs(), 600);
+//! ```
+
+pub mod audit_cmd;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod duration;
+pub mod token;
