@@ -56,9 +56,18 @@ async fn every_field_round_trips_exactly() {
     assert_eq!(back, expected);
 
     // The escaped user agent is stored as escaped text: no raw control characters at all.
-    let ua = back.iter().find(|e| e.id == full.id).unwrap().user_agent.clone().unwrap();
+    let ua = back
+        .iter()
+        .find(|e| e.id == full.id)
+        .unwrap()
+        .user_agent
+        .clone()
+        .unwrap();
     assert!(!ua.chars().any(char::is_control), "{ua:?}");
-    assert!(ua.starts_with("Mozilla/5.0\\r\\nX-Injected: 1\\u{1b}"), "{ua:?}");
+    assert!(
+        ua.starts_with("Mozilla/5.0\\r\\nX-Injected: 1\\u{1b}"),
+        "{ua:?}"
+    );
 
     // The raw columns: seed names, JSON metadata, fixed-width UTC timestamps.
     let conn = Connection::open(&db).unwrap();
@@ -121,7 +130,10 @@ async fn query_filters_by_action_since_and_limit_newest_first() {
     let newest = query(&db, &all(100)).unwrap();
     assert_eq!(
         request_ids(&newest),
-        (0..10).rev().map(|i| format!("req-{i}")).collect::<Vec<_>>()
+        (0..10)
+            .rev()
+            .map(|i| format!("req-{i}"))
+            .collect::<Vec<_>>()
     );
 
     let limited = query(&db, &all(3)).unwrap();
@@ -136,7 +148,10 @@ async fn query_filters_by_action_since_and_limit_newest_first() {
         },
     )
     .unwrap();
-    assert_eq!(request_ids(&unauthorized), ["req-9", "req-7", "req-5", "req-3", "req-1"]);
+    assert_eq!(
+        request_ids(&unauthorized),
+        ["req-9", "req-7", "req-5", "req-3", "req-1"]
+    );
 
     // `since` is inclusive, and may be given in any offset.
     let since = (end - Duration::minutes(3)).to_offset(time::macros::offset!(+09:00));
@@ -199,7 +214,11 @@ fn schema_is_versioned_indexed_and_in_wal_mode() {
         .unwrap();
     assert_eq!(
         indexes,
-        ["idx_audit_logs_action", "idx_audit_logs_timestamp", "idx_audit_logs_user_id"]
+        [
+            "idx_audit_logs_action",
+            "idx_audit_logs_timestamp",
+            "idx_audit_logs_user_id"
+        ]
     );
     // Newest-first by action is served by an index, not a sort.
     let plan: Vec<String> = conn
@@ -209,7 +228,10 @@ fn schema_is_versioned_indexed_and_in_wal_mode() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert!(plan.iter().any(|p| p.contains("idx_audit_logs_action")), "{plan:?}");
+    assert!(
+        plan.iter().any(|p| p.contains("idx_audit_logs_action")),
+        "{plan:?}"
+    );
     assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{plan:?}");
 }
 
@@ -235,7 +257,10 @@ fn a_newer_schema_is_refused_and_an_empty_database_reads_as_empty() {
         Err(Error::UnsupportedSchema { found: 99, .. })
     ));
 
-    assert!(matches!(count(dir.path().join("missing.db")), Err(Error::Sqlite(_))));
+    assert!(matches!(
+        count(dir.path().join("missing.db")),
+        Err(Error::Sqlite(_))
+    ));
 }
 
 #[test]
@@ -251,7 +276,10 @@ fn a_corrupt_row_is_reported_not_skipped() {
     )
     .unwrap();
     let err = query(&db, &all(10)).unwrap_err();
-    assert!(matches!(err, Error::Corrupt { ref id, .. } if id == "not-a-uuid"), "{err}");
+    assert!(
+        matches!(err, Error::Corrupt { ref id, .. } if id == "not-a-uuid"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,7 +309,9 @@ async fn readers_see_whole_batches_while_the_writer_is_active() {
     };
     for b in 0..BATCHES {
         let batch: Vec<_> = (0..BATCH)
-            .map(|i| AuditEvent::new(AuditAction::SecurityEvent).with_request_id(&format!("{b}-{i}")))
+            .map(|i| {
+                AuditEvent::new(AuditAction::SecurityEvent).with_request_id(&format!("{b}-{i}"))
+            })
             .collect();
         sink.write_batch(&batch).await.unwrap();
     }
@@ -289,7 +319,10 @@ async fn readers_see_whole_batches_while_the_writer_is_active() {
     let seen = reader.join().unwrap();
 
     assert_eq!(*seen.last().unwrap(), (BATCH * BATCHES) as u64);
-    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "counts never go back");
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "counts never go back"
+    );
     // A batch is one transaction: a reader never sees part of one.
     assert!(
         seen.iter().all(|n| n % BATCH as u64 == 0),
@@ -390,7 +423,9 @@ async fn a_closed_wal_database_without_its_side_files_is_readable() {
     let db = dir.path().join("audit.db");
     let sink = SqliteAuditSink::open(&db).unwrap();
     let event = full_event();
-    sink.write_batch(std::slice::from_ref(&event)).await.unwrap();
+    sink.write_batch(std::slice::from_ref(&event))
+        .await
+        .unwrap();
     let conn = Connection::open(&db).unwrap();
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         .unwrap();

@@ -297,6 +297,18 @@ fn components(c: &mut Criterion) {
             sliding_window::acquire(&mut log, black_box(t), sliding_admit(), 1)
         })
     });
+    {
+        use governor::clock::Clock as _;
+        let qc = governor::clock::QuantaClock::default();
+        g.bench_function("quanta", |b| b.iter(|| qc.now()));
+    }
+    let fake = MemoryStore::with_clock(std::sync::Arc::new(secure_routes::clock::FakeClock::new(
+        now,
+    )));
+    let key = keys(1)[0];
+    g.bench_function("store_fakeclock_gcra", |b| {
+        b.iter(|| fake.acquire_now(black_box(&key), gcra_admit(), 1))
+    });
     let m = std::sync::Mutex::new(0u64);
     g.bench_function("mutex", |b| {
         b.iter(|| {

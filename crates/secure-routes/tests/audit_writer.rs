@@ -196,7 +196,10 @@ async fn a_failing_sink_is_retried_with_backoff_then_spilled_and_replayed() {
     assert_eq!(stats.spilled, 5, "{stats:?}");
     assert_eq!(stats.lost, 0);
     // Each batch: 3 attempts, 2 retries.
-    assert_eq!(stats.sink_errors, u64::from(failing.calls.load(Ordering::SeqCst)));
+    assert_eq!(
+        stats.sink_errors,
+        u64::from(failing.calls.load(Ordering::SeqCst))
+    );
     assert_eq!(stats.sink_errors % 3, 0);
     assert_eq!(stats.retries, stats.sink_errors / 3 * 2);
 
@@ -216,7 +219,13 @@ async fn a_failing_sink_is_retried_with_backoff_then_spilled_and_replayed() {
     assert_eq!(healthy.stored(), events);
     assert!(!spill.exists());
     // A second replay finds nothing.
-    assert_eq!(replay_spill(&spill, healthy.as_ref()).await.unwrap().replayed, 0);
+    assert_eq!(
+        replay_spill(&spill, healthy.as_ref())
+            .await
+            .unwrap()
+            .replayed,
+        0
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -541,7 +550,10 @@ fn tracing_sink_emits_one_structured_event_per_audit_event() {
     let (level, f) = &events[1];
     assert_eq!(*level, tracing::Level::WARN, "fail-open is worth a warning");
     assert_eq!(f["action"], "store_failure");
-    assert!(!f.contains_key("subject"), "absent fields are left out: {f:?}");
+    assert!(
+        !f.contains_key("subject"),
+        "absent fields are left out: {f:?}"
+    );
 }
 
 /// A `metrics` recorder counting increments per metric name.
@@ -560,16 +572,38 @@ impl metrics::CounterFn for CountHandle {
 }
 
 impl metrics::Recorder for Counts {
-    fn describe_counter(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
-    fn describe_gauge(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
-    fn describe_histogram(&self, _: metrics::KeyName, _: Option<metrics::Unit>, _: metrics::SharedString) {}
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
     fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
         metrics::Counter::from_arc(Arc::new(CountHandle(self.0.clone(), key.name().to_owned())))
     }
     fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
         metrics::Gauge::noop()
     }
-    fn register_histogram(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Histogram {
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
         metrics::Histogram::noop()
     }
 }
