@@ -1,35 +1,17 @@
-//! `secure-routes token`: an HS256 JWT for the demo, signed with `SECURE_ROUTES_JWT_SECRET`.
+//! `secure-routes token`: an HS256 JWT for the demo, signed with `SECURE_ROUTES_JWT_SECRET`
+//! (the same secret the demo verifies with).
 //!
 //! ```
 //! use std::time::Duration;
 //! let t = secure_routes_cli::token::mint(b"a-secret-of-at-least-32-bytes!!!!", "alice", Duration::from_secs(60)).unwrap();
 //! assert_eq!(t.split('.').count(), 3);
+//! assert!(secure_routes_cli::token::mint(b"short", "alice", Duration::from_secs(60)).is_err());
 //! ```
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
-use serde::Serialize;
-
-#[derive(Serialize)]
-struct Claims<'a> {
-    sub: &'a str,
-    iat: u64,
-    exp: u64,
-}
-
-/// Mints a token for `sub` valid for `ttl`.
+/// Mints a token for `sub` valid for `ttl` (the secret must be 32+ bytes).
 pub fn mint(secret: &[u8], sub: &str, ttl: Duration) -> anyhow::Result<String> {
     anyhow::ensure!(!sub.is_empty(), "--sub must not be empty");
-    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-    let claims = Claims {
-        sub,
-        iat: now,
-        exp: now.saturating_add(ttl.as_secs()),
-    };
-    Ok(encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(secret),
-    )?)
+    Ok(secure_routes::auth::jwt::mint_hs256(secret, sub, ttl)?)
 }
