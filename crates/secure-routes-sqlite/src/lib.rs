@@ -10,6 +10,7 @@
 //! * `schema`: the `audit_logs` table (the original's columns plus ours), its indexes, and
 //!   migrations numbered by SQLite's `user_version`.
 //! * `sink`: [`SqliteAuditSink`], one writer thread owning the connection.
+//! * `row`: batches encoded for that thread (all text in one buffer).
 //! * `query`: [`AuditQuery`], [`query`], [`count`]: read-only connections.
 //! * `timestamp`: the fixed-width text form timestamps are stored in.
 //!
@@ -48,6 +49,7 @@
 //! ```
 
 mod query;
+mod row;
 mod schema;
 mod sink;
 mod timestamp;

@@ -8,8 +8,8 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use secure_routes::audit::{AuditError, AuditEvent, AuditSink, BoxFuture};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
-use uuid::Uuid;
 
+use crate::row::EncodedBatch;
 use crate::timestamp::format_timestamp;
 use crate::{Error, schema};
 
@@ -30,7 +30,7 @@ const INSERT_SQL: &str = "INSERT INTO audit_logs (id, action, user_id, metadata,
 type Reply = oneshot::Sender<Result<(), String>>;
 
 struct WriteBatch {
-    events: Vec<AuditEvent>,
+    batch: EncodedBatch,
     reply: Reply,
 }
 
@@ -116,7 +116,7 @@ impl AuditSink for SqliteAuditSink {
             let (reply, answer) = oneshot::channel();
             self.tx
                 .send(WriteBatch {
-                    events: batch.to_vec(),
+                    batch: EncodedBatch::new(batch),
                     reply,
                 })
                 .map_err(|_| AuditError("the SQLite writer thread has stopped".into()))?;
@@ -138,63 +138,63 @@ impl AuditSink for SqliteAuditSink {
 /// one transaction, answers each caller. Ends when every sender is gone.
 fn writer_thread(mut conn: Connection, rx: &mpsc::Receiver<WriteBatch>) {
     while let Ok(first) = rx.recv() {
-        let mut rows = first.events.len();
+        let mut rows = first.batch.rows.len();
         let mut pending = vec![first];
         while rows < GROUP_COMMIT_ROWS {
             match rx.try_recv() {
                 Ok(next) => {
-                    rows += next.events.len();
+                    rows += next.batch.rows.len();
                     pending.push(next);
                 }
                 Err(_) => break,
             }
         }
-        let result = insert(&mut conn, pending.iter().flat_map(|b| &b.events));
+        let result = insert(&mut conn, pending.iter().map(|w| &w.batch));
         if result.is_err() && pending.len() > 1 {
             // Do not let one batch's failure fail the others: retry each on its own.
-            for batch in pending {
-                let result = insert(&mut conn, &batch.events).map_err(|e| e.to_string());
-                let _ = batch.reply.send(result);
+            for w in pending {
+                let result = insert(&mut conn, [&w.batch]).map_err(|e| e.to_string());
+                let _ = w.reply.send(result);
             }
             continue;
         }
         let result = result.map_err(|e| e.to_string());
-        for batch in pending {
-            let _ = batch.reply.send(result.clone());
+        for w in pending {
+            let _ = w.reply.send(result.clone());
         }
     }
 }
 
-/// Inserts events in one `IMMEDIATE` transaction (the write lock is taken up front, so the
+/// Inserts batches in one `IMMEDIATE` transaction (the write lock is taken up front, so the
 /// transaction cannot fail half-way on a lock upgrade).
 fn insert<'a>(
     conn: &mut Connection,
-    events: impl IntoIterator<Item = &'a AuditEvent>,
+    batches: impl IntoIterator<Item = &'a EncodedBatch>,
 ) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
         let created_at = format_timestamp(OffsetDateTime::now_utc());
         let mut stmt = tx.prepare_cached(INSERT_SQL)?;
-        let mut id = Uuid::encode_buffer();
-        for e in events {
-            let metadata = (!e.metadata.is_null()).then(|| e.metadata.to_string());
-            stmt.execute(params![
-                e.id.hyphenated().encode_lower(&mut id) as &str,
-                e.action.as_str(),
-                e.subject,
-                metadata,
-                format_timestamp(e.timestamp),
-                created_at,
-                e.outcome.as_str(),
-                e.client_ip,
-                e.method,
-                e.route,
-                e.path,
-                e.status,
-                e.reason,
-                e.request_id,
-                e.user_agent,
-            ])?;
+        for b in batches {
+            for r in &b.rows {
+                stmt.execute(params![
+                    b.get(&r.id),
+                    r.action,
+                    b.get_opt(r.user_id.as_ref()),
+                    b.get_opt(r.metadata.as_ref()),
+                    b.get(&r.timestamp),
+                    created_at,
+                    r.outcome,
+                    b.get_opt(r.client_ip.as_ref()),
+                    b.get(&r.method),
+                    b.get(&r.route),
+                    b.get(&r.path),
+                    r.status,
+                    b.get(&r.reason),
+                    b.get(&r.request_id),
+                    b.get_opt(r.user_agent.as_ref()),
+                ])?;
+            }
         }
     }
     tx.commit()

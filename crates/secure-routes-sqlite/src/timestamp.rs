@@ -28,11 +28,24 @@ const MAX_NANOS: i128 = 253_402_300_800 * 1_000_000_000 - 1;
 /// assert!(format_timestamp(datetime!(2025-03-01 10:00:05 UTC)) < format_timestamp(datetime!(2025-03-01 10:00:05.1 UTC)));
 /// ```
 pub fn format_timestamp(t: OffsetDateTime) -> String {
+    let mut out = String::with_capacity(WIDTH);
+    write_timestamp(&mut out, t);
+    out
+}
+
+/// Bytes in a stored timestamp.
+pub(crate) const WIDTH: usize = 30;
+
+/// Appends the stored form of `t` to `out` (no allocation beyond `out`'s growth).
+pub(crate) fn write_timestamp(out: &mut String, t: OffsetDateTime) {
+    use std::fmt::Write;
     let nanos = t.unix_timestamp_nanos().clamp(MIN_NANOS, MAX_NANOS);
     let t = OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
         .to_offset(UtcOffset::UTC);
-    format!(
+    // Writing to a String cannot fail.
+    let _ = write!(
+        out,
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z",
         t.year(),
         u8::from(t.month()),
@@ -41,7 +54,7 @@ pub fn format_timestamp(t: OffsetDateTime) -> String {
         t.minute(),
         t.second(),
         t.nanosecond()
-    )
+    );
 }
 
 /// Parses a stored timestamp (any RFC 3339 text, in fact).

@@ -12,28 +12,40 @@
 //!     that left its 1 ms window, a steady log of a few tens of thousands of stamps). For
 //!     governor: `Quota::per_second(1e9)` (1 ns per cell, burst 1e9), which the bench cannot
 //!     exhaust; for our GCRA the same quota.
-//!   * `*_refuse`: a realistic `60 per minute` quota, exhausted in warm-up, so every check is
-//!     the steady-state refusal a client hammering a limited route gets.
+//!   * `*_refuse`: a realistic `60 per hour` quota, exhausted before the bench, so every check
+//!     is the steady-state refusal a client hammering a limited route gets (GCRA frees one
+//!     unit a minute, longer than a bench runs).
 //!   * `*_async`: the same through the `RateLimitStore` trait (`BoxFuture`), polled once with a
 //!     no-op waker: the memory store's future is ready immediately, so this measures the box.
+//! * `hot_key_fake_clock`: the same on frozen fake clocks on both sides, so neither pays for
+//!   reading time: the cost of the store itself. (Reading the wall clock, `SystemTime::now`,
+//!   costs us several times what governor's TSC-based quanta clock costs: see `parts/clock`.)
 //! * `random_keys_100k`: 100 000 pre-generated keys (HMAC outputs, as in production), all
 //!   inserted first, then checked in turn: a map too large for the L2 cache, as on a busy
 //!   server. The quotas never refuse and keep each key's state alive between two visits (see
 //!   [`gcra_keyed`]), so this measures checks of known keys.
 //! * `two_threads`: two threads checking (a) the same hot key, the worst case for the shard
-//!   lock and governor's CAS loop alike, and (b) random keys, where sharding spreads them. The
+//!   locks and governor's CAS loop alike, and (b) random keys, where sharding spreads them. The
 //!   time reported is wall time divided by the total number of checks of both threads (the
 //!   cost per check at the aggregate throughput).
+//! * `parts`: reading each side's clock, and our pure algorithms alone.
 
 use std::future::Future;
 use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::pin::pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use governor::clock::FakeRelativeClock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{DefaultKeyedRateLimiter, RateLimiter};
+use secure_routes::clock::{Clock, FakeClock, SystemClock};
+use secure_routes::rate_limit::gcra::{self, GcraState};
+use secure_routes::rate_limit::sliding_window::{self, SlidingLog};
 use secure_routes::rate_limit::{
     Algorithm, KeyHasher, MemoryStore, Quota, RateLimitKey, RateLimitStore, Subject,
 };
@@ -71,10 +83,12 @@ fn governor_keyed() -> DefaultKeyedRateLimiter<RateLimitKey> {
     RateLimiter::keyed(q)
 }
 
+fn governor_admit_quota() -> governor::Quota {
+    governor::Quota::per_second(NonZeroU32::new(1_000_000_000).unwrap_or(NonZeroU32::MIN))
+}
+
 fn governor_admit() -> DefaultKeyedRateLimiter<RateLimitKey> {
-    RateLimiter::keyed(governor::Quota::per_second(
-        NonZeroU32::new(1_000_000_000).unwrap_or(NonZeroU32::MIN),
-    ))
+    RateLimiter::keyed(governor_admit_quota())
 }
 
 fn keys(n: usize) -> Vec<RateLimitKey> {
@@ -121,13 +135,13 @@ fn hot_key(c: &mut Criterion) {
     assert!(governor.check_key(&key).is_ok());
 
     // Steady refusal at a realistic quota: exhaust it first.
-    let per_minute = Quota::per_minute(60);
+    let per_hour = Quota::per_hour(60);
     let refusing = [
         (
             "memory_gcra_refuse",
-            per_minute.with_algorithm(Algorithm::Gcra),
+            per_hour.with_algorithm(Algorithm::Gcra),
         ),
-        ("memory_sliding_refuse", per_minute),
+        ("memory_sliding_refuse", per_hour),
     ];
     for (name, q) in refusing {
         let store = MemoryStore::new();
@@ -138,7 +152,7 @@ fn hot_key(c: &mut Criterion) {
         assert!(!store.acquire_now(&key, q, 1).allowed);
     }
     let governor: DefaultKeyedRateLimiter<RateLimitKey> = RateLimiter::keyed(
-        governor::Quota::per_minute(NonZeroU32::new(60).unwrap_or(NonZeroU32::MIN)),
+        governor::Quota::per_hour(NonZeroU32::new(60).unwrap_or(NonZeroU32::MIN)),
     );
     while governor.check_key(&key).is_ok() {}
     g.bench_function("governor_refuse", |b| {
@@ -273,48 +287,95 @@ fn contended(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, hot_key, random_keys, contended);
-criterion_main!(benches, comp);
-
-fn components(c: &mut Criterion) {
-    use secure_routes::clock::{Clock, SystemClock};
-    use secure_routes::rate_limit::gcra::{self, GcraState};
-    use secure_routes::rate_limit::sliding_window::{self, SlidingLog};
-    let mut g = c.benchmark_group("components");
-    let clock: std::sync::Arc<dyn Clock> = std::sync::Arc::new(SystemClock);
-    g.bench_function("clock", |b| b.iter(|| clock.now()));
-    g.bench_function("instant", |b| b.iter(Instant::now));
-    let mut s = GcraState::default();
+/// The same checks on frozen fake clocks (ours: `FakeClock`, governor: `FakeRelativeClock`), so
+/// neither side pays for reading time: the cost of the store itself.
+fn hot_key_fake_clock(c: &mut Criterion) {
+    let mut g = c.benchmark_group("hot_key_fake_clock");
+    let key = keys(1)[0];
     let now = Duration::from_secs(1_700_000_000);
-    g.bench_function("gcra_pure", |b| {
-        b.iter(|| gcra::acquire(&mut s, black_box(now), gcra_admit(), 1))
+    let store = || MemoryStore::with_clock(Arc::new(FakeClock::new(now)));
+    type FakeGovernor = RateLimiter<
+        RateLimitKey,
+        DefaultKeyedStateStore<RateLimitKey>,
+        FakeRelativeClock,
+        NoOpMiddleware<governor::nanos::Nanos>,
+    >;
+    let governor = |q: governor::Quota| -> FakeGovernor {
+        RateLimiter::new(
+            q,
+            DefaultKeyedStateStore::default(),
+            FakeRelativeClock::default(),
+        )
+    };
+
+    // Admitting: burst 1e9 on a frozen clock, more than a run makes.
+    let (gcra, gov) = (store(), governor(governor_admit_quota()));
+    g.bench_function("memory_gcra_admit", |b| {
+        b.iter(|| gcra.acquire_now(black_box(&key), gcra_admit(), 1))
     });
+    g.bench_function("governor_admit", |b| {
+        b.iter(|| gov.check_key(black_box(&key)))
+    });
+    assert!(gcra.acquire_now(&key, gcra_admit(), 1).allowed);
+    assert!(gov.check_key(&key).is_ok());
+
+    // Refusing at 60 per hour.
+    let per_hour = Quota::per_hour(60);
+    for (name, q) in [
+        (
+            "memory_gcra_refuse",
+            per_hour.with_algorithm(Algorithm::Gcra),
+        ),
+        ("memory_sliding_refuse", per_hour),
+    ] {
+        let store = store();
+        while store.acquire_now(&key, q, 1).allowed {}
+        g.bench_function(name, |b| {
+            b.iter(|| store.acquire_now(black_box(&key), q, 1))
+        });
+    }
+    let gov = governor(governor::Quota::per_hour(
+        NonZeroU32::new(60).unwrap_or(NonZeroU32::MIN),
+    ));
+    while gov.check_key(&key).is_ok() {}
+    g.bench_function("governor_refuse", |b| {
+        b.iter(|| gov.check_key(black_box(&key)))
+    });
+    g.finish();
+}
+
+/// What reading the time costs each side, and the pure algorithms alone.
+fn parts(c: &mut Criterion) {
+    use governor::clock::Clock as _;
+    let mut g = c.benchmark_group("parts");
+    let system: Arc<dyn Clock> = Arc::new(SystemClock);
+    g.bench_function("clock/system_clock", |b| b.iter(|| system.now()));
+    let quanta = governor::clock::QuantaClock::default();
+    g.bench_function("clock/governor_quanta", |b| b.iter(|| quanta.now()));
+
+    let now = Duration::from_secs(1_700_000_000);
+    let mut cell = GcraState::default();
+    g.bench_function("pure/gcra_admit", |b| {
+        b.iter(|| gcra::acquire(&mut cell, black_box(now), gcra_admit(), 1))
+    });
+    // Time moves 50 ns per check, so the 1 ms log holds a steady 20 000 stamps.
     let mut log = SlidingLog::default();
     let mut t = now;
-    g.bench_function("sliding_pure", |b| {
+    g.bench_function("pure/sliding_admit", |b| {
         b.iter(|| {
             t += Duration::from_nanos(50);
             sliding_window::acquire(&mut log, black_box(t), sliding_admit(), 1)
         })
     });
-    {
-        use governor::clock::Clock as _;
-        let qc = governor::clock::QuantaClock::default();
-        g.bench_function("quanta", |b| b.iter(|| qc.now()));
-    }
-    let fake = MemoryStore::with_clock(std::sync::Arc::new(secure_routes::clock::FakeClock::new(
-        now,
-    )));
-    let key = keys(1)[0];
-    g.bench_function("store_fakeclock_gcra", |b| {
-        b.iter(|| fake.acquire_now(black_box(&key), gcra_admit(), 1))
-    });
-    let m = std::sync::Mutex::new(0u64);
-    g.bench_function("mutex", |b| {
-        b.iter(|| {
-            *m.lock().unwrap() += 1;
-        })
-    });
     g.finish();
 }
-criterion_group!(comp, components);
+
+criterion_group!(
+    benches,
+    hot_key,
+    hot_key_fake_clock,
+    random_keys,
+    contended,
+    parts
+);
+criterion_main!(benches);

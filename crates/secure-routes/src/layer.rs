@@ -183,8 +183,10 @@ impl Security {
     ) -> (String, HeaderValue) {
         let binding = principal.map_or("", Principal::subject);
         let name = self.csrf_cookie_name();
-        let existing =
-            cookie_value(request_headers, name).filter(|t| self.shared.csrf.verify(t, binding));
+        let existing = match csrf_token::single_cookie(request_headers, name) {
+            csrf_token::CookieLookup::One(t) if self.shared.csrf.verify(&t, binding) => Some(t),
+            _ => None,
+        };
         let token = existing.unwrap_or_else(|| self.shared.csrf.issue(binding));
         let cookie = csrf_token::cookie_header_value(&token, self.shared.https);
         let value = HeaderValue::from_str(&cookie)
@@ -196,23 +198,6 @@ impl Security {
     pub fn audit(&self) -> Option<&AuditWriter> {
         self.shared.audit.as_ref()
     }
-}
-
-/// The value of the cookie `name` in the request, if present exactly once.
-fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
-    let mut found = None;
-    for line in headers.get_all(header::COOKIE) {
-        let Ok(line) = line.to_str() else { continue };
-        for c in cookie::Cookie::split_parse(line).flatten() {
-            if c.name() == name {
-                if found.is_some() {
-                    return None;
-                }
-                found = Some(c.value().to_owned());
-            }
-        }
-    }
-    found
 }
 
 /// Builds a [`Security`]; see [`Security::builder`].

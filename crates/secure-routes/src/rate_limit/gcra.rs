@@ -146,7 +146,12 @@ pub fn expires_at(state: &GcraState) -> Duration {
 /// assert_eq!(d.retry_after, Some(Duration::from_secs(10)));
 /// ```
 pub fn acquire(state: &mut GcraState, now: Duration, quota: Quota, cost: u32) -> Decision {
-    let now = duration_to_nanos(now);
+    acquire_nanos(state, duration_to_nanos(now), quota, cost)
+}
+
+/// [`acquire`] with the clock reading already in nanoseconds (the memory store converts once
+/// per check).
+pub(crate) fn acquire_nanos(state: &mut GcraState, now: u64, quota: Quota, cost: u32) -> Decision {
     let limit = quota.limit();
     let t = interval_nanos(quota);
     // The bucket's depth in time: N·T (>= W because T is rounded up).
@@ -157,7 +162,8 @@ pub fn acquire(state: &mut GcraState, now: Duration, quota: Quota, cost: u32) ->
     let base = state.tat.max(now);
     let new_tat = base.saturating_add(increment);
     let allowed = cost <= limit && new_tat <= now.saturating_add(capacity);
-    if allowed {
+    // A zero cost only checks: it must not move the TAT (not even up to `now`).
+    if allowed && cost > 0 {
         state.tat = new_tat;
     }
 
@@ -317,6 +323,18 @@ mod tests {
                 step(0, 0, true, 0, 10_000, None),
             ],
         );
+    }
+
+    #[test]
+    fn zero_cost_never_moves_the_tat() {
+        let q = gcra(1, Duration::from_nanos(10));
+        let mut s = GcraState::default();
+        assert!(acquire(&mut s, Duration::from_nanos(1_000), q, 0).allowed);
+        assert_eq!(s, GcraState::default());
+        // So a later check at an earlier reading sees a fresh state.
+        let d = acquire(&mut s, Duration::from_nanos(990), q, 0);
+        assert_eq!(d.remaining, 1);
+        assert_eq!(d.reset_after, Duration::ZERO);
     }
 
     #[test]

@@ -1,19 +1,30 @@
 //! In-memory rate-limit store for one process: sharded, bounded, self-cleaning.
 //!
 //! * **Both algorithms**: each check runs [`sliding_window::acquire`] or [`gcra::acquire`]
-//!   (chosen by [`Quota::algorithm`]) on the key's state, under the lock of the key's shard, so
-//!   the check and the count are one atomic step and concurrent requests on one key never
-//!   admit more than the quota.
-//! * **No global lock**: keys are spread over independent shards (64 by default), each a
-//!   `Mutex<HashMap>`. The shard and the bucket are taken straight from the key bytes: a
-//!   [`RateLimitKey`] is an HMAC output under a server secret, uniform and not choosable by
-//!   clients, so hashing it again would buy nothing (and an attacker cannot aim keys at one
-//!   shard or one bucket to degrade it). Keys built by hand with
+//!   (chosen by [`Quota::algorithm`]) on the key's state as one atomic step, so concurrent
+//!   requests on one key never admit more than the quota, and the decisions are exactly the
+//!   pure functions' decisions for the key's history.
+//! * **No global lock**: keys are spread over independent shards (64 by default), each an
+//!   `RwLock` over two maps, one per algorithm. A check of a known key takes only the shard's
+//!   *read* lock, so checks never wait for each other except on the same sliding-window key:
+//!   * a GCRA key is one `AtomicU64` (its TAT), updated with a compare-and-swap: lock-free,
+//!     and a refusal does not even write;
+//!   * a sliding-window key is a log behind its own `Mutex`, so a client hammering one key
+//!     serialises only itself.
+//!
+//!   The write lock is taken only to insert a new key and to sweep. The shard and the bucket
+//!   are taken straight from the key bytes: a [`RateLimitKey`] is an HMAC output under a server
+//!   secret, uniform and not choosable by clients, so hashing it again would buy nothing (and
+//!   an attacker cannot aim keys at one shard or bucket to degrade it). Keys built by hand with
 //!   [`RateLimitKey::from_bytes`] should be uniform too, or they only cost speed.
-//! * **Time** from the injected [`Clock`] ([`SystemClock`] by default). Within a shard, time
-//!   never runs backwards: a reading behind the latest one the shard has seen is taken as that
-//!   one (and waits are reported from the actual reading), so a clock stepping back cannot make
-//!   a swept or counted admission stop counting early.
+//! * **Time** from the injected [`Clock`] ([`SystemClock`] by default), read once per check,
+//!   outside any lock. The algorithms deal with a clock stepping back (see their modules): a
+//!   key's state never counts less because the clock went back. One limit: a state swept
+//!   because it had expired at the clock's reading is gone, so if the clock then steps back,
+//!   that key starts afresh (as in any store that forgets expired state). Deliberately, nothing
+//!   store-wide remembers the latest time seen: after a clock that ran ahead is corrected,
+//!   that would hold back every new key until the clock caught up, not just the keys used in
+//!   the meantime.
 //! * **Bounded memory**: see [`MemoryStoreBuilder::max_keys`] for the cap and what happens
 //!   at it. Expired entries (those equivalent to a fresh key) are swept opportunistically
 //!   every few inserts per shard and by [`MemoryStore::sweep`]; a refused request for an
@@ -41,8 +52,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::gcra::{self, GcraState};
 use super::sliding_window::{self, SlidingLog};
@@ -63,10 +73,10 @@ const EVICTION_FRACTION: usize = 64;
 
 /// In-memory rate-limit store for one process.
 ///
-/// Fast (one uncontended shard lock and one hash lookup per check, no allocation for a known
-/// key, except as a sliding log first grows), exact under concurrency, and bounded. It is
-/// per-process: several instances behind a load balancer each count separately; use a shared
-/// store for a cluster.
+/// Fast (a shard read lock, one hash lookup and, for GCRA, one compare-and-swap per check; no
+/// allocation for a known key, except as a sliding log first grows), exact under concurrency,
+/// and bounded. It is per-process: several instances behind a load balancer each count
+/// separately; use a shared store for a cluster.
 ///
 /// ```
 /// use secure_routes::rate_limit::{KeyHasher, MemoryStore, Quota, Subject};
@@ -142,8 +152,8 @@ impl MemoryStore {
     /// synchronous core of [`RateLimitStore::acquire`] (which never waits).
     ///
     /// The decision is exactly what [`sliding_window::acquire`] or [`gcra::acquire`] returns
-    /// for the key's history. If a key is used with another algorithm than before, its state
-    /// restarts under the new one.
+    /// for the key's history under that algorithm (a key used with both algorithms has one
+    /// state for each).
     ///
     /// ```
     /// use secure_routes::rate_limit::{Algorithm, KeyHasher, MemoryStore, Quota, Subject};
@@ -154,30 +164,78 @@ impl MemoryStore {
     /// assert!(!store.acquire_now(&key, q, 1).allowed);
     /// ```
     pub fn acquire_now(&self, key: &RateLimitKey, quota: Quota, cost: u32) -> Decision {
-        let reading = duration_to_nanos(self.clock.now());
-        let mut shard = self.shard(key);
-        let now_ns = shard.advance(reading);
-        let now = Duration::from_nanos(now_ns);
-        let mut evicted = 0;
-        let decision = match shard.map.get_mut(key) {
-            Some(entry) => entry.acquire(now, quota, cost),
-            None => {
-                let mut entry = Entry::new(quota.algorithm());
-                let decision = entry.acquire(now, quota, cost);
-                // Nothing recorded (a refusal, a zero cost) means the fresh state is all there
-                // is to know: store nothing.
-                if entry.expires_at > now_ns {
-                    evicted = shard.make_room(now_ns, self.sweep_every);
-                    shard.map.insert(*key, entry);
-                }
-                decision
+        let now = duration_to_nanos(self.clock.now());
+        let shard = self.shard(key);
+        // Fast path: a known key, under the shard's read lock.
+        let known = {
+            let maps = read(&shard.maps);
+            match quota.algorithm() {
+                Algorithm::Gcra => maps
+                    .gcra
+                    .get(key)
+                    .map(|tat| acquire_gcra(tat, now, quota, cost)),
+                Algorithm::SlidingWindow => maps
+                    .sliding
+                    .get(key)
+                    .map(|slot| lock(slot).acquire(now, quota, cost)),
             }
         };
-        drop(shard);
+        match known {
+            Some(decision) => decision,
+            None => self.acquire_new(shard, key, now, quota, cost),
+        }
+    }
+
+    /// Slow path: the key was not there a moment ago; take the write lock and insert it.
+    #[cold]
+    fn acquire_new(
+        &self,
+        shard: &Shard,
+        key: &RateLimitKey,
+        now: u64,
+        quota: Quota,
+        cost: u32,
+    ) -> Decision {
+        let mut maps = write(&shard.maps);
+        let mut evicted = 0;
+        let decision = match quota.algorithm() {
+            Algorithm::Gcra => {
+                // Another thread may have inserted the key between the two locks.
+                if let Some(tat) = maps.gcra.get(key) {
+                    acquire_gcra(tat, now, quota, cost)
+                } else {
+                    let mut state = GcraState::default();
+                    let d = gcra::acquire_nanos(&mut state, now, quota, cost);
+                    // Nothing recorded (a refusal, a zero cost): the fresh state is all there is
+                    // to know, so store nothing.
+                    if state.tat() > now {
+                        evicted = maps.make_room(now, self.sweep_every);
+                        maps.gcra.insert(*key, AtomicU64::new(state.tat()));
+                    }
+                    d
+                }
+            }
+            Algorithm::SlidingWindow => {
+                if let Some(slot) = maps.sliding.get_mut(key) {
+                    slot.get_mut()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .acquire(now, quota, cost)
+                } else {
+                    let mut slot = Slot::default();
+                    let d = slot.acquire(now, quota, cost);
+                    if slot.expires_at > now {
+                        evicted = maps.make_room(now, self.sweep_every);
+                        maps.sliding.insert(*key, Mutex::new(slot));
+                    }
+                    d
+                }
+            }
+        };
+        drop(maps);
         if evicted > 0 {
             self.count_evictions(evicted);
         }
-        delayed(decision, now_ns - reading)
+        decision
     }
 
     /// Removes every expired entry (one that would behave exactly as a fresh key) from every
@@ -200,26 +258,22 @@ impl MemoryStore {
     /// assert!(store.is_empty());
     /// ```
     pub fn sweep(&self) -> usize {
-        let reading = duration_to_nanos(self.clock.now());
+        let now = duration_to_nanos(self.clock.now());
         self.shards
             .iter()
-            .map(|s| {
-                let mut shard = lock(&s.inner);
-                let now = shard.advance(reading);
-                shard.sweep_expired(now)
-            })
+            .map(|s| write(&s.maps).sweep_expired(now))
             .sum()
     }
 
-    /// Number of keys held (expired ones not yet swept included). Never more than
-    /// [`max_keys`](Self::max_keys).
+    /// Number of keys held (expired ones not yet swept included; a key used with both
+    /// algorithms counts twice). Never more than [`max_keys`](Self::max_keys).
     ///
     /// ```
     /// use secure_routes::rate_limit::MemoryStore;
     /// assert_eq!(MemoryStore::new().len(), 0);
     /// ```
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| lock(&s.inner).map.len()).sum()
+        self.shards.iter().map(|s| read(&s.maps).len()).sum()
     }
 
     /// Whether no key is held.
@@ -229,7 +283,7 @@ impl MemoryStore {
     /// assert!(MemoryStore::new().is_empty());
     /// ```
     pub fn is_empty(&self) -> bool {
-        self.shards.iter().all(|s| lock(&s.inner).map.is_empty())
+        self.shards.iter().all(|s| read(&s.maps).len() == 0)
     }
 
     /// The cap on keys held.
@@ -254,16 +308,15 @@ impl MemoryStore {
         self.evictions.load(Ordering::Relaxed)
     }
 
-    /// The locked shard owning `key`.
-    fn shard(&self, key: &RateLimitKey) -> MutexGuard<'_, ShardState> {
+    /// The shard owning `key`.
+    fn shard(&self, key: &RateLimitKey) -> &Shard {
         // Bytes 14..16 pick the shard; bytes 0..8 (disjoint) hash within it, so the keys of one
         // shard still spread over all of its buckets.
         let [.., hi, lo] = *key.as_bytes();
         let index = usize::from(u16::from_le_bytes([lo, hi])) & self.shard_mask;
-        let shard = self.shards.get(index).unwrap_or_else(|| {
+        self.shards.get(index).unwrap_or_else(|| {
             unreachable!("the shard count is a power of two and the mask is one less")
-        });
-        lock(&shard.inner)
+        })
     }
 
     fn count_evictions(&self, n: usize) {
@@ -404,11 +457,11 @@ impl MemoryStoreBuilder {
         let (share, extra) = (max_keys / count, max_keys % count);
         let shards = (0..count)
             .map(|i| Shard {
-                inner: Mutex::new(ShardState {
-                    map: HashMap::default(),
+                maps: RwLock::new(Maps {
+                    gcra: HashMap::default(),
+                    sliding: HashMap::default(),
                     cap: share + usize::from(i < extra),
                     inserts: 0,
-                    now: 0,
                 }),
             })
             .collect();
@@ -423,15 +476,22 @@ impl MemoryStoreBuilder {
     }
 }
 
-/// `d` as seen from a clock reading `by` behind the time it was decided at: every wait is that
-/// much longer.
-fn delayed(mut d: Decision, by: u64) -> Decision {
-    if by > 0 {
-        let by = Duration::from_nanos(by);
-        d.reset_after = d.reset_after.saturating_add(by);
-        d.retry_after = d.retry_after.map(|r| r.saturating_add(by));
+/// One GCRA check on a shared TAT: compute from a snapshot, then publish with a
+/// compare-and-swap, retrying if another thread got there first. Each admission is decided on
+/// the exact TAT it replaces, so concurrent checks are linearisable; a refusal writes nothing.
+fn acquire_gcra(tat: &AtomicU64, now: u64, quota: Quota, cost: u32) -> Decision {
+    let mut current = tat.load(Ordering::Acquire);
+    loop {
+        let mut state = GcraState::from_tat(current);
+        let decision = gcra::acquire_nanos(&mut state, now, quota, cost);
+        if !decision.allowed || state.tat() == current {
+            return decision;
+        }
+        match tat.compare_exchange_weak(current, state.tat(), Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return decision,
+            Err(actual) => current = actual,
+        }
     }
-    d
 }
 
 /// The largest power of two `<= n` (`n >= 1`).
@@ -442,43 +502,53 @@ fn floor_pow2(n: usize) -> usize {
     }
 }
 
-/// Locks a shard. A panic while a shard was locked cannot leave an entry half-updated (the
-/// algorithms do not panic; an update is a plain assignment), so a poisoned lock is used as is
-/// rather than turning one panic into a panic on every later request.
-fn lock(m: &Mutex<ShardState>) -> MutexGuard<'_, ShardState> {
+// Poisoned locks are used as they are. A panic while one was held cannot leave an entry
+// half-updated (the algorithms do not panic; an update is a plain assignment or a CAS), so
+// recovering is safe, and better than turning one panic into a panic on every later request.
+
+fn read(m: &RwLock<Maps>) -> RwLockReadGuard<'_, Maps> {
+    m.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write(m: &RwLock<Maps>) -> RwLockWriteGuard<'_, Maps> {
+    m.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn lock(m: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+type KeyMap<V> = HashMap<RateLimitKey, V, BuildHasherDefault<KeyPrefixHasher>>;
 
 /// One shard, alone on its cache lines so that two cores working on two shards do not
 /// invalidate each other's lock word (false sharing).
 #[repr(align(128))]
 struct Shard {
-    inner: Mutex<ShardState>,
+    maps: RwLock<Maps>,
 }
 
-struct ShardState {
-    map: HashMap<RateLimitKey, Entry, BuildHasherDefault<KeyPrefixHasher>>,
+struct Maps {
+    /// GCRA keys: the TAT, compare-and-swapped under the read lock. Also when it expires.
+    gcra: KeyMap<AtomicU64>,
+    /// Sliding-window keys, each behind its own lock.
+    sliding: KeyMap<Mutex<Slot>>,
     /// This shard's share of the key cap (at least 1).
     cap: usize,
     /// Inserts since the last opportunistic sweep.
     inserts: u32,
-    /// The latest time (ns since the epoch) this shard has seen: its time never goes back.
-    now: u64,
 }
 
-impl ShardState {
-    /// The shard's time for a clock `reading`: the reading, or the latest time seen if the
-    /// clock has stepped back since.
-    fn advance(&mut self, reading: u64) -> u64 {
-        self.now = self.now.max(reading);
-        self.now
+impl Maps {
+    fn len(&self) -> usize {
+        self.gcra.len() + self.sliding.len()
     }
 
     /// Removes the entries that have expired at `now`; returns how many.
     fn sweep_expired(&mut self, now: u64) -> usize {
-        let before = self.map.len();
-        self.map.retain(|_, e| e.expires_at > now);
-        before - self.map.len()
+        let before = self.len();
+        self.gcra.retain(|_, tat| *tat.get_mut() > now);
+        self.sliding.retain(|_, slot| slot_expiry(slot) > now);
+        before - self.len()
     }
 
     /// Before inserting a new key: sweeps every `sweep_every` inserts, and at the cap frees a
@@ -490,13 +560,13 @@ impl ShardState {
             self.inserts = 0;
             self.sweep_expired(now);
         }
-        if self.map.len() < self.cap {
+        if self.len() < self.cap {
             return 0;
         }
         self.sweep_expired(now);
         let batch = (self.cap / EVICTION_FRACTION).max(1);
         let target = self.cap - batch;
-        match self.map.len().checked_sub(target) {
+        match self.len().checked_sub(target) {
             Some(excess) if excess > 0 => self.evict_soonest(excess),
             _ => 0,
         }
@@ -504,81 +574,62 @@ impl ShardState {
 
     /// Evicts the `n` entries that expire soonest (`0 < n <= len`); returns how many.
     fn evict_soonest(&mut self, n: usize) -> usize {
-        let mut expiries: Vec<u64> = self.map.values().map(|e| e.expires_at).collect();
+        let mut expiries: Vec<u64> = self
+            .gcra
+            .values_mut()
+            .map(|tat| *tat.get_mut())
+            .chain(self.sliding.values_mut().map(slot_expiry))
+            .collect();
         let Some(nth) = n.checked_sub(1) else {
             return 0;
         };
         if nth >= expiries.len() {
-            let all = self.map.len();
-            self.map.clear();
+            let all = self.len();
+            self.gcra.clear();
+            self.sliding.clear();
             return all;
         }
         let (_, &mut threshold, _) = expiries.select_nth_unstable(nth);
         // Everything strictly sooner goes; of the ties at the threshold, only enough to make n.
         let sooner = expiries.iter().filter(|&&e| e < threshold).count();
         let mut ties = n - sooner;
-        let before = self.map.len();
-        self.map.retain(|_, e| {
-            if e.expires_at < threshold {
+        let mut keep = |expires_at: u64| {
+            if expires_at < threshold {
                 false
-            } else if e.expires_at == threshold && ties > 0 {
+            } else if expires_at == threshold && ties > 0 {
                 ties -= 1;
                 false
             } else {
                 true
             }
-        });
-        before - self.map.len()
-    }
-}
-
-/// One key's state and when it stops mattering (nanoseconds since the epoch).
-struct Entry {
-    expires_at: u64,
-    state: State,
-}
-
-enum State {
-    Sliding(SlidingLog),
-    Gcra(GcraState),
-}
-
-impl Entry {
-    fn new(algorithm: Algorithm) -> Self {
-        Self {
-            expires_at: 0,
-            state: State::new(algorithm),
-        }
-    }
-
-    fn acquire(&mut self, now: Duration, quota: Quota, cost: u32) -> Decision {
-        let (decision, expires_at) = match (&mut self.state, quota.algorithm()) {
-            (State::Sliding(log), Algorithm::SlidingWindow) => {
-                let d = sliding_window::acquire(log, now, quota, cost);
-                let window = duration_to_nanos(quota.window());
-                (d, sliding_window::expires_at_nanos(log, window))
-            }
-            (State::Gcra(s), Algorithm::Gcra) => {
-                let d = gcra::acquire(s, now, quota, cost);
-                (d, s.tat())
-            }
-            (state, algorithm) => {
-                // The key's bucket changed algorithm (a redeployed policy): start over.
-                *state = State::new(algorithm);
-                return self.acquire(now, quota, cost);
-            }
         };
-        self.expires_at = expires_at;
-        decision
+        let before = self.len();
+        self.gcra.retain(|_, tat| keep(*tat.get_mut()));
+        self.sliding.retain(|_, slot| keep(slot_expiry(slot)));
+        before - self.len()
     }
 }
 
-impl State {
-    fn new(algorithm: Algorithm) -> Self {
-        match algorithm {
-            Algorithm::SlidingWindow => State::Sliding(SlidingLog::default()),
-            Algorithm::Gcra => State::Gcra(GcraState::default()),
-        }
+/// When a sliding-window slot expires (exclusive access: no locking needed).
+fn slot_expiry(slot: &mut Mutex<Slot>) -> u64 {
+    slot.get_mut()
+        .unwrap_or_else(PoisonError::into_inner)
+        .expires_at
+}
+
+/// A sliding-window key: its log and when the log stops mattering (ns since the epoch).
+#[derive(Default)]
+struct Slot {
+    log: SlidingLog,
+    expires_at: u64,
+}
+
+impl Slot {
+    fn acquire(&mut self, now: u64, quota: Quota, cost: u32) -> Decision {
+        let window = duration_to_nanos(quota.window());
+        let d = sliding_window::acquire_nanos(&mut self.log, now, window, quota, cost);
+        self.expires_at = sliding_window::expires_at_nanos(&self.log, window);
+        d
     }
 }
 
@@ -608,6 +659,8 @@ impl Hasher for KeyPrefixHasher {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::clock::FakeClock;
     use crate::rate_limit::{KeyHasher, Subject};
@@ -651,7 +704,7 @@ mod tests {
             MAX_SHARDS
         );
         let s = MemoryStore::builder().max_keys(1_000).build();
-        let caps: usize = s.shards.iter().map(|s| lock(&s.inner).cap).sum();
+        let caps: usize = s.shards.iter().map(|s| read(&s.maps).cap).sum();
         assert_eq!(caps, 1_000);
     }
 
@@ -706,7 +759,7 @@ mod tests {
         assert_eq!(store.evictions(), 1);
         assert_eq!(store.len(), 4);
         let held: Vec<bool> = (0..6)
-            .map(|i| lock(&store.shards[0].inner).map.contains_key(&key(i)))
+            .map(|i| read(&store.shards[0].maps).sliding.contains_key(&key(i)))
             .collect();
         assert_eq!(held, [false, false, true, true, true, true]);
         // An evicted key restarts with a full quota (the documented cost of eviction).
@@ -760,58 +813,81 @@ mod tests {
     }
 
     #[test]
-    fn a_clock_going_back_does_not_bring_swept_keys_back() {
+    fn a_clock_going_back_keeps_held_state_and_forgets_only_swept_state() {
         let (store, clock) = store(100);
-        let q = Quota::per_second(1);
         let k = key(1);
-        assert!(store.acquire_now(&k, q, 1).allowed);
-        // Forward 2 s: the entry expires and is swept...
-        clock.advance(Duration::from_secs(2));
-        assert_eq!(store.sweep(), 1);
-        // ...then back 1.5 s (to 0.5 s after the admission): for the shard it is still 2 s,
-        // so the new admission is recorded then, and waits count from the real reading.
-        clock.set(clock.now() - Duration::from_millis(1_500));
-        let d = store.acquire_now(&k, q, 1);
-        assert!(d.allowed);
-        assert_eq!(d.reset_after, Duration::from_millis(2_500));
-        let d = store.acquire_now(&k, q, 1);
-        assert!(!d.allowed);
-        assert_eq!(d.retry_after, Some(Duration::from_millis(2_500)));
-        clock.advance(Duration::from_millis(2_499));
-        assert!(!store.acquire_now(&k, q, 1).allowed);
-        clock.advance(Duration::from_millis(1));
-        assert!(store.acquire_now(&k, q, 1).allowed);
+        for q in [
+            Quota::per_second(1),
+            Quota::per_second(1).with_algorithm(Algorithm::Gcra),
+        ] {
+            let t = clock.now();
+            assert!(store.acquire_now(&k, q, 1).allowed);
+            // Half a second back: the admission still counts, and the wait runs from the
+            // earlier reading (1.5 s, not 1 s).
+            clock.set(t - Duration::from_millis(500));
+            let d = store.acquire_now(&k, q, 1);
+            assert!(!d.allowed);
+            assert_eq!(d.retry_after, Some(Duration::from_millis(1_500)));
+            clock.set(t + Duration::from_secs(1));
+            assert!(store.acquire_now(&k, q, 1).allowed);
+            // Expired at a later reading and swept: after a step back, the key starts afresh
+            // (the documented limit).
+            clock.set(t + Duration::from_secs(3));
+            assert_eq!(store.sweep(), 1);
+            clock.set(t + Duration::from_millis(1_500));
+            assert!(store.acquire_now(&k, q, 1).allowed);
+            clock.set(t + Duration::from_secs(10));
+            assert_eq!(store.sweep(), 1);
+        }
     }
 
     #[test]
-    fn switching_algorithm_restarts_the_key() {
-        let (store, _) = store(10);
+    fn each_algorithm_keeps_its_own_state() {
+        let (store, _) = store(1_000);
         let k = key(1);
-        assert!(store.acquire_now(&k, Quota::per_minute(1), 1).allowed);
-        assert!(!store.acquire_now(&k, Quota::per_minute(1), 1).allowed);
-        let g = Quota::per_minute(1).with_algorithm(Algorithm::Gcra);
+        let sliding = Quota::per_minute(1);
+        let g = sliding.with_algorithm(Algorithm::Gcra);
+        assert!(store.acquire_now(&k, sliding, 1).allowed);
+        assert!(!store.acquire_now(&k, sliding, 1).allowed);
         assert!(store.acquire_now(&k, g, 1).allowed);
         assert!(!store.acquire_now(&k, g, 1).allowed);
+        assert!(!store.acquire_now(&k, sliding, 1).allowed);
+        assert_eq!(store.len(), 2);
     }
 
     #[test]
-    fn a_poisoned_shard_keeps_working() {
-        let (store, _) = store(10);
+    fn a_poisoned_shard_or_slot_keeps_working() {
+        let (store, _) = store(1_000);
         let store = Arc::new(store);
         let k = key(7);
-        let q = Quota::per_minute(2);
+        let q = Quota::per_minute(3);
+        let g = q.with_algorithm(Algorithm::Gcra);
         assert!(store.acquire_now(&k, q, 1).allowed);
+        assert!(store.acquire_now(&k, g, 1).allowed);
+        // Panic while holding the shard's write lock, then while holding the key's slot.
         let s = Arc::clone(&store);
         let joined = std::thread::spawn(move || {
-            let _guard = s.shard(&k);
+            let _maps = write(&s.shard(&k).maps);
             panic!("poison the shard");
         })
         .join();
         assert!(joined.is_err());
+        let s = Arc::clone(&store);
+        let joined = std::thread::spawn(move || {
+            let maps = read(&s.shard(&k).maps);
+            let _slot = maps.sliding.get(&k).map(lock);
+            panic!("poison the slot");
+        })
+        .join();
+        assert!(joined.is_err());
+        assert!(store.acquire_now(&k, q, 1).allowed);
         assert!(store.acquire_now(&k, q, 1).allowed);
         assert!(!store.acquire_now(&k, q, 1).allowed);
-        assert_eq!(store.len(), 1);
+        assert!(store.acquire_now(&k, g, 2).allowed);
+        assert!(!store.acquire_now(&k, g, 1).allowed);
+        assert_eq!(store.len(), 2);
         assert_eq!(store.sweep(), 0);
+        assert!(store.acquire_now(&key(8), q, 1).allowed);
     }
 
     #[test]

@@ -22,6 +22,8 @@
 //! assert_eq!(q.with_algorithm(Algorithm::Gcra).algorithm(), Algorithm::Gcra);
 //! ```
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod gcra;
 pub mod memory;
 pub mod sliding_window;

@@ -15,13 +15,14 @@
 //! **Clock going backwards.** Time comes from the caller (a [`Clock`](crate::clock::Clock) or
 //! the shared store's own clock), and it can step back (NTP, a failover to a skewed host). The
 //! function never panics on that (all arithmetic saturates), and the log's own time never runs
-//! backwards: it remembers the latest time it was used at, and a reading behind that is taken
-//! as that time. So a stamp keeps counting until the clock is a full window past it, an
+//! backwards: it remembers the latest time it held stamps at, and a reading behind that is
+//! taken as that time. So a stamp keeps counting until the clock is a full window past it, an
 //! admission made while the clock is behind is recorded at the log's time (the log stays
 //! sorted), and the promise holds over the recorded times whatever the clock does. Waits are
 //! reported from the actual reading, so they are never shorter than the wait the clock will
-//! see. (No bounded state can do better: if an earlier reading was the wrong one, the stamps
-//! it let expire are gone.)
+//! see. The price: when a clock that ran ahead is corrected, a key used meanwhile waits for
+//! the clock to catch up (GCRA behaves the same). No bounded state can do better: if an
+//! earlier reading was the wrong one, the stamps it let expire are gone.
 //!
 //! ```
 //! use std::time::Duration;
@@ -68,7 +69,8 @@ const INITIAL_CAPACITY: usize = 8;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SlidingLog {
     stamps: VecDeque<u64>,
-    /// The latest time (ns) the log was used at: its clock never goes back past this.
+    /// The latest time (ns) the log held or recorded stamps at: its clock never goes back past
+    /// this.
     seen: u64,
 }
 
@@ -196,13 +198,32 @@ pub(crate) fn expires_at_nanos(log: &SlidingLog, window: u64) -> u64 {
 /// assert_eq!(d.retry_after, Some(Duration::from_secs(10)));
 /// ```
 pub fn acquire(log: &mut SlidingLog, now: Duration, quota: Quota, cost: u32) -> Decision {
-    let reading = duration_to_nanos(now);
+    acquire_nanos(
+        log,
+        duration_to_nanos(now),
+        duration_to_nanos(quota.window()),
+        quota,
+        cost,
+    )
+}
+
+/// [`acquire`] with the clock reading and the window already in nanoseconds (the memory store
+/// converts once per check).
+pub(crate) fn acquire_nanos(
+    log: &mut SlidingLog,
+    reading: u64,
+    window: u64,
+    quota: Quota,
+    cost: u32,
+) -> Decision {
     // The log's time never runs backwards: after a backwards step it stands still until the
     // clock catches up, so no stamp that was counted can stop counting early, and what is
-    // recorded stays sorted.
+    // recorded stays sorted. Only a log that holds (or held) stamps needs to remember the time:
+    // one that never recorded anything stays equal to a fresh log, so a store need not keep it.
     let now = reading.max(log.seen);
-    log.seen = now;
-    let window = duration_to_nanos(quota.window());
+    if !log.stamps.is_empty() {
+        log.seen = now;
+    }
     let limit = quota.limit();
     log.prune(now, window);
 
@@ -216,7 +237,10 @@ pub fn acquire(log: &mut SlidingLog, now: Duration, quota: Quota, cost: u32) -> 
         if log.stamps.capacity() == 0 {
             log.stamps.reserve_exact(limit_n.min(INITIAL_CAPACITY));
         }
-        log.stamps.extend(std::iter::repeat_n(now, cost_n));
+        for _ in 0..cost_n {
+            log.stamps.push_back(now);
+        }
+        log.seen = now;
     }
     // Waits run from the actual reading: if the clock is behind the log's time, the wait the
     // client will see is that much longer.

@@ -1,0 +1,368 @@
+//! [`PostgresAuditSink`] and the reader ([`query`], [`count`]).
+//!
+//! **Why `UNNEST` and not binary `COPY`.** The writer retries a failed batch whole, and a
+//! batch may have reached the table before the failure was seen (a commit whose reply was
+//! lost). So the insert must be idempotent, which `COPY` cannot be (no `ON CONFLICT`): it
+//! would need a temporary table and a second `INSERT ... SELECT` per batch. One
+//! `INSERT ... SELECT FROM UNNEST($1::uuid[], ...) ON CONFLICT (id) DO NOTHING` sends the
+//! batch as fifteen binary arrays in one statement, is idempotent by the UUIDv7 primary key,
+//! and its plan is prepared once per connection.
+
+use std::borrow::Cow;
+
+use deadpool_postgres::Pool;
+use secure_routes::audit::{AuditAction, AuditError, AuditEvent, AuditSink, BoxFuture, Outcome};
+use serde_json::Value;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::Error;
+
+/// Rows per statement: large batches are split, inside the batch's one transaction, so no
+/// statement carries unbounded arrays.
+const CHUNK: usize = 5_000;
+
+const INSERT: &str = "INSERT INTO audit_logs (id, \"timestamp\", action, outcome, subject, user_id, \
+     client_ip, method, route, path, status, reason, request_id, user_agent, metadata) \
+     SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], \
+     $6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int4[], $12::text[], \
+     $13::text[], $14::text[], $15::jsonb[]) \
+     ON CONFLICT (id) DO NOTHING";
+
+const COLUMNS: &str = "id, action, subject, metadata, \"timestamp\", outcome, client_ip, method, \
+                       route, path, status, reason, request_id, user_agent";
+
+/// An [`AuditSink`] writing to the `audit_logs` table: one transaction per batch, one
+/// `INSERT ... SELECT FROM UNNEST(...)` per 5 000 events, idempotent on retry.
+///
+/// Put it behind an [`AuditWriter`](secure_routes::audit::AuditWriter), which batches events
+/// off the request path and retries or spills on failure.
+///
+/// Stored as given, except: `user_id` is set when the subject parses as a UUID; a NUL
+/// character (which Postgres `text` and `jsonb` cannot hold) is written as `\u{0}`; and the
+/// timestamp keeps microseconds (Postgres' precision), dropping the nanoseconds.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use secure_routes::audit::{AuditAction, AuditConfig, AuditEvent, AuditWriter};
+/// use secure_routes_postgres::{AuditQuery, PostgresAuditSink};
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = secure_routes_postgres::connect("postgres://postgres@127.0.0.1/app", 4)?;
+/// secure_routes_postgres::migrate(&pool).await?;
+/// let writer = AuditWriter::spawn(Arc::new(PostgresAuditSink::new(pool.clone())), AuditConfig::default());
+/// writer.record(AuditEvent::new(AuditAction::RateLimitExceeded).with_status(429)).await;
+/// writer.shutdown().await;
+/// let newest = secure_routes_postgres::query(&pool, &AuditQuery::default()).await?;
+/// assert_eq!(newest[0].status, 429);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct PostgresAuditSink {
+    pool: Pool,
+}
+
+impl PostgresAuditSink {
+    /// A sink on `pool`. The schema must be migrated ([`migrate`](crate::migrate)).
+    ///
+    /// ```
+    /// let pool = secure_routes_postgres::connect("postgres://postgres@127.0.0.1/app", 2).unwrap();
+    /// let sink = secure_routes_postgres::PostgresAuditSink::new(pool);
+    /// assert_eq!(sink.pool().status().max_size, 2);
+    /// ```
+    pub fn new(pool: Pool) -> Self {
+        Self { pool }
+    }
+
+    /// The connection pool.
+    ///
+    /// ```
+    /// let pool = secure_routes_postgres::connect("postgres://postgres@127.0.0.1/app", 2).unwrap();
+    /// assert_eq!(secure_routes_postgres::PostgresAuditSink::new(pool).pool().status().max_size, 2);
+    /// ```
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Stores `batch` in one transaction: all of it or none. Events whose id is already
+    /// stored are skipped, so writing a batch again (a retry) stores nothing twice.
+    ///
+    /// ```no_run
+    /// use secure_routes::audit::{AuditAction, AuditEvent};
+    /// # async fn run(sink: secure_routes_postgres::PostgresAuditSink) -> Result<(), secure_routes_postgres::Error> {
+    /// let batch = [AuditEvent::new(AuditAction::CsrfValidationFailed).with_status(403)];
+    /// sink.write(&batch).await?;
+    /// sink.write(&batch).await?; // a retry: still one row
+    /// # Ok(()) }
+    /// ```
+    pub async fn write(&self, batch: &[AuditEvent]) -> Result<(), Error> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let stmt = tx.prepare_cached(INSERT).await?;
+        for chunk in batch.chunks(CHUNK) {
+            let c = Columns::new(chunk);
+            tx.execute(
+                &stmt,
+                &[
+                    &c.id,
+                    &c.timestamp,
+                    &c.action,
+                    &c.outcome,
+                    &c.subject,
+                    &c.user_id,
+                    &c.client_ip,
+                    &c.method,
+                    &c.route,
+                    &c.path,
+                    &c.status,
+                    &c.reason,
+                    &c.request_id,
+                    &c.user_agent,
+                    &c.metadata(chunk),
+                ],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl AuditSink for PostgresAuditSink {
+    fn write_batch<'a>(&'a self, batch: &'a [AuditEvent]) -> BoxFuture<'a, Result<(), AuditError>> {
+        Box::pin(async move {
+            self.write(batch)
+                .await
+                .map_err(|e| AuditError(e.to_string()))
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+}
+
+/// One batch as column arrays (borrowing the events' text where it needs no cleaning).
+struct Columns<'a> {
+    id: Vec<Uuid>,
+    timestamp: Vec<OffsetDateTime>,
+    action: Vec<&'static str>,
+    outcome: Vec<&'static str>,
+    subject: Vec<Option<Cow<'a, str>>>,
+    user_id: Vec<Option<Uuid>>,
+    client_ip: Vec<Option<Cow<'a, str>>>,
+    method: Vec<Cow<'a, str>>,
+    route: Vec<Cow<'a, str>>,
+    path: Vec<Cow<'a, str>>,
+    status: Vec<i32>,
+    reason: Vec<Cow<'a, str>>,
+    request_id: Vec<Cow<'a, str>>,
+    user_agent: Vec<Option<Cow<'a, str>>>,
+    /// Metadata values that needed cleaning (NUL characters), by position.
+    cleaned: Vec<Option<Value>>,
+}
+
+impl<'a> Columns<'a> {
+    fn new(events: &'a [AuditEvent]) -> Self {
+        let opt = |s: &'a Option<String>| s.as_deref().map(clean);
+        Self {
+            id: events.iter().map(|e| e.id).collect(),
+            timestamp: events.iter().map(|e| e.timestamp).collect(),
+            action: events.iter().map(|e| e.action.as_str()).collect(),
+            outcome: events.iter().map(|e| e.outcome.as_str()).collect(),
+            subject: events.iter().map(|e| opt(&e.subject)).collect(),
+            // Supabase subjects are UUIDs (`auth.users.id`): keep the original column useful.
+            user_id: events
+                .iter()
+                .map(|e| e.subject.as_deref().and_then(|s| Uuid::parse_str(s).ok()))
+                .collect(),
+            client_ip: events.iter().map(|e| opt(&e.client_ip)).collect(),
+            method: events.iter().map(|e| clean(&e.method)).collect(),
+            route: events.iter().map(|e| clean(&e.route)).collect(),
+            path: events.iter().map(|e| clean(&e.path)).collect(),
+            status: events.iter().map(|e| i32::from(e.status)).collect(),
+            reason: events.iter().map(|e| clean(&e.reason)).collect(),
+            request_id: events.iter().map(|e| clean(&e.request_id)).collect(),
+            user_agent: events.iter().map(|e| opt(&e.user_agent)).collect(),
+            cleaned: events
+                .iter()
+                .map(|e| has_nul(&e.metadata).then(|| strip_nul(&e.metadata)))
+                .collect(),
+        }
+    }
+
+    /// The metadata column: NULL for `Value::Null`, else the (cleaned) value.
+    fn metadata<'b>(&'b self, events: &'b [AuditEvent]) -> Vec<Option<&'b Value>> {
+        events
+            .iter()
+            .zip(&self.cleaned)
+            .map(|(e, c)| (!e.metadata.is_null()).then(|| c.as_ref().unwrap_or(&e.metadata)))
+            .collect()
+    }
+}
+
+/// Postgres `text` cannot hold NUL: write it as the core's `sanitize` would (`\u{0}`).
+fn clean(s: &str) -> Cow<'_, str> {
+    if s.contains('\0') {
+        Cow::Owned(s.replace('\0', "\\u{0}"))
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(a) => a.iter().any(has_nul),
+        Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+fn strip_nul(v: &Value) -> Value {
+    match v {
+        Value::String(s) => Value::String(clean(s).into_owned()),
+        Value::Array(a) => Value::Array(a.iter().map(strip_nul).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (clean(k).into_owned(), strip_nul(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Which events [`query`] returns (the same shape as `secure_routes_sqlite::AuditQuery`).
+///
+/// ```
+/// use secure_routes::audit::AuditAction;
+/// use secure_routes_postgres::AuditQuery;
+/// let q = AuditQuery {
+///     action: Some(AuditAction::RateLimitExceeded),
+///     since: Some(time::OffsetDateTime::now_utc() - time::Duration::minutes(10)),
+///     limit: 50,
+/// };
+/// assert_eq!(AuditQuery::default().limit, 100);
+/// # let _ = q;
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditQuery {
+    /// Only this action.
+    pub action: Option<AuditAction>,
+    /// Only events at or after this instant.
+    pub since: Option<OffsetDateTime>,
+    /// At most this many events (the newest ones). `0` returns none.
+    pub limit: usize,
+}
+
+impl Default for AuditQuery {
+    /// Every action, any time, the newest 100.
+    fn default() -> Self {
+        Self {
+            action: None,
+            since: None,
+            limit: 100,
+        }
+    }
+}
+
+/// Events matching `q`, newest first (ties broken by id, which is time-ordered too).
+///
+/// A database never migrated reads as empty.
+///
+/// ```no_run
+/// use secure_routes::audit::AuditAction;
+/// use secure_routes_postgres::AuditQuery;
+/// # async fn run(pool: deadpool_postgres::Pool) -> Result<(), secure_routes_postgres::Error> {
+/// let q = AuditQuery { action: Some(AuditAction::UnauthorizedAccess), ..AuditQuery::default() };
+/// for e in secure_routes_postgres::query(&pool, &q).await? {
+///     assert_eq!(e.action, AuditAction::UnauthorizedAccess);
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn query(pool: &Pool, q: &AuditQuery) -> Result<Vec<AuditEvent>, Error> {
+    let client = pool.get().await?;
+    let action = q.action.map(|a| a.as_str());
+    let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+    // One statement per filter combination, so each gets a plan that uses its index.
+    let sql = format!(
+        "SELECT {COLUMNS} FROM audit_logs WHERE {} AND {} ORDER BY \"timestamp\" DESC, id DESC LIMIT $3",
+        if action.is_some() {
+            "action = $1"
+        } else {
+            "$1::text IS NULL"
+        },
+        if q.since.is_some() {
+            "\"timestamp\" >= $2"
+        } else {
+            "$2::timestamptz IS NULL"
+        },
+    );
+    let stmt = match client.prepare_cached(&sql).await {
+        Ok(stmt) => stmt,
+        Err(e) if crate::is_undefined_table(&e) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let rows = client.query(&stmt, &[&action, &q.since, &limit]).await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// The number of stored events (0 for a database never migrated).
+///
+/// ```no_run
+/// # async fn run(pool: deadpool_postgres::Pool) -> Result<(), secure_routes_postgres::Error> {
+/// let n = secure_routes_postgres::count(&pool).await?;
+/// println!("{n} audit events");
+/// # Ok(()) }
+/// ```
+pub async fn count(pool: &Pool) -> Result<u64, Error> {
+    let client = pool.get().await?;
+    match client
+        .query_one("SELECT count(*) FROM audit_logs", &[])
+        .await
+    {
+        Ok(row) => Ok(u64::try_from(row.try_get::<_, i64>(0)?).unwrap_or(0)),
+        Err(e) if crate::is_undefined_table(&e) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn parse_outcome(s: &str) -> Option<Outcome> {
+    [Outcome::Denied, Outcome::Allowed, Outcome::Error]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+}
+
+/// Rebuilds an event from a row. Stored text is returned as stored: it was escaped and
+/// bounded before it was written, and is not trusted to be anything more than text.
+fn from_row(row: &tokio_postgres::Row) -> Result<AuditEvent, Error> {
+    let id: Uuid = row.try_get(0)?;
+    let corrupt = |what: String| Error::Corrupt {
+        id: id.to_string(),
+        what,
+    };
+    let action: String = row.try_get(1)?;
+    let outcome: String = row.try_get(5)?;
+    let status: i32 = row.try_get(10)?;
+    let metadata: Option<Value> = row.try_get(3)?;
+    Ok(AuditEvent {
+        id,
+        timestamp: row.try_get(4)?,
+        action: AuditAction::parse(&action)
+            .ok_or_else(|| corrupt(format!("unknown action {action:?}")))?,
+        outcome: parse_outcome(&outcome)
+            .ok_or_else(|| corrupt(format!("unknown outcome {outcome:?}")))?,
+        subject: row.try_get(2)?,
+        client_ip: row.try_get(6)?,
+        method: row.try_get(7)?,
+        route: row.try_get(8)?,
+        path: row.try_get(9)?,
+        status: u16::try_from(status).map_err(|_| corrupt(format!("status {status}")))?,
+        reason: row.try_get(11)?,
+        request_id: row.try_get(12)?,
+        user_agent: row.try_get(13)?,
+        metadata: metadata.unwrap_or(Value::Null),
+    })
+}
