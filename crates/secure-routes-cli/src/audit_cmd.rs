@@ -69,16 +69,8 @@ fn to_table(events: &[AuditEvent]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<19} {:<22} {:>6} {:<8} {:<15} {:<6} {:<28} {:<16} {}",
-        "TIME (UTC)",
-        "ACTION",
-        "STATUS",
-        "OUTCOME",
-        "CLIENT",
-        "METHOD",
-        "ROUTE",
-        "SUBJECT",
-        "REASON"
+        "{:<19} {:<22} {:>6} {:<8} {:<15} {:<6} {:<28} {:<16} REASON",
+        "TIME (UTC)", "ACTION", "STATUS", "OUTCOME", "CLIENT", "METHOD", "ROUTE", "SUBJECT",
     );
     for e in events {
         let time = e

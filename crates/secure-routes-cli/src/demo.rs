@@ -182,21 +182,19 @@ struct UpdateNote {
     text: String,
 }
 
-fn bad_input(detail: &str) -> Response {
-    Rejection::new(RejectionKind::InvalidInput, "invalid_json")
-        .with_detail(detail)
-        .into_response()
+fn bad_input(detail: &str) -> Rejection {
+    Rejection::new(RejectionKind::InvalidInput, "invalid_json").with_detail(detail)
 }
 
 /// Parses a JSON body, answering malformed input with a 400 problem.
-async fn json_body<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, Response> {
+async fn json_body<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, Rejection> {
     let bytes = axum::body::to_bytes(req.into_body(), usize::MAX)
         .await
         .map_err(|_| bad_input("The request body could not be read."))?;
     serde_json::from_slice(&bytes).map_err(|_| bad_input("Expected a JSON object."))
 }
 
-fn check_text(text: &str) -> Result<(), Response> {
+fn check_text(text: &str) -> Result<(), Rejection> {
     if text.trim().is_empty() || text.chars().count() > MAX_NOTE_CHARS {
         return Err(bad_input("\"text\" must be 1 to 1000 characters."));
     }
@@ -212,10 +210,10 @@ async fn list_notes(State(s): State<AppState>, p: Principal) -> Json<Value> {
 async fn add_note(State(s): State<AppState>, p: Principal, req: Request) -> Response {
     let n: NewNote = match json_body(req).await {
         Ok(n) => n,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if let Err(r) = check_text(&n.text) {
-        return r;
+        return r.into_response();
     }
     let mut notes = s.notes.lock().unwrap_or_else(|e| e.into_inner());
     let mine = notes.entry(p.subject().to_owned()).or_default();
@@ -235,10 +233,10 @@ async fn add_note(State(s): State<AppState>, p: Principal, req: Request) -> Resp
 async fn update_note(State(s): State<AppState>, p: Principal, req: Request) -> Response {
     let u: UpdateNote = match json_body(req).await {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if let Err(r) = check_text(&u.text) {
-        return r;
+        return r.into_response();
     }
     let mut notes = s.notes.lock().unwrap_or_else(|e| e.into_inner());
     match notes
