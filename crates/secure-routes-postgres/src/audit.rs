@@ -234,39 +234,8 @@ fn strip_nul(v: &Value) -> Value {
     }
 }
 
-/// Which events [`query`] returns (the same shape as `secure_routes_sqlite::AuditQuery`).
-///
-/// ```
-/// use secure_routes::audit::AuditAction;
-/// use secure_routes_postgres::AuditQuery;
-/// let q = AuditQuery {
-///     action: Some(AuditAction::RateLimitExceeded),
-///     since: Some(time::OffsetDateTime::now_utc() - time::Duration::minutes(10)),
-///     limit: 50,
-/// };
-/// assert_eq!(AuditQuery::default().limit, 100);
-/// # let _ = q;
-/// ```
-#[derive(Clone, Debug, PartialEq)]
-pub struct AuditQuery {
-    /// Only this action.
-    pub action: Option<AuditAction>,
-    /// Only events at or after this instant.
-    pub since: Option<OffsetDateTime>,
-    /// At most this many events (the newest ones). `0` returns none.
-    pub limit: usize,
-}
-
-impl Default for AuditQuery {
-    /// Every action, any time, the newest 100.
-    fn default() -> Self {
-        Self {
-            action: None,
-            since: None,
-            limit: 100,
-        }
-    }
-}
+/// The filter [`query`] takes (defined once in the core, shared with the other stores).
+pub use secure_routes::audit::AuditQuery;
 
 /// Events matching `q`, newest first (ties broken by id, which is time-ordered too).
 ///

@@ -5,46 +5,14 @@ use std::path::Path;
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, Row, params_from_iter};
 use secure_routes::audit::{AuditAction, AuditEvent, Outcome};
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::sink::BUSY_TIMEOUT;
 use crate::timestamp::{format_timestamp, parse_timestamp};
 use crate::{Error, schema};
 
-/// Which events [`query`] returns.
-///
-/// ```
-/// use secure_routes::audit::AuditAction;
-/// use secure_routes_sqlite::AuditQuery;
-/// let q = AuditQuery {
-///     action: Some(AuditAction::RateLimitExceeded),
-///     since: Some(time::OffsetDateTime::now_utc() - time::Duration::minutes(10)),
-///     limit: 50,
-/// };
-/// assert_eq!(AuditQuery::default().limit, 100);
-/// # let _ = q;
-/// ```
-#[derive(Clone, Debug, PartialEq)]
-pub struct AuditQuery {
-    /// Only this action.
-    pub action: Option<AuditAction>,
-    /// Only events at or after this instant.
-    pub since: Option<OffsetDateTime>,
-    /// At most this many events (the newest ones). `0` returns none.
-    pub limit: usize,
-}
-
-impl Default for AuditQuery {
-    /// Every action, any time, the newest 100.
-    fn default() -> Self {
-        Self {
-            action: None,
-            since: None,
-            limit: 100,
-        }
-    }
-}
+/// The filter [`query`] takes (defined once in the core, shared with the other stores).
+pub use secure_routes::audit::AuditQuery;
 
 const COLUMNS: &str = "id, action, user_id, metadata, timestamp, outcome, client_ip, method, \
                        route, path, status, reason, request_id, user_agent";

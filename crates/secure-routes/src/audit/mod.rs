@@ -250,6 +250,41 @@ pub fn sanitize(s: &str, max: usize) -> String {
     out
 }
 
+/// A filter for reading audit events back, shared by every store that can list them
+/// (`secure-routes-sqlite`, `secure-routes-postgres`): which events their `query` returns.
+///
+/// ```
+/// use secure_routes::audit::AuditAction;
+/// use secure_routes::audit::AuditQuery;
+/// let q = AuditQuery {
+///     action: Some(AuditAction::RateLimitExceeded),
+///     since: Some(time::OffsetDateTime::now_utc() - time::Duration::minutes(10)),
+///     limit: 50,
+/// };
+/// assert_eq!(AuditQuery::default().limit, 100);
+/// # let _ = q;
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditQuery {
+    /// Only this action.
+    pub action: Option<AuditAction>,
+    /// Only events at or after this instant.
+    pub since: Option<OffsetDateTime>,
+    /// At most this many events (the newest ones). `0` returns none.
+    pub limit: usize,
+}
+
+impl Default for AuditQuery {
+    /// Every action, any time, the newest 100.
+    fn default() -> Self {
+        Self {
+            action: None,
+            since: None,
+            limit: 100,
+        }
+    }
+}
+
 /// A sink failed to store a batch.
 #[derive(Debug, thiserror::Error)]
 #[error("audit sink error: {0}")]
