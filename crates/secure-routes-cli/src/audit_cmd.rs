@@ -1,23 +1,27 @@
-//! `secure-routes audit`: lists audit events from the SQLite log, newest first.
+//! `secure-routes audit`: lists audit events from any audit location, newest first.
 //!
 //! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use secure_routes_cli::stores::AuditLocation;
 //! let dir = tempfile::tempdir().unwrap();
-//! let err = secure_routes_cli::audit_cmd::list(&dir.path().join("none.db"), Some("nope"), None, 10, false);
+//! let db = AuditLocation::Sqlite(dir.path().join("none.db"));
+//! let err = secure_routes_cli::audit_cmd::list(&db, Some("nope"), None, 10, false).await;
 //! assert!(err.unwrap_err().to_string().contains("unknown action"));
+//! # });
 //! ```
 
 use std::fmt::Write;
-use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use secure_routes::audit::{AuditAction, AuditEvent};
-use secure_routes_sqlite::AuditQuery;
+use anyhow::bail;
+use secure_routes::audit::{AuditAction, AuditEvent, AuditQuery};
 use time::OffsetDateTime;
 
+use crate::stores::{self, AuditLocation};
+
 /// Renders the events matching the filters, as a table or as JSON lines.
-pub fn list(
-    db: &Path,
+pub async fn list(
+    location: &AuditLocation,
     action: Option<&str>,
     since: Option<Duration>,
     limit: usize,
@@ -33,22 +37,16 @@ pub fn list(
             ),
         },
     };
-    if !db.exists() {
-        bail!(
-            "no audit database at {} (run `secure-routes demo` first)",
-            db.display()
-        );
-    }
     let since = since.map(|d| OffsetDateTime::now_utc() - d);
-    let events = secure_routes_sqlite::query(
-        db,
+    let events = stores::read_audit(
+        location,
         &AuditQuery {
             action,
             since,
             limit,
         },
     )
-    .with_context(|| format!("reading {}", db.display()))?;
+    .await?;
     Ok(if json {
         to_json_lines(&events)?
     } else {

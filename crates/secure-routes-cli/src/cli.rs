@@ -5,6 +5,8 @@
 //! use secure_routes_cli::cli::{Cli, Command};
 //! let cli = Cli::try_parse_from(["secure-routes", "token", "--sub", "alice", "--ttl", "1h"]).unwrap();
 //! assert!(matches!(cli.command, Command::Token { .. }));
+//! let bad = Cli::try_parse_from(["secure-routes", "demo", "--limits", "mysql://db"]);
+//! assert!(bad.unwrap_err().to_string().contains("unsupported --limits location"));
 //! ```
 
 use std::net::SocketAddr;
@@ -15,6 +17,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
+use crate::demo::DemoOptions;
+use crate::stores::{self, AuditLocation, LimitsLocation};
 use crate::{audit_cmd, demo, duration, token};
 
 /// Composable security middleware for Rust HTTP APIs: demo, tokens and the audit log.
@@ -29,17 +33,29 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the demo API on embedded defaults (memory rate limits, SQLite audit log).
+    /// Run the demo API (default: memory rate limits, SQLite audit log).
     Demo {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:3000")]
         addr: SocketAddr,
-        /// SQLite audit database.
-        #[arg(long, default_value = "./secure-routes.db")]
-        db: PathBuf,
+        /// Rate-limit store: memory, sqlite:PATH, redis://HOST[:PORT][/DB] or
+        /// postgres://USER@HOST/DB (shared by every instance pointing at it).
+        #[arg(long, env = "SECURE_ROUTES_LIMITS", default_value = "memory")]
+        limits: LimitsLocation,
+        /// Audit store: sqlite:PATH, postgres://USER@HOST/DB or jsonl:PATH
+        /// [default: sqlite:./secure-routes.db].
+        #[arg(long, env = "SECURE_ROUTES_AUDIT")]
+        audit: Option<AuditLocation>,
+        /// SQLite audit database (the same as --audit sqlite:PATH).
+        #[arg(long)]
+        db: Option<PathBuf>,
         /// Use `__Host-csrf-token` with `Secure` and send HSTS (when served over HTTPS).
         #[arg(long)]
         secure_cookies: bool,
+        /// Testing aid: shift this instance's clock by this many milliseconds (negative:
+        /// behind), to check that instances with disagreeing clocks admit nothing extra.
+        #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
+        clock_skew_ms: i64,
     },
     /// Print an HS256 JWT for the demo, signed with SECURE_ROUTES_JWT_SECRET.
     Token {
@@ -52,9 +68,13 @@ pub enum Command {
     },
     /// List audit events, newest first.
     Audit {
-        /// SQLite audit database.
-        #[arg(long, default_value = "./secure-routes.db")]
-        db: PathBuf,
+        /// Audit store to read: sqlite:PATH, postgres://USER@HOST/DB or jsonl:PATH
+        /// [default: sqlite:./secure-routes.db].
+        #[arg(long, env = "SECURE_ROUTES_AUDIT")]
+        audit: Option<AuditLocation>,
+        /// SQLite audit database (the same as --audit sqlite:PATH).
+        #[arg(long)]
+        db: Option<PathBuf>,
         /// Only this action (e.g. rate_limit_exceeded).
         #[arg(long)]
         action: Option<String>,
@@ -93,14 +113,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo {
             addr,
+            limits,
+            audit,
             db,
             secure_cookies,
+            clock_skew_ms,
         } => {
             let config = Config::from_env()?;
+            let options = DemoOptions {
+                limits,
+                audit: audit_location(audit, db)?,
+                secure_cookies,
+                clock_skew_ms,
+            };
             let listener = tokio::net::TcpListener::bind(addr).await?;
-            println!("{}", demo::banner(listener.local_addr()?, &db));
-            demo::run(listener, &config, &db, secure_cookies, shutdown_signal()).await?;
-            eprintln!("stopped; audit log flushed to {}", db.display());
+            let stores = stores::open(&options.limits, &options.audit).await?;
+            println!("{}", demo::banner(listener.local_addr()?, &options));
+            let stats = demo::run(listener, &config, &options, stores, shutdown_signal()).await?;
+            eprintln!(
+                "stopped; audit log flushed to {} ({} events written, {} spilled, {} replayed, {} lost)",
+                options.audit, stats.written, stats.spilled, stats.replayed, stats.lost
+            );
             Ok(())
         }
         Command::Token { sub, ttl } => {
@@ -109,16 +142,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit {
+            audit,
             db,
             action,
             since,
             limit,
             json,
         } => {
-            let out = audit_cmd::list(&db, action.as_deref(), since, limit, json)?;
+            let audit = audit_location(audit, db)?;
+            let out = audit_cmd::list(&audit, action.as_deref(), since, limit, json).await?;
             print!("{out}");
             Ok(())
         }
+    }
+}
+
+/// `--audit` or its `--db PATH` shorthand (kept from the first release), at most one of them.
+fn audit_location(
+    audit: Option<AuditLocation>,
+    db: Option<PathBuf>,
+) -> anyhow::Result<AuditLocation> {
+    match (audit, db) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "give either --db PATH or --audit LOCATION (or SECURE_ROUTES_AUDIT), not both"
+        ),
+        (Some(a), None) => Ok(a),
+        (None, Some(path)) => Ok(AuditLocation::Sqlite(path)),
+        (None, None) => Ok(DemoOptions::default().audit),
     }
 }
 
@@ -140,5 +190,68 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Command {
+        let mut all = vec!["secure-routes"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap().command
+    }
+
+    #[test]
+    fn db_is_shorthand_for_a_sqlite_audit_location_and_excludes_audit() {
+        let Command::Demo {
+            audit, db, limits, ..
+        } = parse(&["demo", "--db", "x.db"])
+        else {
+            panic!("demo")
+        };
+        assert_eq!(limits, LimitsLocation::Memory);
+        assert_eq!(
+            audit_location(audit, db).unwrap(),
+            AuditLocation::Sqlite("x.db".into())
+        );
+        let Command::Audit { audit, db, .. } =
+            parse(&["audit", "--db", "x.db", "--audit", "jsonl:y"])
+        else {
+            panic!("audit")
+        };
+        assert!(audit_location(audit, db).is_err());
+        assert_eq!(
+            audit_location(None, None).unwrap(),
+            AuditLocation::Sqlite("./secure-routes.db".into())
+        );
+    }
+
+    #[test]
+    fn demo_takes_store_locations_and_a_negative_clock_skew() {
+        let Command::Demo {
+            limits,
+            audit,
+            clock_skew_ms,
+            ..
+        } = parse(&[
+            "demo",
+            "--limits",
+            "redis://127.0.0.1:6379",
+            "--audit",
+            "postgres://postgres@127.0.0.1/test",
+            "--clock-skew-ms",
+            "-45000",
+        ])
+        else {
+            panic!("demo")
+        };
+        assert_eq!(
+            limits,
+            LimitsLocation::Redis("redis://127.0.0.1:6379".into())
+        );
+        assert!(matches!(audit, Some(AuditLocation::Postgres(_))));
+        assert_eq!(clock_skew_ms, -45_000);
     }
 }

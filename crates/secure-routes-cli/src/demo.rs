@@ -1,5 +1,5 @@
-//! `secure-routes demo`: the original pattern's examples as a running API on embedded
-//! defaults (memory rate limits, SQLite audit log).
+//! `secure-routes demo`: the original pattern's examples as a running API, on embedded
+//! defaults (memory rate limits, SQLite audit log) or on shared stores ([`DemoOptions`]).
 //!
 //! | route | policy |
 //! | --- | --- |
@@ -15,7 +15,7 @@
 //! use secure_routes_cli::{config::Config, demo};
 //! let config = Config { jwt_secret: vec![1; 32], csrf_secret: vec![2; 32],
 //!     trusted_proxies: vec![], allowed_origins: vec![], production: false };
-//! let app = demo::router(&config, None, false).unwrap();
+//! let app = demo::router(&config, &demo::Wiring::default()).unwrap();
 //! # let _ = app;
 //! # });
 //! ```
@@ -23,16 +23,18 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::{HeaderMap, Method, header};
-use secure_routes::audit::{AuditConfig, AuditWriter};
+use secure_routes::audit::{AuditConfig, AuditStats, AuditWriter};
 use secure_routes::auth::jwt::JwtAuthenticator;
+use secure_routes::clock::{Clock, SystemClock};
+use secure_routes::rate_limit::RateLimitStore;
 use secure_routes::response::problem::{Rejection, RejectionKind};
 use secure_routes::{AuthMode, CsrfMode, Policy, Principal, Quota, Security};
 use serde::Deserialize;
@@ -40,6 +42,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::stores::{AuditLocation, LimitsLocation, OpenStores};
 
 /// Name of the session cookie the demo accepts (an ambient credential: CSRF required).
 pub const SESSION_COOKIE: &str = "sr-session";
@@ -72,12 +75,41 @@ pub fn sensitive_policy() -> Policy {
         .unwrap_or_else(|e| unreachable!("constant policy is valid: {e}"))
 }
 
-/// Builds the demo's [`Security`] from `config`.
-pub fn security(
-    config: &Config,
-    audit: Option<AuditWriter>,
-    secure_cookies: bool,
-) -> anyhow::Result<Security> {
+/// What the demo's [`Security`] is wired to; every part is optional (the default is memory
+/// limits, no audit writer, the system clock, plain-HTTP cookies).
+///
+/// ```
+/// use std::sync::Arc;
+/// use secure_routes::rate_limit::MemoryStore;
+/// use secure_routes_cli::demo::Wiring;
+/// let w = Wiring { limits: Some(Arc::new(MemoryStore::new())), ..Wiring::default() };
+/// assert!(w.audit.is_none());
+/// ```
+#[derive(Clone, Default)]
+pub struct Wiring {
+    /// Audit writer (none: audit events are not recorded).
+    pub audit: Option<AuditWriter>,
+    /// Rate-limit store (none: an in-process memory store).
+    pub limits: Option<Arc<dyn RateLimitStore>>,
+    /// Clock for audit timestamps and CSRF tokens (none: the system clock).
+    pub clock: Option<Arc<dyn Clock>>,
+    /// `__Host-` CSRF cookie with `Secure`, and HSTS.
+    pub secure_cookies: bool,
+}
+
+impl std::fmt::Debug for Wiring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wiring")
+            .field("audit", &self.audit)
+            .field("limits", &self.limits.as_ref().map(|s| s.name()))
+            .field("clock", &self.clock)
+            .field("secure_cookies", &self.secure_cookies)
+            .finish()
+    }
+}
+
+/// Builds the demo's [`Security`] from `config` and `wiring`.
+pub fn security(config: &Config, wiring: &Wiring) -> anyhow::Result<Security> {
     let jwt = JwtAuthenticator::builder()
         .hs256(&config.jwt_secret)
         .cookie(SESSION_COOKIE)
@@ -88,20 +120,22 @@ pub fn security(
         .trusted_proxies(&config.trusted_proxies)
         .allowed_origins(&config.allowed_origins)
         .development(!config.production)
-        .https(secure_cookies);
-    if let Some(w) = audit {
-        b = b.audit(w);
+        .https(wiring.secure_cookies);
+    if let Some(w) = &wiring.audit {
+        b = b.audit(w.clone());
+    }
+    if let Some(s) = &wiring.limits {
+        b = b.shared_rate_limit_store(Arc::clone(s));
+    }
+    if let Some(c) = &wiring.clock {
+        b = b.clock(Arc::clone(c));
     }
     Ok(b.build()?)
 }
 
 /// The demo router (serve it with connect info so client addresses are known).
-pub fn router(
-    config: &Config,
-    audit: Option<AuditWriter>,
-    secure_cookies: bool,
-) -> anyhow::Result<Router> {
-    let security = security(config, audit, secure_cookies)?;
+pub fn router(config: &Config, wiring: &Wiring) -> anyhow::Result<Router> {
+    let security = security(config, wiring)?;
     let csrf_policy = Policy::public()
         .to_builder()
         .name("csrf")
@@ -275,34 +309,95 @@ pub async fn serve(
     .await
 }
 
-/// Runs the demo: SQLite audit at `db`, serving on `listener` until `shutdown`, then flushes
-/// the audit log.
+/// Where the demo keeps its state and how it serves (`secure-routes demo` flags).
+///
+/// ```
+/// use secure_routes_cli::demo::DemoOptions;
+/// let o = DemoOptions::default();
+/// assert_eq!(o.limits.to_string(), "memory");
+/// assert_eq!(o.audit.to_string(), "sqlite:./secure-routes.db");
+/// ```
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    /// Rate-limit store location.
+    pub limits: LimitsLocation,
+    /// Audit store location.
+    pub audit: AuditLocation,
+    /// `__Host-` CSRF cookie with `Secure`, and HSTS.
+    pub secure_cookies: bool,
+    /// Milliseconds added to this instance's clock (negative: behind). For tests that run
+    /// several instances whose clocks disagree; shared stores take time from the server, so
+    /// this must not change what they admit.
+    pub clock_skew_ms: i64,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        Self {
+            limits: LimitsLocation::Memory,
+            audit: AuditLocation::Sqlite("./secure-routes.db".into()),
+            secure_cookies: false,
+            clock_skew_ms: 0,
+        }
+    }
+}
+
+/// The system clock shifted by a fixed amount (see [`DemoOptions::clock_skew_ms`]).
+#[derive(Debug)]
+struct SkewedClock(i64);
+
+impl Clock for SkewedClock {
+    fn now(&self) -> Duration {
+        let now = SystemClock.now();
+        let skew = Duration::from_millis(self.0.unsigned_abs());
+        if self.0 >= 0 {
+            now.saturating_add(skew)
+        } else {
+            now.saturating_sub(skew)
+        }
+    }
+}
+
+/// Runs the demo on `stores` (opened from `options` with [`crate::stores::open`]): serves on
+/// `listener` until `shutdown`, then flushes the audit log. Returns the audit writer's final
+/// counters.
 pub async fn run(
     listener: TcpListener,
     config: &Config,
-    db: &Path,
-    secure_cookies: bool,
+    options: &DemoOptions,
+    stores: OpenStores,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let sink = secure_routes_sqlite::SqliteAuditSink::open(db)?;
-    let spill = db.with_extension("spill.jsonl");
+) -> anyhow::Result<AuditStats> {
     let writer = AuditWriter::spawn(
-        Arc::new(sink),
+        Arc::clone(&stores.audit),
         AuditConfig {
-            spill_path: spill,
+            spill_path: options.audit.spill_path(),
             ..AuditConfig::default()
         },
     );
-    let app = router(config, Some(writer.clone()), secure_cookies)?;
+    let wiring = Wiring {
+        audit: Some(writer.clone()),
+        limits: Some(Arc::clone(&stores.limits)),
+        clock: (options.clock_skew_ms != 0)
+            .then(|| Arc::new(SkewedClock(options.clock_skew_ms)) as Arc<dyn Clock>),
+        secure_cookies: options.secure_cookies,
+    };
+    let app = router(config, &wiring)?;
     let result = serve(listener, app, shutdown).await;
     writer.shutdown().await;
-    Ok(result?)
+    drop(stores);
+    result?;
+    Ok(writer.stats())
 }
 
 /// The banner printed at start: routes and how to get a token.
-pub fn banner(addr: SocketAddr, db: &Path) -> String {
+pub fn banner(addr: SocketAddr, options: &DemoOptions) -> String {
+    let audit_flag = match &options.audit {
+        AuditLocation::Sqlite(p) if p.as_os_str() == "./secure-routes.db" => String::new(),
+        other => format!(" --audit {other}"),
+    };
     format!(
-        "secure-routes demo listening on http://{addr}  (audit log: {db})
+        "secure-routes demo listening on http://{addr}  (limits: {limits}, audit log: {audit})
 
   GET            /health
   GET, POST      /api/public-data          PUBLIC: 60/min, 1 MiB
@@ -313,8 +408,9 @@ pub fn banner(addr: SocketAddr, db: &Path) -> String {
 
 Get a token:   TOKEN=$(secure-routes token --sub alice)
 Call:          curl -H \"Authorization: Bearer $TOKEN\" http://{addr}/api/user/notes
-Audit log:     secure-routes audit --db {db}
+Audit log:     secure-routes audit{audit_flag}
 Ctrl-C stops the server and flushes the audit log.",
-        db = db.display()
+        limits = options.limits,
+        audit = options.audit,
     )
 }

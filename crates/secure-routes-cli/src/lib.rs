@@ -7,7 +7,9 @@
 //! * [`demo`]: the original pattern's examples as a running API; [`demo::serve`] takes a
 //!   listener and a shutdown future, so tests run it on an ephemeral port.
 //! * [`token`]: HS256 tokens for the demo.
-//! * [`audit_cmd`]: lists audit events from the SQLite log.
+//! * [`stores`]: the `--limits` / `--audit` locations (memory, SQLite, Redis, Postgres,
+//!   JSON lines), opened and migrated.
+//! * [`audit_cmd`]: lists audit events from any audit location.
 //! * [`duration`]: `30s`, `10m`, `1h`, `2d`.
 //!
 //! ```
@@ -19,4 +21,5 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod duration;
+pub mod stores;
 pub mod token;

@@ -4,10 +4,11 @@
 //! it with reqwest, stops it through its shutdown future and reads the flushed audit log.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::{Client, StatusCode};
+use secure_routes_cli::demo::DemoOptions;
+use secure_routes_cli::stores::{self, AuditLocation, LimitsLocation};
 use secure_routes_cli::{config::Config, demo, token};
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -16,7 +17,7 @@ const JWT_SECRET: &[u8] = b"test-jwt-secret-test-jwt-secret-0123";
 
 struct Demo {
     base: String,
-    db: PathBuf,
+    audit: AuditLocation,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
     _dir: tempfile::TempDir,
@@ -25,20 +26,26 @@ struct Demo {
 impl Demo {
     async fn start(config: Config) -> Demo {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("audit.db");
+        let options = DemoOptions {
+            limits: LimitsLocation::Memory,
+            audit: AuditLocation::Sqlite(dir.path().join("audit.db")),
+            ..DemoOptions::default()
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
-        let db2 = db.clone();
+        let stores = stores::open(&options.limits, &options.audit).await.unwrap();
+        let audit = options.audit.clone();
         let task = tokio::spawn(async move {
-            demo::run(listener, &config, &db2, false, async {
+            demo::run(listener, &config, &options, stores, async {
                 let _ = rx.await;
             })
             .await
+            .map(|_stats| ())
         });
         Demo {
             base: format!("http://{addr}"),
-            db,
+            audit,
             stop: Some(tx),
             task,
             _dir: dir,
@@ -49,11 +56,11 @@ impl Demo {
         format!("{}{path}", self.base)
     }
 
-    /// Stops the server (flushing the audit log) and returns the path of the log.
-    async fn stop(mut self) -> (PathBuf, tempfile::TempDir) {
+    /// Stops the server (flushing the audit log) and returns where the log is.
+    async fn stop(mut self) -> (AuditLocation, tempfile::TempDir) {
         let _ = self.stop.take().unwrap().send(());
         self.task.await.unwrap().unwrap();
-        (self.db, self._dir)
+        (self.audit, self._dir)
     }
 }
 
@@ -265,7 +272,9 @@ async fn walkthrough_public_auth_csrf_limits_and_audit() {
 
     // Stop: the audit log is flushed and lists what happened, newest first.
     let (db, _dir) = d.stop().await;
-    let all = secure_routes_cli::audit_cmd::list(&db, None, None, 100, true).unwrap();
+    let all = secure_routes_cli::audit_cmd::list(&db, None, None, 100, true)
+        .await
+        .unwrap();
     let events: Vec<Value> = all
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -305,10 +314,12 @@ async fn walkthrough_public_auth_csrf_limits_and_audit() {
     assert!(!all.contains(&csrf), "no CSRF token in the audit log");
     let only =
         secure_routes_cli::audit_cmd::list(&db, Some("rate_limit_exceeded"), None, 100, true)
+            .await
             .unwrap();
     assert_eq!(only.lines().count(), 2);
     let table =
         secure_routes_cli::audit_cmd::list(&db, None, Some(Duration::from_secs(600)), 3, false)
+            .await
             .unwrap();
     assert_eq!(table.lines().count(), 4, "header and three rows:\n{table}");
 }

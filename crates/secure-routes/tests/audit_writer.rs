@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +31,8 @@ struct Behaviour {
     hang: bool,
     /// Wait for a permit before storing (a slow sink).
     gate: Option<Arc<Semaphore>>,
+    /// Fail every call while this is set (an outage the test ends).
+    down: Option<Arc<AtomicBool>>,
 }
 
 /// An in-memory sink that records what it stored and when it was called.
@@ -80,7 +82,9 @@ impl AuditSink for MemorySink {
             if let Some(gate) = &b.gate {
                 gate.acquire().await.unwrap().forget();
             }
-            let fail = call <= b.fail_first || b.always_fail_after.is_some_and(|ok| call > ok);
+            let fail = call <= b.fail_first
+                || b.always_fail_after.is_some_and(|ok| call > ok)
+                || b.down.as_ref().is_some_and(|d| d.load(Ordering::SeqCst));
             if fail {
                 if b.panic {
                     panic!("sink exploded");
@@ -662,4 +666,140 @@ async fn an_unwritable_spill_path_counts_events_as_lost_not_silently_dropped() {
 fn try_spawn_outside_a_runtime_is_an_error_not_a_panic() {
     let r = AuditWriter::try_spawn(Arc::new(TracingSink), AuditConfig::default());
     assert!(r.is_err());
+}
+
+/// Waits until the writer has counted `n` replayed events (the sink stores them just before
+/// the count moves), then checks it went no further.
+async fn replayed(writer: &AuditWriter, n: u64) {
+    while writer.stats().replayed < n {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(writer.stats().replayed, n);
+}
+
+/// A sink in an outage the test ends: the writer spills, then replays by itself.
+fn outage() -> (Arc<MemorySink>, Arc<AtomicBool>) {
+    let down = Arc::new(AtomicBool::new(true));
+    let sink = MemorySink::new(Behaviour {
+        down: Some(Arc::clone(&down)),
+        ..Behaviour::default()
+    });
+    (sink, down)
+}
+
+#[tokio::test(start_paused = true)]
+async fn spilled_events_are_replayed_once_the_sink_takes_a_batch_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, down) = outage();
+    let writer = AuditWriter::spawn(
+        sink.clone(),
+        AuditConfig {
+            max_attempts: 1,
+            // Longer than the test runs: only the recovered batch may trigger the replay.
+            replay_interval: Duration::from_secs(3600),
+            ..config(dir.path())
+        },
+    );
+    for i in 0..3 {
+        writer.record(event(i)).await;
+    }
+    while writer.stats().spilled < 3 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(sink.count(), 0);
+
+    down.store(false, Ordering::SeqCst);
+    writer.record(event(3)).await;
+    sink.wait_for(4).await;
+    writer.shutdown().await;
+
+    let mut ids: Vec<_> = sink.stored().into_iter().map(|e| e.request_id).collect();
+    ids.sort();
+    assert_eq!(ids, ["req-0", "req-1", "req-2", "req-3"], "each event once");
+    let stats = writer.stats();
+    assert_eq!((stats.written, stats.spilled, stats.replayed), (1, 3, 3));
+    assert_eq!(stats.recorded, stats.written + stats.spilled + stats.lost);
+    assert!(!writer.spill_path().exists());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_writer_retries_its_spill_file_every_replay_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sink, down) = outage();
+    let writer = AuditWriter::spawn(
+        sink.clone(),
+        AuditConfig {
+            max_attempts: 1,
+            replay_interval: Duration::from_secs(5),
+            ..config(dir.path())
+        },
+    );
+    writer.record(event(1)).await;
+    writer.record(event(2)).await;
+    while writer.stats().spilled < 2 {
+        tokio::task::yield_now().await;
+    }
+    let start = Instant::now();
+    // Still down: a tick's replay fails, is counted, and keeps the file. Polled in steps of
+    // virtual time, with no upper bound on when: the replay's file I/O runs on the blocking
+    // pool, and a paused clock moves on while it does.
+    while writer.stats().sink_errors < 3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Not before the first tick.
+    assert!(Instant::now() - start >= Duration::from_secs(5));
+    assert_eq!(sink.count(), 0);
+    assert!(writer.spill_path().exists() || dir.path().join("spill.jsonl.replaying").exists());
+
+    // Back up, and no new event arrives: a following tick replays on its own.
+    down.store(false, Ordering::SeqCst);
+    sink.wait_for(2).await;
+    replayed(&writer, 2).await;
+    assert!(!writer.spill_path().exists());
+    assert!(!dir.path().join("spill.jsonl.replaying").exists());
+    writer.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_spill_file_left_by_an_earlier_process_is_replayed_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let spill = dir.path().join("spill.jsonl");
+    let earlier: Vec<_> = (0..4).map(event).collect();
+    let mut text = String::new();
+    for e in &earlier {
+        text.push_str(&serde_json::to_string(e).unwrap());
+        text.push('\n');
+    }
+    std::fs::write(&spill, text).unwrap();
+
+    let sink = MemorySink::new(Behaviour::default());
+    let writer = AuditWriter::spawn(sink.clone(), config(dir.path()));
+    // No event recorded: the interval alone brings the old file in.
+    sink.wait_for(4).await;
+    assert_eq!(sink.stored(), earlier);
+    replayed(&writer, 4).await;
+    assert!(!spill.exists());
+    writer.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_replay_interval_leaves_the_spill_file_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let spill = dir.path().join("spill.jsonl");
+    std::fs::write(&spill, serde_json::to_string(&event(0)).unwrap() + "\n").unwrap();
+    let sink = MemorySink::new(Behaviour::default());
+    let writer = AuditWriter::spawn(
+        sink.clone(),
+        AuditConfig {
+            replay_interval: Duration::ZERO,
+            ..config(dir.path())
+        },
+    );
+    writer.record(event(1)).await;
+    sink.wait_for(1).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    writer.shutdown().await;
+    assert_eq!(sink.count(), 1);
+    assert_eq!(writer.stats().replayed, 0);
+    assert!(spill.exists());
 }

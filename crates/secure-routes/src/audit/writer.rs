@@ -15,10 +15,13 @@
 //! * A failed batch is retried with exponential backoff ([`AuditConfig::max_attempts`],
 //!   [`AuditConfig::retry_base_delay`]), then spilled. A sink that hangs is cut off after
 //!   [`AuditConfig::sink_timeout`] and one that panics is treated as failed.
-//! * [`replay_spill`] (or [`AuditWriter::replay_spill`]) sends spilled events back to a sink
-//!   once it is healthy, and removes the file only after the sink accepted them.
+//! * Spilled events go back to the sink by themselves: once the sink accepts a batch again, or
+//!   every [`AuditConfig::replay_interval`] while the writer is idle, it replays the spill file
+//!   (a file left by an earlier process included), removing it only after the sink accepted
+//!   every event in it. [`replay_spill`] (or [`AuditWriter::replay_spill`]) does the same on
+//!   demand, for example from an operator's tool.
 //! * Every outcome is counted in [`AuditStats`] and as `metrics` counters
-//!   (`secure_routes_audit_{recorded,written,spilled,sink_errors,retries,blocked,lost}_total`,
+//!   (`secure_routes_audit_{recorded,written,spilled,replayed,sink_errors,retries,blocked,lost}_total`,
 //!   gauge `secure_routes_audit_queue_depth`). An event is only ever lost if the spill file
 //!   itself cannot be written; it is then logged in full at `error` level and counted as `lost`.
 //!
@@ -48,7 +51,7 @@ use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -90,6 +93,10 @@ pub struct AuditConfig {
     pub retry_max_delay: Duration,
     /// Longest a single sink call may take before it counts as failed (default 30 s).
     pub sink_timeout: Duration,
+    /// While spilled events wait, how often an idle writer tries to replay them (default 5 s).
+    /// A batch the sink accepts also triggers a replay at once. Zero turns automatic replay
+    /// off (the spill file then waits for [`AuditWriter::replay_spill`] or [`replay_spill`]).
+    pub replay_interval: Duration,
 }
 
 impl Default for AuditConfig {
@@ -103,6 +110,7 @@ impl Default for AuditConfig {
             retry_base_delay: Duration::from_millis(50),
             retry_max_delay: Duration::from_secs(2),
             sink_timeout: Duration::from_secs(30),
+            replay_interval: Duration::from_secs(5),
         }
     }
 }
@@ -144,6 +152,9 @@ pub struct AuditStats {
     pub written: u64,
     /// Events spilled to the file (full queue, sink failures, or recorded after shutdown).
     pub spilled: u64,
+    /// Spilled events later stored by the sink through a replay, automatic or on demand
+    /// (events spilled by an earlier process included).
+    pub replayed: u64,
     /// Failed sink attempts (errors, timeouts and panics).
     pub sink_errors: u64,
     /// Retries after a failed attempt.
@@ -163,6 +174,7 @@ mod metric {
     pub(super) const RECORDED: &str = "secure_routes_audit_recorded_total";
     pub(super) const WRITTEN: &str = "secure_routes_audit_written_total";
     pub(super) const SPILLED: &str = "secure_routes_audit_spilled_total";
+    pub(super) const REPLAYED: &str = "secure_routes_audit_replayed_total";
     pub(super) const SINK_ERRORS: &str = "secure_routes_audit_sink_errors_total";
     pub(super) const RETRIES: &str = "secure_routes_audit_retries_total";
     pub(super) const BLOCKED: &str = "secure_routes_audit_blocked_total";
@@ -175,6 +187,7 @@ struct Counters {
     recorded: AtomicU64,
     written: AtomicU64,
     spilled: AtomicU64,
+    replayed: AtomicU64,
     sink_errors: AtomicU64,
     retries: AtomicU64,
     batches: AtomicU64,
@@ -188,6 +201,11 @@ struct Shared {
     sink_name: &'static str,
     counters: Counters,
     spill: SpillFile,
+    /// Set when events are spilled (or a spill file was found at start), cleared when a replay
+    /// starts: whether the background task has a spill file to replay.
+    spill_pending: AtomicBool,
+    /// One replay at a time (the background task's and an on-demand one share the claimed file).
+    replay_lock: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -203,6 +221,7 @@ impl Shared {
         match self.spill.append(events) {
             Ok(()) => {
                 Self::add(&self.counters.spilled, metric::SPILLED, n);
+                self.spill_pending.store(true, Ordering::Release);
                 tracing::warn!(
                     target: "secure_routes::audit",
                     events = n,
@@ -227,8 +246,65 @@ impl Shared {
         }
     }
 
+    /// Replays the spill file into `sink`, counting what it stored. Called by the background
+    /// task (so replayed events queue behind nothing and never race a batch) and by
+    /// [`AuditWriter::replay_spill`].
+    async fn replay(&self, sink: &dyn AuditSink) -> Result<ReplayReport, ReplayError> {
+        // Cleared before the file is claimed: an event spilled while the replay runs sets it
+        // again and lands in a fresh file, picked up by the next replay.
+        let _one_at_a_time = self.replay_lock.lock().await;
+        self.spill_pending.store(false, Ordering::Release);
+        let mut report = ReplayReport::default();
+        let result = replay(
+            &self.spill.path,
+            sink,
+            |to| self.spill.claim(to),
+            &mut report,
+        )
+        .await;
+        if report.replayed > 0 {
+            Self::add(&self.counters.replayed, metric::REPLAYED, report.replayed);
+            tracing::info!(
+                target: "secure_routes::audit",
+                events = report.replayed,
+                sink = self.sink_name,
+                "spilled audit events replayed"
+            );
+        }
+        match result {
+            Ok(()) => Ok(report),
+            Err(e) => {
+                self.spill_pending.store(true, Ordering::Release);
+                self.counters.sink_errors.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(metric::SINK_ERRORS, "sink" => self.sink_name).increment(1);
+                tracing::warn!(
+                    target: "secure_routes::audit",
+                    sink = self.sink_name,
+                    error = %super::sanitize(&e.to_string(), 512),
+                    path = %self.spill.path.display(),
+                    "audit spill replay failed; the file is kept for the next attempt"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// The background task's replay: bounded by the sink timeout, so a sink that hangs cannot
+    /// stall the queue. An interrupted replay keeps its claimed file (delivery is
+    /// at-least-once, and sinks ignore duplicate ids).
+    async fn replay_in_background(&self, sink: &dyn AuditSink) {
+        let call = AssertUnwindSafe(self.replay(sink)).catch_unwind();
+        if !matches!(
+            tokio::time::timeout(self.config.sink_timeout, call).await,
+            Ok(Ok(Ok(_)))
+        ) {
+            self.spill_pending.store(true, Ordering::Release);
+        }
+    }
+
     /// Hands one batch to the sink, retrying with exponential backoff, then spills it.
-    async fn deliver(&self, sink: &dyn AuditSink, batch: &[AuditEvent]) {
+    /// Returns whether the sink accepted it.
+    async fn deliver(&self, sink: &dyn AuditSink, batch: &[AuditEvent]) -> bool {
         let config = &self.config;
         let mut attempt = 1;
         loop {
@@ -239,7 +315,7 @@ impl Shared {
                     self.counters.written.fetch_add(n, Ordering::Relaxed);
                     self.counters.batches.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!(metric::WRITTEN, "sink" => self.sink_name).increment(n);
-                    return;
+                    return true;
                 }
                 Ok(Ok(Err(AuditError(msg)))) => msg,
                 Ok(Err(_panic)) => "the sink panicked".to_owned(),
@@ -258,7 +334,7 @@ impl Shared {
             );
             if attempt >= config.max_attempts {
                 self.spill(batch, "sink_failed");
-                return;
+                return false;
             }
             tokio::time::sleep(config.backoff(attempt)).await;
             Self::add(&self.counters.retries, metric::RETRIES, 1);
@@ -419,6 +495,10 @@ impl AuditWriter {
         let (tx, rx) = mpsc::channel(config.queue_capacity);
         let (done_tx, done_rx) = watch::channel(false);
         let close = Arc::new(Notify::new());
+        // A spill file left by an earlier process (or an interrupted replay) is replayed like
+        // one of ours.
+        let leftover = config.spill_path.exists()
+            || with_suffix(&config.spill_path, REPLAYING_SUFFIX).exists();
         let shared = Arc::new(Shared {
             spill: SpillFile {
                 path: config.spill_path.clone(),
@@ -427,6 +507,8 @@ impl AuditWriter {
             config,
             sink_name: sink.name(),
             counters: Counters::default(),
+            spill_pending: AtomicBool::new(leftover),
+            replay_lock: tokio::sync::Mutex::new(()),
         });
         runtime.spawn(run(
             rx,
@@ -492,6 +574,7 @@ impl AuditWriter {
             recorded: c.recorded.load(Ordering::Relaxed),
             written: c.written.load(Ordering::Relaxed),
             spilled: c.spilled.load(Ordering::Relaxed),
+            replayed: c.replayed.load(Ordering::Relaxed),
             sink_errors: c.sink_errors.load(Ordering::Relaxed),
             retries: c.retries.load(Ordering::Relaxed),
             batches: c.batches.load(Ordering::Relaxed),
@@ -524,8 +607,7 @@ impl AuditWriter {
     /// # });
     /// ```
     pub async fn replay_spill(&self, sink: &dyn AuditSink) -> Result<ReplayReport, ReplayError> {
-        let spill = &self.inner.shared.spill;
-        replay(&spill.path, sink, |to| spill.claim(to)).await
+        self.inner.shared.replay(sink).await
     }
 }
 
@@ -538,12 +620,17 @@ async fn run(
     done: watch::Sender<bool>,
 ) {
     let max = shared.config.max_batch;
+    let replay_interval = shared.config.replay_interval;
+    let auto_replay = !replay_interval.is_zero();
+    let pending = || auto_replay && shared.spill_pending.load(Ordering::Acquire);
     let mut batch = Vec::with_capacity(max);
     let mut closing = false;
+    let mut sink_ok = false;
     loop {
         let n = if closing {
             rx.recv_many(&mut batch, max).await
         } else {
+            let replay_due = pending();
             tokio::select! {
                 // Close first, so a steady stream of events cannot postpone shutdown forever.
                 biased;
@@ -554,14 +641,29 @@ async fn run(
                     continue;
                 }
                 n = rx.recv_many(&mut batch, max) => n,
+                // Idle with spilled events waiting: try the sink again now and then, so events
+                // spilled during an outage reach it even if no new event ever comes.
+                () = tokio::time::sleep(replay_interval), if replay_due => {
+                    shared.replay_in_background(&*sink).await;
+                    continue;
+                }
             }
         };
         if n == 0 {
             break; // closed (or every handle dropped) and empty
         }
         metrics::gauge!(metric::QUEUE_DEPTH).set(rx.len() as f64);
-        shared.deliver(&*sink, &batch).await;
+        sink_ok = shared.deliver(&*sink, &batch).await;
         batch.clear();
+        // The sink just took a batch: the outage (if any) is over, replay what it missed.
+        if sink_ok && pending() {
+            shared.replay_in_background(&*sink).await;
+        }
+    }
+    // Last chance before stopping, only when the sink was answering: a sink that is down
+    // would hold shutdown for up to `sink_timeout`, and the file is replayed at next start.
+    if sink_ok && pending() {
+        shared.replay_in_background(&*sink).await;
     }
     metrics::gauge!(metric::QUEUE_DEPTH).set(0.0);
     let _ = done.send(true);
@@ -628,8 +730,13 @@ pub async fn replay_spill(
     sink: &dyn AuditSink,
 ) -> Result<ReplayReport, ReplayError> {
     let path = path.as_ref();
-    replay(path, sink, |to| claim_file(path, to)).await
+    let mut report = ReplayReport::default();
+    replay(path, sink, |to| claim_file(path, to), &mut report).await?;
+    Ok(report)
 }
+
+/// Suffix of a spill file claimed by a replay.
+const REPLAYING_SUFFIX: &str = ".replaying";
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
@@ -637,13 +744,15 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Replays the spill file at `path` (claimed with `claim`), adding to `report` as it goes so a
+/// failure still tells how much was stored.
 async fn replay(
     path: &Path,
     sink: &dyn AuditSink,
     claim: impl Fn(&Path) -> io::Result<bool>,
-) -> Result<ReplayReport, ReplayError> {
-    let claimed = with_suffix(path, ".replaying");
-    let mut report = ReplayReport::default();
+    report: &mut ReplayReport,
+) -> Result<(), ReplayError> {
+    let claimed = with_suffix(path, REPLAYING_SUFFIX);
     // First a file left by an interrupted replay (if any), then the current spill file.
     for _ in 0..2 {
         if !tokio::fs::try_exists(&claimed).await? && !claim(&claimed)? {
@@ -685,7 +794,7 @@ async fn replay(
         }
         tokio::fs::remove_file(&claimed).await?;
     }
-    Ok(report)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,478 @@
+//! Where the demo keeps rate limits and audit events: `--limits` and `--audit` locations.
+//!
+//! | flag | accepted | default |
+//! | --- | --- | --- |
+//! | `--limits` | `memory`, `sqlite:PATH`, `redis://…` (`rediss://…`), `postgres://…` (`postgresql://…`) | `memory` |
+//! | `--audit` | `sqlite:PATH`, `postgres://…`, `jsonl:PATH` | `sqlite:./secure-routes.db` |
+//!
+//! Several instances share limits and the audit trail by pointing at the same Redis or
+//! Postgres. Postgres locations are migrated at start (one pool is shared when `--limits` and
+//! `--audit` name the same database). A location prints without its password, so banners and
+//! logs never carry a credential.
+//!
+//! ```
+//! use secure_routes_cli::stores::{AuditLocation, LimitsLocation};
+//! let l: LimitsLocation = "redis://:hunter2@cache:6379/0".parse().unwrap();
+//! assert_eq!(l.to_string(), "redis://:***@cache:6379/0");
+//! let a: AuditLocation = "jsonl:/var/log/audit.jsonl".parse().unwrap();
+//! assert!(matches!(a, AuditLocation::Jsonl(_)));
+//! assert!("mysql://db".parse::<AuditLocation>().is_err());
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use secure_routes::audit::sinks::JsonlSink;
+use secure_routes::audit::{AuditEvent, AuditQuery, AuditSink};
+use secure_routes::rate_limit::{MemoryStore, RateLimitStore};
+
+/// Connections per instance for a Postgres location.
+pub const POSTGRES_POOL_SIZE: usize = 16;
+/// How often a Postgres or SQLite rate-limit store deletes expired rows.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Where rate-limit state lives (`--limits`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LimitsLocation {
+    /// In this process (the default): exact for one instance, forgotten on restart.
+    Memory,
+    /// A SQLite file: one machine, survives restarts.
+    Sqlite(PathBuf),
+    /// A Redis or Valkey server shared by every instance (the URL).
+    Redis(String),
+    /// A Postgres database shared by every instance (the URL).
+    Postgres(String),
+}
+
+/// Where audit events go (`--audit`), and where `secure-routes audit` reads them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuditLocation {
+    /// A SQLite file (the default, `./secure-routes.db`).
+    Sqlite(PathBuf),
+    /// A Postgres database (the URL).
+    Postgres(String),
+    /// A JSON-lines file, one event per line.
+    Jsonl(PathBuf),
+}
+
+/// A location string that names no supported store.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LocationError(String);
+
+fn file_path(scheme: &str, rest: &str) -> Result<PathBuf, LocationError> {
+    // `sqlite:///abs/path` and `sqlite://rel` are common spellings too.
+    let path = rest.strip_prefix("//").unwrap_or(rest);
+    if path.is_empty() {
+        return Err(LocationError(format!(
+            "{scheme}: needs a file path, as in {scheme}:./secure-routes.db"
+        )));
+    }
+    Ok(PathBuf::from(path))
+}
+
+fn is_postgres(s: &str) -> bool {
+    s.starts_with("postgres://") || s.starts_with("postgresql://")
+}
+
+impl FromStr for LimitsLocation {
+    type Err = LocationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "memory" {
+            Ok(Self::Memory)
+        } else if let Some(rest) = s.strip_prefix("sqlite:") {
+            file_path("sqlite", rest).map(Self::Sqlite)
+        } else if s.starts_with("redis://")
+            || s.starts_with("rediss://")
+            || s.starts_with("redis+unix://")
+        {
+            Ok(Self::Redis(s.to_owned()))
+        } else if is_postgres(s) {
+            Ok(Self::Postgres(s.to_owned()))
+        } else {
+            Err(LocationError(format!(
+                "unsupported --limits location {:?}: use memory, sqlite:PATH, redis://HOST[:PORT][/DB] or postgres://USER@HOST/DB",
+                redact(s)
+            )))
+        }
+    }
+}
+
+impl FromStr for AuditLocation {
+    type Err = LocationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Some(rest) = s.strip_prefix("sqlite:") {
+            file_path("sqlite", rest).map(Self::Sqlite)
+        } else if let Some(rest) = s.strip_prefix("jsonl:") {
+            file_path("jsonl", rest).map(Self::Jsonl)
+        } else if is_postgres(s) {
+            Ok(Self::Postgres(s.to_owned()))
+        } else {
+            Err(LocationError(format!(
+                "unsupported --audit location {:?}: use sqlite:PATH, postgres://USER@HOST/DB or jsonl:PATH",
+                redact(s)
+            )))
+        }
+    }
+}
+
+/// `url` with the password (the part between `:` and `@` of the authority) replaced by `***`.
+///
+/// ```
+/// use secure_routes_cli::stores::redact;
+/// assert_eq!(redact("postgres://app:s3cret@db/app"), "postgres://app:***@db/app");
+/// assert_eq!(redact("postgres://app@db/app"), "postgres://app@db/app");
+/// ```
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+impl fmt::Display for LimitsLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Memory => f.write_str("memory"),
+            Self::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
+            Self::Redis(u) | Self::Postgres(u) => f.write_str(&redact(u)),
+        }
+    }
+}
+
+impl fmt::Display for AuditLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
+            Self::Jsonl(p) => write!(f, "jsonl:{}", p.display()),
+            Self::Postgres(u) => f.write_str(&redact(u)),
+        }
+    }
+}
+
+impl AuditLocation {
+    /// The spill file for events the sink could not take: beside the file for file
+    /// locations, `./secure-routes-audit-spill.jsonl` for Postgres.
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use secure_routes_cli::stores::AuditLocation;
+    /// let a: AuditLocation = "sqlite:data/audit.db".parse().unwrap();
+    /// assert_eq!(a.spill_path(), Path::new("data/audit.spill.jsonl"));
+    /// ```
+    pub fn spill_path(&self) -> PathBuf {
+        match self {
+            Self::Sqlite(p) | Self::Jsonl(p) => p.with_extension("spill.jsonl"),
+            Self::Postgres(_) => PathBuf::from("secure-routes-audit-spill.jsonl"),
+        }
+    }
+}
+
+/// The stores the demo runs on, opened and migrated; keep it alive while serving (it owns the
+/// background sweepers).
+pub struct OpenStores {
+    /// The rate-limit store.
+    pub limits: Arc<dyn RateLimitStore>,
+    /// The audit sink.
+    pub audit: Arc<dyn AuditSink>,
+    sweepers: Vec<secure_routes_postgres::SweeperHandle>,
+}
+
+impl fmt::Debug for OpenStores {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenStores")
+            .field("limits", &self.limits.name())
+            .field("audit", &self.audit.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for OpenStores {
+    fn drop(&mut self) {
+        for s in self.sweepers.drain(..) {
+            s.stop();
+        }
+    }
+}
+
+/// Opens both locations: connects, migrates Postgres (once per distinct URL), starts sweepers.
+///
+/// Fails with a message naming the location (password redacted) when a store cannot be
+/// reached at start: an instance that cannot reach its shared store at boot is misconfigured,
+/// while an outage after start is handled per policy by the pipeline.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use secure_routes_cli::stores::{self, AuditLocation, LimitsLocation};
+/// let dir = tempfile::tempdir().unwrap();
+/// let audit = AuditLocation::Jsonl(dir.path().join("audit.jsonl"));
+/// let s = stores::open(&LimitsLocation::Memory, &audit).await.unwrap();
+/// assert_eq!((s.limits.name(), s.audit.name()), ("memory", "jsonl"));
+/// # });
+/// ```
+pub async fn open(limits: &LimitsLocation, audit: &AuditLocation) -> anyhow::Result<OpenStores> {
+    let mut pools = Pools::default();
+    let mut sweepers = Vec::new();
+    let limits_store: Arc<dyn RateLimitStore> = match limits {
+        LimitsLocation::Memory => Arc::new(MemoryStore::new()),
+        LimitsLocation::Sqlite(path) => {
+            // Wired when the SQLite store lands (issue 3 part 3).
+            anyhow::bail!(
+                "sqlite rate-limit store at {} is not available yet",
+                path.display()
+            )
+        }
+        LimitsLocation::Redis(url) => Arc::new(
+            secure_routes_redis::RedisStore::connect(url)
+                .await
+                .with_context(|| format!("connecting to rate-limit store {limits}"))?,
+        ),
+        LimitsLocation::Postgres(url) => {
+            let pool = pools.get(url).await?;
+            let store = secure_routes_postgres::PostgresStore::new(pool);
+            sweepers.push(store.spawn_sweeper(SWEEP_INTERVAL)?);
+            Arc::new(store)
+        }
+    };
+    let audit_sink: Arc<dyn AuditSink> = match audit {
+        AuditLocation::Sqlite(path) => Arc::new(
+            secure_routes_sqlite::SqliteAuditSink::open(path)
+                .with_context(|| format!("opening audit store {audit}"))?,
+        ),
+        AuditLocation::Jsonl(path) => {
+            Arc::new(JsonlSink::open(path).with_context(|| format!("opening audit store {audit}"))?)
+        }
+        AuditLocation::Postgres(url) => Arc::new(secure_routes_postgres::PostgresAuditSink::new(
+            pools.get(url).await?,
+        )),
+    };
+    Ok(OpenStores {
+        limits: limits_store,
+        audit: audit_sink,
+        sweepers,
+    })
+}
+
+/// One migrated pool per Postgres URL.
+#[derive(Default)]
+struct Pools(Vec<(String, secure_routes_postgres::Pool)>);
+
+impl Pools {
+    async fn get(&mut self, url: &str) -> anyhow::Result<secure_routes_postgres::Pool> {
+        if let Some((_, pool)) = self.0.iter().find(|(u, _)| u == url) {
+            return Ok(pool.clone());
+        }
+        let shown = redact(url);
+        let pool = secure_routes_postgres::connect(url, POSTGRES_POOL_SIZE)
+            .with_context(|| format!("postgres location {shown}"))?;
+        secure_routes_postgres::migrate(&pool)
+            .await
+            .with_context(|| format!("migrating {shown}"))?;
+        self.0.push((url.to_owned(), pool.clone()));
+        Ok(pool)
+    }
+}
+
+/// Reads events matching `q` from `location`, newest first.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use secure_routes::audit::AuditQuery;
+/// use secure_routes_cli::stores::{self, AuditLocation};
+/// let dir = tempfile::tempdir().unwrap();
+/// let missing = AuditLocation::Jsonl(dir.path().join("none.jsonl"));
+/// let err = stores::read_audit(&missing, &AuditQuery::default()).await.unwrap_err();
+/// assert!(err.to_string().contains("no audit log"));
+/// # });
+/// ```
+pub async fn read_audit(
+    location: &AuditLocation,
+    q: &AuditQuery,
+) -> anyhow::Result<Vec<AuditEvent>> {
+    match location {
+        AuditLocation::Sqlite(path) => {
+            must_exist(path)?;
+            secure_routes_sqlite::query(path, q).with_context(|| format!("reading {location}"))
+        }
+        AuditLocation::Jsonl(path) => {
+            must_exist(path)?;
+            read_jsonl(path, q).with_context(|| format!("reading {location}"))
+        }
+        AuditLocation::Postgres(url) => {
+            let pool = secure_routes_postgres::connect(url, 1)
+                .with_context(|| format!("postgres location {location}"))?;
+            secure_routes_postgres::query(&pool, q)
+                .await
+                .with_context(|| format!("reading {location}"))
+        }
+    }
+}
+
+fn must_exist(path: &Path) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        path.exists(),
+        "no audit log at {} (run `secure-routes demo` first)",
+        path.display()
+    );
+    Ok(())
+}
+
+/// Scans a JSON-lines audit file, keeping the newest `q.limit` matches. Lines that do not
+/// parse (a torn last line after a crash) are skipped and counted in a warning.
+fn read_jsonl(path: &Path, q: &AuditQuery) -> anyhow::Result<Vec<AuditEvent>> {
+    use std::io::BufRead;
+    let file = std::io::BufReader::new(std::fs::File::open(path)?);
+    let mut newest = std::collections::VecDeque::with_capacity(q.limit.min(1024));
+    let mut unreadable = 0u64;
+    for line in file.split(b'\n') {
+        let line = line?;
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        let Ok(event) = serde_json::from_slice::<AuditEvent>(&line) else {
+            unreadable += 1;
+            continue;
+        };
+        let matches = q.action.is_none_or(|a| a == event.action)
+            && q.since.is_none_or(|s| event.timestamp >= s);
+        if matches && q.limit > 0 {
+            if newest.len() == q.limit {
+                newest.pop_front();
+            }
+            newest.push_back(event);
+        }
+    }
+    if unreadable > 0 {
+        eprintln!(
+            "warning: skipped {unreadable} unreadable line(s) in {}",
+            path.display()
+        );
+    }
+    let mut events: Vec<_> = newest.into();
+    // Appended in time order, so newest first is the reverse; a stable sort keeps ties as
+    // written even if clocks stepped.
+    events.reverse();
+    events.sort_by_key(|e| std::cmp::Reverse(e.timestamp));
+    Ok(events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_location_and_refuses_others() {
+        assert_eq!(
+            "memory".parse::<LimitsLocation>().unwrap(),
+            LimitsLocation::Memory
+        );
+        assert_eq!(
+            "sqlite:./a.db".parse::<LimitsLocation>().unwrap(),
+            LimitsLocation::Sqlite("./a.db".into())
+        );
+        assert_eq!(
+            "sqlite:///var/a.db".parse::<AuditLocation>().unwrap(),
+            AuditLocation::Sqlite("/var/a.db".into())
+        );
+        assert!(matches!(
+            "postgresql://u@h/d".parse::<LimitsLocation>().unwrap(),
+            LimitsLocation::Postgres(_)
+        ));
+        assert!(matches!(
+            "rediss://h".parse::<LimitsLocation>().unwrap(),
+            LimitsLocation::Redis(_)
+        ));
+        for bad in ["", "sqlite:", "jsonl:", "redis", "memory:", "file:/x"] {
+            assert!(bad.parse::<AuditLocation>().is_err(), "{bad:?}");
+        }
+        assert!("jsonl:/x".parse::<LimitsLocation>().is_err());
+        assert!("redis://h".parse::<AuditLocation>().is_err());
+    }
+
+    #[test]
+    fn errors_and_display_never_show_a_password() {
+        let err = "mysql://root:topsecret@db/x"
+            .parse::<LimitsLocation>()
+            .unwrap_err();
+        assert!(!err.to_string().contains("topsecret"), "{err}");
+        let l: LimitsLocation = "postgres://app:topsecret@db:5432/app?sslmode=disable"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            l.to_string(),
+            "postgres://app:***@db:5432/app?sslmode=disable"
+        );
+        assert_eq!(redact("redis://h:6379/0"), "redis://h:6379/0");
+        assert_eq!(redact("not a url"), "not a url");
+        // An '@' in the path is not userinfo.
+        assert_eq!(redact("redis://h/a:b@c"), "redis://h/a:b@c");
+    }
+
+    #[test]
+    fn jsonl_reading_filters_keeps_the_newest_and_skips_torn_lines() {
+        use secure_routes::audit::AuditAction;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let t0 = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let mut text = String::new();
+        for i in 0..10i64 {
+            let mut e = AuditEvent::new(if i % 2 == 0 {
+                AuditAction::RateLimitExceeded
+            } else {
+                AuditAction::InvalidInput
+            })
+            .with_request_id(&format!("r{i}"));
+            e.timestamp = t0 + time::Duration::seconds(i);
+            text.push_str(&serde_json::to_string(&e).unwrap());
+            text.push('\n');
+        }
+        text.push_str("{\"torn\": tr");
+        std::fs::write(&path, text).unwrap();
+        let ids = |q: AuditQuery| -> Vec<String> {
+            read_jsonl(&path, &q)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.request_id)
+                .collect()
+        };
+        assert_eq!(
+            ids(AuditQuery {
+                action: Some(AuditAction::RateLimitExceeded),
+                since: None,
+                limit: 3
+            }),
+            ["r8", "r6", "r4"]
+        );
+        assert_eq!(
+            ids(AuditQuery {
+                action: None,
+                since: Some(t0 + time::Duration::seconds(7)),
+                limit: 100
+            }),
+            ["r9", "r8", "r7"]
+        );
+        assert!(
+            ids(AuditQuery {
+                limit: 0,
+                ..AuditQuery::default()
+            })
+            .is_empty()
+        );
+    }
+}
