@@ -52,6 +52,10 @@ pub enum Command {
         /// Use `__Host-csrf-token` with `Secure` and send HSTS (when served over HTTPS).
         #[arg(long)]
         secure_cookies: bool,
+        /// Longest wait for one rate-limit store call before the route's failure mode applies
+        /// (fail-closed routes answer 503): 50ms, 2s, ... [default: 50ms].
+        #[arg(long, value_parser = duration::parse)]
+        store_timeout: Option<Duration>,
         /// Testing aid: shift this instance's clock by this many milliseconds (negative:
         /// behind), to check that instances with disagreeing clocks admit nothing extra.
         #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
@@ -117,6 +121,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             audit,
             db,
             secure_cookies,
+            store_timeout,
             clock_skew_ms,
         } => {
             let config = Config::from_env()?;
@@ -124,6 +129,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 limits,
                 audit: audit_location(audit, db)?,
                 secure_cookies,
+                store_timeout,
                 clock_skew_ms,
             };
             let listener = tokio::net::TcpListener::bind(addr).await?;
@@ -131,8 +137,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", demo::banner(listener.local_addr()?, &options));
             let stats = demo::run(listener, &config, &options, stores, shutdown_signal()).await?;
             eprintln!(
-                "stopped; audit log flushed to {} ({} events written, {} spilled, {} replayed, {} lost)",
-                options.audit, stats.written, stats.spilled, stats.replayed, stats.lost
+                "stopped; audit log flushed to {} ({} events recorded, {} written, {} spilled, {} replayed, {} lost)",
+                options.audit,
+                stats.recorded,
+                stats.written,
+                stats.spilled,
+                stats.replayed,
+                stats.lost
             );
             Ok(())
         }

@@ -95,6 +95,9 @@ pub struct Wiring {
     pub clock: Option<Arc<dyn Clock>>,
     /// `__Host-` CSRF cookie with `Secure`, and HSTS.
     pub secure_cookies: bool,
+    /// Longest wait for one rate-limit store call on every route (none: the policies' own,
+    /// 50 ms by default); past it the route's failure mode applies.
+    pub store_timeout: Option<Duration>,
 }
 
 impl std::fmt::Debug for Wiring {
@@ -104,6 +107,7 @@ impl std::fmt::Debug for Wiring {
             .field("limits", &self.limits.as_ref().map(|s| s.name()))
             .field("clock", &self.clock)
             .field("secure_cookies", &self.secure_cookies)
+            .field("store_timeout", &self.store_timeout)
             .finish()
     }
 }
@@ -136,6 +140,13 @@ pub fn security(config: &Config, wiring: &Wiring) -> anyhow::Result<Security> {
 /// The demo router (serve it with connect info so client addresses are known).
 pub fn router(config: &Config, wiring: &Wiring) -> anyhow::Result<Router> {
     let security = security(config, wiring)?;
+    let layer = |policy: Policy| -> anyhow::Result<_> {
+        let policy = match wiring.store_timeout {
+            Some(t) => policy.to_builder().store_timeout(t).build()?,
+            None => policy,
+        };
+        Ok(security.layer(policy)?)
+    };
     let csrf_policy = Policy::public()
         .to_builder()
         .name("csrf")
@@ -152,27 +163,21 @@ pub fn router(config: &Config, wiring: &Wiring) -> anyhow::Result<Router> {
             "/api/public-data",
             get(public_data)
                 .post(public_post)
-                .layer(security.layer(Policy::public())?),
+                .layer(layer(Policy::public())?),
         )
-        .route(
-            "/api/csrf",
-            get(csrf_token).layer(security.layer(csrf_policy)?),
-        )
+        .route("/api/csrf", get(csrf_token).layer(layer(csrf_policy)?))
         .route(
             "/api/user/notes",
             get(list_notes)
                 .post(add_note)
                 .put(update_note)
                 .delete(delete_notes)
-                .layer(security.layer(Policy::authenticated())?),
+                .layer(layer(Policy::authenticated())?),
         )
-        .route(
-            "/api/strict",
-            post(success).layer(security.layer(Policy::strict())?),
-        )
+        .route("/api/strict", post(success).layer(layer(Policy::strict())?))
         .route(
             "/api/sensitive-operation",
-            post(success).layer(security.layer(sensitive_policy())?),
+            post(success).layer(layer(sensitive_policy())?),
         )
         .with_state(state))
 }
@@ -325,6 +330,8 @@ pub struct DemoOptions {
     pub audit: AuditLocation,
     /// `__Host-` CSRF cookie with `Secure`, and HSTS.
     pub secure_cookies: bool,
+    /// Longest wait for one rate-limit store call (none: the policies' 50 ms).
+    pub store_timeout: Option<Duration>,
     /// Milliseconds added to this instance's clock (negative: behind). For tests that run
     /// several instances whose clocks disagree; shared stores take time from the server, so
     /// this must not change what they admit.
@@ -337,6 +344,7 @@ impl Default for DemoOptions {
             limits: LimitsLocation::Memory,
             audit: AuditLocation::Sqlite("./secure-routes.db".into()),
             secure_cookies: false,
+            store_timeout: None,
             clock_skew_ms: 0,
         }
     }
@@ -381,6 +389,7 @@ pub async fn run(
         clock: (options.clock_skew_ms != 0)
             .then(|| Arc::new(SkewedClock(options.clock_skew_ms)) as Arc<dyn Clock>),
         secure_cookies: options.secure_cookies,
+        store_timeout: options.store_timeout,
     };
     let app = router(config, &wiring)?;
     let result = serve(listener, app, shutdown).await;

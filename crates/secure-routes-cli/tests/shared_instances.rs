@@ -1,0 +1,199 @@
+//! Three `secure-routes demo` processes on one shared store admit exactly the limit.
+//!
+//! Each test starts three real demo processes pointing at the same Redis (or Postgres, in a
+//! schema of its own), fires six times STRICT's quota (10 per minute, per user) at
+//! `POST /api/strict` concurrently and spread across the three, and asserts that exactly 10
+//! are admitted and every other request is a 429, and that each 429 is in the audit trail. The
+//! clock-skew variants start the instances with clocks 45 s behind, on time, and 45 s ahead:
+//! the shared stores take time from the server, so that must not admit anything extra (a
+//! store that trusted instance clocks would, since each instance would see the others'
+//! admissions as older than they are).
+//!
+//! The store timeout is raised to 5 s for these runs: on a loaded two-core CI machine a check
+//! can take longer than the default 50 ms, and STRICT fails closed (503), which would make the
+//! count depend on machine load rather than on exactness. The outage tests cover the timeout.
+
+mod support;
+
+use futures_util::future::join_all;
+use reqwest::StatusCode;
+use support::{Demo, Schema, bearer, fresh_subject, service};
+
+/// STRICT's quota.
+const LIMIT: usize = 10;
+/// Requests fired per run: six times the limit.
+const FIRED: usize = 6 * LIMIT;
+
+/// Fires `FIRED` concurrent requests for one fresh user across `demos`; returns the statuses.
+async fn fire(demos: &[Demo], subject: &str) -> Vec<StatusCode> {
+    let client = reqwest::Client::new();
+    let auth = bearer(subject);
+    let requests = (0..FIRED).map(|i| {
+        let url = demos[i % demos.len()].url("/api/strict");
+        let request = client
+            .post(url)
+            .header("authorization", &auth)
+            .header("content-type", "application/json")
+            .body("{}");
+        async move { request.send().await.expect("request").status() }
+    });
+    join_all(requests).await
+}
+
+fn tally(statuses: &[StatusCode]) -> (usize, usize, Vec<StatusCode>) {
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    let other = statuses
+        .iter()
+        .copied()
+        .filter(|s| *s != StatusCode::OK && *s != StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    (ok, limited, other)
+}
+
+fn start_three(
+    dir: &std::path::Path,
+    limits: &str,
+    audit: &dyn Fn(usize) -> String,
+    skews: [i64; 3],
+) -> Vec<Demo> {
+    skews
+        .iter()
+        .enumerate()
+        .map(|(i, skew)| {
+            let audit = audit(i);
+            let skew = skew.to_string();
+            Demo::start(
+                dir,
+                &format!("instance{i}"),
+                &[
+                    "--limits",
+                    limits,
+                    "--audit",
+                    &audit,
+                    "--store-timeout",
+                    "5s",
+                    "--clock-skew-ms",
+                    &skew,
+                ],
+            )
+        })
+        .collect()
+}
+
+/// Counts `rate_limit_exceeded` lines in the instances' JSONL audit files.
+fn jsonl_rate_limited(dir: &std::path::Path, n: usize) -> usize {
+    (0..n)
+        .map(|i| {
+            std::fs::read_to_string(dir.join(format!("audit{i}.jsonl")))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("\"action\":\"rate_limit_exceeded\""))
+                .count()
+        })
+        .sum()
+}
+
+async fn redis_run(test: &str, skews: [i64; 3]) {
+    let Some(redis) = service("REDIS_URL", test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let audit = |i: usize| format!("jsonl:audit{i}.jsonl");
+    let demos = start_three(dir.path(), &redis, &audit, skews);
+    let statuses = fire(&demos, &fresh_subject(test)).await;
+    let (ok, limited, other) = tally(&statuses);
+    for d in demos {
+        let stderr = d.stop();
+        assert_eq!(support::stop_counts(&stderr).lost, 0, "{stderr}");
+    }
+    assert!(
+        other.is_empty(),
+        "only 200 and 429 expected, also got {other:?}"
+    );
+    assert_eq!(
+        (ok, limited),
+        (LIMIT, FIRED - LIMIT),
+        "{test}: exactly the limit"
+    );
+    assert_eq!(
+        jsonl_rate_limited(dir.path(), 3),
+        FIRED - LIMIT,
+        "every 429 audited"
+    );
+}
+
+async fn postgres_run(test: &str, skews: [i64; 3]) {
+    let Some(database) = service("DATABASE_URL", test) else {
+        return;
+    };
+    let schema = Schema::create(&database).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = schema.url.clone();
+    let audit = |_: usize| url.clone();
+    // Three instances migrating one schema at once: the advisory lock makes that safe.
+    let demos = start_three(dir.path(), &schema.url, &audit, skews);
+    let statuses = fire(&demos, &fresh_subject(test)).await;
+    let (ok, limited, other) = tally(&statuses);
+    for d in demos {
+        let stderr = d.stop();
+        assert_eq!(support::stop_counts(&stderr).lost, 0, "{stderr}");
+    }
+    let audited = schema
+        .count_audit("action = 'rate_limit_exceeded' AND route = 'route:/api/strict'")
+        .await;
+    schema.drop_schema().await;
+    assert!(
+        other.is_empty(),
+        "only 200 and 429 expected, also got {other:?}"
+    );
+    assert_eq!(
+        (ok, limited),
+        (LIMIT, FIRED - LIMIT),
+        "{test}: exactly the limit"
+    );
+    assert_eq!(audited as usize, FIRED - LIMIT, "every 429 audited, once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_one_redis_admit_exactly_the_limit() {
+    redis_run("three_instances_on_one_redis", [0, 0, 0]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_one_redis_with_skewed_clocks_admit_exactly_the_limit() {
+    redis_run("three_instances_on_one_redis_skewed", [-45_000, 0, 45_000]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_one_postgres_admit_exactly_the_limit() {
+    postgres_run("three_instances_on_one_postgres", [0, 0, 0]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_one_postgres_with_skewed_clocks_admit_exactly_the_limit() {
+    postgres_run(
+        "three_instances_on_one_postgres_skewed",
+        [-45_000, 0, 45_000],
+    )
+    .await;
+}
+
+/// The control: three instances on their own memory stores each admit the limit, so the
+/// harness above does see a store that is not shared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_memory_stores_each_admit_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = |i: usize| format!("jsonl:audit{i}.jsonl");
+    let demos = start_three(dir.path(), "memory", &audit, [0, 0, 0]);
+    let statuses = fire(&demos, &fresh_subject("memory_control")).await;
+    let (ok, limited, other) = tally(&statuses);
+    for d in demos {
+        d.stop();
+    }
+    assert!(other.is_empty(), "{other:?}");
+    assert_eq!((ok, limited), (3 * LIMIT, FIRED - 3 * LIMIT));
+}
