@@ -54,6 +54,7 @@ use tower_service::Service;
 
 use crate::audit::{AuditEvent, AuditWriter, Outcome};
 use crate::auth::{AuthError, Authenticator, Principal};
+use crate::authz::Requirement;
 use crate::client_ip::TrustedProxies;
 use crate::clock::{Clock, SystemClock};
 use crate::error::ConfigError;
@@ -829,6 +830,26 @@ where
                     }
                 }
             }
+        }
+    }
+
+    // 6b. Authorization: after the rate limit, so probing a forbidden route costs quota.
+    // Requirements imply required authentication (checked when the policy is built); no
+    // principal here still fails closed.
+    if !policy.requirements().is_empty() {
+        let unmet = match &ctx.subject {
+            None => Some("missing_credential"),
+            Some(p) => policy
+                .requirements()
+                .iter()
+                .find(|r| !r.is_met(p))
+                .map(Requirement::reason),
+        };
+        if let Some(reason) = unmet {
+            metrics::counter!("secure_routes_authz_failures_total").increment(1);
+            return Ok(ctx
+                .reject(Rejection::new(RejectionKind::Forbidden, reason))
+                .await);
         }
     }
 

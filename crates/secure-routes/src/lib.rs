@@ -90,6 +90,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod authz;
 pub mod client_ip;
 pub mod clock;
 pub mod error;

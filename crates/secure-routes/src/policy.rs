@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 
+use crate::authz::Requirement;
 use crate::error::ConfigError;
 use crate::rate_limit::{Quota, quotas};
 use crate::response::headers::SecurityHeaders;
@@ -82,6 +83,7 @@ pub struct Policy {
     pub(crate) failure_mode: FailureMode,
     pub(crate) store_timeout: Duration,
     pub(crate) headers: SecurityHeaders,
+    pub(crate) requirements: Vec<Requirement>,
 }
 
 impl Policy {
@@ -101,6 +103,7 @@ impl Policy {
                 failure_mode: FailureMode::Open,
                 store_timeout: DEFAULT_STORE_TIMEOUT,
                 headers: SecurityHeaders::default(),
+                requirements: Vec::new(),
             },
             failure_mode_set: false,
         }
@@ -212,6 +215,16 @@ impl Policy {
     pub fn store_timeout(&self) -> Duration {
         self.store_timeout
     }
+
+    /// What an authenticated principal must also meet (403 otherwise); see [`crate::authz`].
+    ///
+    /// ```
+    /// let p = secure_routes::Policy::strict().to_builder().require_role("admin").build().unwrap();
+    /// assert_eq!(p.requirements()[0].description(), "role \"admin\"");
+    /// ```
+    pub fn requirements(&self) -> &[Requirement] {
+        &self.requirements
+    }
     /// The response security headers.
     pub fn security_headers(&self) -> &SecurityHeaders {
         &self.headers
@@ -276,6 +289,28 @@ impl PolicyBuilder {
         self.failure_mode_set = true;
         self
     }
+    /// Adds an authorization requirement: an authenticated principal that does not meet it
+    /// gets 403, audited as `authz_fail`. Needs [`AuthMode::Required`].
+    ///
+    /// ```
+    /// use secure_routes::{Policy, authz::Requirement};
+    /// let p = Policy::authenticated().to_builder()
+    ///     .require(Requirement::claim_equals("aal", "aal2")) // multi-factor sessions only
+    ///     .build().unwrap();
+    /// assert_eq!(p.requirements().len(), 1);
+    /// assert!(Policy::public().to_builder().require_role("admin").build().is_err());
+    /// ```
+    pub fn require(mut self, requirement: Requirement) -> Self {
+        self.policy.requirements.push(requirement);
+        self
+    }
+
+    /// Requires the role `role` ([`crate::authz::has_role`]); shorthand for
+    /// `require(Requirement::role(role))`.
+    pub fn require_role(self, role: impl Into<String>) -> Self {
+        self.require(Requirement::role(role))
+    }
+
     /// Sets the store call timeout (default 50 ms).
     pub fn store_timeout(mut self, timeout: Duration) -> Self {
         self.policy.store_timeout = timeout;
@@ -331,6 +366,12 @@ impl PolicyBuilder {
         {
             problems.push(format!(
                 "policy {:?}: bucket name must be 1-128 bytes",
+                p.name
+            ));
+        }
+        if !p.requirements.is_empty() && p.auth != AuthMode::Required {
+            problems.push(format!(
+                "policy {:?}: authorization requirements need auth(AuthMode::Required)",
                 p.name
             ));
         }

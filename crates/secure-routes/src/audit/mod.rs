@@ -40,6 +40,8 @@ pub use writer::{
 pub enum AuditAction {
     /// Authentication missing or invalid (401).
     UnauthorizedAccess,
+    /// Authenticated, but not allowed on the route: a role or claim requirement failed (403).
+    AuthzFail,
     /// Rate limit refused a request (429).
     RateLimitExceeded,
     /// CSRF check failed (403).
@@ -56,8 +58,9 @@ pub enum AuditAction {
 
 impl AuditAction {
     /// Every action, for parsers and CLIs.
-    pub const ALL: [AuditAction; 7] = [
+    pub const ALL: [AuditAction; 8] = [
         AuditAction::UnauthorizedAccess,
+        AuditAction::AuthzFail,
         AuditAction::RateLimitExceeded,
         AuditAction::CsrfValidationFailed,
         AuditAction::InvalidInput,
@@ -70,6 +73,7 @@ impl AuditAction {
     pub const fn as_str(&self) -> &'static str {
         match self {
             AuditAction::UnauthorizedAccess => "unauthorized_access",
+            AuditAction::AuthzFail => "authz_fail",
             AuditAction::RateLimitExceeded => "rate_limit_exceeded",
             AuditAction::CsrfValidationFailed => "csrf_validation_failed",
             AuditAction::InvalidInput => "invalid_input",

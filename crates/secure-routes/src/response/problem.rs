@@ -107,9 +107,8 @@ impl RejectionKind {
     /// The audit action this rejection is recorded as.
     pub const fn audit_action(self) -> AuditAction {
         match self {
-            RejectionKind::Unauthorized | RejectionKind::Forbidden => {
-                AuditAction::UnauthorizedAccess
-            }
+            RejectionKind::Unauthorized => AuditAction::UnauthorizedAccess,
+            RejectionKind::Forbidden => AuditAction::AuthzFail,
             RejectionKind::RateLimited => AuditAction::RateLimitExceeded,
             RejectionKind::CsrfFailed => AuditAction::CsrfValidationFailed,
             RejectionKind::InvalidInput

@@ -38,7 +38,8 @@ pub(crate) const SECRET: [u8; 32] = [7u8; 32];
 /// The socket peer of requests that do not set one.
 pub(crate) const PEER: &str = "203.0.113.7";
 
-/// `Authorization: Bearer user:<name>` is a header credential for `<name>`; the cookie
+/// `Authorization: Bearer user:<name>` is a header credential for `<name>`
+/// (`Bearer role:<role>:<name>` the same with the claim `"role": <role>`); the cookie
 /// `session=<name>` is a cookie (ambient) credential; any other `Authorization` value is
 /// invalid (`"bad"`); nothing at all is missing.
 #[derive(Clone, Copy, Debug, Default)]
@@ -53,6 +54,14 @@ impl Authenticator for TestAuth {
 fn authenticate(headers: &HeaderMap) -> Result<Principal, AuthError> {
     if let Some(v) = headers.get(header::AUTHORIZATION) {
         let s = v.to_str().map_err(|_| AuthError::Invalid("bad"))?;
+        if let Some((role, name)) = s
+            .strip_prefix("Bearer role:")
+            .and_then(|rest| rest.split_once(':'))
+        {
+            let mut claims = serde_json::Map::new();
+            claims.insert("role".into(), role.into());
+            return Ok(Principal::new(name, CredentialSource::Header).with_claims(claims));
+        }
         return match s.strip_prefix("Bearer user:") {
             Some(name) if !name.is_empty() => Ok(Principal::new(name, CredentialSource::Header)),
             _ => Err(AuthError::Invalid("bad")),
