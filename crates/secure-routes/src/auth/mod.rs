@@ -19,6 +19,7 @@
 
 pub mod api_key;
 pub mod jwt;
+pub mod supabase;
 
 use std::sync::Arc;
 
