@@ -398,6 +398,56 @@ impl Background {
     }
 }
 
+/// A server the test can take down and bring back.
+trait Server {
+    fn down(&mut self);
+    fn up(&mut self);
+}
+
+impl Server for PrivateRedis {
+    fn down(&mut self) {
+        self.kill();
+    }
+    fn up(&mut self) {
+        self.restart();
+    }
+}
+
+impl Server for PrivatePostgres {
+    fn down(&mut self) {
+        self.stop();
+    }
+    fn up(&mut self) {
+        self.restart();
+    }
+}
+
+/// The common script: healthy traffic, the server goes down with background requests in
+/// flight, answers per policy while down, `before_restart`, the server comes back, recovery,
+/// healthy traffic again.
+async fn through_an_outage(
+    demo: &Demo,
+    server: &mut impl Server,
+    before_restart: impl FnOnce(),
+) -> Seen {
+    let load = Load::new();
+    let mut seen = Seen::default();
+    let background = Background::start(demo, 2);
+    load.healthy(demo, 5, &mut seen).await;
+    assert_eq!(
+        seen.public_failed_open, 0,
+        "nothing fails open while the store is up"
+    );
+    server.down();
+    load.down(demo, 10, &mut seen).await;
+    before_restart();
+    server.up();
+    load.recovers(demo, &mut seen).await;
+    load.healthy(demo, 5, &mut seen).await;
+    seen.strict_503 += background.stop().await;
+    seen
+}
+
 fn sqlite_count(db: &Path, filter: &str) -> i64 {
     let conn = rusqlite_open(db);
     conn.query_row(
@@ -428,21 +478,7 @@ async fn a_redis_outage_is_answered_per_policy_and_recovered_from() {
         "redis-outage",
         &["--limits", &redis.url(), "--audit", "sqlite:audit.db"],
     );
-    let load = Load::new();
-    let mut seen = Seen::default();
-
-    let background = Background::start(&demo, 2);
-    load.healthy(&demo, 5, &mut seen).await;
-    assert_eq!(
-        seen.public_failed_open, 0,
-        "nothing fails open while the store is up"
-    );
-    redis.kill();
-    load.down(&demo, 10, &mut seen).await;
-    redis.restart();
-    load.recovers(&demo, &mut seen).await;
-    load.healthy(&demo, 5, &mut seen).await;
-    seen.strict_503 += background.stop().await;
+    let seen = through_an_outage(&demo, &mut redis, || {}).await;
 
     let counts = stop_counts(&demo.stop());
     let db = dir.path().join("audit.db");
@@ -468,7 +504,7 @@ async fn a_postgres_outage_loses_no_audit_event_and_is_recovered_from() {
     if service("DATABASE_URL", "postgres outage").is_none() {
         return;
     }
-    let pg = PrivatePostgres::start();
+    let mut pg = PrivatePostgres::start();
     let dir = tempfile::tempdir().unwrap();
     let url = pg.url();
     let demo = Demo::start(
@@ -476,25 +512,13 @@ async fn a_postgres_outage_loses_no_audit_event_and_is_recovered_from() {
         "postgres-outage",
         &["--limits", &url, "--audit", &url],
     );
-    let load = Load::new();
-    let mut seen = Seen::default();
-
-    let background = Background::start(&demo, 2);
-    load.healthy(&demo, 5, &mut seen).await;
-    assert_eq!(
-        seen.public_failed_open, 0,
-        "nothing fails open while the store is up"
-    );
-    pg.stop();
-    load.down(&demo, 10, &mut seen).await;
+    let spill = dir.path().join("secure-routes-audit-spill.jsonl");
     // Keep the server down until the writer has given up on a batch and spilled it, so the
     // replay path is always exercised (retries take a few hundred milliseconds).
-    let spill = dir.path().join("secure-routes-audit-spill.jsonl");
-    wait_until("an audit spill", RECOVERY_BOUND, || spill.exists());
-    pg.restart();
-    load.recovers(&demo, &mut seen).await;
-    load.healthy(&demo, 5, &mut seen).await;
-    seen.strict_503 += background.stop().await;
+    let seen = through_an_outage(&demo, &mut pg, || {
+        wait_until("an audit spill", RECOVERY_BOUND, || spill.exists());
+    })
+    .await;
 
     let counts = stop_counts(&demo.stop());
     assert_eq!(counts.lost, 0, "{counts:?}");

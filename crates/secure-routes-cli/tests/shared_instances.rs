@@ -97,28 +97,37 @@ fn jsonl_rate_limited(dir: &std::path::Path, n: usize) -> usize {
         .sum()
 }
 
+/// Starts three instances, fires at them, stops them (each must have lost no audit event) and
+/// returns what the client saw.
+async fn run_three(
+    dir: &std::path::Path,
+    subject: &str,
+    limits: &str,
+    audit: &dyn Fn(usize) -> String,
+    skews: [i64; 3],
+) -> (usize, usize) {
+    let demos = start_three(dir, limits, audit, skews);
+    let statuses = fire(&demos, subject).await;
+    for d in demos {
+        let stderr = d.stop();
+        assert_eq!(support::stop_counts(&stderr).lost, 0, "{stderr}");
+    }
+    let (ok, limited, other) = tally(&statuses);
+    assert!(
+        other.is_empty(),
+        "only 200 and 429 expected, also got {other:?}"
+    );
+    (ok, limited)
+}
+
 async fn redis_run(test: &str, skews: [i64; 3]) {
     let Some(redis) = service("REDIS_URL", test) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
     let audit = |i: usize| format!("jsonl:audit{i}.jsonl");
-    let demos = start_three(dir.path(), &redis, &audit, skews);
-    let statuses = fire(&demos, &fresh_subject(test)).await;
-    let (ok, limited, other) = tally(&statuses);
-    for d in demos {
-        let stderr = d.stop();
-        assert_eq!(support::stop_counts(&stderr).lost, 0, "{stderr}");
-    }
-    assert!(
-        other.is_empty(),
-        "only 200 and 429 expected, also got {other:?}"
-    );
-    assert_eq!(
-        (ok, limited),
-        (LIMIT, FIRED - LIMIT),
-        "{test}: exactly the limit"
-    );
+    let seen = run_three(dir.path(), &fresh_subject(test), &redis, &audit, skews).await;
+    assert_eq!(seen, (LIMIT, FIRED - LIMIT), "{test}: exactly the limit");
     assert_eq!(
         jsonl_rate_limited(dir.path(), 3),
         FIRED - LIMIT,
@@ -135,26 +144,12 @@ async fn postgres_run(test: &str, skews: [i64; 3]) {
     let url = schema.url.clone();
     let audit = |_: usize| url.clone();
     // Three instances migrating one schema at once: the advisory lock makes that safe.
-    let demos = start_three(dir.path(), &schema.url, &audit, skews);
-    let statuses = fire(&demos, &fresh_subject(test)).await;
-    let (ok, limited, other) = tally(&statuses);
-    for d in demos {
-        let stderr = d.stop();
-        assert_eq!(support::stop_counts(&stderr).lost, 0, "{stderr}");
-    }
+    let seen = run_three(dir.path(), &fresh_subject(test), &schema.url, &audit, skews).await;
     let audited = schema
         .count_audit("action = 'rate_limit_exceeded' AND route = 'route:/api/strict'")
         .await;
     schema.drop_schema().await;
-    assert!(
-        other.is_empty(),
-        "only 200 and 429 expected, also got {other:?}"
-    );
-    assert_eq!(
-        (ok, limited),
-        (LIMIT, FIRED - LIMIT),
-        "{test}: exactly the limit"
-    );
+    assert_eq!(seen, (LIMIT, FIRED - LIMIT), "{test}: exactly the limit");
     assert_eq!(audited as usize, FIRED - LIMIT, "every 429 audited, once");
 }
 
@@ -188,12 +183,13 @@ async fn three_instances_on_one_postgres_with_skewed_clocks_admit_exactly_the_li
 async fn three_instances_on_memory_stores_each_admit_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let audit = |i: usize| format!("jsonl:audit{i}.jsonl");
-    let demos = start_three(dir.path(), "memory", &audit, [0, 0, 0]);
-    let statuses = fire(&demos, &fresh_subject("memory_control")).await;
-    let (ok, limited, other) = tally(&statuses);
-    for d in demos {
-        d.stop();
-    }
-    assert!(other.is_empty(), "{other:?}");
-    assert_eq!((ok, limited), (3 * LIMIT, FIRED - 3 * LIMIT));
+    let seen = run_three(
+        dir.path(),
+        &fresh_subject("memory_control"),
+        "memory",
+        &audit,
+        [0, 0, 0],
+    )
+    .await;
+    assert_eq!(seen, (3 * LIMIT, FIRED - 3 * LIMIT));
 }
