@@ -272,7 +272,7 @@ impl JwksAuthenticatorBuilder {
         let url = check_url(&self.url, &mut problems);
         let hmac = match self.hmac.as_slice() {
             [] => None,
-            [k] => check_key(k, &mut problems),
+            [k] => check_key("jwks", k, &mut problems),
             _ => {
                 problems.push("jwks: configure at most one HS256 secret".to_owned());
                 None
@@ -1079,6 +1079,47 @@ mod tests {
         let many: Vec<Value> = (0..MAX_KEYS + 10).map(|i| ed(&format!("k{i}"))).collect();
         let (map, _) = parse_set(json!({ "keys": many }).to_string().as_bytes()).unwrap();
         assert_eq!(map.len(), MAX_KEYS);
+    }
+
+    #[test]
+    fn generation_changes_only_with_the_keys() {
+        let a = JwksAuthenticator::builder("https://idp.example/jwks.json")
+            .build()
+            .unwrap();
+        let x = |byte: u8| b64(&[byte; 32]);
+        let fetched = |keys: Value| {
+            let (by_kid, fingerprint) =
+                parse_set(json!({ "keys": keys }).to_string().as_bytes()).unwrap();
+            Fetched {
+                by_kid,
+                fingerprint,
+                lifetime: None,
+            }
+        };
+        let ed =
+            |kid: &str, byte: u8| json!({"kid": kid, "kty": "OKP", "crv": "Ed25519", "x": x(byte)});
+        let i = &a.inner;
+        let t = Duration::from_secs(1_000);
+        assert!(!i.current().fetched());
+        assert_eq!(i.install(fetched(json!([ed("a", 1)])), t), 1);
+        let first = i.current().generation;
+        assert!(
+            i.current()
+                .is_fresh(t + DEFAULT_MAX_AGE - Duration::from_nanos(1))
+        );
+        assert!(!i.current().is_fresh(t + DEFAULT_MAX_AGE));
+        // The same keys (in another order, with other fields) keep the generation...
+        i.install(
+            fetched(json!([ed("a", 1), {"kid": "h", "kty": "oct", "k": "AAAA"}])),
+            t,
+        );
+        assert_eq!(i.current().generation, first);
+        // ...but another key under the same kid, or one key more, changes it.
+        i.install(fetched(json!([ed("a", 2)])), t);
+        let second = i.current().generation;
+        assert_ne!(second, first);
+        i.install(fetched(json!([ed("a", 2), ed("b", 3)])), t);
+        assert_ne!(i.current().generation, second);
     }
 
     #[test]

@@ -199,7 +199,7 @@ impl JwtAuthenticatorBuilder {
                 );
                 None
             }
-            [k] => check_key(k, &mut problems),
+            [k] => check_key("jwt", k, &mut problems),
             _ => {
                 problems.push(format!(
                     "jwt: {} keys configured; configure exactly one (the algorithm is pinned)",

@@ -50,6 +50,7 @@ pub(crate) enum KeySpec {
 
 /// Parses a key spec, recording problems; never echoes secret material.
 pub(crate) fn check_key(
+    who: &str,
     k: &KeySpec,
     problems: &mut Vec<String>,
 ) -> Option<(Algorithm, DecodingKey, Option<EncodingKey>)> {
@@ -63,7 +64,7 @@ pub(crate) fn check_key(
             };
             if secret.len() < min {
                 problems.push(format!(
-                    "jwt: the {alg:?} secret must be at least {min} bytes (got {})",
+                    "{who}: the {alg:?} secret must be at least {min} bytes (got {})",
                     secret.len()
                 ));
                 return None;
@@ -77,7 +78,7 @@ pub(crate) fn check_key(
         KeySpec::Pem(alg, pem) => {
             if pem.windows(11).any(|w| w == b"PRIVATE KEY") {
                 problems.push(format!(
-                    "jwt: the {alg:?} key must be a public key PEM, not a private key"
+                    "{who}: the {alg:?} key must be a public key PEM, not a private key"
                 ));
                 return None;
             }
@@ -90,7 +91,7 @@ pub(crate) fn check_key(
                 Ok(d) => Some((*alg, d, None)),
                 Err(_) => {
                     problems.push(format!(
-                        "jwt: the {alg:?} key is not a valid public key PEM"
+                        "{who}: the {alg:?} key is not a valid public key PEM"
                     ));
                     None
                 }
