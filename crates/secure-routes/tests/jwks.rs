@@ -230,6 +230,13 @@ impl TestKey {
     }
 }
 
+/// A token with `alg` and `kid` in the header, signed by `key`, with the usual claims.
+fn signed(alg: Algorithm, kid: Option<&str>, key: &EncodingKey) -> String {
+    let mut h = Header::new(alg);
+    h.kid = kid.map(str::to_owned);
+    encode(&h, &claims(), key).unwrap()
+}
+
 fn set(keys: &[&TestKey]) -> String {
     json!({ "keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() }).to_string()
 }
@@ -441,9 +448,8 @@ async fn a_kid_flood_costs_one_fetch_per_cooldown() {
     let flood = |a: Arc<JwksAuthenticator>| {
         let tokens: Vec<String> = (0..1000)
             .map(|_| {
-                let mut h = Header::new(Algorithm::ES256);
-                h.kid = Some(format!("{:016x}", rand::random::<u64>()));
-                encode(&h, &claims(), &attacker.enc).unwrap()
+                let kid = format!("{:016x}", rand::random::<u64>());
+                signed(Algorithm::ES256, Some(&kid), &attacker.enc)
             })
             .collect();
         async move {
@@ -542,20 +548,16 @@ async fn the_algorithm_comes_from_the_key() {
         (rsa_no_alg.token_as(Algorithm::PS256, &c), "wrong_algorithm"),
         // An EC-signed token naming the RSA key.
         (
-            {
-                let mut h = Header::new(Algorithm::ES256);
-                h.kid = Some("rsa-1".into());
-                encode(&h, &c, &ec.enc).unwrap()
-            },
+            signed(Algorithm::ES256, Some("rsa-1"), &ec.enc),
             "wrong_algorithm",
         ),
         // HS256 with the EC public key as the HMAC secret (key confusion), naming the EC key.
         (
-            {
-                let mut h = Header::new(Algorithm::HS256);
-                h.kid = Some("ec-1".into());
-                encode(&h, &c, &EncodingKey::from_secret(EC_PUBLIC.as_bytes())).unwrap()
-            },
+            signed(
+                Algorithm::HS256,
+                Some("ec-1"),
+                &EncodingKey::from_secret(EC_PUBLIC.as_bytes()),
+            ),
             "wrong_algorithm",
         ),
         // Algorithms off the allow-list.
@@ -599,9 +601,11 @@ async fn oct_keys_in_the_set_are_ignored() {
     ));
     let clock = clock();
     let hs = |kid: &str| {
-        let mut h = Header::new(Algorithm::HS256);
-        h.kid = Some(kid.into());
-        encode(&h, &claims(), &EncodingKey::from_secret(SECRET)).unwrap()
+        signed(
+            Algorithm::HS256,
+            Some(kid),
+            &EncodingKey::from_secret(SECRET),
+        )
     };
 
     let a = server.builder(&clock).build().unwrap();
@@ -615,9 +619,7 @@ async fn oct_keys_in_the_set_are_ignored() {
         .unwrap();
     assert_eq!(check(&b, &hs("hmac-1")).await, invalid("bad_signature"));
     // Claiming an asymmetric algorithm for the oct kid finds no key.
-    let mut h = Header::new(Algorithm::RS256);
-    h.kid = Some("hmac-1".into());
-    let t = encode(&h, &claims(), &rsa.enc).unwrap();
+    let t = signed(Algorithm::RS256, Some("hmac-1"), &rsa.enc);
     clock.advance(COOLDOWN);
     assert_eq!(check(&a, &t).await, invalid("unknown_kid"));
 }
@@ -664,11 +666,7 @@ async fn a_kid_is_only_a_bounded_lookup() {
     let clock = clock();
     let a = server.builder(&clock).build().unwrap();
     check(&a, &ec.token()).await.unwrap();
-    let with_kid = |kid: Option<String>| {
-        let mut h = Header::new(Algorithm::ES256);
-        h.kid = kid;
-        encode(&h, &claims(), &ec.enc).unwrap()
-    };
+    let with_kid = |kid: Option<String>| signed(Algorithm::ES256, kid.as_deref(), &ec.enc);
     assert_eq!(check(&a, &with_kid(None)).await, invalid("missing_kid"));
     assert_eq!(
         check(&a, &with_kid(Some(String::new()))).await,
@@ -700,9 +698,7 @@ async fn a_legacy_hs256_secret_never_meets_an_asymmetric_key() {
     let clock = clock();
     let a = server.builder(&clock).hs256(SECRET).build().unwrap();
     let hs = |kid: Option<&str>, secret: &[u8], alg: Algorithm| {
-        let mut h = Header::new(alg);
-        h.kid = kid.map(str::to_owned);
-        encode(&h, &claims(), &EncodingKey::from_secret(secret)).unwrap()
+        signed(alg, kid, &EncodingKey::from_secret(secret))
     };
 
     // HS256 tokens need no key set at all.

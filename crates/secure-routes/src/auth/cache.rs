@@ -99,6 +99,15 @@ pub(crate) struct TokenCache {
     capacity: usize,
 }
 
+impl std::fmt::Debug for TokenCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Sizes only: entries hold claims.
+        f.debug_struct("TokenCache")
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
 impl TokenCache {
     /// A cache holding at most `capacity` (at least 1) entries.
     pub(crate) fn new(capacity: usize) -> Self {
@@ -116,10 +125,6 @@ impl TokenCache {
             })
             .collect();
         Self { shards, capacity }
-    }
-
-    pub(crate) fn capacity(&self) -> usize {
-        self.capacity
     }
 
     fn shard(&self, key: &CacheKey) -> MutexGuard<'_, Shard> {
@@ -228,7 +233,7 @@ mod tests {
                 put(&c, &format!("token-{i}"), 1_000, 0);
                 assert!(c.len() <= cap, "cap {cap}");
             }
-            assert_eq!(c.capacity(), cap);
+            assert_eq!(c.capacity, cap);
             // The newest entry is always there.
             assert!(hit(&c, &format!("token-{}", cap * 3 - 1), 1, 0));
             if cap >= 16 {

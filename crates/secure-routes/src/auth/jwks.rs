@@ -577,7 +577,9 @@ impl Authenticator for JwksAuthenticator {
                 Ok(cached) => return Ok(cached),
                 Err(miss) => miss,
             };
-            let (verified, generation) = inner.verify_token(&miss.token).await?;
+            // Boxed: the fetch path's future is large, and moving it into every request's
+            // future would cost a cache hit more than the hit itself.
+            let (verified, generation) = Box::pin(inner.verify_token(&miss.token)).await?;
             Ok(inner.rules.admit(miss, verified, generation))
         })
     }
