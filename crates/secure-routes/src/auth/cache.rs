@@ -14,10 +14,10 @@
 //!   verified with; a JWKS authenticator changes generation when its key set changes and only
 //!   reads the cache while its set is fresh, so a key removed from the JWKS stops vouching for
 //!   cached tokens when the set is refetched.
-//! * **Bounded**: sharded maps with a FIFO eviction order per shard. FIFO (not LRU) keeps a hit
-//!   to one short lock and no bookkeeping; a hot token evicted by newer ones costs one more
-//!   signature check. Only verified tokens get in, so a flood of forged tokens cannot evict
-//!   anything.
+//! * **Bounded**: up to 16 maps (one per 256 entries of capacity) with a FIFO eviction order
+//!   each. FIFO (not LRU) keeps a hit to one short lock and no bookkeeping; a hot token evicted
+//!   by newer ones costs one more signature check. Only verified tokens get in, so a flood of
+//!   forged tokens cannot evict anything.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
@@ -28,9 +28,11 @@ use sha2::{Digest, Sha256};
 
 use super::verify::Claims;
 
-/// Shards (fewer when the capacity is smaller): concurrent hits on different tokens rarely
-/// wait for one another.
+/// Shards, for large caches: concurrent hits on different tokens rarely wait for one another.
 const SHARDS: usize = 16;
+/// Least capacity of a shard. Eviction is per shard, so a shard must be large enough that
+/// tokens landing in the same one do not push each other out while the cache is far from full.
+const MIN_SHARD: usize = 256;
 
 /// The SHA-256 of a token.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -112,7 +114,7 @@ impl TokenCache {
     /// A cache holding at most `capacity` (at least 1) entries.
     pub(crate) fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
-        let n = SHARDS.min(capacity);
+        let n = (capacity / MIN_SHARD).clamp(1, SHARDS);
         let shards = (0..n)
             .map(|i| {
                 // Spread the remainder so the shard capacities add up to `capacity` exactly.
@@ -227,7 +229,7 @@ mod tests {
 
     #[test]
     fn capacity_is_exact_and_oldest_go_first() {
-        for cap in [1, 5, 16, 17, 100] {
+        for cap in [1, 5, 16, 17, 100, 5_000] {
             let c = TokenCache::new(cap);
             for i in 0..cap * 3 {
                 put(&c, &format!("token-{i}"), 1_000, 0);
@@ -236,10 +238,8 @@ mod tests {
             assert_eq!(c.capacity, cap);
             // The newest entry is always there.
             assert!(hit(&c, &format!("token-{}", cap * 3 - 1), 1, 0));
-            if cap >= 16 {
-                // FIFO per shard: the very first entries are long gone.
-                assert!(!hit(&c, "token-0", 1, 0));
-            }
+            // FIFO per shard: the very first entries are long gone.
+            assert!(!hit(&c, "token-0", 1, 0));
         }
     }
 

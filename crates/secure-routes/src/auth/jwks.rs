@@ -62,7 +62,15 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use http::Uri;
 use http::request::Parts;
+use http_body::Body as _;
+use http_body_util::{BodyExt as _, Empty, LengthLimitError, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -311,7 +319,7 @@ impl JwksAuthenticatorBuilder {
         }
         self.claims.check("jwks", &mut problems);
         let client = url.as_ref().and_then(|u| {
-            http_client(self.fetch_timeout, u.scheme() == "https")
+            http_client(self.fetch_timeout, u.scheme_str() == Some("https"))
                 .map_err(|e| problems.push(format!("jwks: cannot set up the HTTP client: {e}")))
                 .ok()
         });
@@ -341,23 +349,26 @@ impl JwksAuthenticatorBuilder {
 }
 
 /// `https`, or `http` to a loopback address; no credentials in the URL.
-fn check_url(raw: &str, problems: &mut Vec<String>) -> Option<reqwest::Url> {
-    let Ok(url) = reqwest::Url::parse(raw) else {
+fn check_url(raw: &str, problems: &mut Vec<String>) -> Option<Uri> {
+    let parsed = raw.parse::<Uri>().ok();
+    let Some((uri, scheme, authority)) = parsed.as_ref().and_then(|u| {
+        let scheme = u.scheme_str()?.to_ascii_lowercase();
+        Some((u, scheme, u.authority()?))
+    }) else {
         problems.push("jwks: the JWKS URL is not a valid absolute URL".to_owned());
         return None;
     };
     let before = problems.len();
-    if !url.username().is_empty() || url.password().is_some() {
+    if authority.as_str().contains('@') {
         problems.push("jwks: the JWKS URL must not carry credentials".to_owned());
     }
-    let loopback = url.host_str().is_some_and(|h| {
-        h.eq_ignore_ascii_case("localhost")
-            || h.trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-    });
-    match url.scheme() {
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    match scheme.as_str() {
         "https" => {}
         "http" if loopback => {}
         _ => problems.push(
@@ -366,13 +377,17 @@ fn check_url(raw: &str, problems: &mut Vec<String>) -> Option<reqwest::Url> {
                 .to_owned(),
         ),
     }
-    (problems.len() == before).then_some(url)
+    (problems.len() == before).then(|| uri.clone())
 }
 
-/// The fetcher's HTTP client: rustls on the aws-lc-rs provider jsonwebtoken already uses, with
-/// the Mozilla root store compiled in (so it works in minimal containers without a system CA
-/// bundle), no redirects, a bounded time per request.
-fn http_client(timeout: Duration, https_only: bool) -> Result<reqwest::Client, String> {
+/// The fetcher's HTTP client.
+type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+
+/// hyper with rustls on the aws-lc-rs provider jsonwebtoken already uses, with the Mozilla root
+/// store compiled in (so it works in minimal containers without a system CA bundle). It follows
+/// no redirects (hyper never does) and keeps no idle connection (one fetch in minutes gains
+/// nothing from one).
+fn http_client(timeout: Duration, https_only: bool) -> Result<HttpClient, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -381,17 +396,31 @@ fn http_client(timeout: Duration, https_only: bool) -> Result<reqwest::Client, S
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        // A redirect could leave https or the configured host; the JWKS URL is configured
-        // exactly, so a 3xx is a failed fetch.
-        .redirect(reqwest::redirect::Policy::none())
-        .https_only(https_only)
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .user_agent(concat!("secure-routes/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| e.to_string())
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(timeout));
+    let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+    let https = if https_only {
+        https.https_only()
+    } else {
+        https.https_or_http()
+    };
+    let connector = https.enable_http1().wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(connector))
+}
+
+/// An error and its sources, for the log (never contains a token: only the fetch's errors).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Verifies JWTs against the keys of a remote JWK set; build it with
@@ -410,8 +439,8 @@ pub struct JwksAuthenticator {
 }
 
 struct Inner {
-    url: reqwest::Url,
-    client: reqwest::Client,
+    url: Uri,
+    client: HttpClient,
     rules: ClaimRules,
     hmac: Option<(Algorithm, DecodingKey, Validation)>,
     validations: [(Algorithm, Validation); ALLOWED.len()],
@@ -466,7 +495,7 @@ impl fmt::Debug for JwksAuthenticator {
         let i = &self.inner;
         let keys = i.current();
         f.debug_struct("JwksAuthenticator")
-            .field("url", &i.url.as_str())
+            .field("url", &i.url.to_string())
             .field("rules", &i.rules)
             .field("hs256", &i.hmac.is_some())
             .field("cooldown", &i.cooldown)
@@ -676,7 +705,7 @@ impl Inner {
                 metrics::counter!("secure_routes_jwks_fetches_total", "outcome" => "error")
                     .increment(1);
                 tracing::warn!(
-                    host = self.url.host_str().unwrap_or(""),
+                    host = self.url.host().unwrap_or(""),
                     error = %e,
                     "JWKS fetch failed; keeping the last good key set"
                 );
@@ -696,7 +725,7 @@ impl Inner {
         };
         if generation != keys.generation {
             tracing::info!(
-                host = self.url.host_str().unwrap_or(""),
+                host = self.url.host().unwrap_or(""),
                 keys = fetched.by_kid.values().map(Vec::len).sum::<usize>(),
                 "JWKS key set changed"
             );
@@ -714,28 +743,30 @@ impl Inner {
 
     /// One GET of the key set, bounded in size; the caller bounds it in time.
     async fn fetch(&self) -> Result<Fetched, JwksError> {
-        let transport = |e: reqwest::Error| {
-            if e.is_timeout() {
-                JwksError::Timeout
-            } else {
-                JwksError::Transport(e.to_string())
-            }
-        };
-        let mut response = self
-            .client
-            .get(self.url.clone())
+        let transport = |e: &dyn std::error::Error| JwksError::Transport(error_chain(e));
+        let request = http::Request::get(self.url.clone())
             .header(
                 http::header::ACCEPT,
                 "application/jwk-set+json, application/json",
             )
-            .send()
+            .header(
+                http::header::USER_AGENT,
+                concat!("secure-routes/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Empty::new())
+            .map_err(|e| transport(&e))?;
+        let response = self
+            .client
+            .request(request)
             .await
-            .map_err(transport)?;
+            .map_err(|e| transport(&e))?;
         if response.status() != http::StatusCode::OK {
             return Err(JwksError::Status(response.status().as_u16()));
         }
         if response
-            .content_length()
+            .body()
+            .size_hint()
+            .exact()
             .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
         {
             return Err(JwksError::TooLarge);
@@ -744,13 +775,17 @@ impl Inner {
             let header = response.headers().get(http::header::CACHE_CONTROL)?;
             cache_lifetime(header.to_str().ok()?, min, max)
         });
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport)? {
-            if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                return Err(JwksError::TooLarge);
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
+            .collect()
+            .await
+            .map_err(|e| {
+                if e.downcast_ref::<LengthLimitError>().is_some() {
+                    JwksError::TooLarge
+                } else {
+                    transport(&*e)
+                }
+            })?
+            .to_bytes();
         let (by_kid, fingerprint) = parse_set(&body)?;
         Ok(Fetched {
             by_kid,
