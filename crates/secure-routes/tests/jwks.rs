@@ -5,6 +5,7 @@
 //! * rotation: a new `kid` causes one refetch, then verifies;
 //! * outage (500, redirect, garbage, empty set, oversized, hanging server): the last good set
 //!   keeps verifying, with one attempt per cooldown; a never-fetched set refuses everything;
+//! * a hanging refetch holds up only the request that made it;
 //! * kid flood: 1000 concurrent tokens with random unknown `kid`s cost at most one fetch per
 //!   cooldown;
 //! * a key removed from the set stops verifying once the set's lifetime has passed, also for
@@ -432,6 +433,39 @@ async fn an_outage_keeps_the_last_good_set() {
         check(&a, &rsa.token()).await.unwrap();
         assert_eq!(server.hits(), 5, "{error}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_refetch_holds_up_only_the_request_that_made_it() {
+    let ec = TestKey::ec("ec-1");
+    let server = KeyServer::start(&[&ec]).await;
+    let clock = clock();
+    let a = Arc::new(
+        server
+            .builder(&clock)
+            .fetch_timeout(Duration::from_secs(1))
+            .build()
+            .unwrap(),
+    );
+    check(&*a, &ec.token()).await.unwrap();
+    server.set_mode(Mode::Hang);
+    clock.advance(MAX_AGE);
+
+    let first = {
+        let (a, t) = (Arc::clone(&a), ec.token());
+        tokio::spawn(async move { bearer(&*a, &t).await.map(|_| ()) })
+    };
+    while server.hits() < 2 {
+        tokio::task::yield_now().await;
+    }
+    // The refetch hangs; other requests use the last good set meanwhile.
+    for _ in 0..10 {
+        check(&*a, &ec.token()).await.unwrap();
+    }
+    assert!(!first.is_finished(), "the first request is still waiting");
+    // It gives up at the fetch timeout and verifies with the last good set too.
+    assert_eq!(first.await.unwrap(), Ok(()));
+    assert_eq!(server.hits(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

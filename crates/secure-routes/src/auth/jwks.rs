@@ -548,6 +548,7 @@ impl JwksAuthenticator {
     /// # Ok(()) }
     /// ```
     pub async fn refresh(&self) -> Result<usize, JwksError> {
+        // A forced fetch is never skipped, so `None` does not happen.
         self.inner
             .refetch(true)
             .await
@@ -651,9 +652,14 @@ impl Inner {
         let mut set = self.current();
         if !set.is_fresh(self.rules.now()) {
             // Stale or never fetched. If the fetch fails (or is in cooldown) the last good set
-            // is used as it is: an outage must not lock everyone out, nor let anyone in.
-            self.refetch(false).await;
-            set = self.current();
+            // is used as it is: an outage must not lock everyone out, nor let anyone in. While
+            // another request's fetch is in flight, a request that has a set to work with does
+            // not queue behind it (a hanging endpoint would hold it for the fetch timeout).
+            let in_flight = set.fetched() && self.last_attempt.try_lock().is_err();
+            if !in_flight {
+                self.refetch(false).await;
+                set = self.current();
+            }
         }
         let mut refetched = false;
         loop {
