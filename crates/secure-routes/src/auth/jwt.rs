@@ -9,15 +9,22 @@
 //! * `exp` is required, `nbf` is honoured, clock leeway is small (30 s by default, at most
 //!   [`MAX_LEEWAY`]), `iss` and `aud` are checked when configured, and `sub` must be a
 //!   non-empty string: it becomes the [`Principal`]'s subject, with every claim attached.
+//!   Time comes from the configured [`Clock`](crate::clock::Clock) (the system clock unless
+//!   [`JwtAuthenticatorBuilder::clock`] says otherwise).
 //! * HMAC secrets shorter than the hash output are refused at build time (RFC 7518 §3.2).
 //! * Tokens over [`MAX_TOKEN_BYTES`] are refused before any parsing.
 //! * Failure reasons are short static strings (`expired`, `bad_signature`, ...) for the audit
 //!   log; they never contain the token.
 //!
 //! A token in the configured cookie is *ambient* (the browser sends it on cross-site requests),
-//! so such a principal has [`CredentialSource::Cookie`] and CSRF protection applies to it. A
-//! bearer header wins over the cookie; an `Authorization` header with another scheme (say
-//! `Basic`) is not a credential for this authenticator and is ignored.
+//! so such a principal has [`CredentialSource::Cookie`](super::CredentialSource::Cookie) and
+//! CSRF protection applies to it. A bearer header wins over the cookie; an `Authorization`
+//! header with another scheme (say `Basic`) is not a credential for this authenticator and is
+//! ignored.
+//!
+//! With [`cache`](JwtAuthenticatorBuilder::cache), successful verifications are remembered
+//! (keyed by the token's SHA-256, until its `exp`), so a repeated asymmetric token costs a hash
+//! and a map lookup instead of a signature check.
 //!
 //! ```
 //! use std::time::Duration;
@@ -45,21 +52,18 @@
 //! # });
 //! ```
 
-use std::borrow::Cow;
 use std::fmt;
-use std::sync::Once;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::request::Parts;
-use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde_json::{Map, Value};
 
-use super::{AuthError, Authenticator, BoxFuture, CredentialSource, Principal};
+use super::verify::{
+    ClaimOptions, ClaimRules, Claims, KeySpec, Verified, alg_name, check_key, claim_option_methods,
+    parse_header,
+};
+use super::{AuthError, Authenticator, BoxFuture, Principal};
 use crate::error::ConfigError;
-use crate::guard::csrf::{CookieLookup, single_cookie};
 
 /// Tokens longer than this (in bytes) are refused before parsing.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -67,26 +71,6 @@ pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 /// Largest clock-skew allowance accepted by [`JwtAuthenticatorBuilder::leeway`].
 pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
-
-type Claims = Map<String, Value>;
-
-/// Selects jsonwebtoken's aws-lc-rs provider for the process, unless the application already
-/// installed one. jsonwebtoken picks a provider from its crate features and panics at the first
-/// signature if *both* backends end up enabled in the dependency graph; installing ours
-/// explicitly before any token is handled rules that out.
-fn ensure_crypto_provider() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // Err means a provider is already installed: the application's choice stands.
-        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
-    });
-}
-
-#[derive(Clone)]
-enum KeySpec {
-    Hmac(Algorithm, Vec<u8>),
-    Pem(Algorithm, Vec<u8>),
-}
 
 /// Configures a [`JwtAuthenticator`]; see [`JwtAuthenticator::builder`].
 ///
@@ -106,23 +90,22 @@ enum KeySpec {
 #[derive(Clone)]
 pub struct JwtAuthenticatorBuilder {
     keys: Vec<KeySpec>,
-    issuers: Vec<String>,
-    audiences: Vec<String>,
-    leeway: Duration,
-    cookie: Option<String>,
+    claims: ClaimOptions,
 }
 
 impl fmt::Debug for JwtAuthenticatorBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JwtAuthenticatorBuilder")
             .field("keys", &self.keys.len())
-            .field("issuers", &self.issuers)
-            .field("audiences", &self.audiences)
-            .field("leeway", &self.leeway)
-            .field("cookie", &self.cookie)
+            .field("claims", &self.claims)
             .finish()
     }
 }
+
+claim_option_methods!(
+    JwtAuthenticatorBuilder,
+    "secure_routes::auth::jwt::JwtAuthenticator::builder().hs256([7u8; 32])"
+);
 
 impl JwtAuthenticatorBuilder {
     fn key(mut self, k: KeySpec) -> Self {
@@ -131,21 +114,41 @@ impl JwtAuthenticatorBuilder {
     }
 
     /// Verifies HS256 tokens with `secret` (at least 32 bytes).
+    ///
+    /// ```
+    /// # use secure_routes::auth::jwt::JwtAuthenticator;
+    /// assert!(JwtAuthenticator::builder().hs256([1u8; 32]).build().is_ok());
+    /// ```
     pub fn hs256(self, secret: impl AsRef<[u8]>) -> Self {
         self.key(KeySpec::Hmac(Algorithm::HS256, secret.as_ref().to_vec()))
     }
 
     /// Verifies HS384 tokens with `secret` (at least 48 bytes).
+    ///
+    /// ```
+    /// # use secure_routes::auth::jwt::JwtAuthenticator;
+    /// assert!(JwtAuthenticator::builder().hs384([1u8; 47]).build().is_err());
+    /// ```
     pub fn hs384(self, secret: impl AsRef<[u8]>) -> Self {
         self.key(KeySpec::Hmac(Algorithm::HS384, secret.as_ref().to_vec()))
     }
 
     /// Verifies HS512 tokens with `secret` (at least 64 bytes).
+    ///
+    /// ```
+    /// # use secure_routes::auth::jwt::JwtAuthenticator;
+    /// assert_eq!(JwtAuthenticator::builder().hs512([1u8; 64]).build().unwrap().algorithm(), "HS512");
+    /// ```
     pub fn hs512(self, secret: impl AsRef<[u8]>) -> Self {
         self.key(KeySpec::Hmac(Algorithm::HS512, secret.as_ref().to_vec()))
     }
 
     /// Verifies RS256 tokens with an RSA public key (PEM, `PUBLIC KEY` or `RSA PUBLIC KEY`).
+    ///
+    /// ```
+    /// # use secure_routes::auth::jwt::JwtAuthenticator;
+    /// assert!(JwtAuthenticator::builder().rs256_pem("not a pem").build().is_err());
+    /// ```
     pub fn rs256_pem(self, public_key_pem: impl AsRef<[u8]>) -> Self {
         self.key(KeySpec::Pem(
             Algorithm::RS256,
@@ -154,6 +157,11 @@ impl JwtAuthenticatorBuilder {
     }
 
     /// Verifies ES256 tokens with a P-256 public key (PEM, `PUBLIC KEY`).
+    ///
+    /// ```
+    /// # use secure_routes::auth::jwt::JwtAuthenticator;
+    /// assert!(JwtAuthenticator::builder().es256_pem("").build().is_err());
+    /// ```
     pub fn es256_pem(self, public_key_pem: impl AsRef<[u8]>) -> Self {
         self.key(KeySpec::Pem(
             Algorithm::ES256,
@@ -162,6 +170,12 @@ impl JwtAuthenticatorBuilder {
     }
 
     /// Verifies EdDSA (Ed25519) tokens with a public key (PEM, `PUBLIC KEY`).
+    ///
+    /// ```
+    /// # use secure_routes::auth::jwt::JwtAuthenticator;
+    /// let private = "-----BEGIN PRIVATE KEY-----\n";
+    /// assert!(JwtAuthenticator::builder().eddsa_pem(private).build().is_err());
+    /// ```
     pub fn eddsa_pem(self, public_key_pem: impl AsRef<[u8]>) -> Self {
         self.key(KeySpec::Pem(
             Algorithm::EdDSA,
@@ -169,35 +183,12 @@ impl JwtAuthenticatorBuilder {
         ))
     }
 
-    /// Requires `iss` to be `issuer`. Call again to accept several issuers.
-    pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
-        self.issuers.push(issuer.into());
-        self
-    }
-
-    /// Requires `aud` to contain `audience` (Supabase: `"authenticated"`). Call again to accept
-    /// several. Without any, a token that carries an `aud` is refused: RFC 7519 §4.1.3 says a
-    /// recipient that does not identify itself with the audience must reject the token.
-    pub fn audience(mut self, audience: impl Into<String>) -> Self {
-        self.audiences.push(audience.into());
-        self
-    }
-
-    /// Clock-skew allowance for `exp` and `nbf` (whole seconds; default [`DEFAULT_LEEWAY`],
-    /// at most [`MAX_LEEWAY`]).
-    pub fn leeway(mut self, leeway: Duration) -> Self {
-        self.leeway = leeway;
-        self
-    }
-
-    /// Also reads the token from the cookie `name` (when no bearer header is present). Such a
-    /// principal is ambient ([`CredentialSource::Cookie`]), so CSRF protection applies.
-    pub fn cookie(mut self, name: impl Into<String>) -> Self {
-        self.cookie = Some(name.into());
-        self
-    }
-
     /// Validates the configuration and builds the authenticator.
+    ///
+    /// ```
+    /// # use secure_routes::auth::jwt::JwtAuthenticator;
+    /// assert_eq!(JwtAuthenticator::builder().build().unwrap_err().problems().len(), 1);
+    /// ```
     pub fn build(self) -> Result<JwtAuthenticator, ConfigError> {
         let mut problems = Vec::new();
         let key = match self.keys.as_slice() {
@@ -208,7 +199,7 @@ impl JwtAuthenticatorBuilder {
                 );
                 None
             }
-            [k] => check_key(k, &mut problems),
+            [k] => check_key("jwt", k, &mut problems),
             _ => {
                 problems.push(format!(
                     "jwt: {} keys configured; configure exactly one (the algorithm is pinned)",
@@ -217,143 +208,59 @@ impl JwtAuthenticatorBuilder {
                 None
             }
         };
-        if self.leeway > MAX_LEEWAY {
-            problems.push(format!(
-                "jwt: leeway {:?} is longer than the maximum {:?}",
-                self.leeway, MAX_LEEWAY
-            ));
-        }
-        if self.issuers.iter().any(|s| s.is_empty()) {
-            problems.push("jwt: an issuer must not be empty".to_owned());
-        }
-        if self.audiences.iter().any(|s| s.is_empty()) {
-            problems.push("jwt: an audience must not be empty".to_owned());
-        }
-        if let Some(c) = &self.cookie
-            && !is_token(c)
-        {
-            problems.push(format!(
-                "jwt: cookie name {:?} is not a valid cookie name",
-                c.chars().take(64).collect::<String>()
-            ));
-        }
+        self.claims.check("jwt", &mut problems);
         ConfigError::check(problems, ())?;
         let Some((alg, decoding, encoding)) = key else {
             return Err(ConfigError::new("jwt: no usable key"));
         };
-
-        let mut validation = Validation::new(alg);
-        validation.leeway = self.leeway.as_secs();
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.validate_aud = true;
-        let mut required = vec!["exp", "sub"];
-        if !self.issuers.is_empty() {
-            validation.set_issuer(&self.issuers);
-            required.push("iss");
-        }
-        if !self.audiences.is_empty() {
-            validation.set_audience(&self.audiences);
-            required.push("aud");
-        }
-        validation.set_required_spec_claims(&required);
-
-        ensure_crypto_provider();
+        let rules = self.claims.build();
         Ok(JwtAuthenticator {
             alg,
             decoding,
             encoding,
-            validation,
-            cookie: self.cookie,
-            issuers: self.issuers,
-            audiences: self.audiences,
+            validation: rules.validation(alg),
+            rules,
         })
     }
 }
 
-/// Parses a key spec, recording problems; never echoes secret material.
-fn check_key(
-    k: &KeySpec,
-    problems: &mut Vec<String>,
-) -> Option<(Algorithm, DecodingKey, Option<EncodingKey>)> {
-    match k {
-        KeySpec::Hmac(alg, secret) => {
-            // RFC 7518 §3.2: the key must be at least as long as the hash output.
-            let min = match alg {
-                Algorithm::HS384 => 48,
-                Algorithm::HS512 => 64,
-                _ => 32,
-            };
-            if secret.len() < min {
-                problems.push(format!(
-                    "jwt: the {alg:?} secret must be at least {min} bytes (got {})",
-                    secret.len()
-                ));
-                return None;
-            }
-            Some((
-                *alg,
-                DecodingKey::from_secret(secret),
-                Some(EncodingKey::from_secret(secret)),
-            ))
-        }
-        KeySpec::Pem(alg, pem) => {
-            if pem.windows(11).any(|w| w == b"PRIVATE KEY") {
-                problems.push(format!(
-                    "jwt: the {alg:?} key must be a public key PEM, not a private key"
-                ));
-                return None;
-            }
-            let parsed = match alg {
-                Algorithm::RS256 => DecodingKey::from_rsa_pem(pem),
-                Algorithm::ES256 => DecodingKey::from_ec_pem(pem),
-                _ => DecodingKey::from_ed_pem(pem),
-            };
-            match parsed {
-                Ok(d) => Some((*alg, d, None)),
-                Err(_) => {
-                    problems.push(format!(
-                        "jwt: the {alg:?} key is not a valid public key PEM"
-                    ));
-                    None
-                }
-            }
-        }
-    }
-}
-
-/// Verifies JWTs; build it with [`JwtAuthenticator::builder`].
+/// Verifies JWTs signed with one pinned key; build it with [`JwtAuthenticator::builder`].
+///
+/// ```
+/// use secure_routes::auth::jwt::JwtAuthenticator;
+/// let j = JwtAuthenticator::builder().hs256([1u8; 32]).build().unwrap();
+/// assert_eq!(j.algorithm(), "HS256");
+/// ```
 pub struct JwtAuthenticator {
     alg: Algorithm,
     decoding: DecodingKey,
     encoding: Option<EncodingKey>,
     validation: Validation,
-    cookie: Option<String>,
-    issuers: Vec<String>,
-    audiences: Vec<String>,
+    rules: ClaimRules,
 }
 
 impl fmt::Debug for JwtAuthenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JwtAuthenticator")
             .field("alg", &self.alg)
-            .field("issuers", &self.issuers)
-            .field("audiences", &self.audiences)
-            .field("leeway_secs", &self.validation.leeway)
-            .field("cookie", &self.cookie)
+            .field("rules", &self.rules)
             .finish_non_exhaustive()
     }
 }
 
 impl JwtAuthenticator {
-    /// A builder with no key, leeway [`DEFAULT_LEEWAY`], no issuer, audience or cookie.
+    /// A builder with no key, leeway [`DEFAULT_LEEWAY`], no issuer, audience, cookie or cache,
+    /// and the system clock.
+    ///
+    /// ```
+    /// # use secure_routes::auth::jwt::JwtAuthenticator;
+    /// let j = JwtAuthenticator::builder().hs384([3u8; 48]).build().unwrap();
+    /// assert_eq!(j.algorithm(), "HS384");
+    /// ```
     pub fn builder() -> JwtAuthenticatorBuilder {
         JwtAuthenticatorBuilder {
             keys: Vec::new(),
-            issuers: Vec::new(),
-            audiences: Vec::new(),
-            leeway: DEFAULT_LEEWAY,
-            cookie: None,
+            claims: ClaimOptions::default(),
         }
     }
 
@@ -369,11 +276,30 @@ impl JwtAuthenticator {
     }
 
     /// The cookie tokens are also read from, if any.
+    ///
+    /// ```
+    /// # use secure_routes::auth::jwt::JwtAuthenticator;
+    /// let j = JwtAuthenticator::builder().hs256([1u8; 32]).build().unwrap();
+    /// assert_eq!(j.cookie_name(), None);
+    /// ```
     pub fn cookie_name(&self) -> Option<&str> {
-        self.cookie.as_deref()
+        self.rules.cookie()
+    }
+
+    /// How many verified tokens the cache holds now (0 without a cache).
+    ///
+    /// ```
+    /// # use secure_routes::auth::jwt::JwtAuthenticator;
+    /// let j = JwtAuthenticator::builder().hs256([1u8; 32]).cache(100).build().unwrap();
+    /// assert_eq!(j.cached_tokens(), 0);
+    /// ```
+    pub fn cached_tokens(&self) -> usize {
+        self.rules.cached_tokens()
     }
 
     /// Verifies `token` and returns its claims (which include a non-empty string `sub`).
+    /// Always checks the signature: only [`authenticate`](Authenticator::authenticate)
+    /// consults the cache.
     ///
     /// ```
     /// # use secure_routes::auth::{AuthError, jwt::JwtAuthenticator};
@@ -382,50 +308,23 @@ impl JwtAuthenticator {
     /// assert_eq!(j.verify(none).unwrap_err(), AuthError::Invalid("wrong_algorithm"));
     /// ```
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(AuthError::Invalid("oversized"));
-        }
-        let mut segments = token.split('.');
-        let (Some(header), Some(_), Some(_), None) = (
-            segments.next(),
-            segments.next(),
-            segments.next(),
-            segments.next(),
-        ) else {
-            return Err(AuthError::Invalid("malformed"));
-        };
-        self.check_header(header)?;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| AuthError::Invalid(reason(e.kind())))?;
-        match data.claims.get("sub") {
-            Some(Value::String(s)) if !s.is_empty() => Ok(data.claims),
-            _ => Err(AuthError::Invalid("missing_sub")),
-        }
+        self.verify_token(token).map(|v| v.claims)
     }
 
-    /// Our own look at the header, before the library's: the algorithm is pinned (compared
-    /// exactly, so `none`, `None`, `NONE` and every other algorithm fail), and a `crit` header
-    /// is refused because we understand no extension (RFC 7515 §4.1.11).
-    fn check_header(&self, encoded: &str) -> Result<(), AuthError> {
-        let bytes = URL_SAFE_NO_PAD
-            .decode(encoded)
-            .map_err(|_| AuthError::Invalid("malformed"))?;
-        let header: Claims =
-            serde_json::from_slice(&bytes).map_err(|_| AuthError::Invalid("malformed"))?;
-        match header.get("alg") {
-            Some(Value::String(a)) if a == alg_name(self.alg) => {}
-            _ => return Err(AuthError::Invalid("wrong_algorithm")),
+    /// The algorithm is pinned: compared exactly, so `none`, `None`, `NONE` and every other
+    /// algorithm fail before the library sees the token.
+    fn verify_token(&self, token: &str) -> Result<Verified, AuthError> {
+        let header = parse_header(token)?;
+        if header.alg.as_deref() != Some(alg_name(self.alg)) {
+            return Err(AuthError::Invalid("wrong_algorithm"));
         }
-        if header.contains_key("crit") {
-            return Err(AuthError::Invalid("unsupported_header"));
-        }
-        Ok(())
+        self.rules.decode(token, &self.decoding, &self.validation)
     }
 
-    /// Mints a token for `sub`, valid for `ttl` from now, carrying `iat`, `exp`, the first
-    /// configured issuer and every configured audience, so that it passes this authenticator.
-    /// Only for HMAC keys (the others are configured with public keys only); used by the CLI's
-    /// `token` command and by tests.
+    /// Mints a token for `sub`, valid for `ttl` from now (by the configured clock), carrying
+    /// `iat`, `exp`, the first configured issuer and every configured audience, so that it
+    /// passes this authenticator. Only for HMAC keys (the others are configured with public
+    /// keys only); used by the CLI's `token` command and by tests.
     ///
     /// ```
     /// # use std::time::Duration;
@@ -444,17 +343,15 @@ impl JwtAuthenticator {
         if sub.is_empty() {
             return Err(ConfigError::new("jwt: the subject must not be empty"));
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = self.rules.now().as_secs();
         let mut claims = Claims::new();
         claims.insert("sub".into(), sub.into());
         claims.insert("iat".into(), now.into());
         claims.insert("exp".into(), now.saturating_add(ttl.as_secs()).into());
-        if let Some(iss) = self.issuers.first() {
+        if let Some(iss) = self.rules.issuers().first() {
             claims.insert("iss".into(), iss.as_str().into());
         }
-        match self.audiences.as_slice() {
+        match self.rules.audiences() {
             [] => {}
             [one] => {
                 claims.insert("aud".into(), one.as_str().into());
@@ -467,36 +364,14 @@ impl JwtAuthenticator {
             .map_err(|_| ConfigError::new("jwt: signing failed"))
     }
 
-    /// Where the credential is, if anywhere: a bearer header wins over the cookie.
-    fn credential<'p>(
-        &self,
-        parts: &'p Parts,
-    ) -> Result<(Cow<'p, str>, CredentialSource), AuthError> {
-        if let Some(t) = bearer(parts)? {
-            return Ok((Cow::Borrowed(t), CredentialSource::Header));
-        }
-        let Some(name) = &self.cookie else {
-            return Err(AuthError::Missing);
-        };
-        match single_cookie(&parts.headers, name) {
-            // An emptied cookie (a logout) is no credential.
-            CookieLookup::Absent => Err(AuthError::Missing),
-            CookieLookup::One(v) if v.is_empty() => Err(AuthError::Missing),
-            CookieLookup::One(v) => Ok((Cow::Owned(v), CredentialSource::Cookie)),
-            // Two different session cookies (one planted for a sub-path or from a sibling
-            // domain): refuse rather than guess which session the user meant.
-            CookieLookup::Conflicting => Err(AuthError::Invalid("ambiguous_cookie")),
-        }
-    }
-
     fn check(&self, parts: &Parts) -> Result<Principal, AuthError> {
-        let (token, source) = self.credential(parts)?;
-        let claims = self.verify(&token)?;
-        let sub = match claims.get("sub") {
-            Some(Value::String(s)) => s.clone(),
-            _ => return Err(AuthError::Invalid("missing_sub")),
+        // One pinned key never changes: every cache entry is of generation 0.
+        let miss = match self.rules.lookup(parts, Some(0))? {
+            Ok(cached) => return Ok(cached),
+            Err(miss) => miss,
         };
-        Ok(Principal::new(sub, source).with_claims(claims))
+        let verified = self.verify_token(&miss.token)?;
+        Ok(self.rules.admit(miss, verified, 0))
     }
 }
 
@@ -526,107 +401,16 @@ pub fn mint_hs256(secret: &[u8], sub: &str, ttl: Duration) -> Result<String, Con
         .mint(sub, ttl)
 }
 
-fn alg_name(alg: Algorithm) -> &'static str {
-    match alg {
-        Algorithm::HS256 => "HS256",
-        Algorithm::HS384 => "HS384",
-        Algorithm::HS512 => "HS512",
-        Algorithm::RS256 => "RS256",
-        Algorithm::ES256 => "ES256",
-        Algorithm::EdDSA => "EdDSA",
-        // Not configurable here; never equal to a header's alg we would accept.
-        _ => "\u{0}unsupported",
-    }
-}
-
-/// The audit reason for a jsonwebtoken error (static, never the token).
-fn reason(kind: &ErrorKind) -> &'static str {
-    match kind {
-        ErrorKind::InvalidSignature => "bad_signature",
-        ErrorKind::ExpiredSignature => "expired",
-        ErrorKind::ImmatureSignature => "not_yet_valid",
-        ErrorKind::InvalidIssuer => "bad_issuer",
-        ErrorKind::InvalidAudience => "bad_audience",
-        ErrorKind::InvalidSubject => "missing_sub",
-        ErrorKind::InvalidAlgorithm
-        | ErrorKind::MissingAlgorithm
-        | ErrorKind::UnsupportedAlgorithm
-        | ErrorKind::InvalidAlgorithmName => "wrong_algorithm",
-        ErrorKind::MissingRequiredClaim(c) => match c.as_str() {
-            "exp" => "missing_exp",
-            "sub" => "missing_sub",
-            "iss" => "missing_iss",
-            "aud" => "missing_aud",
-            _ => "missing_claim",
-        },
-        ErrorKind::InvalidClaimFormat(_) => "bad_claim",
-        ErrorKind::InvalidToken
-        | ErrorKind::Base64(_)
-        | ErrorKind::Json(_)
-        | ErrorKind::Utf8(_) => "malformed",
-        _ => "invalid",
-    }
-}
-
-/// RFC 9110 `token` (`1*tchar`): auth schemes and cookie names.
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// RFC 6750 §2.1 `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
-fn is_b64token(s: &str) -> bool {
-    let body = s.trim_end_matches('=');
-    !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
-}
-
-/// The bearer token of the request, if it has one.
-///
-/// * no `Authorization` header: `None`;
-/// * several: refused (which one would be meant? a proxy and a client may disagree);
-/// * `Bearer <token>` (scheme case-insensitive, RFC 9110 §11.1 / RFC 6750 §2.1): the token;
-/// * a well-formed header with another scheme: `None` (not ours);
-/// * anything else (no scheme, `Bearer` without a token, bad characters): malformed.
-fn bearer(parts: &Parts) -> Result<Option<&str>, AuthError> {
-    let mut lines = parts.headers.get_all(http::header::AUTHORIZATION).iter();
-    let value = match (lines.next(), lines.next()) {
-        (None, _) => return Ok(None),
-        (Some(_), Some(_)) => return Err(AuthError::Invalid("multiple_credentials")),
-        (Some(v), None) => v,
-    };
-    let value = value
-        .to_str()
-        .map_err(|_| AuthError::Invalid("malformed"))?
-        .trim();
-    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
-    if !is_token(scheme) {
-        return Err(AuthError::Invalid("malformed"));
-    }
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Ok(None);
-    }
-    // Bound before anything else looks at it.
-    if rest.len() > MAX_TOKEN_BYTES + 16 {
-        return Err(AuthError::Invalid("oversized"));
-    }
-    let token = rest.trim_start_matches(' ');
-    if !is_b64token(token) {
-        return Err(AuthError::Invalid("malformed"));
-    }
-    Ok(Some(token))
-}
-
 #[cfg(test)]
 mod tests {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use http::{HeaderValue, Request};
     use jsonwebtoken::{EncodingKey, encode};
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
+    use crate::auth::CredentialSource;
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
@@ -1029,29 +813,5 @@ mod tests {
             hs256.verify(&t).unwrap_err(),
             AuthError::Invalid("wrong_algorithm")
         );
-    }
-
-    #[test]
-    fn token_syntax() {
-        for (s, ok) in [
-            ("Bearer", true),
-            ("x-y.z", true),
-            ("", false),
-            ("a b", false),
-            ("a;b", false),
-            ("é", false),
-        ] {
-            assert_eq!(is_token(s), ok, "{s:?}");
-        }
-        for (s, ok) in [
-            ("abc.def-_~+/", true),
-            ("abc==", true),
-            ("==", false),
-            ("a=b", false),
-            ("", false),
-            ("a b", false),
-        ] {
-            assert_eq!(is_b64token(s), ok, "{s:?}");
-        }
     }
 }

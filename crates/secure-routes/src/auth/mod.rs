@@ -1,5 +1,6 @@
-//! Authentication: the [`Authenticator`] trait, the [`Principal`] it yields, and two
-//! implementations ([`jwt::JwtAuthenticator`], [`api_key::ApiKeyAuthenticator`]).
+//! Authentication: the [`Authenticator`] trait, the [`Principal`] it yields, and its
+//! implementations: [`jwt::JwtAuthenticator`] (one pinned key), [`api_key::ApiKeyAuthenticator`]
+//! and, with the `jwks` feature, `jwks::JwksAuthenticator` (keys from a rotating JWK set).
 //!
 //! An authenticator sees the request head only (never the body), and answers one of three
 //! ways: a [`Principal`], [`AuthError::Missing`] when the request carries no credential it
@@ -18,8 +19,12 @@
 //! ```
 
 pub mod api_key;
+mod cache;
+#[cfg(feature = "jwks")]
+pub mod jwks;
 pub mod jwt;
 pub mod supabase;
+mod verify;
 
 use std::sync::Arc;
 
@@ -67,6 +72,19 @@ impl Principal {
             subject: subject.into(),
             source,
             claims: Arc::default(),
+        }
+    }
+
+    /// A principal sharing already-verified parts (the token cache hands out the same `Arc`s).
+    pub(crate) fn from_shared(
+        subject: Arc<str>,
+        source: CredentialSource,
+        claims: Arc<serde_json::Map<String, serde_json::Value>>,
+    ) -> Self {
+        Self {
+            subject,
+            source,
+            claims,
         }
     }
 

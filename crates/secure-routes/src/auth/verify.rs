@@ -1,0 +1,638 @@
+//! What every JWT authenticator shares (crate-private): where the token is found, the checks on
+//! its header, the claim rules (issuer, audience, `exp`/`nbf` against the injected clock, a
+//! non-empty `sub`), the audit reason of each failure, and the verified-token cache.
+//!
+//! [`jwt::JwtAuthenticator`](super::jwt::JwtAuthenticator) (one pinned key) and
+//! `jwks::JwksAuthenticator` (keys from a JWK set) differ only in how they pick the key.
+
+use std::borrow::Cow;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::request::Parts;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};
+use serde_json::{Map, Value};
+
+use super::cache::{CacheKey, TokenCache};
+use super::jwt::{DEFAULT_LEEWAY, MAX_LEEWAY, MAX_TOKEN_BYTES};
+use super::{AuthError, CredentialSource, Principal};
+use crate::clock::{Clock, SystemClock};
+use crate::guard::csrf::{CookieLookup, single_cookie};
+
+/// A token's payload.
+pub(crate) type Claims = Map<String, Value>;
+
+/// Largest `capacity` accepted by the builders' `cache` option.
+pub(crate) const MAX_CACHE_CAPACITY: usize = 10_000_000;
+
+/// Selects jsonwebtoken's aws-lc-rs provider for the process, unless the application already
+/// installed one. jsonwebtoken picks a provider from its crate features and panics at the first
+/// signature if *both* backends end up enabled in the dependency graph; installing ours
+/// explicitly before any token is handled rules that out.
+pub(crate) fn ensure_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Err means a provider is already installed: the application's choice stands.
+        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
+    });
+}
+
+/// A configured key, before parsing.
+#[derive(Clone)]
+pub(crate) enum KeySpec {
+    Hmac(Algorithm, Vec<u8>),
+    Pem(Algorithm, Vec<u8>),
+}
+
+/// Parses a key spec, recording problems; never echoes secret material.
+pub(crate) fn check_key(
+    who: &str,
+    k: &KeySpec,
+    problems: &mut Vec<String>,
+) -> Option<(Algorithm, DecodingKey, Option<EncodingKey>)> {
+    match k {
+        KeySpec::Hmac(alg, secret) => {
+            // RFC 7518 §3.2: the key must be at least as long as the hash output.
+            let min = match alg {
+                Algorithm::HS384 => 48,
+                Algorithm::HS512 => 64,
+                _ => 32,
+            };
+            if secret.len() < min {
+                problems.push(format!(
+                    "{who}: the {alg:?} secret must be at least {min} bytes (got {})",
+                    secret.len()
+                ));
+                return None;
+            }
+            Some((
+                *alg,
+                DecodingKey::from_secret(secret),
+                Some(EncodingKey::from_secret(secret)),
+            ))
+        }
+        KeySpec::Pem(alg, pem) => {
+            if pem.windows(11).any(|w| w == b"PRIVATE KEY") {
+                problems.push(format!(
+                    "{who}: the {alg:?} key must be a public key PEM, not a private key"
+                ));
+                return None;
+            }
+            let parsed = match alg {
+                Algorithm::RS256 => DecodingKey::from_rsa_pem(pem),
+                Algorithm::ES256 => DecodingKey::from_ec_pem(pem),
+                _ => DecodingKey::from_ed_pem(pem),
+            };
+            match parsed {
+                Ok(d) => Some((*alg, d, None)),
+                Err(_) => {
+                    problems.push(format!(
+                        "{who}: the {alg:?} key is not a valid public key PEM"
+                    ));
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// The options both JWT builders share (issuer, audience, leeway, cookie, clock, cache).
+#[derive(Clone, Debug)]
+pub(crate) struct ClaimOptions {
+    pub(crate) issuers: Vec<String>,
+    pub(crate) audiences: Vec<String>,
+    pub(crate) leeway: Duration,
+    pub(crate) cookie: Option<String>,
+    pub(crate) clock: Option<Arc<dyn Clock>>,
+    pub(crate) cache: Option<usize>,
+}
+
+impl Default for ClaimOptions {
+    fn default() -> Self {
+        Self {
+            issuers: Vec::new(),
+            audiences: Vec::new(),
+            leeway: DEFAULT_LEEWAY,
+            cookie: None,
+            clock: None,
+            cache: None,
+        }
+    }
+}
+
+impl ClaimOptions {
+    /// Records every problem with these options; `who` prefixes each message.
+    pub(crate) fn check(&self, who: &str, problems: &mut Vec<String>) {
+        if self.leeway > MAX_LEEWAY {
+            problems.push(format!(
+                "{who}: leeway {:?} is longer than the maximum {:?}",
+                self.leeway, MAX_LEEWAY
+            ));
+        }
+        if self.issuers.iter().any(|s| s.is_empty()) {
+            problems.push(format!("{who}: an issuer must not be empty"));
+        }
+        if self.audiences.iter().any(|s| s.is_empty()) {
+            problems.push(format!("{who}: an audience must not be empty"));
+        }
+        if let Some(c) = &self.cookie
+            && !is_token(c)
+        {
+            problems.push(format!(
+                "{who}: cookie name {:?} is not a valid cookie name",
+                c.chars().take(64).collect::<String>()
+            ));
+        }
+        if let Some(n) = self.cache
+            && !(1..=MAX_CACHE_CAPACITY).contains(&n)
+        {
+            problems.push(format!(
+                "{who}: the token cache capacity must be between 1 and {MAX_CACHE_CAPACITY} (got {n})"
+            ));
+        }
+    }
+
+    /// The runtime form; call after [`check`](Self::check) found nothing.
+    pub(crate) fn build(self) -> ClaimRules {
+        ensure_crypto_provider();
+        ClaimRules {
+            leeway_secs: self.leeway.as_secs(),
+            clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+            cache: self.cache.map(TokenCache::new),
+            issuers: self.issuers,
+            audiences: self.audiences,
+            cookie: self.cookie,
+        }
+    }
+}
+
+/// Generates the builder methods of [`ClaimOptions`] on a builder with a `claims` field.
+/// `$start` is the example's first line: an expression for a builder with a usable key.
+macro_rules! claim_option_methods {
+    ($builder:ty, $start:literal) => {
+        impl $builder {
+            #[doc = "Requires `iss` to be `issuer`. Call again to accept several issuers."]
+            #[doc = ""]
+            #[doc = concat!("```\nlet a = ", $start, "\n    .issuer(\"https://auth.example\")\n    .build()\n    .unwrap();\n# let _ = a;\n```")]
+            pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
+                self.claims.issuers.push(issuer.into());
+                self
+            }
+
+            #[doc = "Requires `aud` to contain `audience` (Supabase: `\"authenticated\"`). Call"]
+            #[doc = "again to accept several. Without any, a token that carries an `aud` is"]
+            #[doc = "refused: RFC 7519 §4.1.3 says a recipient that does not identify itself with"]
+            #[doc = "the audience must reject the token."]
+            #[doc = ""]
+            #[doc = concat!("```\nlet a = ", $start, "\n    .audience(\"authenticated\")\n    .build()\n    .unwrap();\n# let _ = a;\n```")]
+            pub fn audience(mut self, audience: impl Into<String>) -> Self {
+                self.claims.audiences.push(audience.into());
+                self
+            }
+
+            #[doc = "Clock-skew allowance for `exp` and `nbf` (whole seconds; default"]
+            #[doc = "[`DEFAULT_LEEWAY`](crate::auth::jwt::DEFAULT_LEEWAY), at most"]
+            #[doc = "[`MAX_LEEWAY`](crate::auth::jwt::MAX_LEEWAY))."]
+            #[doc = ""]
+            #[doc = concat!("```\nlet err = ", $start, "\n    .leeway(std::time::Duration::from_secs(3600))\n    .build()\n    .unwrap_err();\nassert_eq!(err.problems().len(), 1);\n```")]
+            pub fn leeway(mut self, leeway: std::time::Duration) -> Self {
+                self.claims.leeway = leeway;
+                self
+            }
+
+            #[doc = "Also reads the token from the cookie `name` (when no bearer header is"]
+            #[doc = "present). Such a principal is ambient"]
+            #[doc = "([`CredentialSource::Cookie`](crate::auth::CredentialSource::Cookie)), so CSRF"]
+            #[doc = "protection applies."]
+            #[doc = ""]
+            #[doc = concat!("```\nlet a = ", $start, "\n    .cookie(\"sr-session\")\n    .build()\n    .unwrap();\nassert_eq!(a.cookie_name(), Some(\"sr-session\"));\n```")]
+            pub fn cookie(mut self, name: impl Into<String>) -> Self {
+                self.claims.cookie = Some(name.into());
+                self
+            }
+
+            #[doc = "The time source for `exp` and `nbf` (and the token cache); the system clock"]
+            #[doc = "by default. Tests pass a [`FakeClock`](crate::clock::FakeClock)."]
+            #[doc = ""]
+            #[doc = concat!("```\nuse std::sync::Arc;\nuse secure_routes::clock::FakeClock;\nlet a = ", $start, "\n    .clock(Arc::new(FakeClock::new(std::time::Duration::from_secs(1_700_000_000))))\n    .build()\n    .unwrap();\n# let _ = a;\n```")]
+            pub fn clock(mut self, clock: std::sync::Arc<dyn crate::clock::Clock>) -> Self {
+                self.claims.clock = Some(clock);
+                self
+            }
+
+            #[doc = "Caches up to `capacity` successful verifications, keyed by the SHA-256 of"]
+            #[doc = "the token, so that a repeated token skips the signature check. An entry is"]
+            #[doc = "used only while the clock is before the token's `exp` (and, with a JWKS,"]
+            #[doc = "while the key set it was verified with is current); failures are never"]
+            #[doc = "cached. At most 10 000 000."]
+            #[doc = ""]
+            #[doc = concat!("```\nlet a = ", $start, "\n    .cache(10_000)\n    .build()\n    .unwrap();\nassert_eq!(a.cached_tokens(), 0);\n```")]
+            pub fn cache(mut self, capacity: usize) -> Self {
+                self.claims.cache = Some(capacity);
+                self
+            }
+        }
+    };
+}
+pub(crate) use claim_option_methods;
+
+/// The verified claims of a token, ready to become a [`Principal`].
+pub(crate) struct Verified {
+    pub(crate) subject: Arc<str>,
+    pub(crate) exp: u64,
+    pub(crate) claims: Claims,
+}
+
+/// A request whose token was not in the cache: verify `token`, then [`ClaimRules::admit`].
+pub(crate) struct Miss<'p> {
+    pub(crate) token: Cow<'p, str>,
+    pub(crate) source: CredentialSource,
+    key: Option<CacheKey>,
+}
+
+/// The claim rules and token plumbing shared by the JWT authenticators.
+#[derive(Debug)]
+pub(crate) struct ClaimRules {
+    issuers: Vec<String>,
+    audiences: Vec<String>,
+    leeway_secs: u64,
+    cookie: Option<String>,
+    clock: Arc<dyn Clock>,
+    cache: Option<TokenCache>,
+}
+
+impl ClaimRules {
+    pub(crate) fn issuers(&self) -> &[String] {
+        &self.issuers
+    }
+
+    pub(crate) fn audiences(&self) -> &[String] {
+        &self.audiences
+    }
+
+    pub(crate) fn cookie(&self) -> Option<&str> {
+        self.cookie.as_deref()
+    }
+
+    pub(crate) fn now(&self) -> Duration {
+        self.clock.now()
+    }
+
+    pub(crate) fn cached_tokens(&self) -> usize {
+        self.cache.as_ref().map_or(0, TokenCache::len)
+    }
+
+    /// jsonwebtoken's settings for tokens signed with `alg`: signature, `iss`, `aud` and the
+    /// presence of `exp` and `sub`. Time is checked by [`check_time`](Self::check_time) against
+    /// the injected clock instead of the library's system clock.
+    pub(crate) fn validation(&self, alg: Algorithm) -> Validation {
+        let mut validation = Validation::new(alg);
+        validation.leeway = self.leeway_secs;
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = true;
+        let mut required = vec!["exp", "sub"];
+        if !self.issuers.is_empty() {
+            validation.set_issuer(&self.issuers);
+            required.push("iss");
+        }
+        if !self.audiences.is_empty() {
+            validation.set_audience(&self.audiences);
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
+        validation
+    }
+
+    /// Verifies the signature with `key` and every claim rule.
+    pub(crate) fn decode(
+        &self,
+        token: &str,
+        key: &DecodingKey,
+        validation: &Validation,
+    ) -> Result<Verified, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, key, validation)
+            .map_err(|e| AuthError::Invalid(reason(e.kind())))?;
+        let exp = self.check_time(&data.claims)?;
+        let subject = match data.claims.get("sub") {
+            Some(Value::String(s)) if !s.is_empty() => Arc::from(s.as_str()),
+            _ => return Err(AuthError::Invalid("missing_sub")),
+        };
+        Ok(Verified {
+            subject,
+            exp,
+            claims: data.claims,
+        })
+    }
+
+    /// `exp` (required) and `nbf` (optional) against the clock, with the leeway; the same
+    /// numeric rules as jsonwebtoken (a non-negative integer, or a finite float rounded).
+    fn check_time(&self, claims: &Claims) -> Result<u64, AuthError> {
+        let now = self.clock.now().as_secs();
+        let exp = match claims.get("exp").map(numeric_date) {
+            Some(Some(exp)) => exp,
+            _ => return Err(AuthError::Invalid("missing_exp")),
+        };
+        if exp.saturating_add(self.leeway_secs) < now {
+            return Err(AuthError::Invalid("expired"));
+        }
+        match claims.get("nbf") {
+            None | Some(Value::Null) => {}
+            Some(v) => match numeric_date(v) {
+                Some(nbf) if nbf > now.saturating_add(self.leeway_secs) => {
+                    return Err(AuthError::Invalid("not_yet_valid"));
+                }
+                Some(_) => {}
+                None => return Err(AuthError::Invalid("bad_claim")),
+            },
+        }
+        Ok(exp)
+    }
+
+    /// Finds the request's token and looks it up in the cache. `generation` names the key set
+    /// an entry must have been verified with; `None` means no entry may be used now.
+    pub(crate) fn lookup<'p>(
+        &self,
+        parts: &'p Parts,
+        generation: Option<u64>,
+    ) -> Result<Result<Principal, Miss<'p>>, AuthError> {
+        let (token, source) = self.credential(parts)?;
+        let Some(cache) = &self.cache else {
+            return Ok(Err(Miss {
+                token,
+                source,
+                key: None,
+            }));
+        };
+        let key = CacheKey::of(&token);
+        if let Some(generation) = generation
+            && let Some((subject, claims)) = cache.get(&key, self.clock.now(), generation)
+        {
+            return Ok(Ok(Principal::from_shared(subject, source, claims)));
+        }
+        Ok(Err(Miss {
+            token,
+            source,
+            key: Some(key),
+        }))
+    }
+
+    /// The principal for a verified miss, cached under `generation` while its `exp` is ahead.
+    pub(crate) fn admit(&self, miss: Miss<'_>, verified: Verified, generation: u64) -> Principal {
+        let claims = Arc::new(verified.claims);
+        if let (Some(cache), Some(key)) = (&self.cache, miss.key)
+            && self.clock.now().as_secs() < verified.exp
+        {
+            cache.insert(
+                key,
+                Arc::clone(&verified.subject),
+                Arc::clone(&claims),
+                verified.exp,
+                generation,
+            );
+        }
+        Principal::from_shared(verified.subject, miss.source, claims)
+    }
+
+    /// Where the credential is, if anywhere: a bearer header wins over the cookie.
+    fn credential<'p>(
+        &self,
+        parts: &'p Parts,
+    ) -> Result<(Cow<'p, str>, CredentialSource), AuthError> {
+        if let Some(t) = bearer(parts)? {
+            return Ok((Cow::Borrowed(t), CredentialSource::Header));
+        }
+        let Some(name) = &self.cookie else {
+            return Err(AuthError::Missing);
+        };
+        match single_cookie(&parts.headers, name) {
+            // An emptied cookie (a logout) is no credential.
+            CookieLookup::Absent => Err(AuthError::Missing),
+            CookieLookup::One(v) if v.is_empty() => Err(AuthError::Missing),
+            CookieLookup::One(v) => Ok((Cow::Owned(v), CredentialSource::Cookie)),
+            // Two different session cookies (one planted for a sub-path or from a sibling
+            // domain): refuse rather than guess which session the user meant.
+            CookieLookup::Conflicting => Err(AuthError::Invalid("ambiguous_cookie")),
+        }
+    }
+}
+
+/// RFC 7519 NumericDate as jsonwebtoken reads it: a non-negative integer, or a finite
+/// non-negative float (rounded). Anything else (a string, a negative number) is `None`.
+fn numeric_date(v: &Value) -> Option<u64> {
+    if let Some(n) = v.as_u64() {
+        return Some(n);
+    }
+    let f = v.as_f64()?;
+    // `as` saturates; the bounds keep the rounding meaningful.
+    (f.is_finite() && f >= 0.0 && f < u64::MAX as f64).then(|| f.round() as u64)
+}
+
+/// The parts of a JOSE header this crate reads. `jku`, `x5u`, `jwk` and `x5c` are never read:
+/// a key named or embedded by the token itself would let the token choose who vouches for it
+/// (RFC 8725 §3.10).
+pub(crate) struct TokenHeader {
+    /// `alg`, if it is a string.
+    pub(crate) alg: Option<String>,
+    /// `kid`, if it is a string.
+    #[cfg_attr(not(feature = "jwks"), allow(dead_code))]
+    pub(crate) kid: Option<String>,
+}
+
+/// Size and shape checks, then our own look at the header before the library's: a `crit`
+/// header is refused because we understand no extension (RFC 7515 §4.1.11).
+pub(crate) fn parse_header(token: &str) -> Result<TokenHeader, AuthError> {
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(AuthError::Invalid("oversized"));
+    }
+    let mut segments = token.split('.');
+    let (Some(header), Some(_), Some(_), None) = (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) else {
+        return Err(AuthError::Invalid("malformed"));
+    };
+    let bytes = URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| AuthError::Invalid("malformed"))?;
+    let mut header: Claims =
+        serde_json::from_slice(&bytes).map_err(|_| AuthError::Invalid("malformed"))?;
+    if header.contains_key("crit") {
+        return Err(AuthError::Invalid("unsupported_header"));
+    }
+    let string = |v: Option<Value>| match v {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    };
+    Ok(TokenHeader {
+        alg: string(header.remove("alg")),
+        kid: string(header.remove("kid")),
+    })
+}
+
+/// The name of `alg` as it appears in a token header.
+pub(crate) fn alg_name(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::HS256 => "HS256",
+        Algorithm::HS384 => "HS384",
+        Algorithm::HS512 => "HS512",
+        Algorithm::RS256 => "RS256",
+        Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
+        Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
+        Algorithm::ES256 => "ES256",
+        Algorithm::ES384 => "ES384",
+        Algorithm::EdDSA => "EdDSA",
+        // jsonwebtoken's enum is non-exhaustive; never equal to a header's alg we would accept.
+        _ => "\u{0}unsupported",
+    }
+}
+
+/// The audit reason for a jsonwebtoken error (static, never the token).
+fn reason(kind: &ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::InvalidSignature => "bad_signature",
+        ErrorKind::ExpiredSignature => "expired",
+        ErrorKind::ImmatureSignature => "not_yet_valid",
+        ErrorKind::InvalidIssuer => "bad_issuer",
+        ErrorKind::InvalidAudience => "bad_audience",
+        ErrorKind::InvalidSubject => "missing_sub",
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::MissingAlgorithm
+        | ErrorKind::UnsupportedAlgorithm
+        | ErrorKind::InvalidAlgorithmName => "wrong_algorithm",
+        ErrorKind::MissingRequiredClaim(c) => match c.as_str() {
+            "exp" => "missing_exp",
+            "sub" => "missing_sub",
+            "iss" => "missing_iss",
+            "aud" => "missing_aud",
+            _ => "missing_claim",
+        },
+        ErrorKind::InvalidClaimFormat(_) => "bad_claim",
+        ErrorKind::InvalidToken
+        | ErrorKind::Base64(_)
+        | ErrorKind::Json(_)
+        | ErrorKind::Utf8(_) => "malformed",
+        _ => "invalid",
+    }
+}
+
+/// RFC 9110 `token` (`1*tchar`): auth schemes and cookie names.
+pub(crate) fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// RFC 6750 §2.1 `b64token`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+/// Written branch-free so the compiler vectorises it: it runs over every byte of every bearer
+/// token, on the token cache's hit path too.
+fn is_b64token(s: &str) -> bool {
+    let body = s.trim_end_matches('=');
+    !body.is_empty() && body.bytes().fold(true, |ok, b| ok & is_b64token_byte(b))
+}
+
+fn is_b64token_byte(b: u8) -> bool {
+    let letter = (b | 0x20).wrapping_sub(b'a') < 26;
+    // "-./0123456789" is one run of ASCII (0x2d..=0x39).
+    let run = b.wrapping_sub(b'-') < 13;
+    letter | run | (b == b'+') | (b == b'_') | (b == b'~')
+}
+
+/// The bearer token of the request, if it has one.
+///
+/// * no `Authorization` header: `None`;
+/// * several: refused (which one would be meant? a proxy and a client may disagree);
+/// * `Bearer <token>` (scheme case-insensitive, RFC 9110 §11.1 / RFC 6750 §2.1): the token;
+/// * a well-formed header with another scheme: `None` (not ours);
+/// * anything else (no scheme, `Bearer` without a token, bad characters): malformed.
+fn bearer(parts: &Parts) -> Result<Option<&str>, AuthError> {
+    let mut lines = parts.headers.get_all(http::header::AUTHORIZATION).iter();
+    let value = match (lines.next(), lines.next()) {
+        (None, _) => return Ok(None),
+        (Some(_), Some(_)) => return Err(AuthError::Invalid("multiple_credentials")),
+        (Some(v), None) => v,
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| AuthError::Invalid("malformed"))?
+        .trim();
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    if !is_token(scheme) {
+        return Err(AuthError::Invalid("malformed"));
+    }
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(None);
+    }
+    // Bound before anything else looks at it.
+    if rest.len() > MAX_TOKEN_BYTES + 16 {
+        return Err(AuthError::Invalid("oversized"));
+    }
+    let token = rest.trim_start_matches(' ');
+    if !is_b64token(token) {
+        return Err(AuthError::Invalid("malformed"));
+    }
+    Ok(Some(token))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn token_syntax() {
+        for (s, ok) in [
+            ("Bearer", true),
+            ("x-y.z", true),
+            ("", false),
+            ("a b", false),
+            ("a;b", false),
+            ("é", false),
+        ] {
+            assert_eq!(is_token(s), ok, "{s:?}");
+        }
+        for (s, ok) in [
+            ("abc.def-_~+/", true),
+            ("abc==", true),
+            ("==", false),
+            ("a=b", false),
+            ("", false),
+            ("a b", false),
+        ] {
+            assert_eq!(is_b64token(s), ok, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn b64token_bytes_are_exactly_the_rfc_set() {
+        for b in 0..=255u8 {
+            let rfc = b.is_ascii_alphanumeric() || b"-._~+/".contains(&b);
+            assert_eq!(is_b64token_byte(b), rfc, "{b:#x}");
+        }
+    }
+
+    #[test]
+    fn numeric_dates_follow_jsonwebtoken() {
+        for (v, want) in [
+            (json!(5), Some(5)),
+            (json!(5.4), Some(5)),
+            (json!(5.6), Some(6)),
+            (json!(-1), None),
+            (json!(-0.5), None),
+            (json!("5"), None),
+            (json!(null), None),
+            (json!(1e300), None),
+            (json!([5]), None),
+        ] {
+            assert_eq!(numeric_date(&v), want, "{v}");
+        }
+    }
+}
