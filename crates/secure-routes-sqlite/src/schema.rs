@@ -1,4 +1,5 @@
-//! The `audit_logs` table and its migrations.
+//! The database's tables (`audit_logs`, `rate_limits`), their migrations, and opening a write
+//! connection.
 //!
 //! The original Postgres table had `id, action, user_id, metadata, timestamp, created_at`;
 //! those columns keep their names and meaning (`user_id` holds the subject, which need not be
@@ -8,8 +9,16 @@
 //! Migrations are numbered by SQLite's `user_version`: migration `n` (1-based) brings a
 //! database from version `n - 1` to `n`. They run in one `IMMEDIATE` transaction, so two
 //! processes opening a new database at once cannot both apply them.
+//!
+//! One numbering covers both tables, and the audit sink and the rate-limit store both apply
+//! every migration when they open a file, so one file can hold both (each opener brings it to
+//! the newest version) and an audit-only database from version 1 simply gains the empty
+//! `rate_limits` table.
 
-use rusqlite::{Connection, TransactionBehavior};
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use crate::Error;
 
@@ -38,12 +47,27 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX idx_audit_logs_action ON audit_logs(action, timestamp);
     CREATE INDEX idx_audit_logs_user_id ON audit_logs(user_id, timestamp);
     CREATE INDEX idx_audit_logs_timestamp ON audit_logs(timestamp);",
+    // Version 2: rate-limit state (see store.rs). One row per (key, algorithm), never one
+    // per request. Times are nanoseconds since the Unix epoch (INTEGER: good until 2262), the
+    // unit of the core's pure algorithms.
+    "CREATE TABLE rate_limits (
+        key         BLOB    NOT NULL,           -- 16-byte keyed hash (never a raw IP or user id)
+        algorithm   INTEGER NOT NULL,           -- 0 = sliding window, 1 = GCRA
+        stamps      BLOB,                       -- sliding window: admission times, 8-byte LE each, oldest first (<= limit)
+        seen        INTEGER NOT NULL DEFAULT 0, -- sliding window: the log's own time (never goes back)
+        tat         INTEGER,                    -- GCRA: theoretical arrival time
+        expires_at  INTEGER NOT NULL,           -- from then on the row equals a fresh key: sweepable
+        PRIMARY KEY (key, algorithm)
+    );
+    -- Sweeps delete `expires_at <= now`: the index makes that touch only the expired rows,
+    -- at the price of one index update per changed row.
+    CREATE INDEX idx_rate_limits_expires_at ON rate_limits(expires_at);",
 ];
 
 /// The schema version this build creates and reads.
 ///
 /// ```
-/// assert_eq!(secure_routes_sqlite::SCHEMA_VERSION, 1);
+/// assert_eq!(secure_routes_sqlite::SCHEMA_VERSION, 2);
 /// ```
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -79,4 +103,43 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Error> {
     }
     tx.commit()?;
     Ok(())
+}
+
+/// Opens (or creates) the database at `path` for writing: busy timeout, WAL,
+/// `synchronous=NORMAL`, migrations. Blocking.
+pub(crate) fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connection, Error> {
+    let open_error = |source| Error::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(open_error)?;
+    // SQLite silently falls back to read-only on a write-protected file; say so now rather
+    // than on the first write.
+    if conn.is_readonly(rusqlite::MAIN_DB).map_err(open_error)? {
+        return Err(Error::ReadOnly {
+            path: path.to_path_buf(),
+        });
+    }
+    conn.busy_timeout(busy_timeout).map_err(open_error)?;
+    // WAL: readers (the CLI, a dashboard) see a consistent snapshot while the writer works,
+    // and a commit is one sequential append to the log. This is also the first read of the
+    // file, so a file that is not a database fails here, at open.
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .map_err(open_error)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(journal_mode = %mode, path = %path.display(), "SQLite database is not in WAL mode");
+    }
+    // NORMAL is safe in WAL mode: no corruption, and a process crash loses nothing; only a
+    // power cut may lose the last commits. FULL would add an fsync to every commit.
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(open_error)?;
+    migrate(&mut conn)?;
+    Ok(conn)
 }

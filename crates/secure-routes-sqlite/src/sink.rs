@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
+use rusqlite::{Connection, TransactionBehavior, params};
 use secure_routes::audit::{AuditError, AuditEvent, AuditSink, BoxFuture};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
@@ -75,23 +75,7 @@ impl SqliteAuditSink {
     /// ```
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref().to_path_buf();
-        let mut conn = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_CREATE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        // WAL: readers (the CLI, a dashboard) see a consistent snapshot while we append, and
-        // a commit is one sequential write to the log.
-        let mode: String =
-            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            tracing::warn!(journal_mode = %mode, path = %path.display(), "audit database is not in WAL mode");
-        }
-        // NORMAL is safe in WAL mode (no corruption; a power cut may lose the last commits).
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        schema::migrate(&mut conn)?;
+        let conn = schema::open_writer(&path, BUSY_TIMEOUT)?;
 
         let (tx, rx) = mpsc::channel::<WriteBatch>();
         std::thread::Builder::new()

@@ -93,6 +93,44 @@ impl SlidingLog {
         }
     }
 
+    /// A log holding `stamps` whose own time is `seen` (as read with [`seen`](Self::seen)):
+    /// the whole state, for a store that persists it. A `seen` behind the newest stamp is
+    /// raised to it.
+    ///
+    /// [`from_stamps`](Self::from_stamps) alone loses the log's time when it ran ahead of the
+    /// newest stamp (a refusal or a zero-cost check records no stamp but moves the time), so a
+    /// clock that then steps back would record the next admission earlier than the memory
+    /// store does.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use secure_routes::rate_limit::{Quota, sliding_window::{self, SlidingLog}};
+    /// let q = Quota::per_minute(1);
+    /// let mut log = SlidingLog::default();
+    /// sliding_window::acquire(&mut log, Duration::from_secs(100), q, 1);
+    /// sliding_window::acquire(&mut log, Duration::from_secs(130), q, 1); // refused
+    /// assert_eq!(log.seen(), 130_000_000_000);
+    /// let copy = SlidingLog::from_parts(log.stamps(), log.seen());
+    /// assert_eq!(copy, log);
+    /// ```
+    pub fn from_parts(stamps: impl IntoIterator<Item = u64>, seen: u64) -> Self {
+        let mut log = Self::from_stamps(stamps);
+        log.seen = log.seen.max(seen);
+        log
+    }
+
+    /// The log's own time, nanoseconds since the epoch: the latest time it held or recorded
+    /// stamps at. It never goes back, whatever the clock does.
+    ///
+    /// ```
+    /// use secure_routes::rate_limit::sliding_window::SlidingLog;
+    /// assert_eq!(SlidingLog::from_stamps([10, 20]).seen(), 20);
+    /// assert_eq!(SlidingLog::default().seen(), 0);
+    /// ```
+    pub fn seen(&self) -> u64 {
+        self.seen
+    }
+
     /// The stamps held, oldest first (including any already expired but not yet pruned: pruning
     /// happens in [`acquire`]).
     ///
