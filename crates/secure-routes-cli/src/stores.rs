@@ -231,13 +231,10 @@ pub async fn open(limits: &LimitsLocation, audit: &AuditLocation) -> anyhow::Res
     let mut sweepers = Vec::new();
     let limits_store: Arc<dyn RateLimitStore> = match limits {
         LimitsLocation::Memory => Arc::new(MemoryStore::new()),
-        LimitsLocation::Sqlite(path) => {
-            // Wired when the SQLite store lands (issue 3 part 3).
-            anyhow::bail!(
-                "sqlite rate-limit store at {} is not available yet",
-                path.display()
-            )
-        }
+        LimitsLocation::Sqlite(path) => Arc::new(
+            secure_routes_sqlite::SqliteStore::open(path)
+                .with_context(|| format!("opening rate-limit store {limits}"))?,
+        ),
         LimitsLocation::Redis(url) => Arc::new(
             secure_routes_redis::RedisStore::connect(url)
                 .await

@@ -193,3 +193,30 @@ async fn three_instances_on_memory_stores_each_admit_the_limit() {
     .await;
     assert_eq!(seen, (3 * LIMIT, FIRED - 3 * LIMIT));
 }
+
+/// `--limits sqlite:PATH`: one machine, and the budget survives a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_store_keeps_the_budget_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let subject = fresh_subject("sqlite_restart");
+    let args = [
+        "--limits",
+        "sqlite:limits.db",
+        "--audit",
+        "jsonl:audit0.jsonl",
+    ];
+    let first = Demo::start(dir.path(), "first", &args);
+    let (ok, other) = tally_only(&fire(std::slice::from_ref(&first), &subject).await);
+    first.stop();
+    assert_eq!(ok, LIMIT, "{other:?}");
+    let second = Demo::start(dir.path(), "second", &args);
+    let (ok, _) = tally_only(&fire(std::slice::from_ref(&second), &subject).await);
+    second.stop();
+    assert_eq!(ok, 0, "the restarted instance remembers the spent quota");
+}
+
+fn tally_only(statuses: &[StatusCode]) -> (usize, Vec<StatusCode>) {
+    let (ok, _, other) = tally(statuses);
+    assert!(other.is_empty(), "{other:?}");
+    (ok, other)
+}
