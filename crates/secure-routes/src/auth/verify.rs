@@ -316,6 +316,7 @@ impl ClaimRules {
     ) -> Result<Verified, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, key, validation)
             .map_err(|e| AuthError::Invalid(reason(e.kind())))?;
+        self.check_shapes(&data.claims)?;
         let exp = self.check_time(&data.claims)?;
         let subject = match data.claims.get("sub") {
             Some(Value::String(s)) if !s.is_empty() => Arc::from(s.as_str()),
@@ -328,19 +329,43 @@ impl ClaimRules {
         })
     }
 
+    /// Claim shapes jsonwebtoken is lenient about: `iss` must be one string (RFC 7519
+    /// §4.1.1; an array naming the real issuer beside another is refused), and `aud` a string
+    /// or an array of strings; when no audience is configured a present `aud` of any type is
+    /// refused (§4.1.3), where the library would treat an unreadable one as absent.
+    fn check_shapes(&self, claims: &Claims) -> Result<(), AuthError> {
+        if !self.issuers().is_empty() && !matches!(claims.get("iss"), Some(Value::String(_))) {
+            return Err(AuthError::Invalid("bad_issuer"));
+        }
+        // `null` reads as absent here: it restricts nothing, so no check is skipped.
+        match claims.get("aud") {
+            None | Some(Value::Null) => {}
+            Some(_) if self.audiences().is_empty() => {
+                return Err(AuthError::Invalid("bad_audience"));
+            }
+            Some(Value::String(_)) => {}
+            Some(Value::Array(a)) if a.iter().all(Value::is_string) => {}
+            Some(_) => return Err(AuthError::Invalid("bad_audience")),
+        }
+        Ok(())
+    }
+
     /// `exp` (required) and `nbf` (optional) against the clock, with the leeway; the same
     /// numeric rules as jsonwebtoken (a non-negative integer, or a finite float rounded).
     fn check_time(&self, claims: &Claims) -> Result<u64, AuthError> {
         let now = self.clock.now().as_secs();
         let exp = match claims.get("exp").map(numeric_date) {
             Some(Some(exp)) => exp,
-            _ => return Err(AuthError::Invalid("missing_exp")),
+            Some(None) => return Err(AuthError::Invalid("bad_claim")),
+            None => return Err(AuthError::Invalid("missing_exp")),
         };
         if exp.saturating_add(self.leeway_secs) < now {
             return Err(AuthError::Invalid("expired"));
         }
+        // A present `nbf` must be a NumericDate (RFC 7519 §4.1.5); `null` is not one, and
+        // reading it as "absent" would let a malformed token skip the check.
         match claims.get("nbf") {
-            None | Some(Value::Null) => {}
+            None => {}
             Some(v) => match numeric_date(v) {
                 Some(nbf) if nbf > now.saturating_add(self.leeway_secs) => {
                     return Err(AuthError::Invalid("not_yet_valid"));
@@ -423,13 +448,24 @@ impl ClaimRules {
 /// RFC 7519 NumericDate as jsonwebtoken reads it: a non-negative integer, or a finite
 /// non-negative float (rounded). Anything else (a string, a negative number) is `None`.
 fn numeric_date(v: &Value) -> Option<u64> {
-    if let Some(n) = v.as_u64() {
-        return Some(n);
-    }
-    let f = v.as_f64()?;
-    // `as` saturates; the bounds keep the rounding meaningful.
-    (f.is_finite() && f >= 0.0 && f < u64::MAX as f64).then(|| f.round() as u64)
+    let n = match v.as_u64() {
+        Some(n) => n,
+        None => {
+            let f = v.as_f64()?;
+            // `as` saturates; the bounds keep the rounding meaningful.
+            if !(f.is_finite() && f >= 0.0 && f < u64::MAX as f64) {
+                return None;
+            }
+            f.round() as u64
+        }
+    };
+    // Past 9999-12-31T23:59:59Z a date is a forged "never expires", and time arithmetic on
+    // it (cache lifetimes) would overflow: refused as a malformed claim.
+    (n <= MAX_NUMERIC_DATE).then_some(n)
 }
+
+/// 9999-12-31T23:59:59Z, the last NumericDate accepted.
+const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
 
 /// The parts of a JOSE header this crate reads. `jku`, `x5u`, `jwk` and `x5c` are never read:
 /// a key named or embedded by the token itself would let the token choose who vouches for it
@@ -464,6 +500,17 @@ pub(crate) fn parse_header(token: &str) -> Result<TokenHeader, AuthError> {
         serde_json::from_slice(&bytes).map_err(|_| AuthError::Invalid("malformed"))?;
     if header.contains_key("crit") {
         return Err(AuthError::Invalid("unsupported_header"));
+    }
+    // RFC 8725 §3.11: a JWT typed for another purpose (a security event, a logout token)
+    // must not pass as an access token. Absent, `JWT` and `at+jwt` (RFC 9068) are accepted.
+    match header.get("typ") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(t))
+            if ["jwt", "at+jwt", "application/jwt", "application/at+jwt"]
+                .iter()
+                .any(|ok| t.eq_ignore_ascii_case(ok)) => {}
+        Some(Value::String(_)) => return Err(AuthError::Invalid("wrong_type")),
+        Some(_) => return Err(AuthError::Invalid("malformed")),
     }
     let string = |v: Option<Value>| match v {
         Some(Value::String(s)) => Some(s),
