@@ -41,7 +41,8 @@ const MAX_BATCH: usize = 1_024;
 /// keeps expired rows from piling up, while no sweep holds the thread for long.
 const SWEEP_EVERY: u64 = 1_024;
 
-const SELECT_SQL: &str = "SELECT stamps, seen, tat FROM rate_limits WHERE key = ?1 AND algorithm = ?2";
+const SELECT_SQL: &str =
+    "SELECT stamps, seen, tat FROM rate_limits WHERE key = ?1 AND algorithm = ?2";
 
 const UPSERT_SQL: &str = "INSERT INTO rate_limits (key, algorithm, stamps, seen, tat, expires_at) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
@@ -392,11 +393,11 @@ fn run_batch(
                 let now = nanos(clock.now());
                 Answer::Count(tx.prepare_cached(SWEEP_ALL_SQL)?.execute([now])? as u64)
             }
-            Request::Len { .. } => Answer::Count(tx.query_row(
-                "SELECT count(*) FROM rate_limits",
-                [],
-                |r| r.get::<_, i64>(0),
-            )? as u64),
+            Request::Len { .. } => {
+                Answer::Count(tx.query_row("SELECT count(*) FROM rate_limits", [], |r| {
+                    r.get::<_, i64>(0)
+                })? as u64)
+            }
         });
     }
     tx.commit()?;
@@ -493,9 +494,8 @@ fn check(
         }
     };
     if let Some((stamps, seen, tat, expires_at)) = write {
-        tx.prepare_cached(UPSERT_SQL)?.execute(params![
-            key_bytes, algorithm, stamps, seen, tat, expires_at
-        ])?;
+        tx.prepare_cached(UPSERT_SQL)?
+            .execute(params![key_bytes, algorithm, stamps, seen, tat, expires_at])?;
     }
     Ok(Ok(decision))
 }
