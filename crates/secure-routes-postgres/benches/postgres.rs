@@ -6,6 +6,8 @@
 //!   The seed algorithm is the original's: delete every expired row, fetch the key's rows in
 //!   the window and count them, then insert a row (or fetch the oldest on refusal): three
 //!   round trips and a row per request, on the original table and indexes.
+//! * then a latency pass printed to stdout: 5 000 checks per configuration, checks/s with the
+//!   p50 and p99 of single checks, the store and the seed algorithm at 1, 16 and 64 clients.
 //! * `audit/{unnest_batch,insert_per_event}`: events per second, 1 000 events per
 //!   iteration: one `PostgresAuditSink` batch against one autocommitted `INSERT` per event.
 //!
@@ -104,8 +106,9 @@ async fn seed_check(pool: &Pool, key: &str) -> bool {
     true
 }
 
-/// Runs `iters` checks spread over `clients` concurrent tasks; returns the wall time.
-async fn run_clients<F, Fut>(clients: usize, iters: u64, check: F) -> Duration
+/// Runs `iters` checks spread over `clients` concurrent tasks; returns the wall time and each
+/// check's latency (an `Instant` read per check: nanoseconds beside a round trip).
+async fn run_clients<F, Fut>(clients: usize, iters: u64, check: F) -> (Duration, Vec<Duration>)
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
@@ -118,20 +121,43 @@ where
             let check = Arc::clone(&check);
             let next = Arc::clone(&next);
             tokio::spawn(async move {
+                let mut latencies = Vec::new();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= iters {
                         break;
                     }
+                    let t = Instant::now();
                     check(i).await;
+                    latencies.push(t.elapsed());
                 }
+                latencies
             })
         })
         .collect();
+    let mut all = Vec::with_capacity(usize::try_from(iters).unwrap_or(0));
     for t in tasks {
-        t.await.expect("client task");
+        all.extend(t.await.expect("client task"));
     }
-    start.elapsed()
+    (start.elapsed(), all)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(idx).copied().unwrap_or_default()
+}
+
+/// Prints one latency-pass row: checks/s, p50 and p99 over `checks` checks.
+fn latency_row(name: &str, clients: usize, (elapsed, mut lat): (Duration, Vec<Duration>)) {
+    lat.sort_unstable();
+    println!(
+        "{:<16} {:>7} {:>10.0} {:>9.0} {:>9.0}",
+        name,
+        clients,
+        lat.len() as f64 / elapsed.as_secs_f64(),
+        percentile(&lat, 0.50).as_secs_f64() * 1e6,
+        percentile(&lat, 0.99).as_secs_f64() * 1e6,
+    );
 }
 
 fn rate_limit(c: &mut Criterion, rt: &Runtime, env: &Env) {
@@ -155,14 +181,15 @@ fn rate_limit(c: &mut Criterion, rt: &Runtime, env: &Env) {
                 b.to_async(rt).iter_custom(|iters| {
                     let store = store.clone();
                     let keys = Arc::clone(&keys);
-                    run_clients(clients, iters, move |i| {
+                    let run = run_clients(clients, iters, move |i| {
                         let store = store.clone();
                         let keys = Arc::clone(&keys);
                         async move {
                             let key = keys[(i.wrapping_mul(7919) % KEYS) as usize];
                             store.acquire(&key, QUOTA, 1).await.expect("check");
                         }
-                    })
+                    });
+                    async move { run.await.0 }
                 })
             },
         );
@@ -175,19 +202,52 @@ fn rate_limit(c: &mut Criterion, rt: &Runtime, env: &Env) {
             |b, &clients| {
                 b.to_async(rt).iter_custom(|iters| {
                     let pool = pool.clone();
-                    run_clients(clients, iters, move |i| {
+                    let run = run_clients(clients, iters, move |i| {
                         let pool = pool.clone();
                         async move {
                             let key = format!("route:/bench:{}", i.wrapping_mul(7919) % KEYS);
                             seed_check(&pool, &key).await;
                         }
-                    })
+                    });
+                    async move { run.await.0 }
                 })
             },
         );
         pool.close();
     }
     group.finish();
+
+    const CHECKS: u64 = 5_000;
+    println!("\nlatency pass: {CHECKS} checks per configuration");
+    println!(
+        "{:<16} {:>7} {:>10} {:>9} {:>9}",
+        "target", "clients", "checks/s", "p50 µs", "p99 µs"
+    );
+    for clients in CLIENTS {
+        let store = PostgresStore::new(env.pool(clients));
+        let keys = Arc::clone(&keys);
+        let s = store.clone();
+        let row = rt.block_on(run_clients(clients, CHECKS, move |i| {
+            let store = s.clone();
+            let key = keys[(i.wrapping_mul(7919) % KEYS) as usize];
+            async move {
+                store.acquire(&key, QUOTA, 1).await.expect("check");
+            }
+        }));
+        latency_row("postgres_store", clients, row);
+        store.pool().close();
+        let pool = env.pool(clients);
+        let p = pool.clone();
+        let row = rt.block_on(run_clients(clients, CHECKS, move |i| {
+            let pool = p.clone();
+            async move {
+                let key = format!("route:/bench:{}", i.wrapping_mul(7919) % KEYS);
+                seed_check(&pool, &key).await;
+            }
+        }));
+        latency_row("seed_algorithm", clients, row);
+        pool.close();
+    }
 }
 
 fn audit(c: &mut Criterion, rt: &Runtime, env: &Env) {
