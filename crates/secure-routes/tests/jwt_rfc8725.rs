@@ -1431,12 +1431,12 @@ async fn representative_attacks_are_401_through_the_pipeline() {
             www.starts_with("Bearer"),
             "{what}: WWW-Authenticate {www:?}"
         );
+        // The body never echoes the credential (its first 40 characters, after the scheme or
+        // the cookie name).
         let shown = String::from_utf8_lossy(&value);
         let credential = shown.split_once([' ', '=']).map_or(&*shown, |(_, t)| t);
-        assert!(
-            credential.len() < 8 || !body.contains(&credential[..credential.len().min(40)]),
-            "{what}: credential echoed in {body}"
-        );
+        let head: String = credential.chars().take(40).collect();
+        assert!(!body.contains(&head), "{what}: credential echoed in {body}");
     }
 }
 
