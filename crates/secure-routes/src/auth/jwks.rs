@@ -76,8 +76,8 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::verify::{
-    ClaimOptions, ClaimRules, Claims, KeySpec, Verified, alg_name, check_key, claim_option_methods,
-    parse_header,
+    ClaimOptions, ClaimRules, Claims, KeySpec, Profile, Verified, alg_name, check_key,
+    claim_option_methods, parse_header,
 };
 use super::{AuthError, Authenticator, BoxFuture, Principal};
 use crate::error::ConfigError;
@@ -265,6 +265,12 @@ impl JwksAuthenticatorBuilder {
     pub fn hs256(mut self, secret: impl AsRef<[u8]>) -> Self {
         self.hmac
             .push(KeySpec::Hmac(Algorithm::HS256, secret.as_ref().to_vec()));
+        self
+    }
+
+    /// Provider-specific rules (the Supabase profile's cookie format and API-key refusal).
+    pub(crate) fn profile(mut self, profile: Profile) -> Self {
+        self.claims.profile = profile;
         self
     }
 
@@ -622,6 +628,7 @@ impl Inner {
 
     /// Verifies a token; also returns the key set generation it was verified under.
     async fn verify_token(&self, token: &str) -> Result<(Verified, u64), AuthError> {
+        self.rules.precheck(token)?;
         let header = parse_header(token)?;
         let Some(name) = header.alg.as_deref() else {
             return Err(AuthError::Invalid("wrong_algorithm"));

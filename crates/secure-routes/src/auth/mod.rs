@@ -1,6 +1,7 @@
 //! Authentication: the [`Authenticator`] trait, the [`Principal`] it yields, and its
 //! implementations: [`jwt::JwtAuthenticator`] (one pinned key), [`api_key::ApiKeyAuthenticator`]
-//! and, with the `jwks` feature, `jwks::JwksAuthenticator` (keys from a rotating JWK set).
+//! and, with the `jwks` feature, `jwks::JwksAuthenticator` (keys from a rotating JWK set) and
+//! `supabase::SupabaseAuthenticator` (a Supabase project's tokens and session cookies).
 //!
 //! An authenticator sees the request head only (never the body), and answers one of three
 //! ways: a [`Principal`], [`AuthError::Missing`] when the request carries no credential it
@@ -117,6 +118,65 @@ impl Principal {
     /// All verified claims.
     pub fn claims(&self) -> &serde_json::Map<String, serde_json::Value> {
         &self.claims
+    }
+
+    /// The `role` claim, when it is a string (Supabase: `"authenticated"`).
+    ///
+    /// ```
+    /// use secure_routes::auth::{CredentialSource, Principal};
+    /// let claims = serde_json::json!({"role": "authenticated"});
+    /// let p = Principal::new("u1", CredentialSource::Header)
+    ///     .with_claims(claims.as_object().unwrap().clone());
+    /// assert_eq!(p.role(), Some("authenticated"));
+    /// ```
+    pub fn role(&self) -> Option<&str> {
+        self.claims.get("role").and_then(serde_json::Value::as_str)
+    }
+
+    /// The `email` claim, when it is a string. Who may change it (and whether it was
+    /// confirmed) is the identity provider's business: key authorization on
+    /// [`subject`](Self::subject), not on the address.
+    ///
+    /// ```
+    /// use secure_routes::auth::{CredentialSource, Principal};
+    /// let claims = serde_json::json!({"email": "a@example.com"});
+    /// let p = Principal::new("u1", CredentialSource::Header)
+    ///     .with_claims(claims.as_object().unwrap().clone());
+    /// assert_eq!(p.email(), Some("a@example.com"));
+    /// ```
+    pub fn email(&self) -> Option<&str> {
+        self.claims.get("email").and_then(serde_json::Value::as_str)
+    }
+
+    /// Whether the token says its user signed in anonymously (Supabase's `is_anonymous:
+    /// true`). Only the boolean `true` counts.
+    ///
+    /// ```
+    /// use secure_routes::auth::{CredentialSource, Principal};
+    /// let claims = serde_json::json!({"is_anonymous": true});
+    /// let p = Principal::new("u1", CredentialSource::Header);
+    /// assert!(!p.is_anonymous());
+    /// assert!(p.with_claims(claims.as_object().unwrap().clone()).is_anonymous());
+    /// ```
+    pub fn is_anonymous(&self) -> bool {
+        self.claims.get("is_anonymous") == Some(&serde_json::Value::Bool(true))
+    }
+
+    /// The `app_metadata` claim, when it is an object: what the provider's server side sets
+    /// (Supabase: `provider`, and roles your backend assigns). Unlike `user_metadata`, which
+    /// the user can edit, it is fit for authorization decisions.
+    ///
+    /// ```
+    /// use secure_routes::auth::{CredentialSource, Principal};
+    /// let claims = serde_json::json!({"app_metadata": {"provider": "email"}});
+    /// let p = Principal::new("u1", CredentialSource::Header)
+    ///     .with_claims(claims.as_object().unwrap().clone());
+    /// assert_eq!(p.app_metadata().unwrap()["provider"], "email");
+    /// ```
+    pub fn app_metadata(&self) -> Option<&serde_json::Map<String, serde_json::Value>> {
+        self.claims
+            .get("app_metadata")
+            .and_then(serde_json::Value::as_object)
     }
 }
 

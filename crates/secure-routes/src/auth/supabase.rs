@@ -1,4 +1,28 @@
-//! Supabase sessions: the cookies Supabase's server-side helpers (`@supabase/ssr`) set.
+//! Supabase: the [`SupabaseAuthenticator`] profile (with the `jwks` feature) and the session
+//! cookies Supabase's server-side helpers (`@supabase/ssr`) set.
+//!
+//! # The profile
+//!
+//! [`SupabaseAuthenticator::builder`] takes the project URL and derives everything else the way
+//! Supabase Auth issues tokens: keys from `{url}/auth/v1/.well-known/jwks.json` (rotating
+//! asymmetric keys, through [`JwksAuthenticator`](super::jwks::JwksAuthenticator)), issuer
+//! `{url}/auth/v1`, audience `authenticated`, and the session cookie below. A project still on
+//! the legacy shared JWT secret adds it with
+//! [`jwt_secret`](SupabaseAuthenticatorBuilder::jwt_secret); HS256 tokens are then checked
+//! against that secret and nothing else. The project's API keys are refused as bearer tokens
+//! with their own audit reason, `supabase_api_key`: the legacy `anon` and `service_role` JWTs
+//! (signed with the project secret, so they would otherwise get as far as the issuer check) and
+//! the newer opaque `sb_publishable_...` / `sb_secret_...` keys. An API key identifies the
+//! *app*, never a user; a `service_role` key used as a session would be a full bypass of row
+//! level security in the caller's hands.
+//!
+//! The [`Principal`](super::Principal) carries every claim, with typed accessors for the ones
+//! Supabase sets: [`subject`](super::Principal::subject) (`sub`, the user id),
+//! [`role`](super::Principal::role), [`email`](super::Principal::email),
+//! [`is_anonymous`](super::Principal::is_anonymous) and
+//! [`app_metadata`](super::Principal::app_metadata).
+//!
+//! # The session cookie
 //!
 //! The session lives in the cookie `sb-<project-ref>-auth-token`. Its value is the session
 //! JSON (`{"access_token": "...", "refresh_token": "...", ...}`), either as it is or as
@@ -44,6 +68,7 @@ pub const MAX_CHUNKS: usize = 16;
 pub const MAX_SESSION_BYTES: usize = 32 * 1024;
 
 const BAD: AuthError = AuthError::Invalid("bad_session_cookie");
+const API_KEY: AuthError = AuthError::Invalid("supabase_api_key");
 
 /// The session cookie's name for a project: `sb-<project_ref>-auth-token`.
 ///
@@ -106,7 +131,42 @@ pub fn access_token(headers: &HeaderMap, name: &str) -> Result<String, AuthError
         CookieLookup::Conflicting => return Err(BAD),
         CookieLookup::Absent => combined_chunks(headers, name)?,
     };
+    // The helpers sign out by emptying the cookie; a browser may still send it once.
+    if value.is_empty() {
+        return Err(AuthError::Missing);
+    }
     parse_session(&value)
+}
+
+/// Refuses the project's API keys presented as a user's token: the opaque `sb_publishable_`
+/// and `sb_secret_` keys, and the legacy `anon` / `service_role` JWTs. Runs before any key is
+/// chosen, on the unverified payload: it can only refuse, never admit, so reading a claim the
+/// signature has not vouched for yet is safe here.
+pub(crate) fn refuse_api_key(token: &str) -> Result<(), AuthError> {
+    if token.starts_with("sb_publishable_") || token.starts_with("sb_secret_") {
+        return Err(API_KEY);
+    }
+    #[derive(serde::Deserialize)]
+    struct RoleOnly {
+        role: Option<Value>,
+    }
+    // Oversized or malformed tokens are left to the verifier, which refuses them with its own
+    // reason.
+    let Some(payload) = token.split('.').nth(1) else {
+        return Ok(());
+    };
+    if payload.len() > super::jwt::MAX_TOKEN_BYTES {
+        return Ok(());
+    }
+    let Ok(json) = URL_SAFE_NO_PAD.decode(payload) else {
+        return Ok(());
+    };
+    match serde_json::from_slice::<RoleOnly>(&json) {
+        Ok(RoleOnly {
+            role: Some(Value::String(role)),
+        }) if role == "anon" || role == "service_role" => Err(API_KEY),
+        _ => Ok(()),
+    }
 }
 
 /// Concatenates `name.0`, `name.1`, ... up to the first missing index.
@@ -162,6 +222,346 @@ pub fn parse_session(value: &str) -> Result<String, AuthError> {
     match token.and_then(Value::as_str) {
         Some(t) if !t.is_empty() => Ok(t.to_owned()),
         _ => Err(BAD),
+    }
+}
+
+#[cfg(feature = "jwks")]
+pub use profile::{SupabaseAuthenticator, SupabaseAuthenticatorBuilder};
+
+#[cfg(feature = "jwks")]
+mod profile {
+    use std::fmt;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use http::request::Parts;
+
+    use super::{project_ref, session_cookie_name};
+    use crate::auth::jwks::{JwksAuthenticator, JwksAuthenticatorBuilder, JwksError};
+    use crate::auth::verify::{Claims, Profile};
+    use crate::auth::{AuthError, Authenticator, BoxFuture, Principal};
+    use crate::clock::Clock;
+    use crate::error::ConfigError;
+
+    /// The audience Supabase Auth puts in a signed-in user's token.
+    const AUDIENCE: &str = "authenticated";
+
+    /// Configures a [`SupabaseAuthenticator`]; see [`SupabaseAuthenticator::builder`].
+    ///
+    /// ```
+    /// use secure_routes::auth::supabase::SupabaseAuthenticator;
+    /// let err = SupabaseAuthenticator::builder("http://abcd.supabase.co")
+    ///     .jwt_secret("too-short")
+    ///     .build()
+    ///     .unwrap_err();
+    /// // Plain http to a remote host, and a secret under 32 bytes.
+    /// assert_eq!(err.problems().len(), 2);
+    /// ```
+    #[derive(Clone)]
+    pub struct SupabaseAuthenticatorBuilder {
+        base: String,
+        cookie: Option<String>,
+        jwks: JwksAuthenticatorBuilder,
+    }
+
+    impl fmt::Debug for SupabaseAuthenticatorBuilder {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            // The JWKS builder's Debug never shows the secret.
+            f.debug_struct("SupabaseAuthenticatorBuilder")
+                .field("base", &self.base)
+                .field("cookie", &self.cookie)
+                .field("jwks", &self.jwks)
+                .finish()
+        }
+    }
+
+    impl SupabaseAuthenticatorBuilder {
+        /// Also accepts the project's legacy HS256 tokens, signed with its JWT secret (the
+        /// dashboard's "JWT Secret", used as its UTF-8 bytes; at least 32). Without it, HS256
+        /// tokens are refused (`wrong_algorithm`).
+        ///
+        /// ```
+        /// # use secure_routes::auth::supabase::SupabaseAuthenticator;
+        /// let a = SupabaseAuthenticator::builder("https://abcd.supabase.co")
+        ///     .jwt_secret("super-secret-jwt-token-with-at-least-32-characters-long")
+        ///     .build()
+        ///     .unwrap();
+        /// # let _ = a;
+        /// ```
+        pub fn jwt_secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+            self.jwks = self.jwks.hs256(secret);
+            self
+        }
+
+        /// Reads the session from the cookie `name` (and its `.0`, `.1`, ... chunks) instead of
+        /// `sb-<project-ref>-auth-token`: for helpers configured with another
+        /// `cookieOptions.name`, or a custom domain whose first label is not the project ref.
+        ///
+        /// ```
+        /// # use secure_routes::auth::supabase::SupabaseAuthenticator;
+        /// let a = SupabaseAuthenticator::builder("https://auth.example.com")
+        ///     .session_cookie("sb-abcd-auth-token")
+        ///     .build()
+        ///     .unwrap();
+        /// assert_eq!(a.cookie_name(), "sb-abcd-auth-token");
+        /// ```
+        pub fn session_cookie(mut self, name: impl Into<String>) -> Self {
+            self.cookie = Some(name.into());
+            self
+        }
+
+        /// The time source for `exp`/`nbf`, the key set's lifetime and the token cache (the
+        /// system clock by default).
+        ///
+        /// ```
+        /// # use std::{sync::Arc, time::Duration};
+        /// # use secure_routes::{auth::supabase::SupabaseAuthenticator, clock::FakeClock};
+        /// let clock = Arc::new(FakeClock::new(Duration::from_secs(1_800_000_000)));
+        /// let a = SupabaseAuthenticator::builder("https://abcd.supabase.co").clock(clock).build();
+        /// assert!(a.is_ok());
+        /// ```
+        pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+            self.jwks = self.jwks.clock(clock);
+            self
+        }
+
+        /// Caches up to `capacity` verified tokens (see
+        /// [`JwksAuthenticatorBuilder::cache`]).
+        ///
+        /// ```
+        /// # use secure_routes::auth::supabase::SupabaseAuthenticator;
+        /// let a = SupabaseAuthenticator::builder("https://abcd.supabase.co").cache(10_000).build();
+        /// assert_eq!(a.unwrap().cached_tokens(), 0);
+        /// ```
+        pub fn cache(mut self, capacity: usize) -> Self {
+            self.jwks = self.jwks.cache(capacity);
+            self
+        }
+
+        /// Clock-skew allowance for `exp` and `nbf` (see [`JwksAuthenticatorBuilder::leeway`]).
+        ///
+        /// ```
+        /// # use std::time::Duration;
+        /// # use secure_routes::auth::supabase::SupabaseAuthenticator;
+        /// let b = SupabaseAuthenticator::builder("https://abcd.supabase.co");
+        /// assert!(b.leeway(Duration::from_secs(10)).build().is_ok());
+        /// ```
+        pub fn leeway(mut self, leeway: Duration) -> Self {
+            self.jwks = self.jwks.leeway(leeway);
+            self
+        }
+
+        /// Least time between two key set fetches (see
+        /// [`JwksAuthenticatorBuilder::cooldown`]).
+        ///
+        /// ```
+        /// # use std::time::Duration;
+        /// # use secure_routes::auth::supabase::SupabaseAuthenticator;
+        /// let b = SupabaseAuthenticator::builder("https://abcd.supabase.co");
+        /// assert!(b.cooldown(Duration::from_secs(60)).build().is_ok());
+        /// ```
+        pub fn cooldown(mut self, cooldown: Duration) -> Self {
+            self.jwks = self.jwks.cooldown(cooldown);
+            self
+        }
+
+        /// How long a fetched key set is used (see [`JwksAuthenticatorBuilder::max_age`]).
+        ///
+        /// ```
+        /// # use std::time::Duration;
+        /// # use secure_routes::auth::supabase::SupabaseAuthenticator;
+        /// let b = SupabaseAuthenticator::builder("https://abcd.supabase.co");
+        /// assert!(b.max_age(Duration::from_secs(300)).build().is_ok());
+        /// ```
+        pub fn max_age(mut self, max_age: Duration) -> Self {
+            self.jwks = self.jwks.max_age(max_age);
+            self
+        }
+
+        /// Bound on one key set fetch (see [`JwksAuthenticatorBuilder::fetch_timeout`]).
+        ///
+        /// ```
+        /// # use std::time::Duration;
+        /// # use secure_routes::auth::supabase::SupabaseAuthenticator;
+        /// let b = SupabaseAuthenticator::builder("https://abcd.supabase.co");
+        /// assert!(b.fetch_timeout(Duration::from_secs(2)).build().is_ok());
+        /// ```
+        pub fn fetch_timeout(mut self, timeout: Duration) -> Self {
+            self.jwks = self.jwks.fetch_timeout(timeout);
+            self
+        }
+
+        /// Validates everything and reports every problem at once; makes no request.
+        ///
+        /// ```
+        /// # use secure_routes::auth::supabase::SupabaseAuthenticator;
+        /// let err = SupabaseAuthenticator::builder("https://abcd.supabase.co/rest/v1").build();
+        /// assert!(err.unwrap_err().problems()[0].contains("project URL"));
+        /// ```
+        pub fn build(self) -> Result<SupabaseAuthenticator, ConfigError> {
+            let mut problems = Vec::new();
+            // The URL must be an origin: the issuer and the key set's path are derived from
+            // it, and a path would put them somewhere Supabase Auth does not.
+            let origin = self
+                .base
+                .split_once("://")
+                .is_some_and(|(_, rest)| !rest.is_empty() && !rest.contains(['/', '?', '#']));
+            if !origin {
+                problems.push(
+                    "supabase: the project URL must be an origin such as https://<ref>.supabase.co (no path)"
+                        .to_owned(),
+                );
+            }
+            let cookie = match self.cookie {
+                Some(c) => Some(c),
+                None => project_ref(&self.base).map(|r| session_cookie_name(&r)),
+            };
+            if origin && cookie.is_none() {
+                problems.push(
+                    "supabase: cannot derive the project ref from the URL; set session_cookie"
+                        .to_owned(),
+                );
+            }
+            let mut jwks = self.jwks;
+            if let Some(c) = &cookie {
+                jwks = jwks.cookie(c.clone());
+            }
+            let built = jwks.build().map_err(|e| {
+                let theirs = e.problems().iter();
+                problems.extend(theirs.map(|p| p.replacen("jwks:", "supabase:", 1)));
+            });
+            ConfigError::check(problems, ())?;
+            let (Ok(jwks), Some(cookie)) = (built, cookie) else {
+                return Err(ConfigError::new("supabase: no usable configuration"));
+            };
+            Ok(SupabaseAuthenticator {
+                issuer: format!("{}/auth/v1", self.base).into(),
+                cookie: cookie.into(),
+                jwks,
+            })
+        }
+    }
+
+    /// Verifies a Supabase project's access tokens, from `Authorization: Bearer` or from the
+    /// session cookie the SSR helpers set (an ambient credential: CSRF protection applies).
+    /// See the [module documentation](super) for what it derives and refuses.
+    ///
+    /// ```
+    /// use secure_routes::auth::supabase::SupabaseAuthenticator;
+    /// let a = SupabaseAuthenticator::builder("https://abcd.supabase.co").build().unwrap();
+    /// assert_eq!(a.issuer(), "https://abcd.supabase.co/auth/v1");
+    /// assert_eq!(a.cookie_name(), "sb-abcd-auth-token");
+    /// ```
+    #[derive(Clone)]
+    pub struct SupabaseAuthenticator {
+        issuer: Arc<str>,
+        cookie: Arc<str>,
+        jwks: JwksAuthenticator,
+    }
+
+    impl fmt::Debug for SupabaseAuthenticator {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.debug_struct("SupabaseAuthenticator")
+                .field("issuer", &self.issuer)
+                .field("cookie", &self.cookie)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl SupabaseAuthenticator {
+        /// Starts a configuration for the project at `project_url` (`https://<ref>.supabase.co`,
+        /// or the local stack's `http://127.0.0.1:54321`; plain `http` only for loopback).
+        ///
+        /// ```
+        /// use secure_routes::auth::supabase::SupabaseAuthenticator;
+        /// let a = SupabaseAuthenticator::builder("http://127.0.0.1:54321").build().unwrap();
+        /// assert_eq!(a.cookie_name(), "sb-127-auth-token");
+        /// ```
+        pub fn builder(project_url: impl Into<String>) -> SupabaseAuthenticatorBuilder {
+            let url = project_url.into();
+            let base = url.strip_suffix('/').unwrap_or(&url).to_owned();
+            let jwks = JwksAuthenticator::builder(format!("{base}/auth/v1/.well-known/jwks.json"))
+                .issuer(format!("{base}/auth/v1"))
+                .audience(AUDIENCE)
+                .profile(Profile::Supabase);
+            SupabaseAuthenticatorBuilder {
+                base,
+                cookie: None,
+                jwks,
+            }
+        }
+
+        /// The issuer tokens must carry: `{project_url}/auth/v1`.
+        ///
+        /// ```
+        /// # use secure_routes::auth::supabase::SupabaseAuthenticator;
+        /// let a = SupabaseAuthenticator::builder("https://abcd.supabase.co/").build().unwrap();
+        /// assert_eq!(a.issuer(), "https://abcd.supabase.co/auth/v1");
+        /// ```
+        pub fn issuer(&self) -> &str {
+            &self.issuer
+        }
+
+        /// The session cookie's name (its chunks add `.0`, `.1`, ...).
+        ///
+        /// ```
+        /// # use secure_routes::auth::supabase::SupabaseAuthenticator;
+        /// let a = SupabaseAuthenticator::builder("https://abcd.supabase.co").build().unwrap();
+        /// assert_eq!(a.cookie_name(), "sb-abcd-auth-token");
+        /// ```
+        pub fn cookie_name(&self) -> &str {
+            &self.cookie
+        }
+
+        /// Fetches the project's key set now (see [`JwksAuthenticator::refresh`]). A project
+        /// that only signs with the legacy secret publishes no usable key: then this fails and
+        /// HS256 tokens still verify against [`jwt_secret`](SupabaseAuthenticatorBuilder::jwt_secret).
+        ///
+        /// ```no_run
+        /// # use secure_routes::auth::supabase::SupabaseAuthenticator;
+        /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+        /// let a = SupabaseAuthenticator::builder("https://abcd.supabase.co").build()?;
+        /// println!("{} signing keys", a.refresh().await?);
+        /// # Ok(()) }
+        /// ```
+        pub async fn refresh(&self) -> Result<usize, JwksError> {
+            self.jwks.refresh().await
+        }
+
+        /// Verifies `token` and returns its claims (always checks the signature).
+        ///
+        /// ```
+        /// # use secure_routes::auth::{AuthError, supabase::SupabaseAuthenticator};
+        /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+        /// let a = SupabaseAuthenticator::builder("https://abcd.supabase.co").build().unwrap();
+        /// // A publishable API key is not a user's session.
+        /// let err = a.verify("sb_publishable_abc").await.unwrap_err();
+        /// assert_eq!(err, AuthError::Invalid("supabase_api_key"));
+        /// # });
+        /// ```
+        pub async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+            self.jwks.verify(token).await
+        }
+
+        /// How many verified tokens the cache holds now (0 without a cache).
+        ///
+        /// ```
+        /// # use secure_routes::auth::supabase::SupabaseAuthenticator;
+        /// let a = SupabaseAuthenticator::builder("https://abcd.supabase.co").build().unwrap();
+        /// assert_eq!(a.cached_tokens(), 0);
+        /// ```
+        pub fn cached_tokens(&self) -> usize {
+            self.jwks.cached_tokens()
+        }
+    }
+
+    impl Authenticator for SupabaseAuthenticator {
+        fn authenticate<'a>(
+            &'a self,
+            parts: &'a Parts,
+        ) -> BoxFuture<'a, Result<Principal, AuthError>> {
+            self.jwks.authenticate(parts)
+        }
     }
 }
 
@@ -256,6 +656,36 @@ mod tests {
             access_token(&headers(&["other=1".to_owned()]), NAME),
             Err(AuthError::Missing)
         ));
+    }
+
+    #[test]
+    fn api_keys_are_recognised_by_prefix_or_role_only() {
+        let jwt = |payload: &str| {
+            format!(
+                "eyJhbGciOiJIUzI1NiJ9.{}.sig",
+                URL_SAFE_NO_PAD.encode(payload)
+            )
+        };
+        for refused in [
+            "sb_publishable_x".to_owned(),
+            "sb_secret_x".to_owned(),
+            jwt(r#"{"role":"anon"}"#),
+            jwt(r#"{"iss":"supabase","role":"service_role"}"#),
+        ] {
+            assert_eq!(refuse_api_key(&refused), Err(API_KEY), "{refused}");
+        }
+        // Left to the verifier: users, odd shapes and garbage (it refuses what is bad).
+        for passed in [
+            jwt(r#"{"role":"authenticated"}"#),
+            jwt(r#"{"role":["anon"]}"#),
+            jwt(r#"{"user_metadata":{"role":"anon"}}"#),
+            jwt("not json"),
+            "no-dots".to_owned(),
+            "a.%%%.c".to_owned(),
+            String::new(),
+        ] {
+            assert_eq!(refuse_api_key(&passed), Ok(()), "{passed}");
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 
 use super::cache::{CacheKey, TokenCache};
 use super::jwt::{DEFAULT_LEEWAY, MAX_LEEWAY, MAX_TOKEN_BYTES};
-use super::{AuthError, CredentialSource, Principal};
+use super::{AuthError, CredentialSource, Principal, supabase};
 use crate::clock::{Clock, SystemClock};
 use crate::guard::csrf::{CookieLookup, single_cookie};
 
@@ -99,6 +99,18 @@ pub(crate) fn check_key(
     }
 }
 
+/// Provider-specific rules on top of the generic ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Profile {
+    /// The cookie holds the token itself.
+    #[default]
+    Generic,
+    /// The cookie holds a Supabase session ([`supabase::access_token`]), and the project's API
+    /// keys are refused as bearer tokens ([`supabase::refuse_api_key`]).
+    #[cfg_attr(not(feature = "jwks"), allow(dead_code))]
+    Supabase,
+}
+
 /// The options both JWT builders share (issuer, audience, leeway, cookie, clock, cache).
 #[derive(Clone, Debug)]
 pub(crate) struct ClaimOptions {
@@ -108,6 +120,7 @@ pub(crate) struct ClaimOptions {
     pub(crate) cookie: Option<String>,
     pub(crate) clock: Option<Arc<dyn Clock>>,
     pub(crate) cache: Option<usize>,
+    pub(crate) profile: Profile,
 }
 
 impl Default for ClaimOptions {
@@ -119,6 +132,7 @@ impl Default for ClaimOptions {
             cookie: None,
             clock: None,
             cache: None,
+            profile: Profile::Generic,
         }
     }
 }
@@ -165,6 +179,7 @@ impl ClaimOptions {
             issuers: self.issuers,
             audiences: self.audiences,
             cookie: self.cookie,
+            profile: self.profile,
         }
     }
 }
@@ -262,6 +277,7 @@ pub(crate) struct ClaimRules {
     cookie: Option<String>,
     clock: Arc<dyn Clock>,
     cache: Option<TokenCache>,
+    profile: Profile,
 }
 
 impl ClaimRules {
@@ -283,6 +299,16 @@ impl ClaimRules {
 
     pub(crate) fn cached_tokens(&self) -> usize {
         self.cache.as_ref().map_or(0, TokenCache::len)
+    }
+
+    /// Refusals that come before any key is chosen: under the Supabase profile, the project's
+    /// API keys presented as bearer tokens.
+    #[cfg_attr(not(feature = "jwks"), allow(dead_code))]
+    pub(crate) fn precheck(&self, token: &str) -> Result<(), AuthError> {
+        match self.profile {
+            Profile::Generic => Ok(()),
+            Profile::Supabase => supabase::refuse_api_key(token),
+        }
     }
 
     /// jsonwebtoken's settings for tokens signed with `alg`: signature, `iss`, `aud` and the
@@ -433,6 +459,10 @@ impl ClaimRules {
         let Some(name) = &self.cookie else {
             return Err(AuthError::Missing);
         };
+        if self.profile == Profile::Supabase {
+            let token = supabase::access_token(&parts.headers, name)?;
+            return Ok((Cow::Owned(token), CredentialSource::Cookie));
+        }
         match single_cookie(&parts.headers, name) {
             // An emptied cookie (a logout) is no credential.
             CookieLookup::Absent => Err(AuthError::Missing),
