@@ -17,7 +17,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
-use crate::demo::DemoOptions;
+use crate::demo::{DemoOptions, Identity};
 use crate::stores::{self, AuditLocation, LimitsLocation};
 use crate::{audit_cmd, demo, duration, token};
 
@@ -60,6 +60,21 @@ pub enum Command {
         /// behind), to check that instances with disagreeing clocks admit nothing extra.
         #[arg(long, hide = true, default_value_t = 0, allow_negative_numbers = true)]
         clock_skew_ms: i64,
+        /// Accept tokens signed by the keys of this JWK set instead of the demo secret
+        /// (https; plain http only on loopback).
+        #[arg(long, value_name = "URL", conflicts_with = "supabase_url")]
+        jwks: Option<String>,
+        /// With --jwks: the issuer (`iss`) tokens must carry.
+        #[arg(long, value_name = "ISS", requires = "jwks")]
+        jwt_issuer: Option<String>,
+        /// With --jwks: the audience (`aud`) tokens must carry (without it, a token that
+        /// names an audience is refused).
+        #[arg(long, value_name = "AUD", requires = "jwks")]
+        jwt_audience: Option<String>,
+        /// Accept the users of this Supabase project (https://<ref>.supabase.co): access
+        /// tokens and SSR session cookies. SUPABASE_JWT_SECRET adds the legacy HS256 secret.
+        #[arg(long, value_name = "URL")]
+        supabase_url: Option<String>,
     },
     /// Print an HS256 JWT for the demo, signed with SECURE_ROUTES_JWT_SECRET.
     Token {
@@ -123,6 +138,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             secure_cookies,
             store_timeout,
             clock_skew_ms,
+            jwks,
+            jwt_issuer,
+            jwt_audience,
+            supabase_url,
         } => {
             let config = Config::from_env()?;
             let options = DemoOptions {
@@ -131,6 +150,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 secure_cookies,
                 store_timeout,
                 clock_skew_ms,
+                identity: identity(
+                    jwks,
+                    jwt_issuer,
+                    jwt_audience,
+                    supabase_url,
+                    std::env::var("SUPABASE_JWT_SECRET").ok(),
+                ),
             };
             let listener = tokio::net::TcpListener::bind(addr).await?;
             let stores = stores::open(&options.limits, &options.audit).await?;
@@ -164,6 +190,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let out = audit_cmd::list(&audit, action.as_deref(), since, limit, json).await?;
             print!("{out}");
             Ok(())
+        }
+    }
+}
+
+/// Whose tokens the demo accepts, from `--jwks` (with `--jwt-issuer`, `--jwt-audience`),
+/// `--supabase-url` and `SUPABASE_JWT_SECRET` (clap already refused `--jwks` beside
+/// `--supabase-url`).
+fn identity(
+    jwks: Option<String>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    supabase_url: Option<String>,
+    supabase_secret: Option<String>,
+) -> Identity {
+    let supabase_secret = supabase_secret.filter(|s| !s.is_empty());
+    match (jwks, supabase_url) {
+        (_, Some(url)) => Identity::Supabase {
+            url,
+            jwt_secret: supabase_secret.map(String::into_bytes),
+        },
+        (jwks, None) => {
+            if supabase_secret.is_some() {
+                // A shell that exports it for other tools should not stop the demo.
+                eprintln!(
+                    "warning: SUPABASE_JWT_SECRET is set but --supabase-url is not; ignoring it"
+                );
+            }
+            match jwks {
+                Some(url) => Identity::Jwks {
+                    url,
+                    issuer,
+                    audience,
+                },
+                None => Identity::DemoSecret,
+            }
         }
     }
 }
@@ -264,5 +325,72 @@ mod tests {
         );
         assert!(matches!(audit, Some(AuditLocation::Postgres(_))));
         assert_eq!(clock_skew_ms, -45_000);
+    }
+
+    #[test]
+    fn identity_flags() {
+        let Command::Demo {
+            jwks,
+            jwt_issuer,
+            jwt_audience,
+            supabase_url,
+            ..
+        } = parse(&[
+            "demo",
+            "--jwks",
+            "https://idp.example/jwks.json",
+            "--jwt-issuer",
+            "https://idp.example/",
+            "--jwt-audience",
+            "api",
+        ])
+        else {
+            panic!("demo")
+        };
+        assert_eq!(
+            identity(
+                jwks,
+                jwt_issuer,
+                jwt_audience,
+                supabase_url,
+                Some("s".into())
+            ),
+            Identity::Jwks {
+                url: "https://idp.example/jwks.json".into(),
+                issuer: Some("https://idp.example/".into()),
+                audience: Some("api".into()),
+            }
+        );
+        let Command::Demo {
+            jwks, supabase_url, ..
+        } = parse(&["demo", "--supabase-url", "https://abcd.supabase.co"])
+        else {
+            panic!("demo")
+        };
+        assert_eq!(
+            identity(jwks, None, None, supabase_url, Some("legacy".into())),
+            Identity::Supabase {
+                url: "https://abcd.supabase.co".into(),
+                jwt_secret: Some(b"legacy".to_vec()),
+            }
+        );
+        assert_eq!(
+            identity(None, None, None, None, Some("x".into())),
+            Identity::DemoSecret
+        );
+        for bad in [
+            &[
+                "demo",
+                "--jwks",
+                "https://a/j",
+                "--supabase-url",
+                "https://b.supabase.co",
+            ][..],
+            &["demo", "--jwt-issuer", "https://a/"][..],
+        ] {
+            let mut all = vec!["secure-routes"];
+            all.extend_from_slice(bad);
+            assert!(Cli::try_parse_from(all).is_err(), "{bad:?}");
+        }
     }
 }

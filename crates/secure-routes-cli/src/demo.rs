@@ -32,7 +32,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::{HeaderMap, Method, header};
 use secure_routes::audit::{AuditConfig, AuditStats, AuditWriter};
+use secure_routes::auth::Authenticator;
+use secure_routes::auth::jwks::{JwksAuthenticator, JwksError};
 use secure_routes::auth::jwt::JwtAuthenticator;
+use secure_routes::auth::supabase::SupabaseAuthenticator;
 use secure_routes::clock::{Clock, SystemClock};
 use secure_routes::rate_limit::RateLimitStore;
 use secure_routes::response::problem::{Rejection, RejectionKind};
@@ -75,8 +78,161 @@ pub fn sensitive_policy() -> Policy {
         .unwrap_or_else(|e| unreachable!("constant policy is valid: {e}"))
 }
 
+/// Verified tokens the demo's JWKS and Supabase authenticators remember.
+pub const TOKEN_CACHE: usize = 10_000;
+
+/// Whose tokens the demo accepts (`secure-routes demo` flags). One identity provider per run:
+/// each authenticator pins its own keys, and one answer per credential keeps the audit
+/// reason exact.
+///
+/// ```
+/// use secure_routes_cli::demo::Identity;
+/// let s = Identity::Supabase { url: "https://abcd.supabase.co".into(), jwt_secret: Some(b"s".to_vec()) };
+/// assert!(!format!("{s:?}").contains("jwt_secret: Some([115"));
+/// assert_eq!(Identity::default().to_string(), "demo HS256 secret");
+/// ```
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum Identity {
+    /// HS256 tokens signed with `SECURE_ROUTES_JWT_SECRET` (`secure-routes token`), from the
+    /// `Authorization` header or the [`SESSION_COOKIE`].
+    #[default]
+    DemoSecret,
+    /// Tokens signed by the keys of a JWKS (`--jwks`), with an optional expected issuer and
+    /// audience (`--jwt-issuer`, `--jwt-audience`), from the `Authorization` header or the
+    /// [`SESSION_COOKIE`].
+    Jwks {
+        /// The key set URL (`https`, or `http` on loopback).
+        url: String,
+        /// Required `iss`.
+        issuer: Option<String>,
+        /// Required `aud`.
+        audience: Option<String>,
+    },
+    /// A Supabase project's users (`--supabase-url`, `SUPABASE_JWT_SECRET`), from the
+    /// `Authorization` header or the SSR session cookie.
+    Supabase {
+        /// The project URL.
+        url: String,
+        /// The legacy HS256 secret, if the project still signs with it.
+        jwt_secret: Option<Vec<u8>>,
+    },
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::DemoSecret => f.write_str("DemoSecret"),
+            Self::Jwks {
+                url,
+                issuer,
+                audience,
+            } => f
+                .debug_struct("Jwks")
+                .field("url", url)
+                .field("issuer", issuer)
+                .field("audience", audience)
+                .finish(),
+            // Never the secret, only whether there is one.
+            Self::Supabase { url, jwt_secret } => f
+                .debug_struct("Supabase")
+                .field("url", url)
+                .field("jwt_secret", &jwt_secret.as_ref().map(|_| "<redacted>"))
+                .finish(),
+        }
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::DemoSecret => f.write_str("demo HS256 secret"),
+            Self::Jwks { url, .. } => write!(f, "JWKS {url}"),
+            Self::Supabase { url, jwt_secret } => write!(
+                f,
+                "Supabase project {url}{}",
+                if jwt_secret.is_some() {
+                    " (+ legacy JWT secret)"
+                } else {
+                    ""
+                }
+            ),
+        }
+    }
+}
+
+/// A JWKS-backed authenticator's key refresh, run once at start so a wrong URL shows at once.
+enum Prefetch {
+    Jwks(JwksAuthenticator),
+    Supabase(SupabaseAuthenticator),
+}
+
+impl Prefetch {
+    async fn run(self) {
+        let (what, result): (&str, Result<usize, JwksError>) = match &self {
+            Self::Jwks(a) => ("JWKS", a.refresh().await),
+            Self::Supabase(a) => ("Supabase", a.refresh().await),
+        };
+        match result {
+            Ok(n) => tracing::info!(keys = n, "{what} signing keys fetched"),
+            // Not fatal: the provider may come up later (tokens are refused meanwhile, never
+            // admitted), and a legacy-only Supabase project publishes no usable key.
+            Err(e) => tracing::warn!(error = %e, "{what} signing keys not fetched yet"),
+        }
+    }
+}
+
+/// The authenticator for `identity`, and the key refresh to run at start, if any.
+fn authenticator(
+    config: &Config,
+    wiring: &Wiring,
+) -> anyhow::Result<(Arc<dyn Authenticator>, Option<Prefetch>)> {
+    let clock = wiring.clock.clone();
+    Ok(match &wiring.identity {
+        Identity::DemoSecret => {
+            let mut b = JwtAuthenticator::builder()
+                .hs256(&config.jwt_secret)
+                .cookie(SESSION_COOKIE);
+            if let Some(c) = clock {
+                b = b.clock(c);
+            }
+            (Arc::new(b.build()?), None)
+        }
+        Identity::Jwks {
+            url,
+            issuer,
+            audience,
+        } => {
+            let mut b = JwksAuthenticator::builder(url)
+                .cookie(SESSION_COOKIE)
+                .cache(TOKEN_CACHE);
+            if let Some(i) = issuer {
+                b = b.issuer(i);
+            }
+            if let Some(a) = audience {
+                b = b.audience(a);
+            }
+            if let Some(c) = clock {
+                b = b.clock(c);
+            }
+            let a = b.build()?;
+            (Arc::new(a.clone()), Some(Prefetch::Jwks(a)))
+        }
+        Identity::Supabase { url, jwt_secret } => {
+            let mut b = SupabaseAuthenticator::builder(url).cache(TOKEN_CACHE);
+            if let Some(s) = jwt_secret {
+                b = b.jwt_secret(s);
+            }
+            if let Some(c) = clock {
+                b = b.clock(c);
+            }
+            let a = b.build()?;
+            (Arc::new(a.clone()), Some(Prefetch::Supabase(a)))
+        }
+    })
+}
+
 /// What the demo's [`Security`] is wired to; every part is optional (the default is memory
-/// limits, no audit writer, the system clock, plain-HTTP cookies).
+/// limits, no audit writer, the system clock, plain-HTTP cookies, the demo's HS256 secret).
 ///
 /// ```
 /// use std::sync::Arc;
@@ -91,8 +247,10 @@ pub struct Wiring {
     pub audit: Option<AuditWriter>,
     /// Rate-limit store (none: an in-process memory store).
     pub limits: Option<Arc<dyn RateLimitStore>>,
-    /// Clock for audit timestamps and CSRF tokens (none: the system clock).
+    /// Clock for audit timestamps, CSRF tokens and token lifetimes (none: the system clock).
     pub clock: Option<Arc<dyn Clock>>,
+    /// Whose tokens are accepted.
+    pub identity: Identity,
     /// `__Host-` CSRF cookie with `Secure`, and HSTS.
     pub secure_cookies: bool,
     /// Longest wait for one rate-limit store call on every route (none: the policies' own,
@@ -108,18 +266,20 @@ impl std::fmt::Debug for Wiring {
             .field("clock", &self.clock)
             .field("secure_cookies", &self.secure_cookies)
             .field("store_timeout", &self.store_timeout)
+            .field("identity", &self.identity)
             .finish()
     }
 }
 
-/// Builds the demo's [`Security`] from `config` and `wiring`.
+/// Builds the demo's [`Security`] from `config` and `wiring`. With a JWKS or Supabase identity
+/// and a Tokio runtime at hand, the signing keys are fetched in the background at once.
 pub fn security(config: &Config, wiring: &Wiring) -> anyhow::Result<Security> {
-    let jwt = JwtAuthenticator::builder()
-        .hs256(&config.jwt_secret)
-        .cookie(SESSION_COOKIE)
-        .build()?;
+    let (auth, prefetch) = authenticator(config, wiring)?;
+    if let (Some(p), Ok(rt)) = (prefetch, tokio::runtime::Handle::try_current()) {
+        rt.spawn(p.run());
+    }
     let mut b = Security::builder()
-        .authenticator(jwt)
+        .shared_authenticator(auth)
         .csrf_secret(&config.csrf_secret)
         .trusted_proxies(&config.trusted_proxies)
         .allowed_origins(&config.allowed_origins)
@@ -336,6 +496,8 @@ pub struct DemoOptions {
     /// several instances whose clocks disagree; shared stores take time from the server, so
     /// this must not change what they admit.
     pub clock_skew_ms: i64,
+    /// Whose tokens are accepted.
+    pub identity: Identity,
 }
 
 impl Default for DemoOptions {
@@ -346,6 +508,7 @@ impl Default for DemoOptions {
             secure_cookies: false,
             store_timeout: None,
             clock_skew_ms: 0,
+            identity: Identity::DemoSecret,
         }
     }
 }
@@ -390,6 +553,7 @@ pub async fn run(
             .then(|| Arc::new(SkewedClock(options.clock_skew_ms)) as Arc<dyn Clock>),
         secure_cookies: options.secure_cookies,
         store_timeout: options.store_timeout,
+        identity: options.identity.clone(),
     };
     let app = router(config, &wiring)?;
     let result = serve(listener, app, shutdown).await;
@@ -405,8 +569,23 @@ pub fn banner(addr: SocketAddr, options: &DemoOptions) -> String {
         AuditLocation::Sqlite(p) if p.as_os_str() == "./secure-routes.db" => String::new(),
         other => format!(" --audit {other}"),
     };
+    let how = match &options.identity {
+        Identity::DemoSecret => format!(
+            "Get a token:   TOKEN=$(secure-routes token --sub alice)
+Call:          curl -H \"Authorization: Bearer $TOKEN\" http://{addr}/api/user/notes"
+        ),
+        Identity::Jwks { .. } => format!(
+            "Call:          curl -H \"Authorization: Bearer $TOKEN\" http://{addr}/api/user/notes
+               (TOKEN from your identity provider; the {SESSION_COOKIE} cookie works too, with CSRF)"
+        ),
+        Identity::Supabase { .. } => format!(
+            "Call:          curl -H \"Authorization: Bearer $ACCESS_TOKEN\" http://{addr}/api/user/notes
+               (a user's session.access_token; the SSR session cookie works too, with CSRF)"
+        ),
+    };
     format!(
         "secure-routes demo listening on http://{addr}  (limits: {limits}, audit log: {audit})
+Tokens from:   {identity}
 
   GET            /health
   GET, POST      /api/public-data          PUBLIC: 60/min, 1 MiB
@@ -415,11 +594,11 @@ pub fn banner(addr: SocketAddr, options: &DemoOptions) -> String {
   POST           /api/strict               STRICT: 10/min, 512 KiB
   POST           /api/sensitive-operation  auth + CSRF, 5/hour, 100 KiB
 
-Get a token:   TOKEN=$(secure-routes token --sub alice)
-Call:          curl -H \"Authorization: Bearer $TOKEN\" http://{addr}/api/user/notes
+{how}
 Audit log:     secure-routes audit{audit_flag}
 Ctrl-C stops the server and flushes the audit log.",
         limits = options.limits,
         audit = options.audit,
+        identity = options.identity,
     )
 }

@@ -61,6 +61,11 @@ impl Demo {
     /// Starts `secure-routes demo --addr 127.0.0.1:0 ARGS` in `dir` with the shared secrets,
     /// and waits for its banner.
     pub fn start(dir: &Path, name: &str, args: &[&str]) -> Demo {
+        Self::start_with_env(dir, name, args, &[])
+    }
+
+    /// [`start`](Self::start) with more environment variables.
+    pub fn start_with_env(dir: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> Demo {
         let stderr = dir.join(format!("{name}.stderr"));
         let mut child = Command::new(env!("CARGO_BIN_EXE_secure-routes"))
             .arg("demo")
@@ -72,6 +77,8 @@ impl Demo {
             .env("RUST_LOG", "warn")
             .env_remove("SECURE_ROUTES_LIMITS")
             .env_remove("SECURE_ROUTES_AUDIT")
+            .env_remove("SUPABASE_JWT_SECRET")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))
             .spawn()
