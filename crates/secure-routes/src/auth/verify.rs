@@ -689,6 +689,41 @@ mod tests {
     }
 
     #[test]
+    fn bearer_refuses_obs_text_and_trims_only_whitespace() {
+        let parse = |raw: &[u8]| {
+            let (parts, ()) = http::Request::get("/")
+                .header(
+                    http::header::AUTHORIZATION,
+                    http::HeaderValue::from_bytes(raw).unwrap(),
+                )
+                .body(())
+                .unwrap()
+                .into_parts();
+            bearer(&parts).map(|t| t.map(str::to_owned))
+        };
+        assert_eq!(
+            parse(b"\tBearer  abc.def \t"),
+            Ok(Some("abc.def".to_owned()))
+        );
+        assert_eq!(parse(b"Basic dXNlcg=="), Ok(None));
+        // Controls other than HTAB cannot be in a `HeaderValue`; obs-text (0x80..) can.
+        for raw in [
+            &b"Bearer ab\xc3\xa9"[..],
+            b"Bearer abc\xa0",
+            b"Bearer\xc2\xa0abc",
+            b"B\xc3\xa9arer abc",
+            b"Bearer abc\xff",
+        ] {
+            assert_eq!(
+                parse(raw),
+                Err(AuthError::Invalid("malformed")),
+                "{}",
+                raw.escape_ascii()
+            );
+        }
+    }
+
+    #[test]
     fn b64token_bytes_are_exactly_the_rfc_set() {
         for b in 0..=255u8 {
             let rfc = b.is_ascii_alphanumeric() || b"-._~+/".contains(&b);
