@@ -158,6 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     std::env::var("SUPABASE_JWT_SECRET").ok(),
                 ),
             };
+            options.identity.check(&config)?;
             let listener = tokio::net::TcpListener::bind(addr).await?;
             let stores = stores::open(&options.limits, &options.audit).await?;
             println!("{}", demo::banner(listener.local_addr()?, &options));

@@ -45,7 +45,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::stores::{AuditLocation, LimitsLocation, OpenStores};
+use crate::stores::{AuditLocation, LimitsLocation, OpenStores, redact};
 
 /// Name of the session cookie the demo accepts (an ambient credential: CSRF required).
 pub const SESSION_COOKIE: &str = "sr-session";
@@ -128,14 +128,14 @@ impl std::fmt::Debug for Identity {
                 audience,
             } => f
                 .debug_struct("Jwks")
-                .field("url", url)
+                .field("url", &redact(url))
                 .field("issuer", issuer)
                 .field("audience", audience)
                 .finish(),
             // Never the secret, only whether there is one.
             Self::Supabase { url, jwt_secret } => f
                 .debug_struct("Supabase")
-                .field("url", url)
+                .field("url", &redact(url))
                 .field("jwt_secret", &jwt_secret.as_ref().map(|_| "<redacted>"))
                 .finish(),
         }
@@ -146,10 +146,11 @@ impl std::fmt::Display for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::DemoSecret => f.write_str("demo HS256 secret"),
-            Self::Jwks { url, .. } => write!(f, "JWKS {url}"),
+            Self::Jwks { url, .. } => write!(f, "JWKS {}", redact(url)),
             Self::Supabase { url, jwt_secret } => write!(
                 f,
-                "Supabase project {url}{}",
+                "Supabase project {}{}",
+                redact(url),
                 if jwt_secret.is_some() {
                     " (+ legacy JWT secret)"
                 } else {
@@ -157,6 +158,27 @@ impl std::fmt::Display for Identity {
                 }
             ),
         }
+    }
+}
+
+impl Identity {
+    /// Checks the configuration (URLs, secrets) without any request, so a bad flag is reported
+    /// before the demo announces itself.
+    ///
+    /// ```
+    /// # use secure_routes_cli::{config::Config, demo::Identity};
+    /// let config = Config { jwt_secret: vec![1; 32], csrf_secret: vec![2; 32],
+    ///     trusted_proxies: vec![], allowed_origins: vec![], production: false };
+    /// let bad = Identity::Supabase { url: "https://abcd.supabase.co/rest/v1".into(), jwt_secret: None };
+    /// assert!(bad.check(&config).is_err());
+    /// assert!(Identity::DemoSecret.check(&config).is_ok());
+    /// ```
+    pub fn check(&self, config: &Config) -> anyhow::Result<()> {
+        let wiring = Wiring {
+            identity: self.clone(),
+            ..Wiring::default()
+        };
+        authenticator(config, &wiring).map(drop)
     }
 }
 

@@ -360,3 +360,35 @@ async fn a_supabase_ssr_cookie_authenticates_in_the_demo_binary() {
         );
     }
 }
+
+#[test]
+fn a_bad_provider_flag_stops_the_demo_before_it_announces_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, wanted) in [
+        (
+            &["--supabase-url", "https://abcd.supabase.co/rest/v1"][..],
+            "project URL",
+        ),
+        (&["--jwks", "http://idp.example/jwks.json"][..], "https"),
+        (
+            &["--jwks", "https://user:hunter2@idp.example/jwks.json"][..],
+            "credentials",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_secure-routes"))
+            .arg("demo")
+            .args(["--addr", "127.0.0.1:0", "--audit", "jsonl:audit.jsonl"])
+            .args(args)
+            .current_dir(dir.path())
+            .env("SECURE_ROUTES_JWT_SECRET", support::JWT_SECRET)
+            .env("CSRF_SECRET", support::CSRF_SECRET)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(!stdout.contains("listening on"), "{args:?}: {stdout}");
+        assert!(stderr.contains(wanted), "{args:?}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+    }
+}
