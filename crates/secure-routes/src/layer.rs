@@ -138,6 +138,9 @@ impl Security {
             .bucket()
             .map(|b| Arc::<str>::from(format!("bucket:{b}")));
         let fallback_bucket = Arc::<str>::from(format!("policy:{}", policy.name()));
+        let limit_headers = policy
+            .rate_limit()
+            .map(|q| rl::LimitHeaders::new(policy.name(), q));
         Ok(SecurityLayer {
             cors,
             csrf,
@@ -146,6 +149,7 @@ impl Security {
                 policy,
                 fixed_bucket,
                 fallback_bucket,
+                limit_headers,
             }),
         })
     }
@@ -509,6 +513,8 @@ struct CoreState {
     policy: Policy,
     fixed_bucket: Option<Arc<str>>,
     fallback_bucket: Arc<str>,
+    /// The policy's rate-limit headers, formatted once.
+    limit_headers: Option<rl::LimitHeaders>,
 }
 
 /// The core checks; see the module docs for where it sits in the stack.
@@ -630,17 +636,17 @@ impl Ctx {
     fn decorate(&self, res: &mut Response) {
         let shared = &self.state.shared;
         let h = res.headers_mut();
+        // Room for everything below at once: growing the map step by step rehashes it twice.
+        h.reserve(16);
         self.state.policy.security_headers().apply(h, shared.https);
         if let Some((quota, decision)) = &self.limit
             && !h.contains_key("ratelimit")
         {
-            rl::apply_headers(
-                h,
-                self.state.policy.name(),
-                *quota,
-                decision,
-                shared.clock.now(),
-            );
+            let now = shared.clock.now();
+            match &self.state.limit_headers {
+                Some(pre) => pre.apply(h, decision, now),
+                None => rl::apply_headers(h, self.state.policy.name(), *quota, decision, now),
+            }
         }
         if self.subject.is_some() {
             // Authenticated answers are per-user: no shared cache may keep them.

@@ -44,29 +44,53 @@ pub fn apply_headers(
     decision: &Decision,
     now: Duration,
 ) {
-    let reset = decision.reset_after_secs();
-    let mut put = |n: HeaderName, v: String| {
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            headers.insert(n, v);
-        }
-    };
-    put(
-        RATELIMIT_POLICY,
-        format!(
+    LimitHeaders::new(name, quota).apply(headers, decision, now);
+}
+
+/// The per-policy part of the rate-limit headers, formatted once when a layer is built, so a
+/// request formats only its own numbers.
+#[derive(Debug)]
+pub(crate) struct LimitHeaders {
+    /// `RateLimit-Policy`, constant for the policy.
+    policy: Option<HeaderValue>,
+    /// `"name";r=`, the start of `RateLimit`.
+    ratelimit_prefix: Box<str>,
+}
+
+impl LimitHeaders {
+    pub(crate) fn new(name: &str, quota: Quota) -> Self {
+        let policy = format!(
             "\"{name}\";q={};w={}",
             quota.limit(),
             ceil_secs(quota.window())
-        ),
-    );
-    put(
-        RATELIMIT,
-        format!("\"{name}\";r={};t={reset}", decision.remaining),
-    );
-    put(X_LIMIT, decision.limit.to_string());
-    put(X_REMAINING, decision.remaining.to_string());
-    put(X_RESET, (now.as_secs() + reset).to_string());
-    if let Some(retry) = decision.retry_after_secs() {
-        put(header::RETRY_AFTER, retry.to_string());
+        );
+        Self {
+            policy: HeaderValue::from_str(&policy).ok(),
+            ratelimit_prefix: format!("\"{name}\";r=").into(),
+        }
+    }
+
+    pub(crate) fn apply(&self, headers: &mut HeaderMap, decision: &Decision, now: Duration) {
+        use std::fmt::Write as _;
+        let reset = decision.reset_after_secs();
+        if let Some(p) = &self.policy {
+            headers.insert(RATELIMIT_POLICY, p.clone());
+        }
+        let mut ratelimit = String::with_capacity(self.ratelimit_prefix.len() + 24);
+        ratelimit.push_str(&self.ratelimit_prefix);
+        let _ = write!(ratelimit, "{};t={reset}", decision.remaining);
+        if let Ok(v) = HeaderValue::from_str(&ratelimit) {
+            headers.insert(RATELIMIT, v);
+        }
+        headers.insert(X_LIMIT, HeaderValue::from(decision.limit));
+        headers.insert(X_REMAINING, HeaderValue::from(decision.remaining));
+        headers.insert(
+            X_RESET,
+            HeaderValue::from(now.as_secs().saturating_add(reset)),
+        );
+        if let Some(retry) = decision.retry_after_secs() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry));
+        }
     }
 }
 
