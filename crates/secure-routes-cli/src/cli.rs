@@ -71,7 +71,7 @@ pub enum Command {
         /// names an audience is refused).
         #[arg(long, value_name = "AUD", requires = "jwks")]
         jwt_audience: Option<String>,
-        /// Accept the users of this Supabase project (https://<ref>.supabase.co): access
+        /// Accept the users of this Supabase project (https://REF.supabase.co): access
         /// tokens and SSR session cookies. SUPABASE_JWT_SECRET adds the legacy HS256 secret.
         #[arg(long, value_name = "URL")]
         supabase_url: Option<String>,
