@@ -218,6 +218,11 @@ fn identity(
                     "warning: SUPABASE_JWT_SECRET is set but --supabase-url is not; ignoring it"
                 );
             }
+            if jwks.is_some() && issuer.is_none() {
+                eprintln!(
+                    "warning: --jwks without --jwt-issuer accepts any issuer those keys sign for"
+                );
+            }
             match jwks {
                 Some(url) => Identity::Jwks {
                     url,

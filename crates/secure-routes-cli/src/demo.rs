@@ -79,6 +79,10 @@ pub fn sensitive_policy() -> Policy {
 }
 
 /// Verified tokens the demo's JWKS and Supabase authenticators remember.
+///
+/// ```
+/// assert_eq!(secure_routes_cli::demo::TOKEN_CACHE, 10_000);
+/// ```
 pub const TOKEN_CACHE: usize = 10_000;
 
 /// Whose tokens the demo accepts (`secure-routes demo` flags). One identity provider per run:
@@ -87,8 +91,13 @@ pub const TOKEN_CACHE: usize = 10_000;
 ///
 /// ```
 /// use secure_routes_cli::demo::Identity;
-/// let s = Identity::Supabase { url: "https://abcd.supabase.co".into(), jwt_secret: Some(b"s".to_vec()) };
-/// assert!(!format!("{s:?}").contains("jwt_secret: Some([115"));
+/// let s = Identity::Supabase {
+///     url: "https://abcd.supabase.co".into(),
+///     jwt_secret: Some(b"super-secret-jwt-token".to_vec()),
+/// };
+/// let debug = format!("{s:?}");
+/// assert!(debug.contains("<redacted>"));
+/// assert!(!debug.contains("super-secret") && !debug.contains("115, 117"));
 /// assert_eq!(Identity::default().to_string(), "demo HS256 secret");
 /// ```
 #[derive(Clone, Default, PartialEq, Eq)]

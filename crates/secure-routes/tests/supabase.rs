@@ -186,6 +186,27 @@ fn session_value(access_token: &str) -> String {
     )
 }
 
+/// `encodeURIComponent(s)`.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z'
+            | b'a'..=b'z'
+            | b'0'..=b'9'
+            | b'-'
+            | b'_'
+            | b'.'
+            | b'!'
+            | b'~'
+            | b'*'
+            | b'\''
+            | b'('
+            | b')' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// `value` split into `n` chunk cookies, as the helpers write a session over 3180 bytes.
 fn chunked(name: &str, value: &str, n: usize) -> String {
     let size = value.len().div_ceil(n);
@@ -265,6 +286,8 @@ async fn a_users_token_authenticates_from_the_header_and_the_ssr_cookie() {
         // Older helpers: the JSON itself, and an array.
         format!("{name}={plain}"),
         format!("{name}={}", json!([token, "r", null, null, null])),
+        // Raw JSON as the `cookie` serializer writes it (encodeURIComponent).
+        format!("{name}={}", percent_encode(&plain)),
     ] {
         let p = with_headers(&a, &[("cookie", format!("theme=dark; {cookie}"))])
             .await
@@ -283,6 +306,7 @@ async fn a_users_token_authenticates_from_the_header_and_the_ssr_cookie() {
     anon_user["email"] = json!("");
     let p = bearer(&a, &key.sign(&anon_user)).await.unwrap();
     assert!(p.is_anonymous());
+    assert_eq!(p.email(), None);
 
     // A bearer header wins over the cookie; an emptied cookie (signed out) is no credential.
     let other = key.sign(&project.user_claims("u3"));
@@ -298,6 +322,13 @@ async fn a_users_token_authenticates_from_the_header_and_the_ssr_cookie() {
     assert_eq!(p.subject(), "u3");
     let signed_out = with_headers(&a, &[("cookie", format!("{name}="))]).await;
     assert_eq!(signed_out.unwrap_err(), AuthError::Missing);
+    // A whole cookie beside chunks: one of them was planted from a sibling domain.
+    let other_session = session_value(&other);
+    let tossed = format!("{name}={other_session}; {}", chunked(&name, &value, 2));
+    assert_eq!(
+        with_headers(&a, &[("cookie", tossed)]).await.unwrap_err(),
+        AuthError::Invalid("bad_session_cookie")
+    );
     let garbage = with_headers(&a, &[("cookie", format!("{name}=base64-%%%"))]).await;
     assert_eq!(
         garbage.unwrap_err(),
@@ -390,10 +421,15 @@ async fn the_projects_api_keys_are_refused_as_sessions() {
     // gives them away.
     let mut dressed = project.user_claims("u1");
     dressed["role"] = json!("service_role");
+    // Past the cooldown, a token with an unknown `kid` would make the authenticator fetch the
+    // key set again: refused first, this one costs the project nothing.
+    clock.advance(Duration::from_secs(30));
+    let unknown_kid = Key::new("not-in-the-set").sign(&dressed);
     let tokens = [
         api_key("anon"),
         api_key("service_role"),
         key.sign(&dressed),
+        unknown_kid,
         "sb_publishable_Xk2hQpW1n5tJm8vCdE0aRg_3fT9yLz7".to_owned(),
         "sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz".to_owned(),
     ];

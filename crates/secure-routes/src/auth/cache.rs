@@ -29,6 +29,10 @@ use sha2::{Digest, Sha256};
 use super::verify::Claims;
 
 /// Shards, for large caches: concurrent hits on different tokens rarely wait for one another.
+/// The generation of entries verified with a key that never changes (a configured secret or
+/// PEM): valid whatever a key set is doing. Key set generations never take this value.
+pub(crate) const PINNED: u64 = u64::MAX;
+
 const SHARDS: usize = 16;
 /// Least capacity of a shard. Eviction is per shard, so a shard must be large enough that
 /// tokens landing in the same one do not push each other out while the cache is far from full.
@@ -138,20 +142,27 @@ impl TokenCache {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The cached subject and claims of `key`, if verified under `generation` and `now` is
-    /// before its `exp`. A stale entry is dropped.
+    /// The cached subject and claims of `key`, if `now` is before its `exp` and it was verified
+    /// with a [`PINNED`] key or under `generation` (`None`: no key set is usable now). An
+    /// expired entry, or one of another key set generation, is dropped.
     pub(crate) fn get(
         &self,
         key: &CacheKey,
         now: Duration,
-        generation: u64,
+        generation: Option<u64>,
     ) -> Option<(Arc<str>, Arc<Claims>)> {
         let mut shard = self.shard(key);
         let entry = shard.map.get(key)?;
-        if entry.generation == generation && now.as_secs() < entry.exp {
+        let current = entry.generation == PINNED || Some(entry.generation) == generation;
+        let live = now.as_secs() < entry.exp;
+        if current && live {
             return Some((Arc::clone(&entry.subject), Arc::clone(&entry.claims)));
         }
-        shard.map.remove(key);
+        // Without a usable key set the entry may become current again (the same keys
+        // refetched): keep it unless it expired.
+        if !live || generation.is_some() {
+            shard.map.remove(key);
+        }
         None
     }
 
@@ -208,9 +219,24 @@ mod tests {
         c.get(
             &CacheKey::of(token),
             Duration::from_secs(now_secs),
-            generation,
+            Some(generation),
         )
         .is_some()
+    }
+
+    #[test]
+    fn pinned_entries_do_not_depend_on_a_key_set() {
+        let c = TokenCache::new(8);
+        put(&c, "secret", 100, PINNED);
+        put(&c, "jwks", 100, 3);
+        let get = |t: &str, g: Option<u64>| c.get(&CacheKey::of(t), Duration::from_secs(50), g);
+        assert!(get("secret", None).is_some());
+        assert!(get("secret", Some(7)).is_some());
+        // A key set entry needs its set to be current, and survives while none is.
+        assert!(get("jwks", None).is_none());
+        assert!(get("jwks", Some(3)).is_some());
+        assert!(get("jwks", Some(4)).is_none());
+        assert!(get("jwks", Some(3)).is_none(), "dropped by the newer set");
     }
 
     #[test]

@@ -75,6 +75,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::cache::PINNED;
 use super::verify::{
     ClaimOptions, ClaimRules, Claims, KeySpec, Profile, Verified, alg_name, check_key,
     claim_option_methods, parse_header,
@@ -608,6 +609,7 @@ impl Authenticator for JwksAuthenticator {
             let set = inner.current();
             // A cached verification counts only while the key set it was made with is the
             // current one and still fresh: past its lifetime the set must be refetched first.
+            // One made with the configured HS256 secret counts whatever the set is doing.
             let generation = set.is_fresh(inner.rules.now()).then_some(set.generation);
             let miss = match inner.rules.lookup(parts, generation)? {
                 Ok(cached) => return Ok(cached),
@@ -637,8 +639,8 @@ impl Inner {
             && name == alg_name(*alg)
         {
             // The configured shared secret, and only it: never a JWKS key for an HMAC token.
-            let generation = self.current().generation;
-            return Ok((self.rules.decode(token, key, validation)?, generation));
+            // It never rotates, so its verifications stay usable whatever the key set does.
+            return Ok((self.rules.decode(token, key, validation)?, PINNED));
         }
         let Some((alg, validation)) = self.validations.iter().find(|(a, _)| alg_name(*a) == name)
         else {
@@ -734,7 +736,8 @@ impl Inner {
         let generation = if keys.fetched() && keys.fingerprint == fetched.fingerprint {
             keys.generation
         } else {
-            keys.generation.wrapping_add(1)
+            // Never PINNED, which marks verifications with the configured secret.
+            keys.generation.wrapping_add(1) % PINNED
         };
         if generation != keys.generation {
             tracing::info!(

@@ -58,6 +58,7 @@ use std::time::Duration;
 use http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 
+use super::cache::PINNED;
 use super::verify::{
     ClaimOptions, ClaimRules, Claims, KeySpec, Verified, alg_name, check_key, claim_option_methods,
     parse_header,
@@ -365,13 +366,13 @@ impl JwtAuthenticator {
     }
 
     fn check(&self, parts: &Parts) -> Result<Principal, AuthError> {
-        // One pinned key never changes: every cache entry is of generation 0.
-        let miss = match self.rules.lookup(parts, Some(0))? {
+        // One pinned key never changes: every cache entry is pinned.
+        let miss = match self.rules.lookup(parts, None)? {
             Ok(cached) => return Ok(cached),
             Err(miss) => miss,
         };
         let verified = self.verify_token(&miss.token)?;
-        Ok(self.rules.admit(miss, verified, 0))
+        Ok(self.rules.admit(miss, verified, PINNED))
     }
 }
 

@@ -133,19 +133,22 @@ impl Principal {
         self.claims.get("role").and_then(serde_json::Value::as_str)
     }
 
-    /// The `email` claim, when it is a string. Who may change it (and whether it was
-    /// confirmed) is the identity provider's business: key authorization on
-    /// [`subject`](Self::subject), not on the address.
+    /// The `email` claim, when it is a non-empty string (Supabase gives anonymous users `""`).
+    /// Who may change it (and whether it was confirmed) is the identity provider's business:
+    /// key authorization on [`subject`](Self::subject), not on the address.
     ///
     /// ```
     /// use secure_routes::auth::{CredentialSource, Principal};
-    /// let claims = serde_json::json!({"email": "a@example.com"});
-    /// let p = Principal::new("u1", CredentialSource::Header)
-    ///     .with_claims(claims.as_object().unwrap().clone());
-    /// assert_eq!(p.email(), Some("a@example.com"));
+    /// let p = |v: serde_json::Value| Principal::new("u1", CredentialSource::Header)
+    ///     .with_claims(v.as_object().unwrap().clone());
+    /// assert_eq!(p(serde_json::json!({"email": "a@example.com"})).email(), Some("a@example.com"));
+    /// assert_eq!(p(serde_json::json!({"email": ""})).email(), None);
     /// ```
     pub fn email(&self) -> Option<&str> {
-        self.claims.get("email").and_then(serde_json::Value::as_str)
+        self.claims
+            .get("email")
+            .and_then(serde_json::Value::as_str)
+            .filter(|e| !e.is_empty())
     }
 
     /// Whether the token says its user signed in anonymously (Supabase's `is_anonymous:

@@ -10,7 +10,9 @@
 //! the legacy shared JWT secret adds it with
 //! [`jwt_secret`](SupabaseAuthenticatorBuilder::jwt_secret); HS256 tokens are then checked
 //! against that secret and nothing else. The project's API keys are refused as bearer tokens
-//! with their own audit reason, `supabase_api_key`: the legacy `anon` and `service_role` JWTs
+//! with their own audit reason, `supabase_api_key` (also in the session cookie, and also on routes
+//! that allow anonymous callers: a signed-out supabase-js client sends the anon key as its bearer
+//! token, so call such routes without it): the legacy `anon` and `service_role` JWTs
 //! (signed with the project secret, so they would otherwise get as far as the issuer check) and
 //! the newer opaque `sb_publishable_...` / `sb_secret_...` keys. An API key identifies the
 //! *app*, never a user; a `service_role` key used as a session would be a full bypass of row
@@ -27,9 +29,12 @@
 //! The session lives in the cookie `sb-<project-ref>-auth-token`. Its value is the session
 //! JSON (`{"access_token": "...", "refresh_token": "...", ...}`), either as it is or as
 //! `base64-` followed by the JSON in base64url; older helpers stored a JSON array whose first
-//! element is the access token. A session too large for one cookie is split into
-//! `sb-<ref>-auth-token.0`, `.1`, ... whose values are concatenated in order (the unsplit name
-//! wins when both are present, as in the helpers).
+//! element is the access token; values may be percent-encoded (the `cookie` serializer's
+//! `encodeURIComponent`). A session too large for one cookie is split into
+//! `sb-<ref>-auth-token.0`, `.1`, ... whose values are concatenated in order. The helpers never
+//! leave both the unsplit cookie and chunks behind, so both present is refused: one of them was
+//! planted (cookie tossing from a sibling subdomain, which would sign the user in as the
+//! attacker).
 //!
 //! Only the access token is used, and only after the authenticator has verified it; the
 //! refresh token is never read. A cookie is an ambient credential: the browser sends it on
@@ -62,9 +67,24 @@ use serde_json::Value;
 use super::AuthError;
 use crate::guard::csrf::{CookieLookup, single_cookie};
 
-/// Most cookie chunks read for one session.
+/// Most cookie chunks read for one session; a `.16` chunk makes the session malformed.
+///
+/// ```
+/// use http::HeaderMap;
+/// use secure_routes::auth::supabase::{MAX_CHUNKS, access_token};
+/// let cookies: Vec<String> = (0..=MAX_CHUNKS).map(|i| format!("sb-x-auth-token.{i}=a")).collect();
+/// let mut h = HeaderMap::new();
+/// h.insert("cookie", cookies.join("; ").parse().unwrap());
+/// assert!(access_token(&h, "sb-x-auth-token").is_err());
+/// ```
 pub const MAX_CHUNKS: usize = 16;
 /// Most bytes of cookie value read for one session (all chunks together).
+///
+/// ```
+/// use secure_routes::auth::supabase::{MAX_SESSION_BYTES, parse_session};
+/// let huge = format!(r#"{{"access_token":"{}"}}"#, "a".repeat(MAX_SESSION_BYTES));
+/// assert!(parse_session(&huge).is_err());
+/// ```
 pub const MAX_SESSION_BYTES: usize = 32 * 1024;
 
 const BAD: AuthError = AuthError::Invalid("bad_session_cookie");
@@ -113,9 +133,10 @@ pub fn project_ref(project_url: &str) -> Option<String> {
 ///
 /// # Errors
 ///
-/// [`AuthError::Missing`] when there is no such cookie; [`AuthError::Invalid`]
-/// (`bad_session_cookie`) when it is malformed, oversized, or present twice with different
-/// values (a cookie planted for another path or domain).
+/// [`AuthError::Missing`] when there is no such cookie (or it was emptied by a sign-out);
+/// [`AuthError::Invalid`] (`bad_session_cookie`) when it is malformed, oversized, present twice
+/// with different values, or present both whole and in chunks (a cookie planted for another
+/// path or from a sibling domain).
 ///
 /// ```
 /// use http::HeaderMap;
@@ -127,11 +148,17 @@ pub fn project_ref(project_url: &str) -> Option<String> {
 /// ```
 pub fn access_token(headers: &HeaderMap, name: &str) -> Result<String, AuthError> {
     let value = match single_cookie(headers, name) {
-        CookieLookup::One(v) => v,
         CookieLookup::Conflicting => return Err(BAD),
-        CookieLookup::Absent => combined_chunks(headers, name)?,
+        CookieLookup::One(v) if !v.is_empty() => {
+            if matches!(single_cookie(headers, &format!("{name}.0")), CookieLookup::One(c) if !c.is_empty())
+            {
+                return Err(BAD);
+            }
+            v
+        }
+        // The helpers sign out by emptying the cookie; a browser may still send it once.
+        CookieLookup::One(_) | CookieLookup::Absent => combined_chunks(headers, name)?,
     };
-    // The helpers sign out by emptying the cookie; a browser may still send it once.
     if value.is_empty() {
         return Err(AuthError::Missing);
     }
@@ -146,10 +173,6 @@ pub(crate) fn refuse_api_key(token: &str) -> Result<(), AuthError> {
     if token.starts_with("sb_publishable_") || token.starts_with("sb_secret_") {
         return Err(API_KEY);
     }
-    #[derive(serde::Deserialize)]
-    struct RoleOnly {
-        role: Option<Value>,
-    }
     // Oversized or malformed tokens are left to the verifier, which refuses them with its own
     // reason.
     let Some(payload) = token.split('.').nth(1) else {
@@ -161,12 +184,39 @@ pub(crate) fn refuse_api_key(token: &str) -> Result<(), AuthError> {
     let Ok(json) = URL_SAFE_NO_PAD.decode(payload) else {
         return Ok(());
     };
-    match serde_json::from_slice::<RoleOnly>(&json) {
-        Ok(RoleOnly {
-            role: Some(Value::String(role)),
-        }) if role == "anon" || role == "service_role" => Err(API_KEY),
+    // Read as the verifier reads claims (a map: of a repeated `role`, the last one counts), so
+    // this check and the principal can never disagree about the role.
+    let claims = serde_json::from_slice::<serde_json::Map<String, Value>>(&json);
+    match claims.as_ref().ok().and_then(|c| c.get("role")) {
+        Some(Value::String(role)) if role == "anon" || role == "service_role" => Err(API_KEY),
         _ => Ok(()),
     }
+}
+
+/// `%XX` escapes decoded (RFC 3986); a `%` not followed by two hex digits is malformed.
+fn percent_decode(value: &[u8]) -> Result<Vec<u8>, AuthError> {
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut out = Vec::with_capacity(value.len());
+    let mut rest = value;
+    while let Some((&b, tail)) = rest.split_first() {
+        if b != b'%' {
+            out.push(b);
+            rest = tail;
+            continue;
+        }
+        match tail {
+            [h, l, more @ ..] => {
+                let (Some(h), Some(l)) = (hex(*h), hex(*l)) else {
+                    return Err(BAD);
+                };
+                // Both digits are below 16, so the byte fits.
+                out.push(u8::try_from(h * 16 + l).map_err(|_| BAD)?);
+                rest = more;
+            }
+            _ => return Err(BAD),
+        }
+    }
+    Ok(out)
 }
 
 /// Concatenates `name.0`, `name.1`, ... up to the first missing index.
@@ -189,29 +239,31 @@ fn combined_chunks(headers: &HeaderMap, name: &str) -> Result<String, AuthError>
     Err(BAD)
 }
 
-/// The access token in a session cookie value.
+/// The access token in a session cookie value (percent-encoded or not).
 ///
 /// ```
 /// use secure_routes::auth::supabase::parse_session;
 /// assert_eq!(parse_session(r#"{"access_token":"t"}"#).unwrap(), "t");
 /// assert_eq!(parse_session(r#"["t","refresh",null]"#).unwrap(), "t");
+/// assert_eq!(parse_session("%7B%22access_token%22%3A%22t%22%7D").unwrap(), "t");
 /// assert!(parse_session("base64-!!!").is_err());
 /// ```
 pub fn parse_session(value: &str) -> Result<String, AuthError> {
     if value.len() > MAX_SESSION_BYTES {
         return Err(BAD);
     }
-    let json: Vec<u8> = match value.strip_prefix("base64-") {
+    let decoded = percent_decode(value.as_bytes())?;
+    let json: Vec<u8> = match decoded.strip_prefix(b"base64-") {
         // The helpers write base64url without padding; accept the standard alphabet and
         // padding too, since some server code re-encodes it.
         Some(b64) => {
-            let trimmed = b64.trim_end_matches('=');
+            let end = b64.iter().rposition(|&b| b != b'=').map_or(0, |i| i + 1);
             URL_SAFE_NO_PAD
-                .decode(trimmed)
+                .decode(&b64[..end])
                 .or_else(|_| STANDARD.decode(b64))
                 .map_err(|_| BAD)?
         }
-        None => value.as_bytes().to_vec(),
+        None => decoded,
     };
     let session: Value = serde_json::from_slice(&json).map_err(|_| BAD)?;
     let token = match &session {
@@ -294,16 +346,18 @@ mod profile {
         }
 
         /// Reads the session from the cookie `name` (and its `.0`, `.1`, ... chunks) instead of
-        /// `sb-<project-ref>-auth-token`: for helpers configured with another
-        /// `cookieOptions.name`, or a custom domain whose first label is not the project ref.
+        /// `sb-<first label of the project URL's host>-auth-token`: for helpers configured with
+        /// another `cookieOptions.name`, or a browser client created with another URL than the
+        /// one given here (the helpers name the cookie after the client's URL).
         ///
         /// ```
         /// # use secure_routes::auth::supabase::SupabaseAuthenticator;
-        /// let a = SupabaseAuthenticator::builder("https://auth.example.com")
-        ///     .session_cookie("sb-abcd-auth-token")
+        /// // The server reaches the project through an internal name; browsers use `api.example.com`.
+        /// let a = SupabaseAuthenticator::builder("https://supabase-kong.internal")
+        ///     .session_cookie("sb-api-auth-token")
         ///     .build()
         ///     .unwrap();
-        /// assert_eq!(a.cookie_name(), "sb-abcd-auth-token");
+        /// assert_eq!(a.cookie_name(), "sb-api-auth-token");
         /// ```
         pub fn session_cookie(mut self, name: impl Into<String>) -> Self {
             self.cookie = Some(name.into());
@@ -442,6 +496,29 @@ mod profile {
         }
     }
 
+    /// `url` without a trailing `/`, its scheme and host lowercased and a default port dropped:
+    /// the form Supabase Auth writes in `iss`, so `HTTPS://ABCD.supabase.co:443` still matches.
+    fn normalize_origin(url: &str) -> String {
+        let url = url.strip_suffix('/').unwrap_or(url);
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return url.to_owned();
+        };
+        let scheme = scheme.to_ascii_lowercase();
+        // Only an origin is accepted (checked in `build`); a path keeps its case.
+        let (authority, path) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+        let authority = authority.to_ascii_lowercase();
+        let default_port = match scheme.as_str() {
+            "https" => ":443",
+            "http" => ":80",
+            _ => "",
+        };
+        let authority = match authority.strip_suffix(default_port) {
+            Some(a) if !default_port.is_empty() => a,
+            _ => &authority,
+        };
+        format!("{scheme}://{authority}{path}")
+    }
+
     /// Verifies a Supabase project's access tokens, from `Authorization: Bearer` or from the
     /// session cookie the SSR helpers set (an ambient credential: CSRF protection applies).
     /// See the [module documentation](super) for what it derives and refuses.
@@ -478,8 +555,7 @@ mod profile {
         /// assert_eq!(a.cookie_name(), "sb-127-auth-token");
         /// ```
         pub fn builder(project_url: impl Into<String>) -> SupabaseAuthenticatorBuilder {
-            let url = project_url.into();
-            let base = url.strip_suffix('/').unwrap_or(&url).to_owned();
+            let base = normalize_origin(&project_url.into());
             let jwks = JwksAuthenticator::builder(format!("{base}/auth/v1/.well-known/jwks.json"))
                 .issuer(format!("{base}/auth/v1"))
                 .audience(AUDIENCE)
@@ -495,7 +571,7 @@ mod profile {
         ///
         /// ```
         /// # use secure_routes::auth::supabase::SupabaseAuthenticator;
-        /// let a = SupabaseAuthenticator::builder("https://abcd.supabase.co/").build().unwrap();
+        /// let a = SupabaseAuthenticator::builder("HTTPS://ABCD.supabase.co:443/").build().unwrap();
         /// assert_eq!(a.issuer(), "https://abcd.supabase.co/auth/v1");
         /// ```
         pub fn issuer(&self) -> &str {
@@ -603,12 +679,28 @@ mod tests {
             format!("{NAME}.0={a}; {NAME}.1={b}"),
         ]);
         assert_eq!(access_token(&h, NAME).unwrap(), "tok");
-        // The unsplit cookie wins over chunks.
+        // Percent-encoded as the `cookie` serializer writes raw JSON (encodeURIComponent).
+        let encoded = "%7B%22access_token%22%3A%22tok%22%2C%22refresh_token%22%3A%22r%22%7D";
+        let h = headers(&[format!("{NAME}={encoded}")]);
+        assert_eq!(access_token(&h, NAME).unwrap(), "tok");
+        let h = headers(&[format!("{NAME}=%5B%22tok%22%2C%22r%22%2Cnull%5D")]);
+        assert_eq!(access_token(&h, NAME).unwrap(), "tok");
+        // An emptied (signed-out) cookie beside chunks: the chunks are the session.
+        let (a, b) = long.split_at(9);
+        let h = headers(&[format!("{NAME}=; {NAME}.0={a}; {NAME}.1={b}")]);
+        assert_eq!(access_token(&h, NAME).unwrap(), "tok");
+    }
+
+    #[test]
+    fn a_whole_cookie_beside_chunks_is_refused() {
+        // One of them was planted by a sibling subdomain: neither is trusted.
+        let planted = b64(r#"{"access_token":"attacker"}"#);
+        let (a, b) = planted.split_at(9);
         let h = headers(&[format!(
-            "{NAME}={}; {NAME}.0=garbage",
-            b64(r#"{"access_token":"one"}"#)
+            "{NAME}={}; {NAME}.0={a}; {NAME}.1={b}",
+            b64(r#"{"access_token":"victim"}"#)
         )]);
-        assert_eq!(access_token(&h, NAME).unwrap(), "one");
+        assert_eq!(access_token(&h, NAME), Err(BAD));
     }
 
     #[test]
@@ -625,6 +717,8 @@ mod tests {
                 b64(r#"{"access_token":"b"}"#)
             )],
             vec![format!("{NAME}.0=x"), format!("{NAME}.0=y")],
+            vec![format!("{NAME}=%7B%2"), "x=1".to_owned()],
+            vec![format!("{NAME}=%zz")],
             // A gap ends the chunks; what is left does not parse.
             vec![
                 format!("{NAME}.0={{\"access_token\":"),
@@ -671,12 +765,15 @@ mod tests {
             "sb_secret_x".to_owned(),
             jwt(r#"{"role":"anon"}"#),
             jwt(r#"{"iss":"supabase","role":"service_role"}"#),
+            // A repeated claim: the last one counts, for this check as for the verifier.
+            jwt(r#"{"role":"authenticated","role":"anon"}"#),
         ] {
             assert_eq!(refuse_api_key(&refused), Err(API_KEY), "{refused}");
         }
         // Left to the verifier: users, odd shapes and garbage (it refuses what is bad).
         for passed in [
             jwt(r#"{"role":"authenticated"}"#),
+            jwt(r#"{"role":"anon","role":"authenticated"}"#),
             jwt(r#"{"role":["anon"]}"#),
             jwt(r#"{"user_metadata":{"role":"anon"}}"#),
             jwt("not json"),

@@ -106,7 +106,7 @@ pub(crate) enum Profile {
     #[default]
     Generic,
     /// The cookie holds a Supabase session ([`supabase::access_token`]), and the project's API
-    /// keys are refused as bearer tokens ([`supabase::refuse_api_key`]).
+    /// keys are refused wherever they are presented ([`supabase::refuse_api_key`]).
     #[cfg_attr(not(feature = "jwks"), allow(dead_code))]
     Supabase,
 }
@@ -302,7 +302,7 @@ impl ClaimRules {
     }
 
     /// Refusals that come before any key is chosen: under the Supabase profile, the project's
-    /// API keys presented as bearer tokens.
+    /// API keys presented as a user's token (bearer or cookie).
     #[cfg_attr(not(feature = "jwks"), allow(dead_code))]
     pub(crate) fn precheck(&self, token: &str) -> Result<(), AuthError> {
         match self.profile {
@@ -404,7 +404,8 @@ impl ClaimRules {
     }
 
     /// Finds the request's token and looks it up in the cache. `generation` names the key set
-    /// an entry must have been verified with; `None` means no entry may be used now.
+    /// an entry must have been verified with (`None`: no key set is usable now); entries
+    /// verified with a pinned key (`cache::PINNED`) are usable either way.
     pub(crate) fn lookup<'p>(
         &self,
         parts: &'p Parts,
@@ -419,9 +420,7 @@ impl ClaimRules {
             }));
         };
         let key = CacheKey::of(&token);
-        if let Some(generation) = generation
-            && let Some((subject, claims)) = cache.get(&key, self.clock.now(), generation)
-        {
+        if let Some((subject, claims)) = cache.get(&key, self.clock.now(), generation) {
             return Ok(Ok(Principal::from_shared(subject, source, claims)));
         }
         Ok(Err(Miss {
