@@ -62,9 +62,7 @@ use crate::guard::body::{LimitedBody, check_declared, too_large};
 use crate::guard::csrf::{self as csrf_token, CsrfTokens};
 use crate::guard::{method, rate_limit as rl};
 use crate::policy::{AuthMode, CsrfMode, FailureMode, Policy};
-use crate::rate_limit::{
-    BoxFuture, Decision, KeyHasher, MemoryStore, Quota, RateLimitStore, Subject,
-};
+use crate::rate_limit::{BoxFuture, Decision, KeyHasher, MemoryStore, RateLimitStore, Subject};
 use crate::response::cors::{self, DEV_ORIGINS, parse_origin};
 use crate::response::problem::{Rejection, RejectionInfo, RejectionKind};
 
@@ -570,7 +568,7 @@ struct Ctx {
     ip: IpAddr,
     user_agent: Option<HeaderValue>,
     subject: Option<Principal>,
-    limit: Option<(Quota, Decision)>,
+    limit: Option<Decision>,
     /// A store failure let through (fail-open): audited with the final status.
     failed_open: Option<RejectionInfo>,
 }
@@ -639,14 +637,11 @@ impl Ctx {
         // Room for everything below at once: growing the map step by step rehashes it twice.
         h.reserve(16);
         self.state.policy.security_headers().apply(h, shared.https);
-        if let Some((quota, decision)) = &self.limit
+        // Both come from the policy's quota: a decision exists only on a rate-limited route.
+        if let (Some(decision), Some(limit_headers)) = (&self.limit, &self.state.limit_headers)
             && !h.contains_key("ratelimit")
         {
-            let now = shared.clock.now();
-            match &self.state.limit_headers {
-                Some(pre) => pre.apply(h, decision, now),
-                None => rl::apply_headers(h, self.state.policy.name(), *quota, decision, now),
-            }
+            limit_headers.apply(h, decision, shared.clock.now());
         }
         if self.subject.is_some() {
             // Authenticated answers are per-user: no shared cache may keep them.
@@ -802,9 +797,9 @@ where
             tokio::time::timeout(policy.store_timeout(), shared.store.acquire(&key, quota, 1))
                 .await;
         match result {
-            Ok(Ok(d)) if d.allowed => ctx.limit = Some((quota, d)),
+            Ok(Ok(d)) if d.allowed => ctx.limit = Some(d),
             Ok(Ok(d)) => {
-                ctx.limit = Some((quota, d));
+                ctx.limit = Some(d);
                 let r = rl::too_many_requests(policy.name(), quota, &d, shared.clock.now());
                 return Ok(ctx.reject(r).await);
             }

@@ -28,11 +28,11 @@ use sha2::{Digest, Sha256};
 
 use super::verify::Claims;
 
-/// Shards, for large caches: concurrent hits on different tokens rarely wait for one another.
 /// The generation of entries verified with a key that never changes (a configured secret or
 /// PEM): valid whatever a key set is doing. Key set generations never take this value.
 pub(crate) const PINNED: u64 = u64::MAX;
 
+/// Shards, for large caches: concurrent hits on different tokens rarely wait for one another.
 const SHARDS: usize = 16;
 /// Least capacity of a shard. Eviction is per shard, so a shard must be large enough that
 /// tokens landing in the same one do not push each other out while the cache is far from full.

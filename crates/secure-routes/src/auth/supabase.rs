@@ -469,10 +469,9 @@ mod profile {
                         .to_owned(),
                 );
             }
-            let cookie = match self.cookie {
-                Some(c) => Some(c),
-                None => project_ref(&self.base).map(|r| session_cookie_name(&r)),
-            };
+            let cookie = self
+                .cookie
+                .or_else(|| project_ref(&self.base).map(|r| session_cookie_name(&r)));
             if origin && cookie.is_none() {
                 problems.push(
                     "supabase: cannot derive the project ref from the URL; set session_cookie"
@@ -492,11 +491,16 @@ mod profile {
                 return Err(ConfigError::new("supabase: no usable configuration"));
             };
             Ok(SupabaseAuthenticator {
-                issuer: format!("{}/auth/v1", self.base).into(),
+                issuer: issuer(&self.base).into(),
                 cookie: cookie.into(),
                 jwks,
             })
         }
+    }
+
+    /// The issuer Supabase Auth writes in its tokens for the project at `base`.
+    fn issuer(base: &str) -> String {
+        format!("{base}/auth/v1")
     }
 
     /// `url` without a trailing `/`, its scheme and host lowercased and a default port dropped:
@@ -560,7 +564,7 @@ mod profile {
         pub fn builder(project_url: impl Into<String>) -> SupabaseAuthenticatorBuilder {
             let base = normalize_origin(&project_url.into());
             let jwks = JwksAuthenticator::builder(format!("{base}/auth/v1/.well-known/jwks.json"))
-                .issuer(format!("{base}/auth/v1"))
+                .issuer(issuer(&base))
                 .audience(AUDIENCE)
                 .profile(Profile::Supabase);
             SupabaseAuthenticatorBuilder {
