@@ -28,9 +28,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let header = match cfg & 0b11 {
-        0 => ForwardedHeader::Auto,
-        1 => ForwardedHeader::Forwarded,
-        2 => ForwardedHeader::XForwardedFor,
+        0 => ForwardedHeader::Forwarded,
+        1 => ForwardedHeader::XForwardedFor,
         _ => ForwardedHeader::XRealIp,
     };
     let peer = match (cfg >> 2) & 0b111 {

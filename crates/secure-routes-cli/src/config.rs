@@ -18,6 +18,7 @@
 //! assert_eq!(split_list(" a, b ,,c "), vec!["a", "b", "c"]);
 //! ```
 
+use secure_routes::client_ip::ForwardedHeader;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -37,6 +38,9 @@ pub struct Config {
     pub trusted_proxies: Vec<String>,
     /// Allowed CORS origins.
     pub allowed_origins: Vec<String>,
+    /// The one forwarding header the trusted proxies write (`SECURE_ROUTES_CLIENT_IP_HEADER`:
+    /// `x-forwarded-for`, the default, `forwarded` or `x-real-ip`).
+    pub client_ip_header: ForwardedHeader,
     /// Production mode.
     pub production: bool,
 }
@@ -47,6 +51,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("trusted_proxies", &self.trusted_proxies)
             .field("allowed_origins", &self.allowed_origins)
+            .field("client_ip_header", &self.client_ip_header)
             .field("production", &self.production)
             .finish_non_exhaustive()
     }
@@ -97,9 +102,16 @@ impl Config {
         if let Some(base) = get("PUBLIC_BASE_URL").filter(|s| !s.trim().is_empty()) {
             allowed_origins.push(base.trim().to_owned());
         }
+        let client_ip_header = match get("SECURE_ROUTES_CLIENT_IP_HEADER") {
+            Some(h) if !h.trim().is_empty() => h
+                .parse()
+                .map_err(|e| anyhow::anyhow!("SECURE_ROUTES_CLIENT_IP_HEADER: {e}"))?,
+            _ => ForwardedHeader::default(),
+        };
         Ok(Self {
             jwt_secret,
             csrf_secret,
+            client_ip_header,
             trusted_proxies: get("SECURE_ROUTES_TRUSTED_PROXIES")
                 .map(|s| split_list(&s))
                 .unwrap_or_default(),

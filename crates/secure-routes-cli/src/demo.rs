@@ -14,7 +14,7 @@
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! use secure_routes_cli::{config::Config, demo};
 //! let config = Config { jwt_secret: vec![1; 32], csrf_secret: vec![2; 32],
-//!     trusted_proxies: vec![], allowed_origins: vec![], production: false };
+//!     trusted_proxies: vec![], allowed_origins: vec![], client_ip_header: Default::default(), production: false };
 //! let app = demo::router(&config, &demo::Wiring::default()).unwrap();
 //! # let _ = app;
 //! # });
@@ -30,7 +30,7 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use http::{HeaderMap, Method, header};
+use http::{HeaderMap, HeaderValue, Method, header};
 use secure_routes::audit::{AuditConfig, AuditStats, AuditWriter};
 use secure_routes::auth::Authenticator;
 use secure_routes::auth::jwks::{JwksAuthenticator, JwksError};
@@ -177,7 +177,7 @@ impl Identity {
     /// ```
     /// # use secure_routes_cli::{config::Config, demo::Identity};
     /// let config = Config { jwt_secret: vec![1; 32], csrf_secret: vec![2; 32],
-    ///     trusted_proxies: vec![], allowed_origins: vec![], production: false };
+    ///     trusted_proxies: vec![], allowed_origins: vec![], client_ip_header: Default::default(), production: false };
     /// let bad = Identity::Supabase { url: "https://abcd.supabase.co/rest/v1".into(), jwt_secret: None };
     /// assert!(bad.check(&config).is_err());
     /// assert!(Identity::DemoSecret.check(&config).is_ok());
@@ -313,6 +313,7 @@ pub fn security(config: &Config, wiring: &Wiring) -> anyhow::Result<Security> {
         .shared_authenticator(auth)
         .csrf_secret(&config.csrf_secret)
         .trusted_proxies(&config.trusted_proxies)
+        .client_ip_header(config.client_ip_header)
         .allowed_origins(&config.allowed_origins)
         .development(!config.production)
         .https(wiring.secure_cookies);
@@ -370,6 +371,10 @@ pub fn router(config: &Config, wiring: &Wiring) -> anyhow::Result<Router> {
             "/api/sensitive-operation",
             post(success).layer(layer(sensitive_policy())?),
         )
+        // Unknown paths: a counted, audited problem+json 404 (path scanning meets 429).
+        .fallback_service(security.not_found()?)
+        // `/health` and anything else no policy answers get the headers and a request id.
+        .layer(security.headers_layer())
         .with_state(state))
 }
 
@@ -398,6 +403,9 @@ async fn csrf_token(
     let (token, cookie) = s.security.issue_csrf(&headers, p.as_ref());
     let mut res = Json(json!({"csrfToken": token})).into_response();
     res.headers_mut().append(header::SET_COOKIE, cookie);
+    // A token (and its Set-Cookie) must never be served from a shared cache to someone else.
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }
 

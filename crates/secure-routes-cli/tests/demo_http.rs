@@ -70,6 +70,7 @@ fn config() -> Config {
         csrf_secret: b"test-csrf-secret-test-csrf-secret-01".to_vec(),
         trusted_proxies: vec![],
         allowed_origins: vec!["https://app.example".into()],
+        client_ip_header: Default::default(),
         production: false,
     }
 }

@@ -118,6 +118,7 @@ async fn a_rotating_jwks_authenticates_in_the_demo() {
         csrf_secret: vec![2; 32],
         trusted_proxies: vec![],
         allowed_origins: vec![],
+        client_ip_header: Default::default(),
         production: false,
     };
     let wiring = Wiring {

@@ -27,6 +27,7 @@
 //!     .route("/admin", post(|| async { "ok" }).layer(security.layer(admin_only).unwrap()));
 //! let res = app
 //!     .oneshot(Request::post("/admin").header("authorization", format!("Bearer {token}"))
+//!         .extension(axum::extract::ConnectInfo(std::net::SocketAddr::from(([192, 0, 2, 1], 4000))))
 //!         .body(Body::empty()).unwrap())
 //!     .await.unwrap();
 //! assert_eq!(res.status(), StatusCode::FORBIDDEN);

@@ -7,10 +7,12 @@
 //! trusted proxy, and then only as far as the chain of trusted proxies reaches:
 //!
 //! 1. The peer is not trusted: the client is the peer. Headers are ignored.
-//! 2. The peer is trusted: the hop list is read from `Forwarded` (RFC 7239, its `for=`
-//!    parameters), else `X-Forwarded-For`, else `X-Real-IP` (see [`ForwardedHeader`] to pin
-//!    one). Every line of the header counts, in order, as one comma-separated list (RFC 9110
-//!    §5.3), so a second header line cannot hide the first.
+//! 2. The peer is trusted: the hop list is read from exactly one header, the one the
+//!    operator's proxy writes ([`ForwardedHeader`]; default `X-Forwarded-For`). The others are
+//!    ignored: a proxy that appends to `X-Forwarded-For` usually passes a client's own
+//!    `Forwarded` or `X-Real-IP` through untouched, so reading "whichever is present" would let
+//!    the client pick its address. Every line of the header counts, in order, as one
+//!    comma-separated list (RFC 9110 §5.3), so a second header line cannot hide the first.
 //! 3. The list is walked right to left (each proxy *appends* the address it saw), skipping
 //!    trusted proxies. The first untrusted hop is the client: everything left of it was written
 //!    by that client and may be forged.
@@ -56,31 +58,71 @@ pub const MAX_HOPS: usize = 32;
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// Which forwarding header a trusted proxy writes.
+/// The one forwarding header a trusted proxy writes, and the only one believed.
 ///
-/// [`Auto`](ForwardedHeader::Auto) reads the first of `Forwarded`, `X-Forwarded-For` and
-/// `X-Real-IP` that is present. That is only safe if the proxy removes (or overwrites) the
-/// headers it does *not* write: a proxy that appends to `X-Forwarded-For` but passes a
-/// client's own `Forwarded` through would let that client choose its address. Pin the header
-/// the proxy writes with [`TrustedProxies::with_header`] when in doubt.
+/// There is deliberately no "whichever is present" mode: a proxy that appends to
+/// `X-Forwarded-For` but passes a client's own `Forwarded` through (nginx, most load
+/// balancers) would let that client choose its address per request, and with it a fresh
+/// rate-limit bucket and a forged audit trail. Name the header your proxy sets; the default
+/// is `X-Forwarded-For`, the most common one.
 ///
 /// ```
 /// use secure_routes::client_ip::{ForwardedHeader, TrustedProxies};
-/// let p = TrustedProxies::parse(["10.0.0.0/8"]).unwrap().with_header(ForwardedHeader::XForwardedFor);
+/// let p = TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
 /// assert_eq!(p.header(), ForwardedHeader::XForwardedFor);
+/// let h: ForwardedHeader = "x-real-ip".parse().unwrap();
+/// assert_eq!(p.with_header(h).header(), ForwardedHeader::XRealIp);
+/// assert!("x-client-ip".parse::<ForwardedHeader>().is_err());
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ForwardedHeader {
-    /// `Forwarded`, else `X-Forwarded-For`, else `X-Real-IP`.
-    #[default]
-    Auto,
     /// RFC 7239 `Forwarded` only (its `for=` parameters).
     Forwarded,
-    /// `X-Forwarded-For` only.
+    /// `X-Forwarded-For` only (the default).
+    #[default]
     XForwardedFor,
     /// `X-Real-IP` only.
     XRealIp,
+}
+
+impl ForwardedHeader {
+    /// The header's name in lower case, as [`FromStr`](std::str::FromStr) accepts it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ForwardedHeader::Forwarded => "forwarded",
+            ForwardedHeader::XForwardedFor => "x-forwarded-for",
+            ForwardedHeader::XRealIp => "x-real-ip",
+        }
+    }
+}
+
+impl std::fmt::Display for ForwardedHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ForwardedHeader {
+    type Err = ConfigError;
+
+    /// `forwarded`, `x-forwarded-for` or `x-real-ip`, in any case.
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let s = s.trim();
+        [
+            ForwardedHeader::Forwarded,
+            ForwardedHeader::XForwardedFor,
+            ForwardedHeader::XRealIp,
+        ]
+        .into_iter()
+        .find(|h| h.as_str().eq_ignore_ascii_case(s))
+        .ok_or_else(|| {
+            ConfigError::new(format!(
+                "client IP header {:?}: expected x-forwarded-for, forwarded or x-real-ip",
+                s.chars().take(64).collect::<String>()
+            ))
+        })
+    }
 }
 
 /// Proxies whose forwarding headers are believed.
@@ -144,12 +186,13 @@ impl TrustedProxies {
             problems,
             Self {
                 nets,
-                header: ForwardedHeader::Auto,
+                header: ForwardedHeader::default(),
             },
         )
     }
 
-    /// Reads only `header` (instead of the first one present) from trusted proxies.
+    /// Reads `header` (instead of the default `X-Forwarded-For`) from trusted proxies; the
+    /// other forwarding headers are ignored.
     pub fn with_header(mut self, header: ForwardedHeader) -> Self {
         self.header = header;
         self
@@ -181,8 +224,8 @@ impl TrustedProxies {
     /// ```
     /// use std::net::IpAddr;
     /// use http::HeaderMap;
-    /// use secure_routes::client_ip::TrustedProxies;
-    /// let p = TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
+    /// use secure_routes::client_ip::{ForwardedHeader, TrustedProxies};
+    /// let p = TrustedProxies::parse(["10.0.0.0/8"]).unwrap().with_header(ForwardedHeader::Forwarded);
     /// let mut h = HeaderMap::new();
     /// h.insert("forwarded", r#"for="[2001:db8::1]:4711", for=10.0.0.2"#.parse().unwrap());
     /// let ip = p.client_ip("10.0.0.1".parse().unwrap(), &h);
@@ -218,26 +261,14 @@ impl TrustedProxies {
     /// opaque hop in front when the list was cut, so a walk that gets that far stops there).
     fn hops(&self, headers: &HeaderMap) -> VecDeque<Hop> {
         let mut hops = Hops::default();
-        let pick = match self.header {
-            ForwardedHeader::Auto => {
-                if headers.contains_key(http::header::FORWARDED) {
-                    ForwardedHeader::Forwarded
-                } else if headers.contains_key(X_FORWARDED_FOR) {
-                    ForwardedHeader::XForwardedFor
-                } else {
-                    ForwardedHeader::XRealIp
-                }
-            }
-            h => h,
-        };
-        match pick {
+        match self.header {
             ForwardedHeader::Forwarded => {
                 for line in headers.get_all(http::header::FORWARDED) {
                     forwarded_hops(&line_str(line), &mut hops);
                 }
             }
             ForwardedHeader::XRealIp => list_hops(headers.get_all(X_REAL_IP), &mut hops),
-            ForwardedHeader::Auto | ForwardedHeader::XForwardedFor => {
+            ForwardedHeader::XForwardedFor => {
                 list_hops(headers.get_all(X_FORWARDED_FOR), &mut hops);
             }
         }
@@ -605,10 +636,10 @@ mod tests {
                 &[("x-forwarded-for", "1.1.1.1, 2001:db8:ffff::9")],
                 "1.1.1.1",
             ),
-            // X-Real-IP as a last resort.
+            // An X-Real-IP proxy.
             (proxy, &[("x-real-ip", "1.1.1.1")], "1.1.1.1"),
             (proxy, &[("x-real-ip", "nonsense")], proxy),
-            // Forwarded wins over XFF.
+            // A Forwarded proxy: a client-sent XFF is ignored.
             (
                 proxy,
                 &[("forwarded", "for=2.2.2.2"), ("x-forwarded-for", "1.1.1.1")],
@@ -661,8 +692,57 @@ mod tests {
             (proxy, &[("forwarded", r#"for=1.1.1.1;x="a,b"#)], proxy),
         ];
         for (peer, hs, want) in cases {
-            let got = p.client_ip(ip(peer), &headers(hs));
+            // Each case is read as the proxy that writes its first header would configure it.
+            let pinned = hs
+                .first()
+                .and_then(|(name, _)| name.parse().ok())
+                .unwrap_or_default();
+            let got = p
+                .clone()
+                .with_header(pinned)
+                .client_ip(ip(peer), &headers(hs));
             assert_eq!(got, ip(want), "peer {peer} headers {hs:?}");
+        }
+    }
+
+    /// Behind a proxy that appends to `X-Forwarded-For`, a client's own `Forwarded` or
+    /// `X-Real-IP` must not pick its address (before: the first header present won).
+    #[test]
+    fn default_reads_only_x_forwarded_for() {
+        let p = TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
+        assert_eq!(p.header(), ForwardedHeader::XForwardedFor);
+        for spoof in [
+            ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("forwarded", "for=10.9.9.9"),
+        ] {
+            let h = headers(&[spoof, ("x-forwarded-for", "1.1.1.1")]);
+            assert_eq!(p.client_ip(ip("10.0.0.1"), &h), ip("1.1.1.1"), "{spoof:?}");
+        }
+        // A client's X-Forwarded-For behind an X-Real-IP proxy is ignored the same way.
+        let p = p.with_header(ForwardedHeader::XRealIp);
+        let h = headers(&[("x-forwarded-for", "6.6.6.6"), ("x-real-ip", "1.1.1.1")]);
+        assert_eq!(p.client_ip(ip("10.0.0.1"), &h), ip("1.1.1.1"));
+    }
+
+    #[test]
+    fn header_names_parse() {
+        for h in [
+            ForwardedHeader::Forwarded,
+            ForwardedHeader::XForwardedFor,
+            ForwardedHeader::XRealIp,
+        ] {
+            assert_eq!(h.as_str().parse::<ForwardedHeader>().unwrap(), h);
+            assert_eq!(
+                h.as_str()
+                    .to_uppercase()
+                    .parse::<ForwardedHeader>()
+                    .unwrap(),
+                h
+            );
+        }
+        for bad in ["", "auto", "x-client-ip", "forwarded,x-real-ip"] {
+            assert!(bad.parse::<ForwardedHeader>().is_err(), "{bad}");
         }
     }
 
@@ -702,12 +782,15 @@ mod tests {
             http::header::FORWARDED,
             HeaderValue::from_bytes(b"for=\xff, for=2.2.2.2").unwrap(),
         );
+        let p = p.with_header(ForwardedHeader::Forwarded);
         assert_eq!(p.client_ip(ip("10.0.0.1"), &h), ip("2.2.2.2"));
     }
 
     #[test]
     fn unclosed_quote_cannot_swallow_appended_elements() {
-        let p = TrustedProxies::parse(["10.0.0.0/8"]).unwrap();
+        let p = TrustedProxies::parse(["10.0.0.0/8"])
+            .unwrap()
+            .with_header(ForwardedHeader::Forwarded);
         for line in [
             r#"for="1.1.1.1, for=2.2.2.2"#,
             r#"for=", for=2.2.2.2"#,

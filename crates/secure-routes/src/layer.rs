@@ -2,11 +2,16 @@
 //! (authenticator, rate-limit store, audit writer, secrets, trusted proxies, CORS origins);
 //! [`Security::layer`] turns a [`Policy`] into a [`SecurityLayer`] for one route or a router.
 //!
-//! The service is a stack, outermost first: tower-http CORS (answers preflights, adds
-//! `Vary: Origin`), the core checks (client, method, auth, rate limit, body, CSRF token,
-//! response headers, audit), tower-http's Fetch Metadata / `Origin` CSRF check, tower-http
-//! catch-panic, then the handler. Every rejection is a response, never a service error, and
-//! carries a [`RejectionInfo`] in its extensions.
+//! The service is a stack, outermost first: the core checks (client, CORS preflight, method,
+//! auth, rate limit, body, CSRF token, response headers, audit), tower-http CORS (answers the
+//! preflights the core hands it, adds `Vary: Origin` and the CORS headers), tower-http's Fetch
+//! Metadata / `Origin` CSRF check, tower-http catch-panic, then the handler. Every rejection
+//! is a response, never a service error, and carries a [`RejectionInfo`] in its extensions.
+//!
+//! The client address is the socket peer from axum's `ConnectInfo<SocketAddr>` (serve with
+//! `into_make_service_with_connect_info::<SocketAddr>()`). A request without it is refused
+//! with a 500 and the configuration error is logged once: guessing an address would put every
+//! client in one rate-limit bucket.
 //!
 //! ```
 //! use axum::{Router, routing::get, body::Body};
@@ -18,31 +23,41 @@
 //! let security = Security::builder().csrf_secret([7u8; 32]).build().unwrap();
 //! let app: Router = Router::new()
 //!     .route("/api/public-data", get(|| async { "data" }).layer(security.layer(Policy::public()).unwrap()));
+//! let peer = axum::extract::ConnectInfo(std::net::SocketAddr::from(([192, 0, 2, 1], 4000)));
 //! let res = app
-//!     .oneshot(Request::delete("/api/public-data").body(Body::empty()).unwrap())
+//!     .clone()
+//!     .oneshot(Request::delete("/api/public-data").extension(peer).body(Body::empty()).unwrap())
 //!     .await
 //!     .unwrap();
-//! // axum answers methods the route has no handler for; the policy's answer comes first
-//! // for every method the route serves. Here DELETE has no handler: axum's 405.
+//! // The policy answers (GET and POST only), with the `Allow` header, before axum's router.
 //! assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+//! assert_eq!(res.headers()["allow"], "GET, POST, HEAD");
+//! // No socket peer (not served with connect info): refused, never guessed.
+//! let res = app
+//!     .oneshot(Request::get("/api/public-data").body(Body::empty()).unwrap())
+//!     .await
+//!     .unwrap();
+//! assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
 //! # });
 //! ```
 
-use std::convert::Infallible;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, MatchedPath};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use http::request::Parts;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, header};
 use http_body_util::BodyExt;
-use tower::BoxError;
+use tower::{BoxError, ServiceExt as _};
 use tower_http::body::UnsyncBoxBody;
 use tower_http::catch_panic::{CatchPanic, CatchPanicLayer, ResponseForPanic};
 use tower_http::cors::{Cors, CorsLayer};
@@ -55,18 +70,24 @@ use tower_service::Service;
 use crate::audit::{AuditEvent, AuditWriter, Outcome};
 use crate::auth::{AuthError, Authenticator, Principal};
 use crate::authz::Requirement;
-use crate::client_ip::TrustedProxies;
+use crate::client_ip::{ForwardedHeader, TrustedProxies};
 use crate::clock::{Clock, SystemClock};
 use crate::error::ConfigError;
-use crate::guard::body::{LimitedBody, check_declared, too_large};
+use crate::fallback::{HeadersLayer, HeadersState, NotFound};
+use crate::guard::body::{BodyState, LimitedBody, check_declared, too_large};
 use crate::guard::csrf::{self as csrf_token, CsrfTokens};
 use crate::guard::{method, rate_limit as rl};
 use crate::policy::{AuthMode, CsrfMode, FailureMode, Policy};
-use crate::rate_limit::{BoxFuture, Decision, KeyHasher, MemoryStore, RateLimitStore, Subject};
+use crate::rate_limit::deny_cache::{DenyCache, FlightFailure, FlightGuard, MAX_WAIT_FACTOR};
+use crate::rate_limit::{
+    BoxFuture, Decision, KeyHasher, MemoryStore, Quota, RateLimitKey, RateLimitStore, StoreError,
+    Subject,
+};
 use crate::response::cors::{self, DEV_ORIGINS, parse_origin};
+use crate::response::headers::SecurityHeaders;
 use crate::response::problem::{Rejection, RejectionInfo, RejectionKind};
 
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The client address the pipeline resolved (trusted proxies applied), in request extensions.
 ///
@@ -97,7 +118,16 @@ struct Shared {
     https: bool,
     truncate_ips: bool,
     clock: Arc<dyn Clock>,
+    /// Refusals remembered in front of a shared store (`None` for an in-process store).
+    deny: Option<DenyCache>,
+    /// Longest wait for one `authenticate` call.
+    auth_timeout: Duration,
+    /// Whether the missing-`ConnectInfo` configuration error was logged (once per process).
+    missing_peer_logged: AtomicBool,
 }
+
+/// Default for [`SecurityBuilder::authenticate_timeout`].
+pub const DEFAULT_AUTHENTICATE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl fmt::Debug for Security {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -140,9 +170,10 @@ impl Security {
             .rate_limit()
             .map(|q| rl::LimitHeaders::new(policy.name(), q));
         Ok(SecurityLayer {
-            cors,
+            cors: cors.clone(),
             csrf,
             core: Arc::new(CoreState {
+                cors: cors.clone(),
                 shared: self.shared.clone(),
                 policy,
                 fixed_bucket,
@@ -201,6 +232,59 @@ impl Security {
     pub fn audit(&self) -> Option<&AuditWriter> {
         self.shared.audit.as_ref()
     }
+
+    /// A layer for the whole router: responses no policy answered (an unprotected `/health`,
+    /// axum's own 404 or 405) get the default security headers and an `x-request-id`. See
+    /// [`crate::fallback`].
+    ///
+    /// ```
+    /// use axum::{Router, routing::get};
+    /// use secure_routes::Security;
+    /// let security = Security::builder().csrf_secret([7u8; 32]).build().unwrap();
+    /// let _app: Router = Router::new()
+    ///     .route("/health", get(|| async { "ok" }))
+    ///     .layer(security.headers_layer());
+    /// ```
+    pub fn headers_layer(&self) -> HeadersLayer {
+        HeadersLayer::new(HeadersState {
+            headers: SecurityHeaders::default(),
+            https: self.shared.https,
+            proxies: self.shared.proxies.clone(),
+        })
+    }
+
+    /// The router's fallback: a problem+json 404 for unknown paths, through the pipeline
+    /// under the policy `not_found` (any method, 60 per minute per client in one bucket for
+    /// every unknown path, no authentication, fail-open), so path scanning meets 429 and is
+    /// audited (`invalid_input`, reason `not_found`). [`Security::not_found_with`] takes
+    /// another policy. See [`crate::fallback`].
+    ///
+    /// ```
+    /// use axum::Router;
+    /// use secure_routes::Security;
+    /// let security = Security::builder().csrf_secret([7u8; 32]).build().unwrap();
+    /// let _app: Router = Router::new().fallback_service(security.not_found().unwrap());
+    /// ```
+    pub fn not_found(&self) -> Result<SecurityService<NotFound>, ConfigError> {
+        let policy = Policy::builder("not_found")
+            .rate_limit(Quota::per_minute(60))
+            .bucket("not_found")
+            .failure_mode(FailureMode::Open)
+            .build()?;
+        self.not_found_with(policy)
+    }
+
+    /// [`Security::not_found`] under `policy`.
+    ///
+    /// ```
+    /// use secure_routes::{Policy, Quota, Security};
+    /// let security = Security::builder().csrf_secret([7u8; 32]).build().unwrap();
+    /// let p = Policy::builder("scan").rate_limit(Quota::per_minute(10)).build().unwrap();
+    /// assert!(security.not_found_with(p).is_ok());
+    /// ```
+    pub fn not_found_with(&self, policy: Policy) -> Result<SecurityService<NotFound>, ConfigError> {
+        Ok(self.layer(policy)?.layer(NotFound))
+    }
 }
 
 /// Builds a [`Security`]; see [`Security::builder`].
@@ -218,6 +302,9 @@ pub struct SecurityBuilder {
     https: bool,
     truncate_ips: bool,
     clock: Option<Arc<dyn Clock>>,
+    client_ip_header: Option<ForwardedHeader>,
+    auth_timeout: Option<Duration>,
+    no_deny_cache: bool,
 }
 
 impl fmt::Debug for SecurityBuilder {
@@ -274,6 +361,45 @@ impl SecurityBuilder {
     {
         self.proxies
             .extend(cidrs.into_iter().map(|s| s.as_ref().to_owned()));
+        self
+    }
+    /// The one forwarding header the trusted proxies write (default `X-Forwarded-For`); the
+    /// others are ignored, so a client cannot add its own `Forwarded` or `X-Real-IP` behind an
+    /// `X-Forwarded-For` proxy to pick its address. See [`crate::client_ip`].
+    ///
+    /// ```
+    /// use secure_routes::{Security, client_ip::ForwardedHeader};
+    /// let s = Security::builder()
+    ///     .csrf_secret([7u8; 32])
+    ///     .trusted_proxies(["10.0.0.0/8"])
+    ///     .client_ip_header(ForwardedHeader::Forwarded)
+    ///     .build();
+    /// assert!(s.is_ok());
+    /// ```
+    pub fn client_ip_header(mut self, header: ForwardedHeader) -> Self {
+        self.client_ip_header = Some(header);
+        self
+    }
+    /// Longest wait for one authenticator call (default [`DEFAULT_AUTHENTICATE_TIMEOUT`]).
+    /// Past it the request is answered 503 with `Retry-After`, audited as
+    /// `authenticator_failure` (reason `authenticator_timeout`): never admitted.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use secure_routes::Security;
+    /// let b = Security::builder().csrf_secret([7u8; 32]);
+    /// assert!(b.authenticate_timeout(Duration::ZERO).build().is_err());
+    /// ```
+    pub fn authenticate_timeout(mut self, timeout: Duration) -> Self {
+        self.auth_timeout = Some(timeout);
+        self
+    }
+    /// Turns the deny cache in front of a shared rate-limit store off (default: on). With it,
+    /// a key the store refused is refused locally until its retry time without a store call,
+    /// and concurrent checks of one key wait for the one in flight; see DESIGN.md. Off, every
+    /// check goes to the store.
+    pub fn deny_cache(mut self, on: bool) -> Self {
+        self.no_deny_cache = !on;
         self
     }
     /// Origins allowed to call cross-origin with credentials (CORS), also trusted by the
@@ -347,10 +473,18 @@ impl SecurityBuilder {
                 KeyHasher::new(derived.as_bytes())
             }
         };
-        let proxies = TrustedProxies::parse(&self.proxies).unwrap_or_else(|e| {
-            problems.extend(e.problems().iter().cloned());
-            TrustedProxies::none()
-        });
+        let proxies = TrustedProxies::parse(&self.proxies)
+            .unwrap_or_else(|e| {
+                problems.extend(e.problems().iter().cloned());
+                TrustedProxies::none()
+            })
+            .with_header(self.client_ip_header.unwrap_or_default());
+        let auth_timeout = self.auth_timeout.unwrap_or(DEFAULT_AUTHENTICATE_TIMEOUT);
+        if auth_timeout.is_zero() || auth_timeout > Duration::from_secs(60) {
+            problems.push(format!(
+                "the authenticate timeout must be between 1 ms and 60 s (got {auth_timeout:?})"
+            ));
+        }
         let mut origin_strs = self.origins;
         if self.development {
             origin_strs.extend(DEV_ORIGINS.iter().map(|s| (*s).to_owned()));
@@ -373,9 +507,13 @@ impl SecurityBuilder {
                 Err(e) => problems.push(e),
             }
         }
+        let store = self.store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
         let shared = Shared {
             authenticator: self.authenticator,
-            store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
+            deny: (!self.no_deny_cache && !store.is_local()).then(DenyCache::default),
+            store,
+            auth_timeout,
+            missing_peer_logged: AtomicBool::new(false),
             audit: self.audit,
             hasher,
             csrf,
@@ -418,20 +556,22 @@ impl fmt::Debug for SecurityLayer {
     }
 }
 
-type Stack<S> = Cors<Core<Csrf<CatchPanic<S, PanicProblem>, CsrfProblem>>>;
+/// What the core calls once its checks pass: tower-http's Fetch Metadata check, catch-panic,
+/// the handler.
+type Inner<S> = Csrf<CatchPanic<S, PanicProblem>, CsrfProblem>;
 
-impl<S> Layer<S> for SecurityLayer {
+impl<S: Clone> Layer<S> for SecurityLayer {
     type Service = SecurityService<S>;
 
     fn layer(&self, inner: S) -> SecurityService<S> {
         let handler = CatchPanicLayer::custom(PanicProblem).layer(inner);
         let fetch_metadata = self.csrf.layer(handler);
-        let core = Core {
-            state: self.core.clone(),
-            inner: fetch_metadata,
-        };
         SecurityService {
-            inner: self.cors.layer(core),
+            inner: Core {
+                state: self.core.clone(),
+                cors: self.cors.layer(fetch_metadata.clone()),
+                plain: fetch_metadata,
+            },
         }
     }
 }
@@ -439,7 +579,7 @@ impl<S> Layer<S> for SecurityLayer {
 /// The service a [`SecurityLayer`] produces.
 #[derive(Clone)]
 pub struct SecurityService<S> {
-    inner: Stack<S>,
+    inner: Core<Inner<S>>,
 }
 
 impl<S> fmt::Debug for SecurityService<S> {
@@ -450,11 +590,11 @@ impl<S> fmt::Debug for SecurityService<S> {
 
 impl<S, ReqBody> Service<Request<ReqBody>> for SecurityService<S>
 where
-    Stack<S>: Service<Request<ReqBody>>,
+    Core<Inner<S>>: Service<Request<ReqBody>>,
 {
-    type Response = <Stack<S> as Service<Request<ReqBody>>>::Response;
-    type Error = <Stack<S> as Service<Request<ReqBody>>>::Error;
-    type Future = <Stack<S> as Service<Request<ReqBody>>>::Future;
+    type Response = <Core<Inner<S>> as Service<Request<ReqBody>>>::Response;
+    type Error = <Core<Inner<S>> as Service<Request<ReqBody>>>::Error;
+    type Future = <Core<Inner<S>> as Service<Request<ReqBody>>>::Future;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -507,6 +647,9 @@ impl ResponseForProtectionError<UnsyncBoxBody<Bytes, BoxError>> for CsrfProblem 
 }
 
 struct CoreState {
+    /// The policy's CORS rules, for the answers that do not pass through tower-http's layer
+    /// (preflights, rejections, a plain `OPTIONS`): see [`CoreState::cors_headers`].
+    cors: CorsLayer,
     shared: Arc<Shared>,
     policy: Policy,
     fixed_bucket: Option<Arc<str>>,
@@ -516,10 +659,16 @@ struct CoreState {
 }
 
 /// The core checks; see the module docs for where it sits in the stack.
+///
+/// It holds the inner service twice: behind tower-http's CORS layer (for preflights and
+/// ordinary requests, which get the CORS response headers) and bare, for a plain `OPTIONS`
+/// the policy allows. tower-http treats every `OPTIONS` as a preflight, so a plain one sent
+/// through it would never reach the method check or the handler.
 #[derive(Clone)]
 pub struct Core<S> {
     state: Arc<CoreState>,
-    inner: S,
+    cors: Cors<S>,
+    plain: S,
 }
 
 impl<S> fmt::Debug for Core<S> {
@@ -538,7 +687,7 @@ where
     S::Error: Send + 'static,
     ReqBody: http_body::Body + Send + 'static,
     ReqBody::Error: Into<BoxError>,
-    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody: http_body::Body<Data = Bytes> + Default + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
     type Response = Response;
@@ -546,16 +695,93 @@ where
     type Future = BoxFuture<'static, Result<Response, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.cors.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         // The clone is not ready; the one poll_ready prepared is taken (tower's usual swap).
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let clone = self.cors.clone();
+        let cors = std::mem::replace(&mut self.cors, clone);
+        let inner = Inner2 {
+            cors,
+            plain: self.plain.clone(),
+        };
         let state = self.state.clone();
         Box::pin(run(state, inner, req))
     }
+}
+
+impl CoreState {
+    /// The CORS response headers tower-http would add, for an answer that does not pass
+    /// through its layer: a preflight (`preflight`), or a rejection the core answers itself
+    /// (so a browser app can read the problem body). tower-http decides whether a request is a
+    /// preflight by its method alone, so it is asked with a stand-in request: `OPTIONS` for a
+    /// preflight, `GET` otherwise, carrying the headers CORS reads.
+    fn cors_headers(&self, headers: &HeaderMap, preflight: bool) -> HeaderMap {
+        let mut probe = Request::new(());
+        *probe.method_mut() = if preflight {
+            Method::OPTIONS
+        } else {
+            Method::GET
+        };
+        for name in [
+            header::ORIGIN,
+            header::ACCESS_CONTROL_REQUEST_METHOD,
+            header::ACCESS_CONTROL_REQUEST_HEADERS,
+        ] {
+            for v in headers.get_all(&name) {
+                probe.headers_mut().append(name.clone(), v.clone());
+            }
+        }
+        // tower-http's rules here are all synchronous (a fixed origin list), so the answer
+        // is ready at once.
+        match self.cors.layer(CorsProbe).oneshot(probe).now_or_never() {
+            Some(Ok(res)) => res.into_parts().0.headers,
+            _ => HeaderMap::new(),
+        }
+    }
+}
+
+/// Merges CORS headers into a response the way tower-http does (`Vary` appended).
+fn merge_cors(target: &mut HeaderMap, cors: HeaderMap) {
+    let mut last = None;
+    for (name, value) in cors {
+        if let Some(n) = name {
+            last = Some(n);
+        }
+        let Some(n) = &last else { continue };
+        if *n == header::VARY {
+            target.append(n.clone(), value);
+        } else {
+            target.insert(n.clone(), value);
+        }
+    }
+}
+
+/// The stand-in inner service of [`CoreState::cors_headers`].
+#[derive(Clone, Copy)]
+struct CorsProbe;
+
+impl Service<Request<()>> for CorsProbe {
+    type Response = http::Response<()>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<http::Response<()>, std::convert::Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<()>) -> Self::Future {
+        std::future::ready(Ok(http::Response::new(())))
+    }
+}
+
+/// The two ways into the inner service (see [`Core`]).
+struct Inner2<S> {
+    /// Ready (polled by `Core::poll_ready`).
+    cors: Cors<S>,
+    /// Not polled yet.
+    plain: S,
 }
 
 /// What the audit step needs to know about the request.
@@ -567,6 +793,8 @@ struct Ctx {
     request_id: HeaderValue,
     ip: IpAddr,
     user_agent: Option<HeaderValue>,
+    /// The request's `Origin`, for the CORS headers of a rejection.
+    origin: Option<HeaderValue>,
     subject: Option<Principal>,
     limit: Option<Decision>,
     /// A store failure let through (fail-open): audited with the final status.
@@ -592,8 +820,10 @@ impl Ctx {
         if let Some(p) = &self.subject {
             e = e.with_subject(p.subject());
         }
-        if let Some(ua) = self.user_agent.as_ref().and_then(|v| v.to_str().ok()) {
-            e = e.with_user_agent(ua);
+        if let Some(ua) = &self.user_agent {
+            // Not `to_str`: a non-ASCII User-Agent is kept (the sanitizer escapes it), not
+            // dropped, so a client cannot erase itself from the trail with one stray byte.
+            e = e.with_user_agent(&String::from_utf8_lossy(ua.as_bytes()));
         }
         e
     }
@@ -623,9 +853,24 @@ impl Ctx {
     /// Audits a rejection and turns it into the final response.
     async fn reject(&self, rejection: Rejection) -> Response {
         let info = rejection.info();
-        self.audit(info, info.kind.status().as_u16(), Outcome::Denied)
-            .await;
+        self.reject_as(rejection, info).await
+    }
+
+    /// Answers with `rejection`, audited as `info` (one event per decision: a bad credential
+    /// refused by the rate limit is one `unauthorized_access` event with status 429).
+    async fn reject_as(&self, rejection: Rejection, info: RejectionInfo) -> Response {
+        let status = rejection.info().kind.status().as_u16();
+        self.audit(info, status, Outcome::Denied).await;
         let mut res = rejection.into_response();
+        // The CORS grant too (and `Vary`), so a browser app can read why it was refused.
+        let mut request_headers = HeaderMap::new();
+        if let Some(o) = &self.origin {
+            request_headers.insert(header::ORIGIN, o.clone());
+        }
+        merge_cors(
+            res.headers_mut(),
+            self.state.cors_headers(&request_headers, false),
+        );
         self.decorate(&mut res);
         res
     }
@@ -663,13 +908,23 @@ fn truncate_ip(ip: IpAddr) -> IpAddr {
 fn request_id(state: &CoreState, peer: IpAddr, headers: &HeaderMap) -> HeaderValue {
     if state.shared.proxies.contains(peer)
         && let Some(v) = headers.get(X_REQUEST_ID)
-        && (1..=64).contains(&v.len())
-        && v.as_bytes()
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        && plain_request_id(v)
     {
         return v.clone();
     }
+    fresh_request_id()
+}
+
+/// Whether an incoming request id is short and plain enough to keep.
+pub(crate) fn plain_request_id(v: &HeaderValue) -> bool {
+    (1..=64).contains(&v.len())
+        && v.as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// A new UUIDv7 request id.
+pub(crate) fn fresh_request_id() -> HeaderValue {
     let mut buf = uuid::Uuid::encode_buffer();
     let s = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
@@ -695,26 +950,125 @@ fn is_unsafe(m: &Method) -> bool {
     )
 }
 
+/// Why a rate-limit check has no decision.
+enum StoreFailure {
+    Timeout,
+    Error(StoreError),
+    Panicked(String),
+}
+
+/// One rate-limit check: the deny cache first, then (one check per key in flight) the store,
+/// bounded by `timeout`; a panicking store is caught (see the `DenyCache` docs).
+async fn check_limit(
+    shared: &Shared,
+    key: &RateLimitKey,
+    quota: Quota,
+    timeout: Duration,
+) -> Result<Decision, StoreFailure> {
+    let Some(deny) = &shared.deny else {
+        return call_store(shared, key, quota, timeout).await;
+    };
+    if let Some(d) = deny.check(key, quota, shared.clock.now()) {
+        return Ok(d);
+    }
+    let flight = deny
+        .single_flight(key, timeout.saturating_mul(MAX_WAIT_FACTOR))
+        .await;
+    match flight.as_ref().and_then(FlightGuard::failed_ahead) {
+        // The check we waited for failed: the store is failing now, and asking it again
+        // would only chain another timeout behind this one.
+        Some(FlightFailure::Timeout) => return Err(StoreFailure::Timeout),
+        Some(FlightFailure::Error) => {
+            return Err(StoreFailure::Error(StoreError::Unavailable(
+                "the check ahead of this one failed".into(),
+            )));
+        }
+        None => {}
+    }
+    // The check we waited for may have been refused: then so is this one, without a call.
+    let before = shared.clock.now();
+    if let Some(d) = deny.check(key, quota, before) {
+        return Ok(d);
+    }
+    let result = call_store(shared, key, quota, timeout).await;
+    match (&result, &flight) {
+        // The time before the call: the store decided no earlier, so the cached refusal
+        // never outlasts the store's own.
+        (Ok(d), _) => deny.remember(key, quota, d, before),
+        (Err(StoreFailure::Timeout), Some(f)) => f.fail(FlightFailure::Timeout),
+        (Err(_), Some(f)) => f.fail(FlightFailure::Error),
+        (Err(_), None) => {}
+    }
+    result
+}
+
+async fn call_store(
+    shared: &Shared,
+    key: &RateLimitKey,
+    quota: Quota,
+    timeout: Duration,
+) -> Result<Decision, StoreFailure> {
+    let call = AssertUnwindSafe(shared.store.acquire(key, quota, 1)).catch_unwind();
+    match tokio::time::timeout(timeout, call).await {
+        Err(_) => Err(StoreFailure::Timeout),
+        Ok(Err(panic)) => Err(StoreFailure::Panicked(panic_message(&*panic))),
+        Ok(Ok(Err(e))) => Err(StoreFailure::Error(e)),
+        Ok(Ok(Ok(d))) => Ok(d),
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
+
+/// The answer when the server gives no socket peer (`ConnectInfo`): a configuration error.
+/// Guessing an address (the old `0.0.0.0`) would put every client in one rate-limit bucket
+/// and write a meaningless address into the audit trail, so the request is refused.
+fn missing_peer(state: &CoreState) -> Response {
+    let shared = &state.shared;
+    metrics::counter!("secure_routes_missing_peer_total").increment(1);
+    if !shared.missing_peer_logged.swap(true, Ordering::Relaxed) {
+        tracing::error!(
+            "secure-routes: the request has no ConnectInfo<SocketAddr>: serve the app with \
+             `into_make_service_with_connect_info::<SocketAddr>()` (or secure_routes::serve); \
+             every request is refused with 500 until then"
+        );
+    }
+    let mut res = Rejection::new(RejectionKind::Internal, "missing_connect_info").into_response();
+    let h = res.headers_mut();
+    state.policy.security_headers().apply(h, shared.https);
+    h.insert(X_REQUEST_ID, fresh_request_id());
+    res
+}
+
 async fn run<S, ReqBody, ResBody>(
     state: Arc<CoreState>,
-    mut inner: S,
+    inner: Inner2<S>,
     req: Request<ReqBody>,
 ) -> Result<Response, S::Error>
 where
     S: Service<Request<LimitedBody<ReqBody>>, Response = http::Response<ResBody>>,
     ReqBody: http_body::Body,
-    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody: http_body::Body<Data = Bytes> + Default + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
+    let Inner2 { mut cors, plain } = inner;
     let (mut parts, body) = req.into_parts();
     let shared = state.shared.clone();
     let policy = &state.policy;
 
     // 1. The client: socket peer, forwarding headers only from trusted proxies.
-    let peer = parts
+    let Some(peer) = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        .map(|c| c.0.ip())
+    else {
+        return Ok(missing_peer(&state));
+    };
     let ip = shared.proxies.client_ip(peer, &parts.headers);
     let rid = request_id(&state, peer, &parts.headers);
     parts.headers.insert(X_REQUEST_ID, rid.clone());
@@ -728,26 +1082,67 @@ where
         request_id: rid,
         ip,
         user_agent: parts.headers.get(header::USER_AGENT).cloned(),
+        origin: parts.headers.get(header::ORIGIN).cloned(),
         subject: None,
         limit: None,
         failed_open: None,
     };
 
-    // 4. Method allow-list (CORS preflights were answered by the outer CORS layer).
+    // 3. CORS preflight (Fetch standard: `OPTIONS` with `Access-Control-Request-Method`),
+    // answered by tower-http without calling the handler. A plain `OPTIONS` is an ordinary
+    // request and meets the method check like any other.
+    let preflight = parts.method == Method::OPTIONS
+        && parts
+            .headers
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    if preflight {
+        drop(body);
+        // 204 (tower-http answers 200): no content, and what the docs promise.
+        let mut res = Response::new(Body::empty());
+        *res.status_mut() = http::StatusCode::NO_CONTENT;
+        merge_cors(res.headers_mut(), state.cors_headers(&parts.headers, true));
+        ctx.decorate(&mut res);
+        return Ok(res);
+    }
+
+    // 4. Method allow-list.
     if let Err(r) = method::check(policy.methods(), &parts.method) {
         return Ok(ctx.reject(r).await);
     }
 
-    // 5. Authentication.
+    // 5. Authentication, bounded in time; a panicking authenticator is a 500, not a dropped
+    // connection.
     if policy.auth() != AuthMode::Off
         && let Some(auth) = &shared.authenticator
     {
-        match auth.authenticate(&parts).await {
+        let call = AssertUnwindSafe(auth.authenticate(&parts)).catch_unwind();
+        let result = match tokio::time::timeout(shared.auth_timeout, call).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(panic)) => {
+                tracing::error!(
+                    panic = %crate::audit::sanitize(&panic_message(&*panic), 512),
+                    "authenticator panicked"
+                );
+                return Ok(ctx
+                    .reject(Rejection::new(
+                        RejectionKind::Internal,
+                        "authenticator_panicked",
+                    ))
+                    .await);
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?shared.auth_timeout, "authenticator timed out");
+                let r = Rejection::new(RejectionKind::AuthUnavailable, "authenticator_timeout")
+                    .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                return Ok(ctx.reject(r).await);
+            }
+        };
+        match result {
             Ok(p) => ctx.subject = Some(p),
             Err(AuthError::Missing) if policy.auth() == AuthMode::Optional => {}
             Err(AuthError::Unavailable(why)) => {
                 tracing::warn!(error = %crate::audit::sanitize(&why, 256), "authenticator unavailable");
-                let r = Rejection::new(RejectionKind::Unavailable, "authenticator_unavailable")
+                let r = Rejection::new(RejectionKind::AuthUnavailable, "authenticator_unavailable")
                     .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"));
                 return Ok(ctx.reject(r).await);
             }
@@ -757,28 +1152,21 @@ where
                     _ => "missing_credential",
                 };
                 metrics::counter!("secure_routes_auth_failures_total").increment(1);
+                let unauthorized = RejectionInfo {
+                    kind: RejectionKind::Unauthorized,
+                    reason,
+                };
                 // Failures count against the client address too, so guessing credentials
                 // runs into the route's limit like any other traffic.
                 if let Some(quota) = policy.rate_limit() {
                     let key = shared.hasher.key(&route, &Subject::from_ip(ip));
-                    if let Ok(Ok(d)) = tokio::time::timeout(
-                        policy.store_timeout(),
-                        shared.store.acquire(&key, quota, 1),
-                    )
-                    .await
+                    if let Ok(d) = check_limit(&shared, &key, quota, policy.store_timeout()).await
                         && !d.allowed
                     {
                         let r = rl::too_many_requests(policy.name(), quota, &d, shared.clock.now());
-                        ctx.audit(
-                            RejectionInfo {
-                                kind: RejectionKind::Unauthorized,
-                                reason,
-                            },
-                            429,
-                            Outcome::Denied,
-                        )
-                        .await;
-                        return Ok(ctx.reject(r).await);
+                        // One decision, one event: the cause (a bad credential), with the
+                        // status the client saw.
+                        return Ok(ctx.reject_as(r, unauthorized).await);
                     }
                 }
                 return Ok(ctx.reject(Rejection::unauthorized(reason)).await);
@@ -793,23 +1181,29 @@ where
             None => Subject::from_ip(ip),
         };
         let key = shared.hasher.key(&route, &subject);
-        let result =
-            tokio::time::timeout(policy.store_timeout(), shared.store.acquire(&key, quota, 1))
-                .await;
-        match result {
-            Ok(Ok(d)) if d.allowed => ctx.limit = Some(d),
-            Ok(Ok(d)) => {
+        match check_limit(&shared, &key, quota, policy.store_timeout()).await {
+            Ok(d) if d.allowed => ctx.limit = Some(d),
+            Ok(d) => {
                 ctx.limit = Some(d);
                 let r = rl::too_many_requests(policy.name(), quota, &d, shared.clock.now());
                 return Ok(ctx.reject(r).await);
             }
-            Ok(Err(_)) | Err(_) => {
-                let reason = if result.is_err() {
-                    "store_timeout"
-                } else {
-                    "store_error"
+            Err(StoreFailure::Panicked(msg)) => {
+                tracing::error!(
+                    store = shared.store.name(),
+                    panic = %crate::audit::sanitize(&msg, 512),
+                    "rate-limit store panicked"
+                );
+                return Ok(ctx
+                    .reject(Rejection::new(RejectionKind::Internal, "store_panicked"))
+                    .await);
+            }
+            Err(failure) => {
+                let reason = match &failure {
+                    StoreFailure::Timeout => "store_timeout",
+                    _ => "store_error",
                 };
-                if let Ok(Err(e)) = &result {
+                if let StoreFailure::Error(e) = &failure {
                     tracing::warn!(store = shared.store.name(), error = %e, "rate-limit store failed");
                 }
                 metrics::counter!(
@@ -886,12 +1280,27 @@ where
     if let Some(p) = &ctx.subject {
         parts.extensions.insert(p.clone());
     }
-    let (body, exceeded) = LimitedBody::new(body, policy.max_body_bytes());
-    let res = inner.call(Request::from_parts(parts, body)).await?;
-    let mut res = res.map(Body::new);
-    if exceeded.load(Ordering::SeqCst) {
-        // Whatever the handler made of the body error, the answer is ours: 413.
-        return Ok(ctx.reject(too_large("streamed_length")).await);
+    let plain_options = parts.method == Method::OPTIONS;
+    let (body, body_state) = LimitedBody::new(body, policy.max_body_bytes());
+    let req = Request::from_parts(parts, body);
+    let mut res = if plain_options {
+        let cors_headers = state.cors_headers(req.headers(), false);
+        let mut res = plain.oneshot(req).await?.map(Body::new);
+        merge_cors(res.headers_mut(), cors_headers);
+        res
+    } else {
+        cors.call(req).await?.map(Body::new)
+    };
+    match body_state.get() {
+        // Whatever the handler made of the body error, the answer is ours.
+        BodyState::Exceeded => return Ok(ctx.reject(too_large("streamed_length")).await),
+        BodyState::Unreadable => {
+            let r = Rejection::new(RejectionKind::InvalidInput, "body_unreadable").with_detail(
+                "The request body could not be read (malformed chunked encoding, or cut short).",
+            );
+            return Ok(ctx.reject(r).await);
+        }
+        BodyState::Fine => {}
     }
     if let Some(info) = ctx.failed_open {
         ctx.audit(info, res.status().as_u16(), Outcome::Allowed)
@@ -904,7 +1313,3 @@ where
     ctx.decorate(&mut res);
     Ok(res)
 }
-
-// Keep `Infallible` in scope for the docs of `SecurityService` users (axum needs it).
-#[allow(dead_code)]
-fn _assert_infallible(_: Infallible) {}

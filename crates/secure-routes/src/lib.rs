@@ -12,6 +12,7 @@
 //!
 //! * [`policy`]: what a route enforces, presets, validation.
 //! * [`layer`]: [`Security`] (shared state) and the tower layer running the pipeline.
+//! * [`fallback`]: router-wide security headers and request ids, and the counted 404.
 //! * [`guard`]: the checks, one module each (method, body, rate-limit headers, CSRF token).
 //! * [`client_ip`]: the client address behind trusted proxies.
 //! * [`auth`]: the [`auth::Authenticator`] trait, [`Principal`], JWT and API-key authenticators.
@@ -72,14 +73,17 @@
 //!     .route("/api/sensitive-operation", post(|| async { "done" })
 //!         .layer(security.layer(sensitive).unwrap()));
 //!
+//! // Served, the socket peer comes from `into_make_service_with_connect_info` (or
+//! // `secure_routes::serve`); without it every request is refused with 500.
+//! let peer = axum::extract::ConnectInfo(std::net::SocketAddr::from(([192, 0, 2, 1], 4000)));
 //! let res = app.clone()
-//!     .oneshot(Request::get("/api/public-data").body(Body::empty()).unwrap())
+//!     .oneshot(Request::get("/api/public-data").extension(peer).body(Body::empty()).unwrap())
 //!     .await.unwrap();
 //! assert_eq!(res.status(), StatusCode::OK);
 //! assert_eq!(res.headers()["x-ratelimit-remaining"], "59");
 //!
 //! let res = app
-//!     .oneshot(Request::post("/api/user/notes").body(Body::empty()).unwrap())
+//!     .oneshot(Request::post("/api/user/notes").extension(peer).body(Body::empty()).unwrap())
 //!     .await.unwrap();
 //! assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 //! # });
@@ -94,6 +98,7 @@ pub mod authz;
 pub mod client_ip;
 pub mod clock;
 pub mod error;
+pub mod fallback;
 pub mod guard;
 pub mod layer;
 pub mod policy;

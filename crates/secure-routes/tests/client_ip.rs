@@ -92,9 +92,8 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
-    fn never_panics(peer in any_ip(), headers in any_headers(), pin in 0usize..4) {
+    fn never_panics(peer in any_ip(), headers in any_headers(), pin in 0usize..3) {
         let pin = [
-            ForwardedHeader::Auto,
             ForwardedHeader::Forwarded,
             ForwardedHeader::XForwardedFor,
             ForwardedHeader::XRealIp,
@@ -173,7 +172,8 @@ proptest! {
         let line = format!("{prefix}, {}", appended.join(", "));
         let mut h = HeaderMap::new();
         h.append(FORWARDED, HeaderValue::from_str(&line).unwrap());
-        prop_assert_eq!(proxies().client_ip(peer, &h), fold(real), "{}", line);
+        let p = proxies().with_header(ForwardedHeader::Forwarded);
+        prop_assert_eq!(p.client_ip(peer, &h), fold(real), "{}", line);
     }
 
     #[test]

@@ -1304,6 +1304,10 @@ fn app(jwt: JwtAuthenticator) -> Router {
 async fn call(app: &Router, header: &str, value: &[u8]) -> (StatusCode, String, String) {
     let req = Request::get("/me")
         .header(header, HeaderValue::from_bytes(value).unwrap())
+        .extension(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            [192, 0, 2, 1],
+            4000,
+        ))))
         .body(Body::empty())
         .unwrap();
     let res = app

@@ -237,7 +237,9 @@ async fn seed_database_round_trips_and_growing_table() {
         inner: memory.clone(),
         calls: calls.clone(),
     };
-    let h = harness(|b| b.rate_limit_store(store));
+    // Without the deny cache, so every check reaches the store (with it, refusals after the
+    // first are answered locally: tests/hardening.rs).
+    let h = harness(|b| b.rate_limit_store(store).deny_cache(false));
     let app = h.app(
         "/api/public-data",
         limited("public", Quota::per_minute(2)),

@@ -52,13 +52,15 @@ pub enum AuditAction {
     SecurityEvent,
     /// A rate-limit or ban store failed (the policy's failure mode applied).
     StoreFailure,
+    /// The authenticator could not decide (key set unreachable, timeout): 503, never admitted.
+    AuthenticatorFailure,
     /// The handler panicked (500).
     InternalError,
 }
 
 impl AuditAction {
     /// Every action, for parsers and CLIs.
-    pub const ALL: [AuditAction; 8] = [
+    pub const ALL: [AuditAction; 9] = [
         AuditAction::UnauthorizedAccess,
         AuditAction::AuthzFail,
         AuditAction::RateLimitExceeded,
@@ -66,6 +68,7 @@ impl AuditAction {
         AuditAction::InvalidInput,
         AuditAction::SecurityEvent,
         AuditAction::StoreFailure,
+        AuditAction::AuthenticatorFailure,
         AuditAction::InternalError,
     ];
 
@@ -79,6 +82,7 @@ impl AuditAction {
             AuditAction::InvalidInput => "invalid_input",
             AuditAction::SecurityEvent => "security_event",
             AuditAction::StoreFailure => "store_failure",
+            AuditAction::AuthenticatorFailure => "authenticator_failure",
             AuditAction::InternalError => "internal_error",
         }
     }

@@ -28,9 +28,10 @@
 //!     .route("/me", get(|p: Principal| async move { p.subject().to_owned() }))
 //!     .layer(security.layer(policy).unwrap());
 //!
-//! let ok = Request::get("/me").header("x-api-key", "k_3f9a1c7e5b2d8f60a4c1").body(Body::empty()).unwrap();
+//! let peer = axum::extract::ConnectInfo(std::net::SocketAddr::from(([192, 0, 2, 1], 4000)));
+//! let ok = Request::get("/me").header("x-api-key", "k_3f9a1c7e5b2d8f60a4c1").extension(peer).body(Body::empty()).unwrap();
 //! assert_eq!(app.clone().oneshot(ok).await.unwrap().status(), StatusCode::OK);
-//! let bad = Request::get("/me").header("x-api-key", "k_guess_guess_guess_").body(Body::empty()).unwrap();
+//! let bad = Request::get("/me").header("x-api-key", "k_guess_guess_guess_").extension(peer).body(Body::empty()).unwrap();
 //! assert_eq!(app.oneshot(bad).await.unwrap().status(), StatusCode::UNAUTHORIZED);
 //! # });
 //! ```

@@ -4,6 +4,10 @@
 //! what the handler reads: a handler that never reads the body never buffers it either, and
 //! the server discards the rest.
 //!
+//! A body that cannot be read (malformed chunked encoding, a connection cut short) is flagged
+//! too: the pipeline answers it with a problem+json 400, audited, whatever the handler made of
+//! the error (axum's extractors would answer plain text).
+//!
 //! ```
 //! use http::{HeaderMap, HeaderValue, header};
 //! use secure_routes::guard::body::check_declared;
@@ -15,7 +19,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Buf;
@@ -36,6 +40,53 @@ pub fn check_declared(headers: &HeaderMap, limit: u64) -> Result<(), Rejection> 
     Ok(())
 }
 
+/// What reading the body has found so far (see [`LimitedBody::new`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BodyState {
+    /// Nothing wrong (or not read).
+    Fine,
+    /// More than the limit arrived (413).
+    Exceeded,
+    /// The body could not be read: bad chunked encoding, cut short (400).
+    Unreadable,
+}
+
+/// A [`BodyState`] shared between a [`LimitedBody`] and the pipeline. The first problem
+/// found sticks.
+///
+/// ```
+/// use secure_routes::guard::body::{BodyState, LimitedBody};
+/// let (_body, state) = LimitedBody::new(axum::body::Body::empty(), Some(10));
+/// assert_eq!(state.get(), BodyState::Fine);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct SharedBodyState(Arc<AtomicU8>);
+
+impl SharedBodyState {
+    /// The state now.
+    pub fn get(&self) -> BodyState {
+        match self.0.load(Ordering::SeqCst) {
+            1 => BodyState::Exceeded,
+            2 => BodyState::Unreadable,
+            _ => BodyState::Fine,
+        }
+    }
+
+    fn set(&self, s: BodyState) {
+        let v = match s {
+            BodyState::Fine => return,
+            BodyState::Exceeded => 1,
+            BodyState::Unreadable => 2,
+        };
+        // The first problem wins: an over-limit body also ends in an error, which is not a
+        // read failure.
+        let _ = self
+            .0
+            .compare_exchange(0, v, Ordering::SeqCst, Ordering::SeqCst);
+    }
+}
+
 /// The 413 rejection.
 pub(crate) fn too_large(reason: &'static str) -> Rejection {
     Rejection::new(RejectionKind::PayloadTooLarge, reason)
@@ -48,36 +99,37 @@ pub struct BodyLimitExceeded;
 
 pin_project_lite::pin_project! {
     /// A request body that fails once more than `limit` bytes have streamed through, and
-    /// raises a flag the pipeline reads to answer 413 whatever the handler made of the error.
+    /// records it (or a read failure) in a [`SharedBodyState`] the pipeline reads to answer
+    /// 413 (or 400) whatever the handler made of the error.
     ///
     /// ```
     /// use http_body_util::{BodyExt, Full};
-    /// use secure_routes::guard::body::LimitedBody;
+    /// use secure_routes::guard::body::{BodyState, LimitedBody};
     /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
-    /// let (body, exceeded) = LimitedBody::new(Full::new(bytes::Bytes::from_static(b"hello")), Some(3));
+    /// let (body, state) = LimitedBody::new(Full::new(bytes::Bytes::from_static(b"hello")), Some(3));
     /// assert!(body.collect().await.is_err());
-    /// assert!(exceeded.load(std::sync::atomic::Ordering::SeqCst));
+    /// assert_eq!(state.get(), BodyState::Exceeded);
     /// # });
     /// ```
     pub struct LimitedBody<B> {
         #[pin]
         inner: B,
         remaining: u64,
-        exceeded: Arc<AtomicBool>,
+        state: SharedBodyState,
     }
 }
 
 impl<B> LimitedBody<B> {
-    /// Wraps `inner` with an optional byte limit; returns the body and its "exceeded" flag.
-    pub fn new(inner: B, limit: Option<u64>) -> (Self, Arc<AtomicBool>) {
-        let exceeded = Arc::new(AtomicBool::new(false));
+    /// Wraps `inner` with an optional byte limit; returns the body and its shared state.
+    pub fn new(inner: B, limit: Option<u64>) -> (Self, SharedBodyState) {
+        let state = SharedBodyState::default();
         (
             Self {
                 inner,
                 remaining: limit.unwrap_or(u64::MAX),
-                exceeded: exceeded.clone(),
+                state: state.clone(),
             },
-            exceeded,
+            state,
         )
     }
 }
@@ -98,12 +150,15 @@ where
         match this.inner.poll_frame(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => {
+                this.state.set(BodyState::Unreadable);
+                Poll::Ready(Some(Err(e.into())))
+            }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let len = data.remaining() as u64;
                     if len > *this.remaining {
-                        this.exceeded.store(true, Ordering::SeqCst);
+                        this.state.set(BodyState::Exceeded);
                         *this.remaining = 0;
                         return Poll::Ready(Some(Err(Box::new(BodyLimitExceeded))));
                     }
@@ -146,14 +201,26 @@ mod tests {
     async fn chunked_body_over_limit_fails_and_flags() {
         let (body, flag) = LimitedBody::new(chunks(5, 100), Some(450));
         assert!(body.collect().await.is_err());
-        assert!(flag.load(Ordering::SeqCst));
+        assert_eq!(flag.get(), BodyState::Exceeded);
     }
 
     #[tokio::test]
     async fn body_at_limit_passes() {
         let (body, flag) = LimitedBody::new(chunks(5, 100), Some(500));
         assert_eq!(body.collect().await.unwrap().to_bytes().len(), 500);
-        assert!(!flag.load(Ordering::SeqCst));
+        assert_eq!(flag.get(), BodyState::Fine);
+    }
+
+    #[tokio::test]
+    async fn a_failing_body_is_flagged_unreadable() {
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"abc"))),
+            Err(std::io::Error::other("bad chunk size")),
+        ];
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        let (body, flag) = LimitedBody::new(body, Some(450));
+        assert!(body.collect().await.is_err());
+        assert_eq!(flag.get(), BodyState::Unreadable);
     }
 
     #[test]

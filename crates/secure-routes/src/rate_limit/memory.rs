@@ -345,6 +345,10 @@ impl RateLimitStore for MemoryStore {
     fn name(&self) -> &'static str {
         "memory"
     }
+
+    fn is_local(&self) -> bool {
+        true
+    }
 }
 
 /// Builds a [`MemoryStore`].

@@ -24,6 +24,7 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub(crate) mod deny_cache;
 pub mod gcra;
 pub mod memory;
 pub mod sliding_window;
@@ -363,6 +364,19 @@ pub trait RateLimitStore: Send + Sync + 'static {
 
     /// A short name for logs and metrics (`"memory"`, `"redis"`, ...).
     fn name(&self) -> &'static str;
+
+    /// Whether a check is answered in this process without I/O (the memory store). The
+    /// pipeline puts a deny cache and a per-key single flight in front of every other store,
+    /// so a hot key refused by the store is refused locally until its retry time (see
+    /// DESIGN.md); an in-process store gains nothing from either. Default: `false`.
+    ///
+    /// ```
+    /// use secure_routes::rate_limit::{MemoryStore, RateLimitStore};
+    /// assert!(MemoryStore::new().is_local());
+    /// ```
+    fn is_local(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -38,8 +38,13 @@ pub enum RejectionKind {
     PayloadTooLarge,
     /// 403 from the CSRF checks.
     CsrfFailed,
-    /// 503: a store or authenticator needed for the decision is unavailable (fail-closed).
+    /// 503: the rate-limit store needed for the decision is unavailable (fail-closed).
     Unavailable,
+    /// 503: the authenticator could not decide (its key set unreachable, a timeout). Audited
+    /// as [`AuditAction::AuthenticatorFailure`], apart from store failures.
+    AuthUnavailable,
+    /// 404: no route matches (see [`Security::not_found`](crate::Security::not_found)).
+    NotFound,
     /// 500: the handler panicked.
     Internal,
 }
@@ -54,7 +59,10 @@ impl RejectionKind {
             RejectionKind::Forbidden | RejectionKind::CsrfFailed => StatusCode::FORBIDDEN,
             RejectionKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             RejectionKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            RejectionKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            RejectionKind::Unavailable | RejectionKind::AuthUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            RejectionKind::NotFound => StatusCode::NOT_FOUND,
             RejectionKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -69,7 +77,10 @@ impl RejectionKind {
             RejectionKind::RateLimited => "Rate limit exceeded",
             RejectionKind::PayloadTooLarge => "Request body too large",
             RejectionKind::CsrfFailed => "Invalid or missing CSRF token",
-            RejectionKind::Unavailable => "Service temporarily unavailable",
+            RejectionKind::Unavailable | RejectionKind::AuthUnavailable => {
+                "Service temporarily unavailable"
+            }
+            RejectionKind::NotFound => "Not found",
             RejectionKind::Internal => "Internal server error",
         }
     }
@@ -84,7 +95,8 @@ impl RejectionKind {
             RejectionKind::RateLimited => "Too Many Requests",
             RejectionKind::PayloadTooLarge => "Content Too Large",
             RejectionKind::CsrfFailed => "CSRF Validation Failed",
-            RejectionKind::Unavailable => "Service Unavailable",
+            RejectionKind::Unavailable | RejectionKind::AuthUnavailable => "Service Unavailable",
+            RejectionKind::NotFound => "Not Found",
             RejectionKind::Internal => "Internal Server Error",
         }
     }
@@ -99,7 +111,10 @@ impl RejectionKind {
             RejectionKind::RateLimited => "urn:secure-routes:problem:rate-limited",
             RejectionKind::PayloadTooLarge => "urn:secure-routes:problem:payload-too-large",
             RejectionKind::CsrfFailed => "urn:secure-routes:problem:csrf",
-            RejectionKind::Unavailable => "urn:secure-routes:problem:unavailable",
+            RejectionKind::Unavailable | RejectionKind::AuthUnavailable => {
+                "urn:secure-routes:problem:unavailable"
+            }
+            RejectionKind::NotFound => "urn:secure-routes:problem:not-found",
             RejectionKind::Internal => "urn:secure-routes:problem:internal",
         }
     }
@@ -113,8 +128,10 @@ impl RejectionKind {
             RejectionKind::CsrfFailed => AuditAction::CsrfValidationFailed,
             RejectionKind::InvalidInput
             | RejectionKind::MethodNotAllowed
-            | RejectionKind::PayloadTooLarge => AuditAction::InvalidInput,
+            | RejectionKind::PayloadTooLarge
+            | RejectionKind::NotFound => AuditAction::InvalidInput,
             RejectionKind::Unavailable => AuditAction::StoreFailure,
+            RejectionKind::AuthUnavailable => AuditAction::AuthenticatorFailure,
             RejectionKind::Internal => AuditAction::InternalError,
         }
     }
@@ -128,7 +145,10 @@ impl RejectionKind {
             RejectionKind::RateLimited => "Too many requests. Please try again later.",
             RejectionKind::PayloadTooLarge => "The request body exceeds this route's limit.",
             RejectionKind::CsrfFailed => "Send the CSRF token from GET /api/csrf in X-CSRF-Token.",
-            RejectionKind::Unavailable => "A dependency is unavailable. Please retry shortly.",
+            RejectionKind::Unavailable | RejectionKind::AuthUnavailable => {
+                "A dependency is unavailable. Please retry shortly."
+            }
+            RejectionKind::NotFound => "No route matches this path.",
             RejectionKind::Internal => "The server failed to handle this request.",
         }
     }
