@@ -112,9 +112,22 @@ async fn walkthrough_public_auth_csrf_limits_and_audit() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["data"].as_array().unwrap().len(), 3);
 
-    // 405 with Allow.
+    // 405 with Allow (RFC 9110 §15.5.6), naming exactly what the route accepts (in any order).
+    // (axum's method router also adds an Allow to a 405 that has none, from the route's
+    // methods; the library's own, from the policy, is pinned in-process in tests/pipeline.rs
+    // on a route that serves a method its policy refuses.)
     let res = c.delete(d.url("/api/public-data")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let allow = res
+        .headers()
+        .get("allow")
+        .expect("a 405 carries Allow")
+        .to_str()
+        .unwrap();
+    let mut methods: Vec<&str> = allow.split(',').map(str::trim).collect();
+    methods.sort_unstable();
+    assert_eq!(methods, ["GET", "HEAD", "POST"], "Allow: {allow}");
+    assert_eq!(problem(res).await["error"], "Method not allowed");
 
     // Notes need authentication.
     let res = c.get(d.url("/api/user/notes")).send().await.unwrap();

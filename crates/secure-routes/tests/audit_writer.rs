@@ -2,9 +2,12 @@
 //! or overflow, replay, shutdown semantics, and the built-in sinks.
 //!
 //! Time is tokio's paused clock where waits are involved (`start_paused`): backoff and block
-//! timeouts advance virtually, so nothing here sleeps or times itself.
+//! timeouts advance virtually, so nothing here sleeps or times itself. Every wait for the
+//! writer to get somewhere is bounded ([`bounded`], [`until`]): a writer that never gets there
+//! fails its test with what it was waiting for, instead of hanging the run.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,6 +20,35 @@ use secure_routes::audit::{
 };
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
+
+/// Upper bound on any wait for the writer. Under a paused clock this is virtual time, which
+/// tokio moves on only when every task is idle: a stuck wait fails at once, a healthy one never
+/// comes near it (the longest, a few replay intervals, is about 15 s). On the current-thread
+/// runtime these tests use, tokio does not move a paused clock while a `spawn_blocking` task
+/// (the writer's file I/O) runs, so slow disk I/O cannot trip it.
+const WAIT_LIMIT: Duration = Duration::from_secs(120);
+
+/// How often [`until`] looks again.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Awaits `fut`, failing the test if it takes longer than [`WAIT_LIMIT`].
+async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT_LIMIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("gave up after {WAIT_LIMIT:?} waiting for {what}"))
+}
+
+/// Waits until `done()` holds, looking every [`POLL`], failing the test after [`WAIT_LIMIT`].
+/// (A loop of `yield_now` would not do: it keeps the runtime busy, so a paused clock never
+/// reaches the limit and a writer that never gets there hangs the test.)
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    bounded(what, async {
+        while !done() {
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await;
+}
 
 /// What a test sink should do on each call.
 #[derive(Default)]
@@ -59,14 +91,18 @@ impl MemorySink {
     fn count(&self) -> usize {
         self.stored.lock().unwrap().len()
     }
+    /// Waits (bounded) until the sink has stored at least `n` events.
     async fn wait_for(&self, n: usize) {
-        loop {
-            let notified = self.stored_notify.notified();
-            if self.count() >= n {
-                return;
+        bounded(&format!("{n} stored events"), async {
+            loop {
+                let notified = self.stored_notify.notified();
+                if self.count() >= n {
+                    return;
+                }
+                notified.await;
             }
-            notified.await;
-        }
+        })
+        .await;
     }
 }
 
@@ -443,10 +479,8 @@ async fn a_running_writer_can_replay_its_own_spill_file() {
     );
     writer.record(event(1)).await;
     writer.record(event(2)).await;
-    // Wait until both are spilled (yielding; the failing sink answers at once).
-    while writer.stats().spilled < 2 {
-        tokio::task::yield_now().await;
-    }
+    // Wait until both are spilled (the failing sink answers at once).
+    until("2 spilled events", || writer.stats().spilled >= 2).await;
     let recovered = MemorySink::new(Behaviour::default());
     let report = writer.replay_spill(recovered.as_ref()).await.unwrap();
     assert_eq!(report.replayed, 2);
@@ -671,9 +705,10 @@ fn try_spawn_outside_a_runtime_is_an_error_not_a_panic() {
 /// Waits until the writer has counted `n` replayed events (the sink stores them just before
 /// the count moves), then checks it went no further.
 async fn replayed(writer: &AuditWriter, n: u64) {
-    while writer.stats().replayed < n {
-        tokio::task::yield_now().await;
-    }
+    until(&format!("{n} replayed events"), || {
+        writer.stats().replayed >= n
+    })
+    .await;
     assert_eq!(writer.stats().replayed, n);
 }
 
@@ -703,9 +738,7 @@ async fn spilled_events_are_replayed_once_the_sink_takes_a_batch_again() {
     for i in 0..3 {
         writer.record(event(i)).await;
     }
-    while writer.stats().spilled < 3 {
-        tokio::task::yield_now().await;
-    }
+    until("3 spilled events", || writer.stats().spilled >= 3).await;
     assert_eq!(sink.count(), 0);
 
     down.store(false, Ordering::SeqCst);
@@ -736,16 +769,11 @@ async fn an_idle_writer_retries_its_spill_file_every_replay_interval() {
     );
     writer.record(event(1)).await;
     writer.record(event(2)).await;
-    while writer.stats().spilled < 2 {
-        tokio::task::yield_now().await;
-    }
+    until("2 spilled events", || writer.stats().spilled >= 2).await;
     let start = Instant::now();
     // Still down: a tick's replay fails, is counted, and keeps the file. Polled in steps of
-    // virtual time, with no upper bound on when: the replay's file I/O runs on the blocking
-    // pool, and a paused clock moves on while it does.
-    while writer.stats().sink_errors < 3 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // virtual time.
+    until("3 sink errors", || writer.stats().sink_errors >= 3).await;
     // Not before the first tick.
     assert!(Instant::now() - start >= Duration::from_secs(5));
     assert_eq!(sink.count(), 0);

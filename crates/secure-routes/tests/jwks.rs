@@ -5,7 +5,8 @@
 //! * rotation: a new `kid` causes one refetch, then verifies;
 //! * outage (500, redirect, garbage, empty set, oversized, hanging server): the last good set
 //!   keeps verifying, with one attempt per cooldown; a never-fetched set refuses everything;
-//! * a hanging refetch holds up only the request that made it;
+//! * a hanging refetch holds up only the request that made it, which gives up at the fetch
+//!   timeout (the server holds the fetch until the test lets go: nothing races a clock);
 //! * kid flood: 1000 concurrent tokens with random unknown `kid`s cost at most one fetch per
 //!   cooldown;
 //! * a key removed from the set stops verifying once the set's lifetime has passed, also for
@@ -34,6 +35,7 @@ use secure_routes::auth::jwks::{JwksAuthenticator, JwksAuthenticatorBuilder, Jwk
 use secure_routes::auth::{AuthError, Authenticator, CredentialSource, Principal};
 use secure_routes::clock::FakeClock;
 use serde_json::{Value, json};
+use tokio::sync::Semaphore;
 
 const T0: u64 = 1_800_000_000;
 const ISS: &str = "https://idp.test/auth/v1";
@@ -44,6 +46,16 @@ const EC_PUBLIC: &str = include_str!("keys/ec-public.pem");
 const ED_PRIVATE: &str = include_str!("keys/ed25519-private.pem");
 const COOLDOWN: Duration = Duration::from_secs(30);
 const MAX_AGE: Duration = Duration::from_secs(600);
+/// Bound on a wait that ends in milliseconds when the code is right (real time: these tests
+/// talk to a real socket). Reaching it means the wait would never have ended.
+const WAIT_LIMIT: Duration = Duration::from_secs(20);
+
+/// Awaits `fut`, failing the test with `what` after [`WAIT_LIMIT`].
+async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT_LIMIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("gave up after {WAIT_LIMIT:?} waiting for {what}"))
+}
 
 // ---------------------------------------------------------------------------------------------
 // The key server.
@@ -58,6 +70,8 @@ enum Mode {
     Body(String),
     /// Never answers.
     Hang,
+    /// Answers 503 once the test adds a permit, not before.
+    Held(Arc<Semaphore>),
 }
 
 #[derive(Clone)]
@@ -146,6 +160,10 @@ async fn serve_keys(State(s): State<ServerState>) -> Response {
         }
         Mode::Body(body) => body.into_response(),
         Mode::Hang => std::future::pending().await,
+        Mode::Held(gate) => {
+            let _permit = gate.acquire().await;
+            StatusCode::SERVICE_UNAVAILABLE.into_response()
+        }
     }
 }
 
@@ -435,6 +453,11 @@ async fn an_outage_keeps_the_last_good_set() {
     }
 }
 
+/// Nothing here races a clock. While the refetch hangs, the server holds it until the test
+/// lets go (the fetch timeout is the longest allowed, 60 s, and never reached), so "still
+/// waiting" is a fact, not a bet on the machine's speed. That the request which made the fetch
+/// gives up at the fetch timeout is then asserted as an outcome, against a server that never
+/// answers, with a short timeout and a generous bound on the whole wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_refetch_holds_up_only_the_request_that_made_it() {
     let ec = TestKey::ec("ec-1");
@@ -443,7 +466,49 @@ async fn a_hanging_refetch_holds_up_only_the_request_that_made_it() {
     let a = Arc::new(
         server
             .builder(&clock)
-            .fetch_timeout(Duration::from_secs(1))
+            .fetch_timeout(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    );
+    check(&*a, &ec.token()).await.unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    server.set_mode(Mode::Held(Arc::clone(&gate)));
+    clock.advance(MAX_AGE);
+
+    let first = {
+        let (a, t) = (Arc::clone(&a), ec.token());
+        tokio::spawn(async move { bearer(&*a, &t).await.map(|_| ()) })
+    };
+    bounded("the refetch to reach the server", async {
+        while server.hits() < 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    // The refetch hangs; other requests use the last good set meanwhile, without waiting.
+    bounded("requests beside the hanging refetch", async {
+        for _ in 0..10 {
+            check(&*a, &ec.token()).await.unwrap();
+        }
+    })
+    .await;
+    assert!(!first.is_finished(), "the first request is still waiting");
+    assert_eq!(server.hits(), 2, "one fetch in flight, no second");
+    // The fetch ends (503): the first request verifies with the last good set too.
+    gate.add_permits(1);
+    assert_eq!(bounded("the first request", first).await.unwrap(), Ok(()));
+    assert_eq!(server.hits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refetch_that_never_answers_gives_up_at_the_fetch_timeout() {
+    let ec = TestKey::ec("ec-1");
+    let server = KeyServer::start(&[&ec]).await;
+    let clock = clock();
+    let a = Arc::new(
+        server
+            .builder(&clock)
+            .fetch_timeout(Duration::from_millis(50))
             .build()
             .unwrap(),
     );
@@ -451,21 +516,25 @@ async fn a_hanging_refetch_holds_up_only_the_request_that_made_it() {
     server.set_mode(Mode::Hang);
     clock.advance(MAX_AGE);
 
+    // The request that refetches (whichever starts first) gets no answer, gives up at the
+    // fetch timeout and verifies with the last good set; so do the others.
     let first = {
         let (a, t) = (Arc::clone(&a), ec.token());
         tokio::spawn(async move { bearer(&*a, &t).await.map(|_| ()) })
     };
-    while server.hits() < 2 {
-        tokio::task::yield_now().await;
-    }
-    // The refetch hangs; other requests use the last good set meanwhile.
     for _ in 0..10 {
-        check(&*a, &ec.token()).await.unwrap();
+        bounded("a request beside the refetch", check(&*a, &ec.token()))
+            .await
+            .unwrap();
     }
-    assert!(!first.is_finished(), "the first request is still waiting");
-    // It gives up at the fetch timeout and verifies with the last good set too.
-    assert_eq!(first.await.unwrap(), Ok(()));
+    assert_eq!(bounded("the first request", first).await.unwrap(), Ok(()));
     assert_eq!(server.hits(), 2);
+    // Why it gave up: the fetch timed out.
+    assert_eq!(
+        bounded("a forced refresh", a.refresh()).await,
+        Err(JwksError::Timeout)
+    );
+    assert_eq!(server.hits(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use common::{FailingStore, HangingStore, Harness, PEER, START, harness, req, with_action};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
-use secure_routes::audit::{AuditAction, Outcome};
+use secure_routes::audit::{AuditAction, AuditEvent, Outcome};
 use secure_routes::auth::CredentialSource;
 use secure_routes::{
     AuthMode, ClientIp, CsrfMode, FailureMode, Policy, Principal, Quota, Security,
@@ -51,6 +51,16 @@ fn unix(secs: u64) -> String {
         .unwrap()
         .format(&Rfc3339)
         .unwrap()
+}
+
+/// The whole audit trail as `(action, status, reason)`, in order. Tests compare it entire:
+/// counting one action at a time misses an event of another action, or a second event for
+/// the same request.
+fn trail(events: &[AuditEvent]) -> Vec<(AuditAction, u16, &str)> {
+    events
+        .iter()
+        .map(|e| (e.action, e.status, e.reason.as_str()))
+        .collect()
 }
 
 /// Parses a `"name";r=<remaining>;t=<reset>` `RateLimit` header.
@@ -103,8 +113,11 @@ async fn method_the_policy_forbids_is_405_with_allow_even_if_the_route_serves_it
     }
 
     let events = h.events().await;
+    let refused = (AuditAction::InvalidInput, 405, "method_not_allowed");
+    assert_eq!(trail(&events), [refused; 3], "{events:#?}");
+    let methods: Vec<_> = events.iter().map(|e| e.method.as_str()).collect();
+    assert_eq!(methods, ["PUT", "DELETE", "PATCH"]);
     let rejected = with_action(&events, AuditAction::InvalidInput);
-    assert_eq!(rejected.len(), 3, "{events:#?}");
     let put = rejected
         .iter()
         .find(|e| e.method == "PUT")
@@ -155,8 +168,12 @@ async fn missing_or_invalid_credentials_are_401_with_www_authenticate_and_audite
     }
 
     let events = h.events().await;
+    let want: Vec<_> = cases
+        .iter()
+        .map(|(_, _, reason)| (AuditAction::UnauthorizedAccess, 401, *reason))
+        .collect();
+    assert_eq!(trail(&events), want, "{events:#?}");
     let denied = with_action(&events, AuditAction::UnauthorizedAccess);
-    assert_eq!(denied.len(), cases.len(), "{events:#?}");
     for (e, (authz, _, reason)) in denied.iter().zip(cases.iter()) {
         assert_eq!(e.reason, *reason);
         assert_eq!(e.status, 401);
@@ -260,8 +277,9 @@ async fn rate_limit_headers_count_down_then_429_until_the_window_passes() {
     assert_eq!(res.status, 200, "the window has passed");
 
     let events = h.events().await;
+    let refused = (AuditAction::RateLimitExceeded, 429, "quota_exhausted");
+    assert_eq!(trail(&events), [refused; 2], "{events:#?}");
     let limited = with_action(&events, AuditAction::RateLimitExceeded);
-    assert_eq!(limited.len(), 2, "{events:#?}");
     assert_eq!(limited[0].status, 429);
     assert_eq!(limited[0].reason, "quota_exhausted");
     assert_eq!(limited[0].route, "route:/api/quota");
@@ -393,12 +411,29 @@ async fn repeated_auth_failures_from_one_address_run_into_429() {
     // One decision, one event: the refused guess is an `unauthorized_access` with the 429
     // the client saw, not a second `rate_limit_exceeded` beside it.
     let events = h.events().await;
-    let statuses: Vec<u16> = with_action(&events, AuditAction::UnauthorizedAccess)
-        .iter()
-        .map(|e| e.status)
-        .collect();
-    assert_eq!(statuses, [401, 401, 401, 429, 401], "{events:#?}");
-    assert_eq!(events.len(), 5, "{events:#?}");
+    let bad = (AuditAction::UnauthorizedAccess, 401, "bad");
+    assert_eq!(
+        trail(&events),
+        [
+            bad,
+            bad,
+            bad,
+            (AuditAction::UnauthorizedAccess, 429, "bad"),
+            bad
+        ],
+        "{events:#?}"
+    );
+    let clients: Vec<_> = events.iter().map(|e| e.client_ip.as_deref()).collect();
+    assert_eq!(
+        clients,
+        [
+            Some(PEER),
+            Some(PEER),
+            Some(PEER),
+            Some(PEER),
+            Some("192.0.2.50")
+        ]
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -444,16 +479,34 @@ async fn declared_content_length_over_the_limit_is_413() {
     res.assert_problem(413, "Request body too large");
 
     let events = h.events().await;
-    let e = with_action(&events, AuditAction::InvalidInput);
-    assert_eq!(e.len(), 1, "{events:#?}");
-    assert_eq!(e[0].status, 413);
-    assert_eq!(e[0].reason, "declared_length");
+    assert_eq!(
+        trail(&events),
+        [(AuditAction::InvalidInput, 413, "declared_length")],
+        "{events:#?}"
+    );
+}
+
+/// Reads the body, ignores whether that worked, and answers 200 with headers of its own (a
+/// `Content-Length` among them): what a handler that swallows a body error may do.
+async fn shrug(body: Body) -> axum::response::Response {
+    let _ = axum::body::to_bytes(body, usize::MAX).await;
+    let text = "the handler's own answer, which a 413 must not carry";
+    axum::response::IntoResponse::into_response((
+        [
+            (header::CONTENT_LENGTH, text.len().to_string()),
+            (HeaderName::from_static("x-handler"), "shrugged".to_owned()),
+        ],
+        text,
+    ))
 }
 
 #[tokio::test]
 async fn streamed_body_without_content_length_over_the_limit_is_413() {
     let h = harness(|b| b);
-    let app = h.app("/api/upload", upload_policy(), post(body_len));
+    let mut app = Router::new();
+    // One handler fails to extract the body (axum answers), one ignores the failure.
+    app = h.add(app, "/api/upload", upload_policy(), post(body_len));
+    app = h.add(app, "/api/shrug", upload_policy(), post(shrug));
 
     let res = req(Method::POST, "/api/upload")
         .body(streamed(2, 100))
@@ -462,23 +515,30 @@ async fn streamed_body_without_content_length_over_the_limit_is_413() {
     assert_eq!(res.status, 200, "{}", res.text());
     assert_eq!(res.text(), "200");
 
-    let res = req(Method::POST, "/api/upload")
-        .body(streamed(5, 512))
-        .send(&app)
-        .await;
-    assert!(
-        res.headers
-            .get("content-length")
-            .is_none_or(|v| v != "2560")
-    );
-    res.assert_problem(413, "Request body too large");
-    assert_eq!(res.header("x-content-type-options"), Some("nosniff"));
+    for path in ["/api/upload", "/api/shrug"] {
+        let res = req(Method::POST, path)
+            .body(streamed(5, 512))
+            .send(&app)
+            .await;
+        res.assert_problem(413, "Request body too large");
+        // The answer is ours alone: nothing of the handler's response survives, and a
+        // length, if set, is the problem body's (a stale one would make a client cut the
+        // body short or wait for bytes that never come).
+        assert_eq!(res.header("x-handler"), None, "{path}");
+        let len = res.body.len().to_string();
+        assert!(
+            res.header("content-length").is_none_or(|v| v == len),
+            "{path}: content-length {:?} for a body of {len} bytes",
+            res.header("content-length")
+        );
+        assert_eq!(res.header("x-content-type-options"), Some("nosniff"));
+    }
 
     let events = h.events().await;
-    let e = with_action(&events, AuditAction::InvalidInput);
-    assert_eq!(e.len(), 1, "{events:#?}");
-    assert_eq!(e[0].status, 413);
-    assert_eq!(e[0].reason, "streamed_length");
+    let refused = (AuditAction::InvalidInput, 413, "streamed_length");
+    assert_eq!(trail(&events), [refused; 2], "{events:#?}");
+    let paths: Vec<_> = events.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["/api/upload", "/api/shrug"]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -546,14 +606,27 @@ async fn cookie_session_needs_a_matching_token_bound_to_the_user() {
     assert_eq!(res.status, 200);
 
     let events = h.events().await;
-    let failed = with_action(&events, AuditAction::CsrfValidationFailed);
-    assert_eq!(failed.len(), 6, "{events:#?}");
-    assert!(
-        failed
-            .iter()
-            .all(|e| e.status == 403 && e.outcome == Outcome::Denied)
+    // The six 403 cases, in order: which check refused, and for whom.
+    let got: Vec<_> = events
+        .iter()
+        .map(|e| {
+            assert_eq!(e.action, AuditAction::CsrfValidationFailed, "{e:#?}");
+            assert_eq!((e.status, e.outcome), (403, Outcome::Denied), "{e:#?}");
+            (e.reason.as_str(), e.subject.as_deref())
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("missing_cookie", Some("alice")),
+            ("missing_header", Some("alice")),
+            ("missing_cookie", Some("alice")),
+            ("mismatch", Some("alice")),
+            ("bad_signature", Some("bob")),
+            ("bad_signature", Some("alice")),
+        ],
+        "{events:#?}"
     );
-    assert!(failed.iter().any(|e| e.subject.as_deref() == Some("bob")));
     // Tokens never reach the audit log.
     let json = serde_json::to_string(&events).unwrap();
     assert!(!json.contains(&alice), "CSRF token in the audit log");
@@ -633,12 +706,8 @@ async fn fetch_metadata_rejects_cross_site_unsafe_requests() {
     assert_eq!(res.status, 200);
 
     let events = h.events().await;
-    let failed = with_action(&events, AuditAction::CsrfValidationFailed);
-    assert_eq!(failed.len(), 2, "{events:#?}");
-    assert!(
-        failed.iter().all(|e| e.reason == "cross_site_fetch"),
-        "{failed:#?}"
-    );
+    let refused = (AuditAction::CsrfValidationFailed, 403, "cross_site_fetch");
+    assert_eq!(trail(&events), [refused; 2], "{events:#?}");
 }
 
 #[tokio::test]
@@ -668,12 +737,8 @@ async fn origin_differing_from_host_is_rejected_without_fetch_metadata() {
         }
     }
     let events = h.events().await;
-    let failed = with_action(&events, AuditAction::CsrfValidationFailed);
-    assert_eq!(failed.len(), 2);
-    assert!(
-        failed.iter().all(|e| e.reason == "cross_origin"),
-        "{failed:#?}"
-    );
+    let refused = (AuditAction::CsrfValidationFailed, 403, "cross_origin");
+    assert_eq!(trail(&events), [refused; 2], "{events:#?}");
 }
 
 #[tokio::test]
@@ -725,10 +790,16 @@ async fn handler_panic_is_a_generic_500_and_audited() {
     assert!(res.header("x-request-id").is_some());
 
     let events = h.events().await;
-    let e = with_action(&events, AuditAction::InternalError);
-    assert_eq!(e.len(), 1, "{events:#?}");
-    assert_eq!(e[0].status, 500);
-    assert!(!serde_json::to_string(e[0]).unwrap().contains("hunter2"));
+    assert_eq!(
+        trail(&events),
+        [(AuditAction::InternalError, 500, "handler_panicked")],
+        "{events:#?}"
+    );
+    assert!(
+        !serde_json::to_string(&events[0])
+            .unwrap()
+            .contains("hunter2")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -952,10 +1023,9 @@ async fn failing_store_with_a_fail_open_policy_lets_the_request_through_audited(
     }
 
     let events = h.events().await;
-    let failures = with_action(&events, AuditAction::StoreFailure);
-    assert_eq!(failures.len(), 3, "{events:#?}");
-    assert!(failures.iter().all(|e| e.outcome == Outcome::Allowed));
-    assert!(failures.iter().all(|e| e.reason == "store_error"));
+    let let_through = (AuditAction::StoreFailure, 200, "store_error");
+    assert_eq!(trail(&events), [let_through; 3], "{events:#?}");
+    assert!(events.iter().all(|e| e.outcome == Outcome::Allowed));
 }
 
 #[tokio::test]
@@ -983,14 +1053,9 @@ async fn failing_store_with_a_fail_closed_policy_is_503_never_429() {
     }
 
     let events = h.events().await;
-    let failures = with_action(&events, AuditAction::StoreFailure);
-    assert_eq!(failures.len(), 12, "{events:#?}");
-    assert!(
-        failures
-            .iter()
-            .all(|e| e.outcome == Outcome::Denied && e.status == 503)
-    );
-    assert!(with_action(&events, AuditAction::RateLimitExceeded).is_empty());
+    let refused = (AuditAction::StoreFailure, 503, "store_error");
+    assert_eq!(trail(&events), [refused; 12], "{events:#?}");
+    assert!(events.iter().all(|e| e.outcome == Outcome::Denied));
 }
 
 #[tokio::test(start_paused = true)]
@@ -1028,11 +1093,16 @@ async fn a_store_that_never_answers_hits_the_policy_timeout() {
     );
 
     let events = h.events().await;
-    let failures = with_action(&events, AuditAction::StoreFailure);
-    assert_eq!(failures.len(), 2, "{events:#?}");
-    assert!(failures.iter().all(|e| e.reason == "store_timeout"));
-    assert_eq!(failures[0].outcome, Outcome::Allowed);
-    assert_eq!(failures[1].outcome, Outcome::Denied);
+    assert_eq!(
+        trail(&events),
+        [
+            (AuditAction::StoreFailure, 200, "store_timeout"),
+            (AuditAction::StoreFailure, 503, "store_timeout"),
+        ],
+        "{events:#?}"
+    );
+    assert_eq!(events[0].outcome, Outcome::Allowed);
+    assert_eq!(events[1].outcome, Outcome::Denied);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1085,7 +1155,13 @@ async fn request_id_is_set_and_only_trusted_proxies_may_choose_it() {
     let res = req(Method::DELETE, "/api/id").send(&app).await;
     let id = res.header("x-request-id").unwrap().to_owned();
     let events = h.events().await;
-    assert!(events.iter().any(|e| e.request_id == id), "{events:#?}");
+    // Only the refused DELETE is audited, under the id its response carried.
+    assert_eq!(
+        trail(&events),
+        [(AuditAction::InvalidInput, 405, "method_not_allowed")],
+        "{events:#?}"
+    );
+    assert_eq!(events[0].request_id, id);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,16 +8,21 @@
 //!   token came from (a token first seen in a header and then in a cookie is ambient the second
 //!   time: the cache holds verifications, not principals).
 //!
+//! Hits are counted through the clock (see [`CountingClock`]), not inferred from the number of
+//! entries: a cache that stored tokens but never answered from them would keep every entry
+//! count right.
+//!
 //! The JWKS side (cached tokens die with their key) is in `tests/jwks.rs`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::{Request, header};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use secure_routes::auth::jwt::JwtAuthenticator;
 use secure_routes::auth::{AuthError, Authenticator, CredentialSource, Principal};
-use secure_routes::clock::FakeClock;
+use secure_routes::clock::{Clock, FakeClock};
 use serde_json::{Value, json};
 
 const T0: u64 = 1_800_000_000;
@@ -29,11 +34,66 @@ const EC_PUBLIC: &str = include_str!("keys/ec-public.pem");
 const ED_PRIVATE: &str = include_str!("keys/ed25519-private.pem");
 const ED_PUBLIC: &str = include_str!("keys/ed25519-public.pem");
 
-fn clock() -> FakeClock {
-    FakeClock::new(Duration::from_secs(T0))
+/// A [`FakeClock`] that counts its readings: the test's window on whether an answer came
+/// from the cache. A hit reads the clock once (the entry's `exp`); a successful verification
+/// reads it at least twice (the cache lookup, then the token's `exp`/`nbf` once the signature
+/// has checked out), so a successful answer with a single reading skipped the signature check.
+/// Every test also asserts that its first request (necessarily a miss) is *not* counted as a
+/// hit, so a change to that premise fails loudly instead of making every answer look cached.
+#[derive(Clone, Debug)]
+struct CountingClock {
+    time: FakeClock,
+    reads: Arc<AtomicUsize>,
 }
 
-fn es256(clock: &FakeClock, cache: Option<usize>) -> JwtAuthenticator {
+impl CountingClock {
+    fn advance(&self, by: Duration) {
+        self.time.advance(by);
+    }
+
+    /// Runs one authentication and says whether the cache answered it.
+    fn cached<T>(&self, f: impl FnOnce() -> Result<T, AuthError>) -> (Result<T, AuthError>, bool) {
+        let before = self.reads.load(Ordering::SeqCst);
+        let result = f();
+        let reads = self.reads.load(Ordering::SeqCst) - before;
+        let hit = result.is_ok() && reads == 1;
+        (result, hit)
+    }
+
+    /// One authentication that must succeed from the cache.
+    #[track_caller]
+    fn hit<T>(&self, f: impl FnOnce() -> Result<T, AuthError>) -> T {
+        let (result, hit) = self.cached(f);
+        let value = result.unwrap_or_else(|e| panic!("refused: {e:?}"));
+        assert!(hit, "verified again instead of answered from the cache");
+        value
+    }
+
+    /// One authentication that must succeed by verifying the token (not from the cache).
+    #[track_caller]
+    fn miss<T>(&self, f: impl FnOnce() -> Result<T, AuthError>) -> T {
+        let (result, hit) = self.cached(f);
+        let value = result.unwrap_or_else(|e| panic!("refused: {e:?}"));
+        assert!(!hit, "answered from the cache instead of verified");
+        value
+    }
+}
+
+impl Clock for CountingClock {
+    fn now(&self) -> Duration {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        self.time.now()
+    }
+}
+
+fn clock() -> CountingClock {
+    CountingClock {
+        time: FakeClock::new(Duration::from_secs(T0)),
+        reads: Arc::default(),
+    }
+}
+
+fn es256(clock: &CountingClock, cache: Option<usize>) -> JwtAuthenticator {
     let b = JwtAuthenticator::builder()
         .es256_pem(EC_PUBLIC)
         .audience("authenticated")
@@ -85,20 +145,21 @@ fn a_cached_token_is_refused_after_exp() {
     let clock = clock();
     let a = es256(&clock, Some(16));
     let token = sign_es256(&claims(T0 + 60));
-    assert_eq!(bearer(&a, &token).unwrap().subject(), "alice");
+    assert_eq!(clock.miss(|| bearer(&a, &token)).subject(), "alice");
     assert_eq!(a.cached_tokens(), 1);
     for _ in 0..5 {
-        assert_eq!(bearer(&a, &token).unwrap().subject(), "alice");
+        assert_eq!(clock.hit(|| bearer(&a, &token)).subject(), "alice");
     }
     assert_eq!(a.cached_tokens(), 1, "repeats hit the same entry");
 
     clock.advance(Duration::from_secs(59));
-    bearer(&a, &token).unwrap();
+    clock.hit(|| bearer(&a, &token));
     // At `exp` the entry is dead; the token is verified again and, inside the 30 s leeway,
     // still accepted (as without a cache), but not cached again.
     clock.advance(Duration::from_secs(1));
-    bearer(&a, &token).unwrap();
+    clock.miss(|| bearer(&a, &token));
     assert_eq!(a.cached_tokens(), 0);
+    clock.miss(|| bearer(&a, &token));
     clock.advance(Duration::from_secs(31));
     assert_eq!(
         bearer(&a, &token).unwrap_err(),
@@ -116,9 +177,11 @@ fn a_cached_token_is_refused_after_exp() {
         .unwrap();
     let now = T0 + 91;
     let token = sign_es256(&claims(now + 10));
-    bearer(&strict, &token).unwrap();
+    clock.miss(|| bearer(&strict, &token));
     assert_eq!(strict.cached_tokens(), 1);
-    clock.advance(Duration::from_secs(11));
+    clock.advance(Duration::from_secs(9));
+    clock.hit(|| bearer(&strict, &token));
+    clock.advance(Duration::from_secs(2));
     assert_eq!(
         bearer(&strict, &token).unwrap_err(),
         AuthError::Invalid("expired")
@@ -162,10 +225,12 @@ fn failures_are_never_cached() {
 
     // The not-yet-valid token becomes valid with time, and only then is cached.
     clock.advance(Duration::from_secs(300));
-    bearer(&a, &bad[2].0).unwrap();
+    clock.miss(|| bearer(&a, &bad[2].0));
     assert_eq!(a.cached_tokens(), 1);
-    bearer(&a, &good).unwrap();
+    clock.hit(|| bearer(&a, &bad[2].0));
+    clock.miss(|| bearer(&a, &good));
     assert_eq!(a.cached_tokens(), 2);
+    clock.hit(|| bearer(&a, &good));
 }
 
 #[test]
@@ -188,16 +253,16 @@ fn the_credential_source_belongs_to_the_request_not_the_cache() {
     let a = es256(&clock, Some(8));
     let token = sign_es256(&claims(T0 + 600));
     assert_eq!(
-        bearer(&a, &token).unwrap().source(),
+        clock.miss(|| bearer(&a, &token)).source(),
         CredentialSource::Header
     );
     // Same token, now as a cookie: a cache hit, and ambient (CSRF applies).
-    let p = cookie(&a, &token).unwrap();
+    let p = clock.hit(|| cookie(&a, &token));
     assert_eq!(p.source(), CredentialSource::Cookie);
     assert!(p.is_ambient());
     assert_eq!(a.cached_tokens(), 1);
     assert_eq!(
-        bearer(&a, &token).unwrap().source(),
+        clock.hit(|| bearer(&a, &token)).source(),
         CredentialSource::Header
     );
 }
@@ -209,21 +274,24 @@ fn cached_answers_equal_uncached_answers() {
     let plain = es256(&clock, None);
     let mut tokens = Vec::new();
     for exp in [T0 + 5, T0 + 40, T0 + 100, T0 + 1_000] {
-        tokens.push(sign_es256(&claims(exp)));
+        tokens.push((sign_es256(&claims(exp)), exp));
         let mut c = claims(exp);
         c["nbf"] = json!(T0 + 50);
-        tokens.push(sign_es256(&c));
+        tokens.push((sign_es256(&c), exp));
         c["aud"] = json!(["x", "authenticated"]);
         c["role"] = json!("admin");
-        tokens.push(sign_es256(&c));
+        tokens.push((sign_es256(&c), exp));
     }
     // More tokens than capacity, repeated at every step from before nbf to past every exp.
+    let mut hits = 0;
     for _ in 0..150 {
-        for t in &tokens {
+        for (t, exp) in &tokens {
             let sources: [Run; 2] = [bearer, cookie];
+            let mut accepted = false;
             for source in sources {
                 let want = source(&plain, t);
-                let got = source(&cached, t);
+                let (got, hit) = clock.cached(|| source(&cached, t));
+                let ok = got.is_ok();
                 match (&want, &got) {
                     (Ok(w), Ok(g)) => {
                         assert_eq!(w.subject(), g.subject());
@@ -232,10 +300,18 @@ fn cached_answers_equal_uncached_answers() {
                     }
                     _ => assert_eq!(want.map(|_| ()), got.map(|_| ()), "at {:?}", clock),
                 }
+                // Right after an accepted token, the same token comes from the cache while
+                // the clock is before its `exp`: the comparison above is not vacuous.
+                if accepted {
+                    assert_eq!(hit, clock.time.now().as_secs() < *exp, "at {:?}", clock);
+                }
+                accepted = ok;
+                hits += usize::from(hit);
             }
         }
         clock.advance(Duration::from_secs(9));
     }
+    assert!(hits > 150, "{hits} answers from the cache");
 }
 
 #[test]
@@ -278,8 +354,8 @@ fn every_algorithm_caches() {
             .cache(4)
             .build()
             .unwrap();
-        bearer(&a, &token).unwrap();
-        bearer(&a, &token).unwrap();
+        clock.miss(|| bearer(&a, &token));
+        clock.hit(|| bearer(&a, &token));
         assert_eq!(a.cached_tokens(), 1, "{}", a.algorithm());
         // `verify` always checks the signature and leaves the cache alone.
         assert_eq!(a.verify(&token).unwrap()["sub"], "alice");
