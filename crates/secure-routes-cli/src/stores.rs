@@ -243,6 +243,12 @@ pub async fn open(limits: &LimitsLocation, audit: &AuditLocation) -> anyhow::Res
         LimitsLocation::Postgres(url) => {
             let pool = pools.get(url).await?;
             let store = secure_routes_postgres::PostgresStore::new(pool);
+            // A connection and prepared statements before the first request, not inside its
+            // 50 ms store timeout.
+            store
+                .warm_up()
+                .await
+                .with_context(|| format!("preparing rate-limit store {limits}"))?;
             sweepers.push(store.spawn_sweeper(SWEEP_INTERVAL)?);
             Arc::new(store)
         }

@@ -9,9 +9,12 @@
 //! store that trusted instance clocks would, since each instance would see the others'
 //! admissions as older than they are).
 //!
-//! The store timeout is raised to 5 s for these runs: on a loaded two-core CI machine a check
-//! can take longer than the default 50 ms, and STRICT fails closed (503), which would make the
-//! count depend on machine load rather than on exactness. The outage tests cover the timeout.
+//! The instances run with the default store timeout (50 ms). Before the deny cache (issue 9
+//! part 5) these runs needed a 5 s timeout: the sixty checks of one user queued on one row
+//! lock (Postgres) and the last ones outlived 50 ms, so STRICT (fail-closed) answered some of
+//! them 503 instead of 429. Now each instance has at most one check of the key in flight and
+//! answers the rest from its deny cache once the store refused, so no response may be anything
+//! but 200 or 429.
 
 mod support;
 
@@ -74,8 +77,6 @@ fn start_three(
                     limits,
                     "--audit",
                     &audit,
-                    "--store-timeout",
-                    "5s",
                     "--clock-skew-ms",
                     &skew,
                 ],
@@ -106,6 +107,12 @@ async fn run_three(
     audit: &dyn Fn(usize) -> String,
     skews: [i64; 3],
 ) -> (usize, usize) {
+    // One three-instance run at a time: six of them at once put eighteen processes and their
+    // stores on two cores, where a single check can outlive the 50 ms store timeout for
+    // reasons that have nothing to do with the store (the CPU queue). Sequential, the runs
+    // measure what the issue asks: a hot key under the default timeout.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let demos = start_three(dir, limits, audit, skews);
     let statuses = fire(&demos, subject).await;
     for d in demos {

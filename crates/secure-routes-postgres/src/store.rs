@@ -182,6 +182,24 @@ impl PostgresStore {
         })
     }
 
+    /// Opens a pooled connection and prepares the check statements on it, so the first checks
+    /// after a start do not pay for a connection and a parse inside the policy's store
+    /// timeout (50 ms by default: a cold connect on a loaded machine can take longer, and a
+    /// fail-closed policy would answer that first burst 503).
+    ///
+    /// ```no_run
+    /// # async fn run(store: secure_routes_postgres::PostgresStore) -> Result<(), secure_routes::StoreError> {
+    /// store.warm_up().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn warm_up(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await.map_err(pool_error)?;
+        for sql in [SLIDING_WINDOW, GCRA] {
+            client.prepare_cached(sql).await.map_err(pg_error)?;
+        }
+        Ok(())
+    }
+
     /// Deletes every expired row (one that behaves exactly like a fresh key), in batches of
     /// 10 000, and returns how many were deleted. Time is the store's time (the injected
     /// clock, or the database's).

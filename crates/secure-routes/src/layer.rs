@@ -975,8 +975,8 @@ async fn check_limit(
         .single_flight(key, timeout.saturating_mul(MAX_WAIT_FACTOR))
         .await;
     match flight.as_ref().and_then(FlightGuard::failed_ahead) {
-        // The check we waited for failed: the store is failing now, and asking it again
-        // would only chain another timeout behind this one.
+        // The checks ahead failed in a row: the store is failing now, and asking it again
+        // would only chain another timeout behind them.
         Some(FlightFailure::Timeout) => return Err(StoreFailure::Timeout),
         Some(FlightFailure::Error) => {
             return Err(StoreFailure::Error(StoreError::Unavailable(
@@ -994,7 +994,12 @@ async fn check_limit(
     match (&result, &flight) {
         // The time before the call: the store decided no earlier, so the cached refusal
         // never outlasts the store's own.
-        (Ok(d), _) => deny.remember(key, quota, d, before),
+        (Ok(d), f) => {
+            deny.remember(key, quota, d, before);
+            if let Some(f) = f {
+                f.succeed();
+            }
+        }
         (Err(StoreFailure::Timeout), Some(f)) => f.fail(FlightFailure::Timeout),
         (Err(_), Some(f)) => f.fail(FlightFailure::Error),
         (Err(_), None) => {}

@@ -20,10 +20,12 @@
 //!   of N same-key requests costs the store about as many calls as it admits plus one, and the
 //!   row lock sees at most one waiter per instance. The store timeout bounds each call, not
 //!   the wait in line: a healthy store answering one key's checks one after another is not a
-//!   failure. A failed check (timeout, error) fails the checks that were waiting for it at once
-//!   with the same reason, so a hanging store cannot chain timeouts one after another. The
-//!   wait itself is bounded too ([`MAX_WAIT_FACTOR`] store timeouts); past it a check goes to
-//!   the store on its own, as it would without the cache.
+//!   failure. Once [`FAIL_AFTER`] checks of a key have failed in a row (timeout, error), the
+//!   checks waiting behind them fail at once with the same reason, so a hanging store cannot
+//!   chain timeouts one after another; a single slow check (a cold connection on a loaded
+//!   machine) only costs itself. The wait itself is bounded too ([`MAX_WAIT_FACTOR`] store
+//!   timeouts); past it a check goes to the store on its own, as it would without the
+//!   cache.
 //! * **Time is the local clock, as a duration**: an entry holds `[refused_at, until)` on this
 //!   process's clock. A clock that steps back before `refused_at` expires the entry (never
 //!   refuses longer than the store said).
@@ -60,11 +62,14 @@ type InFlight = HashMap<RateLimitKey, Arc<Flight>>;
 /// A check waits in line for at most this many store timeouts.
 pub(crate) const MAX_WAIT_FACTOR: u32 = 20;
 
+/// After this many failed checks of one key in a row, the checks waiting in line fail too.
+pub(crate) const FAIL_AFTER: u64 = 2;
+
 /// One key's line of checks.
 #[derive(Default)]
 struct Flight {
     lock: Arc<tokio::sync::Mutex<()>>,
-    /// Failed checks so far, and the kind of the last one.
+    /// Checks failed in a row (reset by a success), and the kind of the last failure.
     failures: AtomicU64,
     last_failure: std::sync::atomic::AtomicU8,
 }
@@ -166,7 +171,6 @@ impl DenyCache {
                 .unwrap_or_else(PoisonError::into_inner);
             Arc::clone(map.entry(*key).or_default())
         };
-        let failures_before = flight.failures.load(Ordering::Acquire);
         // Dropped on every path (also a timed-out wait): the map entry is released with it.
         let mut guard = FlightGuard {
             cache: self,
@@ -178,7 +182,7 @@ impl DenyCache {
         };
         let lock = Arc::clone(&guard.flight.lock);
         guard.held = Some(tokio::time::timeout(wait, lock.lock_owned()).await.ok()?);
-        if guard.flight.failures.load(Ordering::Acquire) != failures_before {
+        if guard.flight.failures.load(Ordering::Acquire) >= FAIL_AFTER {
             guard.failed_ahead_kind =
                 Some(match guard.flight.last_failure.load(Ordering::Acquire) {
                     1 => FlightFailure::Timeout,
@@ -200,12 +204,18 @@ pub(crate) struct FlightGuard<'a> {
 }
 
 impl FlightGuard<'_> {
-    /// How a check this one waited for failed, if one did.
+    /// How the checks ahead of this one failed, if [`FAIL_AFTER`] did in a row.
     pub(crate) fn failed_ahead(&self) -> Option<FlightFailure> {
         self.failed_ahead_kind
     }
 
-    /// Records that this check failed: the checks waiting behind it fail the same way.
+    /// Records that this check got an answer from the store: the failure streak ends.
+    pub(crate) fn succeed(&self) {
+        self.flight.failures.store(0, Ordering::Release);
+    }
+
+    /// Records that this check failed; after [`FAIL_AFTER`] in a row, the checks waiting in
+    /// line fail the same way.
     pub(crate) fn fail(&self, kind: FlightFailure) {
         let code = match kind {
             FlightFailure::Timeout => 1,
@@ -343,34 +353,46 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_check_fails_the_ones_waiting_behind_it_only() {
+    async fn failures_in_a_row_fail_the_line_a_single_one_does_not() {
         let c = Arc::new(DenyCache::default());
-        let g = c
-            .single_flight(&key(1), Duration::from_secs(5))
-            .await
-            .unwrap();
+        let wait = Duration::from_secs(5);
+        // Queues a check behind the one in flight; its guard comes back through the channel.
+        let queue = |c: &Arc<DenyCache>| {
+            let c = Arc::clone(c);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            tokio::spawn(async move {
+                let g = c.single_flight(&key(1), wait).await.unwrap();
+                let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Option<FlightFailure>>();
+                let _ = tx.send((g.failed_ahead(), done_tx));
+                // Hold the place until told how this check ended.
+                match done_rx.await {
+                    Ok(Some(kind)) => g.fail(kind),
+                    Ok(None) => g.succeed(),
+                    Err(_) => {}
+                }
+            });
+            rx
+        };
+        let g = c.single_flight(&key(1), wait).await.unwrap();
         assert_eq!(g.failed_ahead(), None);
-        let c2 = Arc::clone(&c);
-        let waiter = tokio::spawn(async move {
-            let g = c2
-                .single_flight(&key(1), Duration::from_secs(5))
-                .await
-                .unwrap();
-            g.failed_ahead()
-        });
+        let second = queue(&c);
         tokio::task::yield_now().await;
+        // One slow check costs only itself: the next one in line tries the store.
         g.fail(FlightFailure::Timeout);
         drop(g);
-        let seen = tokio::time::timeout(Duration::from_secs(5), waiter)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(seen, Some(FlightFailure::Timeout));
-        // A check arriving after the failure is not failed by it.
-        let g = c
-            .single_flight(&key(1), Duration::from_secs(5))
-            .await
-            .unwrap();
-        assert_eq!(g.failed_ahead(), None);
+        let (seen, finish_second) = second.await.unwrap();
+        assert_eq!(seen, None);
+        // Two in a row: the store is failing, and the line fails with it.
+        let third = queue(&c);
+        tokio::task::yield_now().await;
+        finish_second.send(Some(FlightFailure::Error)).unwrap();
+        let (seen, finish_third) = third.await.unwrap();
+        assert_eq!(seen, Some(FlightFailure::Error));
+        // A success ends the streak.
+        let fourth = queue(&c);
+        tokio::task::yield_now().await;
+        finish_third.send(None).unwrap();
+        let (seen, _finish) = fourth.await.unwrap();
+        assert_eq!(seen, None);
     }
 }
