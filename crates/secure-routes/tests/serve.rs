@@ -545,3 +545,78 @@ async fn an_invalid_config_is_an_error_before_serving() {
         .expect("a ConfigError inside");
     assert_eq!(config.problems().len(), 2);
 }
+
+/// Reads one HTTP/2 frame: (type, flags, stream id, payload).
+async fn read_frame(conn: &mut TcpStream) -> (u8, u8, u32, Vec<u8>) {
+    let mut head = [0u8; 9];
+    conn.read_exact(&mut head).await.unwrap();
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    let mut payload = vec![0u8; len];
+    conn.read_exact(&mut payload).await.unwrap();
+    (head[3], head[4], stream, payload)
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test]
+async fn http2_streams_over_the_limit_are_refused() {
+    const SETTINGS: u8 = 0x4;
+    const HEADERS: u8 = 0x1;
+    const RST_STREAM: u8 = 0x3;
+    const REFUSED_STREAM: u32 = 0x7;
+    let app = app().route("/stuck", get(std::future::pending::<&'static str>));
+    let server = Server::start(
+        app,
+        ServeConfig {
+            http2_max_concurrent_streams: 2,
+            ..config()
+        },
+    )
+    .await;
+    // A raw client that ignores the advertised limit (h2's own client would respect it).
+    let mut conn = TcpStream::connect(server.addr).await.unwrap();
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    conn.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    bounded("the server's SETTINGS", async {
+        loop {
+            let (kind, flags, _, _) = read_frame(&mut conn).await;
+            if kind == SETTINGS && flags & 0x1 == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    // The limit binds once the client acknowledged it (RFC 9113 §6.5.3).
+    conn.write_all(&frame(SETTINGS, 0x1, 0, &[])).await.unwrap();
+    // GET http /stuck: indexed :method GET, :scheme http, literal :path.
+    let mut block = vec![0x82, 0x86, 0x04, 6];
+    block.extend_from_slice(b"/stuck");
+    for stream in [1, 3, 5] {
+        // END_STREAM | END_HEADERS
+        conn.write_all(&frame(HEADERS, 0x5, stream, &block))
+            .await
+            .unwrap();
+    }
+    let (stream, code) = bounded("a refused stream", async {
+        loop {
+            let (kind, _, stream, payload) = read_frame(&mut conn).await;
+            if kind == RST_STREAM {
+                let code = u32::from_be_bytes(payload[..4].try_into().unwrap());
+                break (stream, code);
+            }
+        }
+    })
+    .await;
+    assert_eq!((stream, code), (5, REFUSED_STREAM));
+    drop(conn);
+    server.stop().await;
+}
