@@ -54,6 +54,11 @@
 //! Connection upgrades (WebSocket) are not offered: an upgraded connection would leave the
 //! timeouts and the caps.
 //!
+//! Not covered here: a request whose body arrives slowly (slow POST) or whose handler never
+//! answers counts as in flight, so neither timeout closes it; the route's body limit bounds
+//! its size, and a timeout layer on the router (tower-http's `TimeoutLayer`) bounds its time.
+//! At shutdown the grace bounds it either way.
+//!
 //! Every request carries [`ConnectInfo<SocketAddr>`](axum::extract::ConnectInfo) with the
 //! socket peer, which the security layer reads as the client address.
 //!
