@@ -15,6 +15,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use secure_routes::serve::ServeConfig;
 
 use crate::config::Config;
 use crate::demo::{DemoOptions, Identity};
@@ -32,6 +33,10 @@ pub struct Cli {
 
 /// The subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once at start; boxing the demo's flags would only complicate matching"
+)]
 pub enum Command {
     /// Run the demo API (default: memory rate limits, SQLite audit log).
     Demo {
@@ -75,6 +80,24 @@ pub enum Command {
         /// tokens and SSR session cookies. SUPABASE_JWT_SECRET adds the legacy HS256 secret.
         #[arg(long, value_name = "URL")]
         supabase_url: Option<String>,
+        /// Close a connection whose request head takes longer than this to arrive (slowloris
+        /// protection; also the longest wait for a connection's first request) [default: 10s].
+        #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+        header_read_timeout: Option<Duration>,
+        /// Close a connection with no request in flight for this long [default: 60s].
+        #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+        idle_timeout: Option<Duration>,
+        /// Most open connections; more are closed at once [default: 10000].
+        #[arg(long, value_name = "N")]
+        max_connections: Option<usize>,
+        /// Most open connections from one client address (IPv6: one /64); more are closed at
+        /// once [default: 256].
+        #[arg(long, value_name = "N")]
+        max_connections_per_ip: Option<usize>,
+        /// On Ctrl-C or SIGTERM, how long open connections get to finish before they are
+        /// closed; the audit log is flushed after [default: 10s].
+        #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+        shutdown_grace: Option<Duration>,
     },
     /// Print an HS256 JWT for the demo, signed with SECURE_ROUTES_JWT_SECRET.
     Token {
@@ -142,6 +165,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             jwt_issuer,
             jwt_audience,
             supabase_url,
+            header_read_timeout,
+            idle_timeout,
+            max_connections,
+            max_connections_per_ip,
+            shutdown_grace,
         } => {
             let config = Config::from_env()?;
             let options = DemoOptions {
@@ -157,7 +185,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     supabase_url,
                     std::env::var("SUPABASE_JWT_SECRET").ok(),
                 ),
+                serve: serve_config(
+                    header_read_timeout,
+                    idle_timeout,
+                    max_connections,
+                    max_connections_per_ip,
+                    shutdown_grace,
+                ),
             };
+            options.serve.validate()?;
             options.identity.check(&config)?;
             let listener = tokio::net::TcpListener::bind(addr).await?;
             let stores = stores::open(&options.limits, &options.audit).await?;
@@ -232,6 +268,25 @@ fn identity(
                 None => Identity::DemoSecret,
             }
         }
+    }
+}
+
+/// The connection limits from the demo's flags, the library's defaults for those not given.
+fn serve_config(
+    header_read_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    shutdown_grace: Option<Duration>,
+) -> ServeConfig {
+    let d = ServeConfig::default();
+    ServeConfig {
+        header_read_timeout: header_read_timeout.unwrap_or(d.header_read_timeout),
+        idle_timeout: idle_timeout.unwrap_or(d.idle_timeout),
+        max_connections: max_connections.unwrap_or(d.max_connections),
+        max_connections_per_ip: max_connections_per_ip.unwrap_or(d.max_connections_per_ip),
+        shutdown_grace: shutdown_grace.unwrap_or(d.shutdown_grace),
+        ..d
     }
 }
 
@@ -331,6 +386,61 @@ mod tests {
         );
         assert!(matches!(audit, Some(AuditLocation::Postgres(_))));
         assert_eq!(clock_skew_ms, -45_000);
+    }
+
+    #[test]
+    fn serve_flags_override_the_library_defaults() {
+        let Command::Demo {
+            header_read_timeout,
+            idle_timeout,
+            max_connections,
+            max_connections_per_ip,
+            shutdown_grace,
+            ..
+        } = parse(&[
+            "demo",
+            "--header-read-timeout",
+            "300ms",
+            "--max-connections-per-ip",
+            "3",
+            "--shutdown-grace",
+            "2s",
+        ])
+        else {
+            panic!("demo")
+        };
+        let config = serve_config(
+            header_read_timeout,
+            idle_timeout,
+            max_connections,
+            max_connections_per_ip,
+            shutdown_grace,
+        );
+        assert_eq!(
+            config,
+            ServeConfig {
+                header_read_timeout: Duration::from_millis(300),
+                max_connections_per_ip: 3,
+                shutdown_grace: Duration::from_secs(2),
+                ..ServeConfig::default()
+            }
+        );
+        assert_eq!(
+            serve_config(None, None, None, None, None),
+            ServeConfig::default()
+        );
+        // A zero cap parses but is refused before the demo starts.
+        let Command::Demo {
+            max_connections, ..
+        } = parse(&["demo", "--max-connections", "0"])
+        else {
+            panic!("demo")
+        };
+        assert!(
+            serve_config(None, None, max_connections, None, None)
+                .validate()
+                .is_err()
+        );
     }
 
     #[test]

@@ -39,6 +39,7 @@ use secure_routes::auth::supabase::SupabaseAuthenticator;
 use secure_routes::clock::{Clock, SystemClock};
 use secure_routes::rate_limit::RateLimitStore;
 use secure_routes::response::problem::{Rejection, RejectionKind};
+use secure_routes::serve::{ServeConfig, ServeReport};
 use secure_routes::{AuthMode, CsrfMode, Policy, Principal, Quota, Security};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -499,18 +500,16 @@ async fn delete_notes(State(s): State<AppState>, p: Principal) -> Json<Value> {
     Json(json!({"success": true, "deleted": removed}))
 }
 
-/// Serves `app` on `listener` until `shutdown` completes, with client addresses attached.
+/// Serves `app` on `listener` until `shutdown` completes, with client addresses attached and
+/// the default connection limits ([`ServeConfig::default`]: header-read timeout, idle timeout,
+/// connection caps, HTTP/2 limits, 10 s shutdown grace). [`run`] serves with
+/// [`DemoOptions::serve`] instead.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+) -> std::io::Result<ServeReport> {
+    secure_routes::serve::serve(listener, app, ServeConfig::default(), shutdown).await
 }
 
 /// Where the demo keeps its state and how it serves (`secure-routes demo` flags).
@@ -537,6 +536,9 @@ pub struct DemoOptions {
     pub clock_skew_ms: i64,
     /// Whose tokens are accepted.
     pub identity: Identity,
+    /// Connection limits and shutdown grace (`--header-read-timeout`, `--idle-timeout`,
+    /// `--max-connections`, `--max-connections-per-ip`, `--shutdown-grace`).
+    pub serve: ServeConfig,
 }
 
 impl Default for DemoOptions {
@@ -548,6 +550,7 @@ impl Default for DemoOptions {
             store_timeout: None,
             clock_skew_ms: 0,
             identity: Identity::DemoSecret,
+            serve: ServeConfig::default(),
         }
     }
 }
@@ -569,8 +572,8 @@ impl Clock for SkewedClock {
 }
 
 /// Runs the demo on `stores` (opened from `options` with [`crate::stores::open`]): serves on
-/// `listener` until `shutdown`, then flushes the audit log. Returns the audit writer's final
-/// counters.
+/// `listener` with the limits of [`DemoOptions::serve`] until `shutdown`, then flushes the
+/// audit log, whether serving succeeded or not. Returns the audit writer's final counters.
 pub async fn run(
     listener: TcpListener,
     config: &Config,
@@ -594,11 +597,27 @@ pub async fn run(
         store_timeout: options.store_timeout,
         identity: options.identity.clone(),
     };
-    let app = router(config, &wiring)?;
-    let result = serve(listener, app, shutdown).await;
+    let served = async {
+        let app = router(config, &wiring)?;
+        let report =
+            secure_routes::serve::serve(listener, app, options.serve.clone(), shutdown).await?;
+        tracing::info!(
+            served = report.connections_served,
+            refused_per_ip = report.refused_per_ip,
+            refused_max_connections = report.refused_max_connections,
+            timed_out = report.timed_out,
+            closed_at_deadline = report.closed_at_deadline,
+            accept_errors = report.accept_errors,
+            "stopped serving"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    // Always, also when the router could not be built or serving failed: events recorded
+    // so far must reach the store (or the spill file).
     writer.shutdown().await;
     drop(stores);
-    result?;
+    served?;
     Ok(writer.stats())
 }
 

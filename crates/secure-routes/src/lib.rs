@@ -20,6 +20,8 @@
 //! * [`audit`]: audit events, sinks and the batching writer.
 //! * [`response`]: problem bodies (RFC 9457), security headers, CORS.
 //! * [`clock`]: injectable time.
+//! * `serve` (feature `server`): serving a router with header-read and idle timeouts,
+//!   connection caps, HTTP/2 limits and a bounded graceful shutdown.
 //!
 //! ## The pipeline
 //!
@@ -104,6 +106,8 @@ pub mod layer;
 pub mod policy;
 pub mod rate_limit;
 pub mod response;
+#[cfg(feature = "server")]
+pub mod serve;
 
 pub use auth::Principal;
 pub use error::{ConfigError, StoreError};
