@@ -225,8 +225,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .map(drop)?;
             let listener = bind(&addr).await?;
             let stores = stores::open(&options.limits, &options.audit).await?;
+            let shutdown = shutdown_signal();
             println!("{}", demo::banner(listener.local_addr()?, &options));
-            let stats = demo::run(listener, &config, &options, stores, shutdown_signal()).await?;
+            let stats = demo::run(listener, &config, &options, stores, shutdown).await?;
             eprintln!(
                 "stopped; audit log flushed to {} ({} events recorded, {} written, {} spilled, {} replayed, {} lost)",
                 options.audit,
@@ -362,24 +363,36 @@ fn audit_location(
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (`kill %1`). The handlers are installed when this is
+/// called, not when the future is first polled: called before the banner, a signal sent as
+/// soon as the banner is out (a script's `kill %1`) stops the demo gracefully, flushing the
+/// audit log, instead of killing it with the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            let wait = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(interrupt) => {},
+                () = wait(terminate) => {},
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    {
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
