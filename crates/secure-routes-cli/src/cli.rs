@@ -9,22 +9,62 @@
 //! assert!(bad.unwrap_err().to_string().contains("unsupported --limits location"));
 //! ```
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use secure_routes::serve::ServeConfig;
+use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::demo::{DemoOptions, Identity};
+use crate::demo::{DemoOptions, Identity, Wiring};
 use crate::stores::{self, AuditLocation, LimitsLocation};
 use crate::{audit_cmd, demo, duration, token};
 
-/// Composable security middleware for Rust HTTP APIs: demo, tokens and the audit log.
+/// What the binary is, as `secure-routes --help` shows it.
+pub const ABOUT: &str = "secure-routes: security middleware demo, token minting and audit log \
+reader for the secure-routes library (composable security middleware for Rust HTTP APIs)";
+
+/// Every environment variable `secure-routes demo` reads, shown by `secure-routes demo --help`.
+pub const DEMO_ENVIRONMENT: &str = "\
+Environment:
+  SECURE_ROUTES_JWT_SECRET       HS256 secret for session tokens (32+ bytes)
+  CSRF_SECRET                    CSRF signing secret (32+ bytes); instances sharing a store
+                                 must share it
+    Without these two, development secrets are generated once into
+    ./secure-routes.dev-secrets (mode 0600) and shared with `secure-routes token` run from
+    the same directory.
+  SECURE_ROUTES_ENV              `production` refuses to start without the secrets above and
+                                 drops localhost origins
+  SECURE_ROUTES_TRUSTED_PROXIES  comma-separated CIDRs whose forwarding header is believed
+                                 (default: none)
+  SECURE_ROUTES_CLIENT_IP_HEADER the one forwarding header those proxies set: x-forwarded-for
+                                 (default), forwarded or x-real-ip
+  SECURE_ROUTES_ALLOWED_ORIGINS  comma-separated CORS origins
+  PUBLIC_BASE_URL                one more allowed CORS origin
+  SECURE_ROUTES_LIMITS           the same as --limits
+  SECURE_ROUTES_AUDIT            the same as --audit
+  SUPABASE_JWT_SECRET            with --supabase-url: the project's legacy HS256 secret
+  RUST_LOG                       log filter (default: info,secure_routes::audit=warn)
+  NO_COLOR                       set: no colour in logs (logs are never coloured when stderr
+                                 is not a terminal)";
+
+/// Where `secure-routes token` takes its secret from, shown by `secure-routes token --help`.
+pub const TOKEN_SECRETS: &str = "\
+Secrets:
+  The token is signed with SECURE_ROUTES_JWT_SECRET when it is set. Otherwise with the
+  development secret in ./secure-routes.dev-secrets in the current directory (created on
+  first use, by `token` or `demo`, whichever runs first): run `token` from the directory
+  where `secure-routes demo` runs, or the demo answers 401. stderr names the secret used
+  (never its value).";
+
+/// The `secure-routes` command line.
 #[derive(Debug, Parser)]
-#[command(name = "secure-routes", version, about)]
+#[command(name = "secure-routes", version, about = ABOUT)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -39,10 +79,12 @@ pub struct Cli {
 )]
 pub enum Command {
     /// Run the demo API (default: memory rate limits, SQLite audit log).
+    #[command(after_help = DEMO_ENVIRONMENT)]
     Demo {
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:3000")]
-        addr: SocketAddr,
+        /// Address to listen on: IP:PORT or HOST:PORT (a name such as localhost is resolved
+        /// and the first of its addresses that can be bound is used).
+        #[arg(long, default_value = "127.0.0.1:3000", value_parser = parse_listen_addr)]
+        addr: String,
         /// Rate-limit store: memory, sqlite:PATH, redis://HOST[:PORT][/DB] or
         /// postgres://USER@HOST/DB (shared by every instance pointing at it).
         #[arg(long, env = "SECURE_ROUTES_LIMITS", default_value = "memory")]
@@ -99,7 +141,9 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
         shutdown_grace: Option<Duration>,
     },
-    /// Print an HS256 JWT for the demo, signed with SECURE_ROUTES_JWT_SECRET.
+    /// Print an HS256 JWT for the demo, signed with SECURE_ROUTES_JWT_SECRET or the
+    /// development secret (see below).
+    #[command(after_help = TOKEN_SECRETS)]
     Token {
         /// The subject (`sub` claim).
         #[arg(long)]
@@ -141,6 +185,12 @@ pub async fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,secure_routes::audit=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Escape codes only for a person at a terminal: a log file or a pipe gets plain text
+        // (https://no-color.org: a non-empty NO_COLOR turns colour off everywhere).
+        .with_ansi(colour_logs(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .init();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -195,10 +245,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             options.serve.validate()?;
             options.identity.check(&config)?;
-            let listener = tokio::net::TcpListener::bind(addr).await?;
+            // The banner promises a running server, so everything that can still refuse the
+            // configuration (secrets, proxies, origins, policies) is built once before it: a
+            // router with the demo identity (the identity was checked above without fetching
+            // keys) and no stores.
+            demo::router(
+                &config,
+                &Wiring {
+                    secure_cookies: options.secure_cookies,
+                    store_timeout: options.store_timeout,
+                    ..Wiring::default()
+                },
+            )
+            .context("invalid configuration")
+            .map(drop)?;
+            let listener = bind(&addr).await?;
             let stores = stores::open(&options.limits, &options.audit).await?;
+            let shutdown = shutdown_signal();
             println!("{}", demo::banner(listener.local_addr()?, &options));
-            let stats = demo::run(listener, &config, &options, stores, shutdown_signal()).await?;
+            let stats = demo::run(listener, &config, &options, stores, shutdown).await?;
             eprintln!(
                 "stopped; audit log flushed to {} ({} events recorded, {} written, {} spilled, {} replayed, {} lost)",
                 options.audit,
@@ -211,8 +276,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token { sub, ttl } => {
-            let config = Config::from_env()?;
-            println!("{}", token::mint(&config.jwt_secret, &sub, ttl)?);
+            let (config, source) = Config::from_env_with_source()?;
+            let token = token::mint(&config.jwt_secret, &sub, ttl)?;
+            // Which secret, never the secret: a token minted in another directory (another
+            // development secret) is otherwise a silent 401.
+            eprintln!("secure-routes: signed with {source}");
+            println!("{token}");
             Ok(())
         }
         Command::Audit {
@@ -229,6 +298,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Whether log lines carry ANSI colour: only on a terminal, and never with a non-empty
+/// `NO_COLOR`.
+fn colour_logs(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
+/// Checks `--addr` is `HOST:PORT` (an IP literal, `[v6]:port`, or a name resolved when the
+/// demo starts).
+fn parse_listen_addr(s: &str) -> Result<String, String> {
+    if s.parse::<SocketAddr>().is_ok() {
+        return Ok(s.to_owned());
+    }
+    match s.rsplit_once(':') {
+        Some((host, port))
+            if !host.is_empty()
+                && !host.contains(':')
+                && port.parse::<u16>().is_ok()
+                && !host.chars().any(char::is_whitespace) =>
+        {
+            Ok(s.to_owned())
+        }
+        _ => Err(format!(
+            "expected HOST:PORT or IP:PORT (e.g. 127.0.0.1:3000, localhost:3001, [::1]:3000), got {s:?}"
+        )),
+    }
+}
+
+/// Resolves `addr` and listens on the first of its addresses that can be bound (the order is
+/// the resolver's: `localhost` is usually 127.0.0.1, then ::1). An error names the address.
+async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
+    let resolved: Vec<SocketAddr> = tokio::net::lookup_host(addr)
+        .await
+        .with_context(|| format!("cannot resolve --addr {addr}"))?
+        .collect();
+    let mut last = None;
+    for a in resolved {
+        match TcpListener::bind(a).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(anyhow::Error::new(e).context(format!("cannot listen on {a}"))),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("--addr {addr} resolves to no address")))
 }
 
 /// Whose tokens the demo accepts, from `--jwks` (with `--jwt-issuer`, `--jwt-audience`),
@@ -305,26 +418,44 @@ fn audit_location(
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM (`kill %1`). The handlers are installed when this is
+/// called, not when the future is first polled: called before the banner, a signal sent as
+/// soon as the banner is out (a script's `kill %1`) stops the demo gracefully, flushing the
+/// audit log, instead of killing it with the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            let wait = |s: std::io::Result<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Ok(mut s) => {
+                        s.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = wait(interrupt) => {},
+                () = wait(terminate) => {},
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    {
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
+
+/// The README's Rust examples, compiled as doc tests so they keep compiling when copied (this
+/// crate has every dependency they use). Only under `cargo test --doc`.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeExamples;
 
 #[cfg(test)]
 mod tests {
@@ -334,6 +465,113 @@ mod tests {
         let mut all = vec!["secure-routes"];
         all.extend_from_slice(args);
         Cli::try_parse_from(all).unwrap().command
+    }
+
+    fn help(args: &[&str]) -> String {
+        let mut all = vec!["secure-routes"];
+        all.extend_from_slice(args);
+        all.push("--help");
+        Cli::try_parse_from(all).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn about_says_what_the_binary_is() {
+        let top = help(&[]);
+        assert!(
+            top.contains("security middleware demo, token minting and audit log reader"),
+            "{top}"
+        );
+    }
+
+    /// Every variable the demo reads (grep the CLI and config for `env(`, `env =` and
+    /// `std::env::var`) appears in `demo --help`.
+    #[test]
+    fn demo_help_lists_every_environment_variable_it_reads() {
+        let text = help(&["demo"]);
+        for var in [
+            "SECURE_ROUTES_JWT_SECRET",
+            "CSRF_SECRET",
+            "SECURE_ROUTES_ENV",
+            "SECURE_ROUTES_TRUSTED_PROXIES",
+            "SECURE_ROUTES_CLIENT_IP_HEADER",
+            "SECURE_ROUTES_ALLOWED_ORIGINS",
+            "PUBLIC_BASE_URL",
+            "SECURE_ROUTES_LIMITS",
+            "SECURE_ROUTES_AUDIT",
+            "SUPABASE_JWT_SECRET",
+            "RUST_LOG",
+            "NO_COLOR",
+        ] {
+            assert!(
+                text.contains(var),
+                "demo --help does not mention {var}:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn token_help_says_where_secrets_come_from() {
+        let text = help(&["token"]);
+        for needle in [
+            "SECURE_ROUTES_JWT_SECRET",
+            "secure-routes.dev-secrets",
+            "directory",
+        ] {
+            assert!(
+                text.contains(needle),
+                "token --help lacks {needle}:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn addr_takes_host_port_and_ip_port() {
+        for good in [
+            "127.0.0.1:3000",
+            "localhost:3001",
+            "[::1]:3000",
+            "0.0.0.0:0",
+        ] {
+            let Command::Demo { addr, .. } = parse(&["demo", "--addr", good]) else {
+                panic!("demo")
+            };
+            assert_eq!(addr, good);
+        }
+        for bad in [
+            "localhost",
+            ":3000",
+            "localhost:99999",
+            "::1:3000",
+            "a b:1",
+            "host:x",
+        ] {
+            let r = Cli::try_parse_from(["secure-routes", "demo", "--addr", bad]);
+            assert!(r.is_err(), "{bad} accepted");
+        }
+    }
+
+    #[tokio::test]
+    async fn bind_resolves_names_and_names_a_busy_address() {
+        let l = bind("localhost:0")
+            .await
+            .expect("localhost resolves and binds");
+        assert!(l.local_addr().unwrap().ip().is_loopback());
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = taken.local_addr().unwrap().to_string();
+        let err = format!("{:#}", bind(&at).await.unwrap_err());
+        assert!(
+            err.starts_with(&format!("cannot listen on {at}: ")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        use std::ffi::OsStr;
+        assert!(colour_logs(true, None));
+        assert!(colour_logs(true, Some(OsStr::new(""))));
+        assert!(!colour_logs(true, Some(OsStr::new("1"))));
+        assert!(!colour_logs(false, None));
     }
 
     #[test]

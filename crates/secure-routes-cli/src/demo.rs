@@ -430,7 +430,45 @@ async fn json_body<T: serde::de::DeserializeOwned>(req: Request) -> Result<T, Re
     let bytes = axum::body::to_bytes(req.into_body(), usize::MAX)
         .await
         .map_err(|_| bad_input("The request body could not be read."))?;
-    serde_json::from_slice(&bytes).map_err(|_| bad_input("Expected a JSON object."))
+    serde_json::from_slice(&bytes).map_err(|e| bad_input(&json_error_detail(&e)))
+}
+
+/// Longest serde message kept in a 400's detail, in characters.
+const MAX_JSON_ERROR_CHARS: usize = 160;
+
+/// What was wrong with a JSON body, for the client: serde_json's own message, which names the
+/// field ("missing field `text`", "invalid type: integer `5`, expected a string"), without its
+/// position suffix. The body is never echoed: a string value serde would quote ("invalid
+/// type: string \"...\"") becomes "a string"; what is left is field names and types from our
+/// own structs, cut to [`MAX_JSON_ERROR_CHARS`] and stripped of control characters so it
+/// cannot stretch or break the response or a log line.
+fn json_error_detail(e: &serde_json::Error) -> String {
+    let full = e.to_string();
+    let mut msg = full
+        .rsplit_once(" at line ")
+        .filter(|(_, pos)| pos.split(" column ").all(|n| n.parse::<u64>().is_ok()))
+        .map_or(full.as_str(), |(head, _)| head)
+        .to_owned();
+    if let Some(start) = msg.find("string \"") {
+        let end = msg
+            .rfind("\", expected")
+            .filter(|&end| end > start)
+            .map_or(msg.len(), |end| end + 1);
+        msg.replace_range(start..end, "a string");
+    }
+    let mut clean: String = msg
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_JSON_ERROR_CHARS)
+        .collect();
+    if msg.chars().count() > MAX_JSON_ERROR_CHARS {
+        clean.push('…');
+    }
+    if e.is_data() {
+        format!("Invalid JSON body: {clean}.")
+    } else {
+        format!("Expected a JSON object: {clean}.")
+    }
 }
 
 fn check_text(text: &str) -> Result<(), Rejection> {
@@ -654,7 +692,7 @@ Tokens from:   {identity}
 
 {how}
 Audit log:     secure-routes audit{audit_flag}
-Ctrl-C stops the server and flushes the audit log.",
+Ctrl-C (or `kill %1` when started with `&`) stops the server and flushes the audit log.",
         limits = options.limits,
         audit = options.audit,
         identity = options.identity,

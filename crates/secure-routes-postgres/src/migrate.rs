@@ -67,6 +67,12 @@ pub async fn migrate(pool: &Pool) -> Result<u32, Error> {
 /// ```
 pub async fn migrate_client(client: &mut Client) -> Result<u32, Error> {
     let tx = client.transaction().await?;
+    // `CREATE ... IF NOT EXISTS` on an existing object (every start after the first) makes the
+    // server send a NOTICE ("relation ... already exists, skipping"), which tokio-postgres logs
+    // at INFO: noise on every start. Warnings and errors still come through; `SET LOCAL` ends
+    // with this transaction, so the pooled connection keeps its usual level afterwards.
+    tx.batch_execute("SET LOCAL client_min_messages = warning")
+        .await?;
     // Held until commit or rollback: concurrent migrators queue here.
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
         .await?;

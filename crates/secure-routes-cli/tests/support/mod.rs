@@ -1,8 +1,9 @@
 //! Harness for tests that run the real `secure-routes` binary: demo processes on ephemeral
 //! ports, the services they share, and an isolated Postgres schema per test.
 //!
-//! Services come from `REDIS_URL` / `DATABASE_URL`. Without them a test prints a skip message
-//! and passes, unless `SECURE_ROUTES_REQUIRE_SERVICES=1` (CI), where that is a failure.
+//! Services come from `REDIS_URL` / `DATABASE_URL`. Without them a test prints a `SKIPPED`
+//! line that `cargo test` shows (see [`announce_skip`]) and passes, unless
+//! `SECURE_ROUTES_REQUIRE_SERVICES=1` (CI), where that is a failure.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -28,10 +29,21 @@ pub fn service(var: &str, test: &str) -> Option<String> {
                 std::env::var("SECURE_ROUTES_REQUIRE_SERVICES").as_deref() != Ok("1"),
                 "{test}: {var} is not set but SECURE_ROUTES_REQUIRE_SERVICES=1"
             );
-            eprintln!("skipping {test}: {var} is not set");
+            announce_skip(test, var);
             None
         }
     }
+}
+
+/// Says that `test` did not run, where `cargo test` shows it. libtest captures `eprintln!`
+/// of a passing test (the line would only appear with `--nocapture`), so a skip would look
+/// exactly like a pass; writing to the process's stderr handle directly is not captured.
+pub fn announce_skip(test: &str, var: &str) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {var} is not set (see README, \"Two commands\")"
+    );
 }
 
 /// A bearer token for `sub`, signed with the demos' secret.

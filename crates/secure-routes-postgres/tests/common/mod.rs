@@ -1,6 +1,7 @@
 //! Shared test harness: a throw-away schema per test on `DATABASE_URL`.
 //!
-//! Without `DATABASE_URL` the tests print a skip message and pass, unless
+//! Without `DATABASE_URL` the tests print a `SKIPPED` line that `cargo test` shows and pass,
+//! unless
 //! `SECURE_ROUTES_REQUIRE_SERVICES=1` (CI), where a missing database is a failure.
 
 #![allow(dead_code, unreachable_pub)]
@@ -8,6 +9,17 @@
 use std::str::FromStr;
 
 use secure_routes_postgres::Pool;
+
+/// Says that `test` did not run, where `cargo test` shows it. libtest captures `eprintln!`
+/// of a passing test (the line would only appear with `--nocapture`), so a skip would look
+/// exactly like a pass; writing to the process's stderr handle directly is not captured.
+fn announce_skip(test: &str) {
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: DATABASE_URL is not set (e.g. postgres://postgres@127.0.0.1:5432/test)"
+    );
+}
 
 /// A schema of its own (`sr_test_<random>`) and a pool whose connections use it.
 pub struct TestDb {
@@ -24,7 +36,7 @@ impl TestDb {
                 std::env::var("SECURE_ROUTES_REQUIRE_SERVICES").as_deref() != Ok("1"),
                 "{test}: DATABASE_URL is not set but SECURE_ROUTES_REQUIRE_SERVICES=1"
             );
-            eprintln!("skipping {test}: DATABASE_URL is not set");
+            announce_skip(test);
             return None;
         };
         let schema = format!("sr_test_{:016x}", rand::random::<u64>());
