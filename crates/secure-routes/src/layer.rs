@@ -184,7 +184,7 @@ impl Security {
         request_headers: &HeaderMap,
         principal: Option<&Principal>,
     ) -> (String, HeaderValue) {
-        let binding = principal.map_or("", Principal::subject);
+        let binding = principal.map_or("", Principal::csrf_binding);
         let name = self.csrf_cookie_name();
         let existing = match csrf_token::single_cookie(request_headers, name) {
             csrf_token::CookieLookup::One(t) if self.shared.csrf.verify(&t, binding) => Some(t),
@@ -689,10 +689,7 @@ fn route_identity(state: &CoreState, parts: &Parts) -> Arc<str> {
 }
 
 fn is_unsafe(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-    )
+    !csrf_token::is_safe_method(m)
 }
 
 async fn run<S, ReqBody, ResBody>(
@@ -869,7 +866,7 @@ where
         CsrfMode::Auto => ctx.subject.as_ref().is_none_or(Principal::is_ambient),
     };
     if needs_token && is_unsafe(&parts.method) {
-        let binding = ctx.subject.as_ref().map_or("", Principal::subject);
+        let binding = ctx.subject.as_ref().map_or("", Principal::csrf_binding);
         let name = if shared.https {
             csrf_token::SECURE_COOKIE_NAME
         } else {
