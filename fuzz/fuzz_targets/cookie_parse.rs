@@ -9,25 +9,33 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use http::header::COOKIE;
 use http::{HeaderMap, HeaderValue, Request};
 use libfuzzer_sys::fuzz_target;
 use secure_routes::auth::jwt::JwtAuthenticator;
 use secure_routes::auth::{Authenticator, CredentialSource};
+use secure_routes::clock::FakeClock;
 use secure_routes::guard::csrf::{
     COOKIE_NAME, CsrfTokens, HEADER_NAME, SECURE_COOKIE_NAME, TOKEN_LEN,
 };
 
-/// The valid CSRF tokens in `fuzz/seeds/cookie_parse` were issued with this secret.
+/// The valid CSRF tokens in `fuzz/seeds/cookie_parse` were issued with this secret...
 const CSRF_SECRET: &[u8] = b"fuzz-csrf-secret-fuzz-csrf-secret!!";
+/// ...at this time (2023-11-14T22:13:20Z), which the target's clock stands still at, so the
+/// seeds stay valid (tokens expire 12 h after issue) and every run decides the same way.
+const CSRF_NOW: Duration = Duration::from_secs(1_700_000_000);
 /// The valid JWTs there are HS256 tokens signed with this one.
 const JWT_SECRET: &[u8] = b"fuzz-secret-fuzz-secret-fuzz-secret!";
 
-static TOKENS: LazyLock<CsrfTokens> =
-    LazyLock::new(|| CsrfTokens::new(CSRF_SECRET).expect("32+ byte secret"));
+static TOKENS: LazyLock<CsrfTokens> = LazyLock::new(|| {
+    CsrfTokens::new(CSRF_SECRET)
+        .expect("32+ byte secret")
+        .with_clock(Arc::new(FakeClock::new(CSRF_NOW)))
+});
 
 static JWT: LazyLock<JwtAuthenticator> = LazyLock::new(|| {
     JwtAuthenticator::builder()

@@ -198,9 +198,11 @@ impl Security {
     }
 
     /// A CSRF token for the caller and the `Set-Cookie` value carrying it. The token is bound
-    /// to the principal's subject (anonymous callers: the empty binding). If the request
-    /// already holds a valid token for that binding it is returned unchanged, so parallel
-    /// tabs and requests keep working (the original rotated it on every response).
+    /// to the principal's session (`session_id`/`sid` claim, else its subject; anonymous
+    /// callers: the empty binding) and expires after the max age (12 h by default). If the
+    /// request already holds a valid token for that binding in the first half of its life, it
+    /// is returned unchanged, so parallel tabs and requests keep working (the original rotated
+    /// it on every response).
     ///
     /// ```
     /// use http::HeaderMap;
@@ -215,14 +217,17 @@ impl Security {
         request_headers: &HeaderMap,
         principal: Option<&Principal>,
     ) -> (String, HeaderValue) {
-        let binding = principal.map_or("", Principal::subject);
+        let binding = principal.map_or("", Principal::csrf_binding);
         let name = self.csrf_cookie_name();
         let existing = match csrf_token::single_cookie(request_headers, name) {
-            csrf_token::CookieLookup::One(t) if self.shared.csrf.verify(&t, binding) => Some(t),
+            csrf_token::CookieLookup::One(t) if self.shared.csrf.reusable(&t, binding) => Some(t),
             _ => None,
         };
         let token = existing.unwrap_or_else(|| self.shared.csrf.issue(binding));
-        let cookie = csrf_token::cookie_header_value(&token, self.shared.https);
+        let cookie = self
+            .shared
+            .csrf
+            .cookie_header_value(&token, self.shared.https);
         let value = HeaderValue::from_str(&cookie)
             .unwrap_or_else(|_| HeaderValue::from_static("csrf-token=; Max-Age=0"));
         (token, value)
@@ -305,6 +310,7 @@ pub struct SecurityBuilder {
     client_ip_header: Option<ForwardedHeader>,
     auth_timeout: Option<Duration>,
     no_deny_cache: bool,
+    csrf_max_age: Option<Duration>,
 }
 
 impl fmt::Debug for SecurityBuilder {
@@ -430,7 +436,21 @@ impl SecurityBuilder {
         self.truncate_ips = on;
         self
     }
-    /// The clock for response headers (tests).
+    /// CSRF tokens expire this long after issue (default 12 h; 1 s to 400 days).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use secure_routes::Security;
+    /// let b = || Security::builder().csrf_secret([7u8; 32]);
+    /// assert!(b().csrf_max_age(Duration::from_secs(3600)).build().is_ok());
+    /// assert!(b().csrf_max_age(Duration::ZERO).build().is_err());
+    /// ```
+    pub fn csrf_max_age(mut self, max_age: Duration) -> Self {
+        self.csrf_max_age = Some(max_age);
+        self
+    }
+    /// The clock for every time-dependent decision here: response headers, CSRF token
+    /// expiry, the deny cache (tests inject a `FakeClock`).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
         self
@@ -457,11 +477,20 @@ impl SecurityBuilder {
                 random_secret()
             }
         };
-        let csrf = CsrfTokens::new(&csrf_secret).unwrap_or_else(|e| {
-            problems.extend(e.problems().iter().cloned());
-            CsrfTokens::new(&random_secret())
-                .unwrap_or_else(|_| unreachable!("a 32-byte secret is valid"))
-        });
+        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        let mut csrf = CsrfTokens::new(&csrf_secret)
+            .unwrap_or_else(|e| {
+                problems.extend(e.problems().iter().cloned());
+                CsrfTokens::new(&random_secret())
+                    .unwrap_or_else(|_| unreachable!("a 32-byte secret is valid"))
+            })
+            .with_clock(Arc::clone(&clock));
+        if let Some(age) = self.csrf_max_age {
+            match csrf.clone().with_max_age(age) {
+                Ok(c) => csrf = c,
+                Err(e) => problems.extend(e.problems().iter().cloned()),
+            }
+        }
         let hasher = match &self.key_secret {
             Some(k) => KeyHasher::new(k),
             // Domain separation: the rate-limit key is a different function of the secret.
@@ -522,7 +551,7 @@ impl SecurityBuilder {
             csrf_layer,
             https: self.https,
             truncate_ips: self.truncate_ips,
-            clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+            clock,
         };
         ConfigError::check(
             problems,
@@ -944,10 +973,7 @@ fn route_identity(state: &CoreState, parts: &Parts) -> Arc<str> {
 }
 
 fn is_unsafe(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-    )
+    !csrf_token::is_safe_method(m)
 }
 
 /// Why a rate-limit check has no decision.
@@ -1268,7 +1294,7 @@ where
         CsrfMode::Auto => ctx.subject.as_ref().is_none_or(Principal::is_ambient),
     };
     if needs_token && is_unsafe(&parts.method) {
-        let binding = ctx.subject.as_ref().map_or("", Principal::subject);
+        let binding = ctx.subject.as_ref().map_or("", Principal::csrf_binding);
         let name = if shared.https {
             csrf_token::SECURE_COOKIE_NAME
         } else {

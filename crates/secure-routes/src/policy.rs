@@ -42,9 +42,10 @@ pub enum AuthMode {
     Required,
 }
 
-/// When the signed double-submit CSRF token is required on unsafe methods
-/// (POST, PUT, PATCH, DELETE). The Fetch Metadata / `Origin` check runs whenever this is not
-/// [`CsrfMode::Off`].
+/// When the signed double-submit CSRF token is required on unsafe methods: every method but
+/// the safe GET, HEAD, OPTIONS and TRACE (RFC 9110 §9.2.1), so POST, PUT, PATCH, DELETE and
+/// any extension method (`PROPFIND`, ...) the policy allows. The Fetch Metadata / `Origin`
+/// check runs whenever this is not [`CsrfMode::Off`] (it exempts GET, HEAD and OPTIONS only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum CsrfMode {
     /// No CSRF checks.
@@ -81,6 +82,9 @@ pub struct Policy {
     pub(crate) max_body_bytes: Option<u64>,
     pub(crate) csrf: CsrfMode,
     pub(crate) failure_mode: FailureMode,
+    /// Whether `failure_mode` was set with [`PolicyBuilder::failure_mode`] (else it is the
+    /// default derived from the rest of the policy, recomputed by a later `build`).
+    pub(crate) failure_mode_explicit: bool,
     pub(crate) store_timeout: Duration,
     pub(crate) headers: SecurityHeaders,
     pub(crate) requirements: Vec<Requirement>,
@@ -101,6 +105,7 @@ impl Policy {
                 max_body_bytes: None,
                 csrf: CsrfMode::Off,
                 failure_mode: FailureMode::Open,
+                failure_mode_explicit: false,
                 store_timeout: DEFAULT_STORE_TIMEOUT,
                 headers: SecurityHeaders::default(),
                 requirements: Vec::new(),
@@ -168,14 +173,29 @@ impl Policy {
 
     /// Turns this policy back into a builder, to adjust a preset.
     ///
+    /// The failure mode follows what you change: unless it was set explicitly (on this
+    /// builder, or on the one that built this policy), `build` derives it again from the
+    /// adjusted policy, so STRICT with an hourly limit fails open like any other policy that
+    /// is not STRICT-like. Set [`failure_mode`](PolicyBuilder::failure_mode) to keep it.
+    ///
     /// ```
-    /// let p = secure_routes::Policy::public().to_builder().name("search").build().unwrap();
+    /// use secure_routes::{FailureMode, Policy, Quota};
+    /// let p = Policy::public().to_builder().name("search").build().unwrap();
     /// assert_eq!(p.name(), "search");
+    ///
+    /// let hourly = Policy::strict().to_builder().rate_limit(Quota::per_hour(100)).build().unwrap();
+    /// assert_eq!(hourly.failure_mode(), FailureMode::Open);
+    /// let kept = Policy::strict().to_builder()
+    ///     .rate_limit(Quota::per_hour(100))
+    ///     .failure_mode(FailureMode::Closed)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(kept.failure_mode(), FailureMode::Closed);
     /// ```
     pub fn to_builder(&self) -> PolicyBuilder {
         PolicyBuilder {
             policy: self.clone(),
-            failure_mode_set: true,
+            failure_mode_set: self.failure_mode_explicit,
         }
     }
 
@@ -246,7 +266,17 @@ impl PolicyBuilder {
         self
     }
     /// Allows only these methods (405 with `Allow` otherwise). `HEAD` is allowed wherever
-    /// `GET` is, as HTTP requires.
+    /// `GET` is, as HTTP requires. Repeats are dropped, keeping the first-seen order (which is
+    /// the order of the `Allow` header).
+    ///
+    /// ```
+    /// use http::Method;
+    /// let p = secure_routes::Policy::builder("p")
+    ///     .methods([Method::POST, Method::GET, Method::POST, Method::GET])
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(p.methods().unwrap(), [Method::POST, Method::GET, Method::HEAD]);
+    /// ```
     pub fn methods(mut self, methods: impl IntoIterator<Item = Method>) -> Self {
         self.policy.methods = Some(methods.into_iter().collect());
         self
@@ -356,10 +386,18 @@ impl PolicyBuilder {
             if methods.is_empty() {
                 problems.push(format!("policy {:?}: allow at least one method", p.name));
             }
+            // `dedup` alone only drops adjacent repeats; the list is short, so a quadratic
+            // scan that keeps the first occurrence (a stable `Allow` order) is the simplest.
+            let mut unique: Vec<Method> = Vec::with_capacity(methods.len() + 1);
+            for m in methods.drain(..) {
+                if !unique.contains(&m) {
+                    unique.push(m);
+                }
+            }
+            *methods = unique;
             if methods.contains(&Method::GET) && !methods.contains(&Method::HEAD) {
                 methods.push(Method::HEAD);
             }
-            methods.dedup();
         }
         if let Some(b) = &p.bucket
             && (b.is_empty() || b.len() > 128)
@@ -384,6 +422,7 @@ impl PolicyBuilder {
         if !self.failure_mode_set {
             p.failure_mode = default_failure_mode(&p);
         }
+        p.failure_mode_explicit = self.failure_mode_set;
         ConfigError::check(problems, p)
     }
 }
@@ -440,6 +479,93 @@ mod tests {
             .build()
             .unwrap_err();
         assert_eq!(err.problems().len(), 5, "{err}");
+    }
+
+    #[test]
+    fn methods_are_deduplicated_fully_in_first_seen_order() {
+        let p = Policy::builder("p")
+            .methods([
+                Method::POST,
+                Method::GET,
+                Method::POST,
+                Method::HEAD,
+                Method::GET,
+                Method::POST,
+            ])
+            .build()
+            .unwrap();
+        assert_eq!(
+            p.methods().unwrap(),
+            [Method::POST, Method::GET, Method::HEAD]
+        );
+        let p = Policy::builder("p")
+            .methods([Method::PUT, Method::DELETE, Method::PUT])
+            .build()
+            .unwrap();
+        assert_eq!(p.methods().unwrap(), [Method::PUT, Method::DELETE]);
+        // Adjusting a preset and rebuilding adds nothing twice either.
+        let again = Policy::public()
+            .to_builder()
+            .methods([Method::GET, Method::POST, Method::GET])
+            .build()
+            .unwrap();
+        assert_eq!(
+            again.methods().unwrap(),
+            [Method::GET, Method::POST, Method::HEAD]
+        );
+    }
+
+    #[test]
+    fn to_builder_recomputes_a_derived_failure_mode() {
+        // STRICT is closed by derivation; loosen what makes it STRICT-like and it opens.
+        let hourly = Policy::strict()
+            .to_builder()
+            .rate_limit(Quota::per_hour(10))
+            .build()
+            .unwrap();
+        assert_eq!(hourly.failure_mode(), FailureMode::Open);
+        let no_csrf = Policy::strict()
+            .to_builder()
+            .csrf(CsrfMode::Off)
+            .build()
+            .unwrap();
+        assert_eq!(no_csrf.failure_mode(), FailureMode::Open);
+        // And the other way: AUTHENTICATED (open) with a per-minute limit is STRICT-like.
+        let tight = Policy::authenticated()
+            .to_builder()
+            .rate_limit(Quota::per_minute(5))
+            .build()
+            .unwrap();
+        assert_eq!(tight.failure_mode(), FailureMode::Closed);
+        // Unchanged inputs, unchanged mode.
+        let renamed = Policy::strict().to_builder().name("s2").build().unwrap();
+        assert_eq!(renamed.failure_mode(), FailureMode::Closed);
+    }
+
+    #[test]
+    fn an_explicit_failure_mode_survives_to_builder() {
+        let open = Policy::strict()
+            .to_builder()
+            .failure_mode(FailureMode::Open)
+            .build()
+            .unwrap();
+        // Rebuilt from a policy whose mode was set explicitly: kept, whatever changes.
+        let still_open = open
+            .to_builder()
+            .rate_limit(Quota::per_minute(5))
+            .build()
+            .unwrap();
+        assert_eq!(still_open.failure_mode(), FailureMode::Open);
+        let closed = Policy::public()
+            .to_builder()
+            .failure_mode(FailureMode::Closed)
+            .build()
+            .unwrap()
+            .to_builder()
+            .rate_limit(Quota::per_day(1_000))
+            .build()
+            .unwrap();
+        assert_eq!(closed.failure_mode(), FailureMode::Closed);
     }
 
     #[test]

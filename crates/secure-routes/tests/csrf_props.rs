@@ -5,10 +5,18 @@
 //! * Changing any character, or flipping any bit of any byte, of a token makes it fail.
 //! * Arbitrary strings never verify and never panic; arbitrary cookie and header values never
 //!   pass `check_request` (and never panic).
+//! * A token verifies exactly while its age is under the max age, and is refused once issued
+//!   more than the allowed skew in the future, whatever the max age.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue};
 use proptest::prelude::*;
-use secure_routes::guard::csrf::{COOKIE_NAME, CsrfTokens, HEADER_NAME, TOKEN_LEN};
+use secure_routes::clock::FakeClock;
+use secure_routes::guard::csrf::{
+    COOKIE_NAME, CsrfTokens, HEADER_NAME, MAX_CLOCK_SKEW, MAX_MAX_AGE, TOKEN_LEN,
+};
 
 const SECRET: &[u8] = b"csrf-props-secret-csrf-props-secret!";
 const BASE64URL: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -102,10 +110,35 @@ proptest! {
 
     #[test]
     fn arbitrary_base64url_of_the_right_length_never_verifies(
-        s in "[A-Za-z0-9_-]{64}",
+        s in "[A-Za-z0-9_-]{75}",
         a in subject(),
     ) {
         prop_assert!(!tokens().verify(&s, &a));
+    }
+
+    #[test]
+    fn valid_exactly_while_younger_than_the_max_age(
+        a in subject(),
+        start in 0u64..4_000_000_000,
+        max_age in 1..=MAX_MAX_AGE.as_secs(),
+        age_permille in 0u64..2_000,
+    ) {
+        let clock = FakeClock::new(Duration::from_secs(start));
+        let t = tokens()
+            .with_clock(Arc::new(clock.clone()))
+            .with_max_age(Duration::from_secs(max_age))
+            .unwrap();
+        let token = t.issue(&a);
+        let age = max_age * age_permille / 1_000;
+        clock.advance(Duration::from_secs(age));
+        let want = if age < max_age { Ok(()) } else { Err("expired") };
+        prop_assert_eq!(t.check_token(&token, &a), want);
+        // Back before the issue time: fine within the skew, refused beyond it.
+        let before = age_permille.min(2 * MAX_CLOCK_SKEW.as_secs());
+        clock.set(Duration::from_secs(start.saturating_sub(before)));
+        let early = start.saturating_sub(before) + MAX_CLOCK_SKEW.as_secs() < start;
+        let want = if early { Err("issued_in_future") } else { Ok(()) };
+        prop_assert_eq!(t.check_token(&token, &a), want);
     }
 
     #[test]

@@ -17,7 +17,11 @@
 //! * **Bounded**: up to 16 maps (one per 256 entries of capacity) with a FIFO eviction order
 //!   each. FIFO (not LRU) keeps a hit to one short lock and no bookkeeping; a hot token evicted
 //!   by newer ones costs one more signature check. Only verified tokens get in, so a flood of
-//!   forged tokens cannot evict anything.
+//!   forged tokens cannot evict anything. Each insertion gets a sequence number that its entry
+//!   and its place in the order share: a place whose number no longer matches the map (the
+//!   entry was dropped on a read, or inserted again since) is stale and evicts nothing, so a
+//!   live entry is only ever evicted as the oldest live one. Stale places are compacted away
+//!   when they make up half the order, which keeps every operation O(1) amortized.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
@@ -89,14 +93,26 @@ struct Entry {
     /// The token's `exp`, in seconds since the epoch.
     exp: u64,
     generation: u64,
+    /// The insertion that wrote this entry: its place in [`Shard::order`] carries the same.
+    seq: u64,
 }
 
 struct Shard {
     map: HashMap<CacheKey, Entry, BuildHasherDefault<DigestHasher>>,
-    /// Insertion order, for eviction. May name keys already dropped from `map`; its length
-    /// bounds the shard.
-    order: VecDeque<CacheKey>,
+    /// Insertion order, for eviction: (key, insertion sequence). Every entry of `map` has
+    /// exactly one place here with its `seq`; other places are stale (the key was dropped or
+    /// written again since) and are skipped. At most twice the capacity long.
+    order: VecDeque<(CacheKey, u64)>,
+    /// The next insertion's sequence number.
+    next_seq: u64,
     capacity: usize,
+}
+
+impl Shard {
+    /// Whether the place (`key`, `seq`) in the order is the current entry's.
+    fn is_live(&self, key: &CacheKey, seq: u64) -> bool {
+        self.map.get(key).is_some_and(|e| e.seq == seq)
+    }
 }
 
 /// A bounded map from token digests to verified principals' parts.
@@ -126,6 +142,7 @@ impl TokenCache {
                 Mutex::new(Shard {
                     map: HashMap::default(),
                     order: VecDeque::new(),
+                    next_seq: 0,
                     capacity: cap,
                 })
             })
@@ -176,19 +193,33 @@ impl TokenCache {
         generation: u64,
     ) {
         let mut shard = self.shard(&key);
+        let seq = shard.next_seq;
+        shard.next_seq = seq.wrapping_add(1);
         let entry = Entry {
             subject,
             claims,
             exp,
             generation,
+            seq,
         };
-        if shard.map.insert(key, entry).is_none() {
-            shard.order.push_back(key);
-        }
-        while shard.order.len() > shard.capacity {
-            if let Some(old) = shard.order.pop_front() {
+        // A rewritten key becomes the newest; its old place goes stale.
+        shard.map.insert(key, entry);
+        shard.order.push_back((key, seq));
+        // Evict the oldest *live* entries: a stale place evicts nothing (it used to evict
+        // whatever now lived under its key, a re-inserted entry with a place further back).
+        while shard.map.len() > shard.capacity {
+            let Some((old, old_seq)) = shard.order.pop_front() else {
+                break;
+            };
+            if shard.is_live(&old, old_seq) {
                 shard.map.remove(&old);
             }
+        }
+        // Stale places pile up as entries are dropped on reads; once they are half the order,
+        // drop them all (O(capacity), at most once per `capacity` insertions).
+        if shard.order.len() > 2 * shard.capacity {
+            let Shard { map, order, .. } = &mut *shard;
+            order.retain(|(k, s)| map.get(k).is_some_and(|e| e.seq == *s));
         }
     }
 
@@ -280,7 +311,103 @@ mod tests {
         }
         for s in c.shards.iter() {
             let s = s.lock().unwrap();
-            assert!(s.order.len() <= s.capacity);
+            assert!(s.order.len() <= 2 * s.capacity);
+        }
+    }
+
+    /// An entry dropped by `get` (expired, or of another key set generation) and inserted
+    /// again is live: it must not be evicted through the old entry's place in the order.
+    #[test]
+    fn a_reinserted_entry_is_not_evicted_through_its_old_place() {
+        for drop_by in ["generation", "expiry"] {
+            let c = TokenCache::new(2);
+            put(&c, "a", 100, 3);
+            match drop_by {
+                "generation" => assert!(!hit(&c, "a", 50, 4)),
+                _ => assert!(!hit(&c, "a", 100, 3)),
+            }
+            assert_eq!(c.len(), 0, "{drop_by}");
+            put(&c, "a", 1_000, 4);
+            put(&c, "b", 1_000, 4);
+            // Two live entries in a cache of two: both stay.
+            assert!(hit(&c, "a", 50, 4), "{drop_by}: live entry evicted");
+            assert!(hit(&c, "b", 50, 4), "{drop_by}");
+            // And the next insert evicts the oldest live one, a.
+            put(&c, "c", 1_000, 4);
+            assert!(!hit(&c, "a", 50, 4), "{drop_by}");
+            assert!(hit(&c, "b", 50, 4) && hit(&c, "c", 50, 4), "{drop_by}");
+        }
+    }
+
+    /// Entries dropped on reads leave stale places behind; they never cost a live entry its
+    /// place, whatever their number.
+    #[test]
+    fn stale_places_never_evict_live_entries() {
+        let c = TokenCache::new(3);
+        put(&c, "live", 1_000, 0);
+        for i in 0..100 {
+            let t = format!("gone-{i}");
+            put(&c, &t, 10, 0);
+            assert!(!hit(&c, &t, 10, 0));
+        }
+        put(&c, "x", 1_000, 0);
+        put(&c, "y", 1_000, 0);
+        assert!(hit(&c, "live", 1, 0));
+        assert_eq!(c.len(), 3);
+    }
+
+    #[test]
+    fn overwriting_an_entry_keeps_one_copy() {
+        let c = TokenCache::new(2);
+        for _ in 0..10 {
+            put(&c, "a", 1_000, 0);
+        }
+        put(&c, "b", 1_000, 0);
+        assert!(hit(&c, "a", 1, 0) && hit(&c, "b", 1, 0));
+        assert_eq!(c.len(), 2);
+    }
+
+    proptest::proptest! {
+        /// Against a model (a FIFO of the live keys, a rewritten key moving to the back): the
+        /// cache holds exactly the model's entries after any sequence of inserts and reads,
+        /// and its order never grows past twice the capacity.
+        #[test]
+        fn behaves_like_a_fifo_of_live_entries(
+            capacity in 1usize..6,
+            ops in proptest::collection::vec((0u8..3, 0u8..8, 0u64..3), 1..200),
+        ) {
+            let c = TokenCache::new(capacity);
+            // (key, exp, generation), oldest first.
+            let mut model: VecDeque<(u8, u64, u64)> = VecDeque::new();
+            let mut now = 0u64;
+            for (op, k, g) in ops {
+                let token = format!("t{k}");
+                match op {
+                    0 => {
+                        let exp = now + 1 + g;
+                        put(&c, &token, exp, g);
+                        model.retain(|(mk, _, _)| *mk != k);
+                        model.push_back((k, exp, g));
+                        if model.len() > capacity {
+                            model.pop_front();
+                        }
+                    }
+                    1 => {
+                        let want = model
+                            .iter()
+                            .any(|(mk, exp, mg)| *mk == k && now < *exp && *mg == g);
+                        proptest::prop_assert_eq!(hit(&c, &token, now, g), want);
+                        // A miss drops the entry (another generation, or expired).
+                        if !want {
+                            model.retain(|(mk, _, _)| *mk != k);
+                        }
+                    }
+                    _ => now += 1,
+                }
+                proptest::prop_assert_eq!(c.len(), model.len());
+                let s = c.shards[0].lock().unwrap();
+                proptest::prop_assert!(s.order.len() <= 2 * capacity);
+            }
         }
     }
 

@@ -27,7 +27,7 @@ pub mod jwt;
 pub mod supabase;
 mod verify;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::FromRequestParts;
 use http::request::Parts;
@@ -64,7 +64,14 @@ pub struct Principal {
     subject: Arc<str>,
     source: CredentialSource,
     claims: Arc<serde_json::Map<String, serde_json::Value>>,
+    /// [`csrf_binding`](Self::csrf_binding) when it is not the subject itself, computed on
+    /// first use (most requests never need it).
+    csrf_binding: OnceLock<Option<Box<str>>>,
 }
+
+/// Starts every CSRF binding that is not a plain subject. A subject that starts with it (or is
+/// empty, the anonymous binding) is escaped, so no session id can ever equal a subject.
+const BINDING_MARK: char = '\0';
 
 impl Principal {
     /// A principal with no extra claims.
@@ -73,6 +80,7 @@ impl Principal {
             subject: subject.into(),
             source,
             claims: Arc::default(),
+            csrf_binding: OnceLock::new(),
         }
     }
 
@@ -86,18 +94,64 @@ impl Principal {
             subject,
             source,
             claims,
+            csrf_binding: OnceLock::new(),
         }
     }
 
     /// Attaches the verified claims (for JWTs, the whole payload).
     pub fn with_claims(mut self, claims: serde_json::Map<String, serde_json::Value>) -> Self {
         self.claims = Arc::new(claims);
+        self.csrf_binding = OnceLock::new();
         self
     }
 
     /// The stable subject identifier (`sub` for JWTs, the key id for API keys).
     pub fn subject(&self) -> &str {
         &self.subject
+    }
+
+    /// What the caller's CSRF tokens are bound to
+    /// ([`CsrfTokens::issue`](crate::guard::csrf::CsrfTokens::issue)): the session when the
+    /// credential names one, else the subject.
+    ///
+    /// The session is the `session_id` claim (Supabase) or else the `sid` claim (OpenID
+    /// Connect), when it is a non-empty string. Bound to the session, a token minted before a
+    /// logout fails in the next session of the same user, and a token planted from the
+    /// attacker's own session of the same account fails too; a credential without a session
+    /// claim binds to the subject as before.
+    ///
+    /// Session bindings are `"\0sid:"` followed by the id, so no session id can equal a
+    /// subject (nor the anonymous binding `""`): a subject that is empty or starts with `\0`
+    /// is written `"\0sub:"` followed by the subject; every other subject is itself.
+    ///
+    /// ```
+    /// use secure_routes::auth::{CredentialSource, Principal};
+    /// let p = |claims: serde_json::Value| Principal::new("alice", CredentialSource::Cookie)
+    ///     .with_claims(claims.as_object().unwrap().clone());
+    /// assert_eq!(p(serde_json::json!({})).csrf_binding(), "alice");
+    /// assert_eq!(p(serde_json::json!({"sid": "s1"})).csrf_binding(), "\0sid:s1");
+    /// assert_eq!(p(serde_json::json!({"session_id": "s2", "sid": "s1"})).csrf_binding(), "\0sid:s2");
+    /// assert_eq!(p(serde_json::json!({"session_id": ""})).csrf_binding(), "alice");
+    /// ```
+    pub fn csrf_binding(&self) -> &str {
+        self.csrf_binding
+            .get_or_init(|| {
+                let session = ["session_id", "sid"].iter().find_map(|name| {
+                    self.claims
+                        .get(*name)
+                        .and_then(serde_json::Value::as_str)
+                        .filter(|s| !s.is_empty())
+                });
+                match session {
+                    Some(id) => Some(format!("{BINDING_MARK}sid:{id}").into()),
+                    None if self.subject.is_empty() || self.subject.starts_with(BINDING_MARK) => {
+                        Some(format!("{BINDING_MARK}sub:{}", self.subject).into())
+                    }
+                    None => None,
+                }
+            })
+            .as_deref()
+            .unwrap_or(&self.subject)
     }
 
     /// Where the credential came from.
@@ -271,5 +325,69 @@ impl Authenticator for AnyOf {
             }
             Err(AuthError::Missing)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn principal(subject: &str, claims: serde_json::Value) -> Principal {
+        let claims = claims.as_object().cloned().unwrap_or_default();
+        Principal::new(subject, CredentialSource::Cookie).with_claims(claims)
+    }
+
+    #[test]
+    fn csrf_binding_prefers_the_session() {
+        use serde_json::json;
+        let cases = [
+            ("alice", json!({}), "alice"),
+            ("alice", json!({"sid": "s1"}), "\0sid:s1"),
+            ("alice", json!({"session_id": "s2"}), "\0sid:s2"),
+            (
+                "alice",
+                json!({"session_id": "s2", "sid": "s1"}),
+                "\0sid:s2",
+            ),
+            // Not a usable session id: the next candidate, then the subject.
+            ("alice", json!({"session_id": "", "sid": "s1"}), "\0sid:s1"),
+            ("alice", json!({"session_id": 7, "sid": null}), "alice"),
+            ("alice", json!({"sid": ["s1"]}), "alice"),
+        ];
+        for (sub, claims, want) in cases {
+            assert_eq!(
+                principal(sub, claims.clone()).csrf_binding(),
+                want,
+                "{claims}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_session_id_can_pass_for_a_subject() {
+        use serde_json::json;
+        // A subject spelled like a session binding, and the session it imitates.
+        let forged = principal("\0sid:s1", json!({}));
+        let real = principal("bob", json!({"sid": "s1"}));
+        assert_ne!(forged.csrf_binding(), real.csrf_binding());
+        assert_eq!(forged.csrf_binding(), "\0sub:\0sid:s1");
+        // The anonymous binding is "": an empty subject does not get it.
+        assert_eq!(principal("", json!({})).csrf_binding(), "\0sub:");
+        // A session id that looks like a subject stays apart from that subject.
+        let sid_alice = principal("bob", json!({"sid": "alice"}));
+        assert_ne!(
+            sid_alice.csrf_binding(),
+            principal("alice", json!({})).csrf_binding()
+        );
+    }
+
+    #[test]
+    fn new_claims_recompute_the_binding() {
+        let p = Principal::new("alice", CredentialSource::Cookie);
+        assert_eq!(p.csrf_binding(), "alice");
+        let claims = serde_json::json!({"sid": "s9"});
+        let p = p.with_claims(claims.as_object().cloned().unwrap_or_default());
+        assert_eq!(p.csrf_binding(), "\0sid:s9");
+        assert_eq!(p.clone().csrf_binding(), "\0sid:s9");
     }
 }
