@@ -126,8 +126,10 @@ struct Shared {
     missing_peer_logged: AtomicBool,
 }
 
-/// Default for [`SecurityBuilder::authenticate_timeout`].
-pub const DEFAULT_AUTHENTICATE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default for [`SecurityBuilder::authenticate_timeout`]: above the JWKS fetch timeout (5 s by
+/// default), because a request that needs a key-set refetch runs that fetch inside its own
+/// authenticate call, and a shorter timeout would cancel every slow refetch.
+pub const DEFAULT_AUTHENTICATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl fmt::Debug for Security {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -388,7 +390,9 @@ impl SecurityBuilder {
     }
     /// Longest wait for one authenticator call (default [`DEFAULT_AUTHENTICATE_TIMEOUT`]).
     /// Past it the request is answered 503 with `Retry-After`, audited as
-    /// `authenticator_failure` (reason `authenticator_timeout`): never admitted.
+    /// `authenticator_failure` (reason `authenticator_timeout`): never admitted. Keep it above
+    /// a JWKS authenticator's fetch timeout: a key-set refetch runs inside the request that
+    /// needs it, and is cancelled with it.
     ///
     /// ```
     /// use std::time::Duration;
@@ -889,6 +893,11 @@ impl Ctx {
     /// refused by the rate limit is one `unauthorized_access` event with status 429).
     async fn reject_as(&self, rejection: Rejection, info: RejectionInfo) -> Response {
         let status = rejection.info().kind.status().as_u16();
+        if let Some(store) = self.failed_open {
+            // The store failed and the policy let the request on; a later step refused it.
+            // Both happened: the store failure is its own event.
+            self.audit(store, status, Outcome::Allowed).await;
+        }
         self.audit(info, status, Outcome::Denied).await;
         let mut res = rejection.into_response();
         // The CORS grant too (and `Vary`), so a browser app can read why it was refused.
@@ -998,7 +1007,7 @@ async fn check_limit(
         return Ok(d);
     }
     let flight = deny
-        .single_flight(key, timeout.saturating_mul(MAX_WAIT_FACTOR))
+        .single_flight(key, timeout.saturating_mul(MAX_WAIT_FACTOR), timeout)
         .await;
     match flight.as_ref().and_then(FlightGuard::failed_ahead) {
         // The checks ahead failed in a row: the store is failing now, and asking it again
@@ -1027,8 +1036,10 @@ async fn check_limit(
             }
         }
         (Err(StoreFailure::Timeout), Some(f)) => f.fail(FlightFailure::Timeout),
-        (Err(_), Some(f)) => f.fail(FlightFailure::Error),
-        (Err(_), None) => {}
+        (Err(StoreFailure::Error(_)), Some(f)) => f.fail(FlightFailure::Error),
+        // A panic is a bug in the store, answered 500 on its own: it says nothing about
+        // whether the store is reachable, so it starts no streak.
+        (Err(StoreFailure::Panicked(_)), _) | (Err(_), None) => {}
     }
     result
 }
@@ -1039,7 +1050,9 @@ async fn call_store(
     quota: Quota,
     timeout: Duration,
 ) -> Result<Decision, StoreFailure> {
-    let call = AssertUnwindSafe(shared.store.acquire(key, quota, 1)).catch_unwind();
+    // Inside the async block, so a store that panics before returning its future is caught
+    // too.
+    let call = AssertUnwindSafe(async { shared.store.acquire(key, quota, 1).await }).catch_unwind();
     match tokio::time::timeout(timeout, call).await {
         Err(_) => Err(StoreFailure::Timeout),
         Ok(Err(panic)) => Err(StoreFailure::Panicked(panic_message(&*panic))),
@@ -1146,7 +1159,9 @@ where
     if policy.auth() != AuthMode::Off
         && let Some(auth) = &shared.authenticator
     {
-        let call = AssertUnwindSafe(auth.authenticate(&parts)).catch_unwind();
+        // Inside the async block, so an authenticator that panics before returning its
+        // future is caught too.
+        let call = AssertUnwindSafe(async { auth.authenticate(&parts).await }).catch_unwind();
         let result = match tokio::time::timeout(shared.auth_timeout, call).await {
             Ok(Ok(r)) => r,
             Ok(Err(panic)) => {

@@ -264,6 +264,31 @@ impl Authenticator for PanickingAuth {
     }
 }
 
+/// Panics while building its future, before any `async` block runs.
+struct EagerlyPanickingAuth;
+impl Authenticator for EagerlyPanickingAuth {
+    fn authenticate<'a>(&'a self, _: &'a Parts) -> BoxFuture<'a, Result<Principal, AuthError>> {
+        panic!("authenticator bug before the future")
+    }
+}
+
+/// Panics while building its future.
+#[derive(Debug)]
+struct EagerlyPanickingStore;
+impl RateLimitStore for EagerlyPanickingStore {
+    fn acquire<'a>(
+        &'a self,
+        _: &'a RateLimitKey,
+        _: Quota,
+        _: u32,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        panic!("store bug before the future")
+    }
+    fn name(&self) -> &'static str {
+        "eager-panic"
+    }
+}
+
 /// Its key set is unreachable.
 struct DownAuth;
 impl Authenticator for DownAuth {
@@ -340,6 +365,49 @@ async fn a_panicking_authenticator_is_a_500_not_a_dropped_connection() {
     let events = h.events().await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].reason, "authenticator_panicked");
+}
+
+#[tokio::test]
+async fn a_panic_before_the_future_exists_is_contained_too() {
+    let h = harness(|b| b.authenticator(EagerlyPanickingAuth));
+    let app = h.app("/me", authed(), get(ok));
+    let res = req(Method::GET, "/me").send(&app).await;
+    assert_eq!(res.status, StatusCode::INTERNAL_SERVER_ERROR);
+    let h2 = harness(|b| b.rate_limit_store(EagerlyPanickingStore));
+    let app = h2.app("/api/x", Policy::public(), get(ok));
+    let res = req(Method::GET, "/api/x").send(&app).await;
+    assert_eq!(res.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(h.events().await[0].reason, "authenticator_panicked");
+    assert_eq!(h2.events().await[0].reason, "store_panicked");
+}
+
+#[tokio::test]
+async fn a_fail_open_store_failure_is_audited_also_when_a_later_check_refuses() {
+    let h = harness(|b| b.rate_limit_store(FailingStore));
+    let policy = Policy::builder("upload")
+        .rate_limit(Quota::per_minute(10))
+        .max_body_bytes(4)
+        .failure_mode(FailureMode::Open)
+        .build()
+        .unwrap();
+    let app = h.app("/api/x", policy, post(ok));
+    let res = req(Method::POST, "/api/x")
+        .header("content-length", "10")
+        .body("0123456789")
+        .send(&app)
+        .await;
+    assert_eq!(res.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let events = h.events().await;
+    let mut seen: Vec<_> = events.iter().map(|e| (e.action, e.status)).collect();
+    seen.sort_by_key(|(a, _)| a.as_str());
+    assert_eq!(
+        seen,
+        [
+            (AuditAction::InvalidInput, 413),
+            (AuditAction::StoreFailure, 413)
+        ],
+        "{events:#?}"
+    );
 }
 
 #[tokio::test]
@@ -522,8 +590,9 @@ async fn refused_keys_cost_no_store_call_until_their_retry_time() {
         .send(&app)
         .await;
     assert_eq!(res.status, StatusCode::OK);
-    // Past the retry time the store decides again (the memory store behind runs on real
-    // time, the deny cache on the harness clock: both move past the window here).
+    // Past the retry time (on the harness clock the deny cache reads) the store is asked
+    // again. The memory store behind runs on real time and still refuses: only the call is
+    // counted here.
     h.clock.advance(Duration::from_secs(61));
     let before = calls.load(Ordering::SeqCst);
     let _ = req(Method::POST, "/api/strict")

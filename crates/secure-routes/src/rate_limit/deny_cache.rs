@@ -23,17 +23,22 @@
 //!   failure. Once [`FAIL_AFTER`] checks of a key have failed in a row (timeout, error), the
 //!   checks waiting behind them fail at once with the same reason, so a hanging store cannot
 //!   chain timeouts one after another; a single slow check (a cold connection on a loaded
-//!   machine) only costs itself. The wait itself is bounded too ([`MAX_WAIT_FACTOR`] store
+//!   machine) only costs itself. The streak holds for one store timeout after its last
+//!   failure; then the next check asks the store again, so a recovered store is seen at once
+//!   even while the key stays busy. The wait itself is bounded too ([`MAX_WAIT_FACTOR`] store
 //!   timeouts); past it a check goes to the store on its own, as it would without the
 //!   cache.
-//! * **Time is the local clock, as a duration**: an entry holds `[refused_at, until)` on this
-//!   process's clock. A clock that steps back before `refused_at` expires the entry (never
-//!   refuses longer than the store said).
+//! * **Time is the pipeline's clock** (the injected [`Clock`](crate::clock::Clock), wall time
+//!   by default): an entry holds `[refused_at, until)`. A clock that steps back before
+//!   `refused_at` expires the entry; a step back after it lengthens the local refusal by the
+//!   step (at most the step: each remaining wait is still bounded by the store's
+//!   `retry_after`). A step forward ends it early, which only costs a store call.
 //!
 //! The cache is bounded (entries per shard); when a shard is full, expired entries are swept
-//! and, if none expired, the new refusal is simply not cached (the next check asks the store:
-//! slower, never wrong). The in-process [`MemoryStore`](super::MemoryStore) is its own deny
-//! cache and is not wrapped (see [`RateLimitStore::is_local`](super::RateLimitStore::is_local)).
+//! and, if none expired, the refusal that ends soonest is forgotten (the next check of that
+//! key asks the store: slower, never wrong). The in-process
+//! [`MemoryStore`](super::MemoryStore) is its own deny cache and is not wrapped (see
+//! [`RateLimitStore::is_local`](super::RateLimitStore::is_local)).
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -69,15 +74,23 @@ pub(crate) const FAIL_AFTER: u64 = 2;
 #[derive(Default)]
 struct Flight {
     lock: Arc<tokio::sync::Mutex<()>>,
-    /// Checks failed in a row (reset by a success), and the kind of the last failure.
-    failures: AtomicU64,
-    last_failure: std::sync::atomic::AtomicU8,
+    streak: Mutex<Streak>,
 }
 
-/// How the check in flight failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Checks of one key failed in a row (reset by a success), when the last one failed (a
+/// monotonic instant: tokio's, so paused-time tests drive it) and how.
+#[derive(Clone, Copy, Default)]
+struct Streak {
+    failures: u64,
+    last_at: Option<tokio::time::Instant>,
+    kind: FlightFailure,
+}
+
+/// How a check of the store failed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) enum FlightFailure {
     Timeout,
+    #[default]
     Error,
 }
 
@@ -148,8 +161,12 @@ impl DenyCache {
         if map.len() >= SHARD_CAPACITY && !map.contains_key(&(*key, quota)) {
             map.retain(|_, e| now >= e.refused_at && now < e.until);
             if map.len() >= SHARD_CAPACITY {
-                // Full of live refusals: not caching this one only costs a store call later.
-                return;
+                // Full of live refusals (someone spreading over many keys): the one that ends
+                // soonest makes room, so a new hot key is still protected. Forgetting a
+                // refusal only costs a store call later.
+                if let Some(soonest) = map.iter().min_by_key(|(_, e)| e.until).map(|(k, _)| *k) {
+                    map.remove(&soonest);
+                }
             }
         }
         map.insert((*key, quota), entry);
@@ -157,12 +174,15 @@ impl DenyCache {
 
     /// Waits (at most `wait`) until no other check of `key` is in flight in this process, and
     /// holds the key until the returned guard drops. `None` when the wait ran out: the caller
-    /// goes to the store on its own. [`FlightGuard::failed_ahead`] tells whether a check this
-    /// one waited for failed.
+    /// goes to the store on its own. [`FlightGuard::failed_ahead`] tells whether the line is
+    /// failing: [`FAIL_AFTER`] checks of the key failed in a row, the last less than
+    /// `fail_window` ago. Past that window the next check asks the store again (a probe), so
+    /// a streak never outlives the store's trouble.
     pub(crate) async fn single_flight(
         &self,
         key: &RateLimitKey,
         wait: Duration,
+        fail_window: Duration,
     ) -> Option<FlightGuard<'_>> {
         let idx = self.shard_of(key);
         let flight = {
@@ -171,23 +191,25 @@ impl DenyCache {
                 .unwrap_or_else(PoisonError::into_inner);
             Arc::clone(map.entry(*key).or_default())
         };
+        let lock = Arc::clone(&flight.lock);
         // Dropped on every path (also a timed-out wait): the map entry is released with it.
         let mut guard = FlightGuard {
             cache: self,
             idx,
             key: *key,
-            flight,
+            flight: Some(flight),
             held: None,
             failed_ahead_kind: None,
         };
-        let lock = Arc::clone(&guard.flight.lock);
         guard.held = Some(tokio::time::timeout(wait, lock.lock_owned()).await.ok()?);
-        if guard.flight.failures.load(Ordering::Acquire) >= FAIL_AFTER {
-            guard.failed_ahead_kind =
-                Some(match guard.flight.last_failure.load(Ordering::Acquire) {
-                    1 => FlightFailure::Timeout,
-                    _ => FlightFailure::Error,
-                });
+        let streak = *guard
+            .streak()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if streak.failures >= FAIL_AFTER
+            && streak.last_at.is_some_and(|t| t.elapsed() < fail_window)
+        {
+            guard.failed_ahead_kind = Some(streak.kind);
         }
         Some(guard)
     }
@@ -198,31 +220,39 @@ pub(crate) struct FlightGuard<'a> {
     cache: &'a DenyCache,
     idx: usize,
     key: RateLimitKey,
-    flight: Arc<Flight>,
+    /// `Some` until dropped (taken under the map lock, see `Drop`).
+    flight: Option<Arc<Flight>>,
     held: Option<tokio::sync::OwnedMutexGuard<()>>,
     failed_ahead_kind: Option<FlightFailure>,
 }
 
 impl FlightGuard<'_> {
-    /// How the checks ahead of this one failed, if [`FAIL_AFTER`] did in a row.
+    fn streak(&self) -> &Mutex<Streak> {
+        match &self.flight {
+            Some(f) => &f.streak,
+            None => unreachable!("the flight is only taken on drop"),
+        }
+    }
+
+    /// How the checks ahead of this one failed, if the line is failing (see
+    /// [`DenyCache::single_flight`]). A check told so fails without a store call and records
+    /// nothing.
     pub(crate) fn failed_ahead(&self) -> Option<FlightFailure> {
         self.failed_ahead_kind
     }
 
     /// Records that this check got an answer from the store: the failure streak ends.
     pub(crate) fn succeed(&self) {
-        self.flight.failures.store(0, Ordering::Release);
+        let mut s = self.streak().lock().unwrap_or_else(PoisonError::into_inner);
+        *s = Streak::default();
     }
 
-    /// Records that this check failed; after [`FAIL_AFTER`] in a row, the checks waiting in
-    /// line fail the same way.
+    /// Records that this check failed at the store.
     pub(crate) fn fail(&self, kind: FlightFailure) {
-        let code = match kind {
-            FlightFailure::Timeout => 1,
-            FlightFailure::Error => 2,
-        };
-        self.flight.last_failure.store(code, Ordering::Release);
-        self.flight.failures.fetch_add(1, Ordering::AcqRel);
+        let mut s = self.streak().lock().unwrap_or_else(PoisonError::into_inner);
+        s.failures += 1;
+        s.last_at = Some(tokio::time::Instant::now());
+        s.kind = kind;
     }
 }
 
@@ -233,9 +263,14 @@ impl Drop for FlightGuard<'_> {
         let mut map = self.cache.inflight[self.idx]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        // References: the map's and ours. Anyone else holding one is waiting in line (it took
-        // its reference under this same map lock), so the entry stays for them.
-        if Arc::strong_count(&self.flight) <= 2 {
+        // Every clone and drop of a flight's `Arc` happens under this lock (waiters clone it
+        // in `single_flight`, guards drop it here), so the count is exact: the map's and ours
+        // means nobody else is in line.
+        if let Some(ours) = self.flight.take()
+            && map
+                .get(&self.key)
+                .is_some_and(|entry| Arc::ptr_eq(entry, &ours) && Arc::strong_count(&ours) == 2)
+        {
             map.remove(&self.key);
         }
     }
@@ -326,16 +361,16 @@ mod tests {
     async fn single_flight_serialises_one_key_and_cleans_up() {
         let c = Arc::new(DenyCache::default());
         let g = c
-            .single_flight(&key(1), Duration::from_secs(5))
+            .single_flight(&key(1), Duration::from_secs(5), W)
             .await
             .unwrap();
         // Another key is not blocked.
-        assert!(c.single_flight(&key(2), Duration::ZERO).await.is_some());
+        assert!(c.single_flight(&key(2), Duration::ZERO, W).await.is_some());
         // The same key waits; with no time to wait it gives up (and goes to the store alone).
-        assert!(c.single_flight(&key(1), Duration::ZERO).await.is_none());
+        assert!(c.single_flight(&key(1), Duration::ZERO, W).await.is_none());
         let c2 = Arc::clone(&c);
         let waiter = tokio::spawn(async move {
-            c2.single_flight(&key(1), Duration::from_secs(5))
+            c2.single_flight(&key(1), Duration::from_secs(5), W)
                 .await
                 .is_some()
         });
@@ -352,47 +387,72 @@ mod tests {
         assert_eq!(left, 0, "no entry outlives its flights");
     }
 
-    #[tokio::test]
-    async fn failures_in_a_row_fail_the_line_a_single_one_does_not() {
+    /// The failure window of these tests.
+    const W: Duration = Duration::from_millis(50);
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_in_a_row_fail_the_line_for_a_while_a_single_one_does_not() {
         let c = Arc::new(DenyCache::default());
         let wait = Duration::from_secs(5);
-        // Queues a check behind the one in flight; its guard comes back through the channel.
+        // Queues a check of key 1. It reports what it was told once its turn comes, holds its
+        // place until told how it ended (`Some(kind)`: failed, `None`: succeeded), and records
+        // that only if it went to the store: a check told the line is failing records nothing,
+        // as in the pipeline.
+        type Turn = (
+            Option<FlightFailure>,
+            tokio::sync::oneshot::Sender<Option<FlightFailure>>,
+        );
         let queue = |c: &Arc<DenyCache>| {
             let c = Arc::clone(c);
-            let (tx, rx) = tokio::sync::oneshot::channel();
+            let (tx, rx) = tokio::sync::oneshot::channel::<Turn>();
             tokio::spawn(async move {
-                let g = c.single_flight(&key(1), wait).await.unwrap();
-                let (done_tx, done_rx) = tokio::sync::oneshot::channel::<Option<FlightFailure>>();
-                let _ = tx.send((g.failed_ahead(), done_tx));
-                // Hold the place until told how this check ended.
-                match done_rx.await {
-                    Ok(Some(kind)) => g.fail(kind),
-                    Ok(None) => g.succeed(),
-                    Err(_) => {}
+                let g = c.single_flight(&key(1), wait, W).await.unwrap();
+                let told = g.failed_ahead();
+                let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+                let _ = tx.send((told, done_tx));
+                let ended = done_rx.await.ok();
+                if told.is_none() {
+                    match ended {
+                        Some(Some(kind)) => g.fail(kind),
+                        Some(None) => g.succeed(),
+                        None => {}
+                    }
                 }
             });
             rx
         };
-        let g = c.single_flight(&key(1), wait).await.unwrap();
-        assert_eq!(g.failed_ahead(), None);
-        let second = queue(&c);
+        // Every step queues the next check before ending the current one, so the key never
+        // goes quiet (the line, and its streak, live as long as someone is in it).
+        let a = queue(&c);
+        let (told, end_a) = a.await.unwrap();
+        assert_eq!(told, None);
+        let b = queue(&c);
         tokio::task::yield_now().await;
         // One slow check costs only itself: the next one in line tries the store.
-        g.fail(FlightFailure::Timeout);
-        drop(g);
-        let (seen, finish_second) = second.await.unwrap();
-        assert_eq!(seen, None);
+        end_a.send(Some(FlightFailure::Timeout)).unwrap();
+        let (told, end_b) = b.await.unwrap();
+        assert_eq!(told, None);
+        let d = queue(&c);
+        tokio::task::yield_now().await;
         // Two in a row: the store is failing, and the line fails with it.
-        let third = queue(&c);
+        end_b.send(Some(FlightFailure::Error)).unwrap();
+        let (told, end_d) = d.await.unwrap();
+        assert_eq!(told, Some(FlightFailure::Error));
+        let e = queue(&c);
         tokio::task::yield_now().await;
-        finish_second.send(Some(FlightFailure::Error)).unwrap();
-        let (seen, finish_third) = third.await.unwrap();
-        assert_eq!(seen, Some(FlightFailure::Error));
-        // A success ends the streak.
-        let fourth = queue(&c);
+        // One failure window later the next check asks the store again (a probe).
+        tokio::time::advance(W).await;
+        end_d.send(None).unwrap();
+        let (told, end_e) = e.await.unwrap();
+        assert_eq!(
+            told, None,
+            "a probe after the window, though the key stayed busy"
+        );
+        let f = queue(&c);
         tokio::task::yield_now().await;
-        finish_third.send(None).unwrap();
-        let (seen, _finish) = fourth.await.unwrap();
-        assert_eq!(seen, None);
+        end_e.send(None).unwrap();
+        let (told, end_f) = f.await.unwrap();
+        assert_eq!(told, None, "the probe's success ended the streak");
+        drop(end_f);
     }
 }
