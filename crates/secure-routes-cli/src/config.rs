@@ -250,12 +250,28 @@ fn publish_private(path: &Path, contents: &str) -> std::io::Result<bool> {
         std::process::id(),
         rand::random::<u64>()
     ));
-    let linked = write_private(&tmp, contents).and_then(|()| std::fs::hard_link(&tmp, path));
+    write_private(&tmp, contents)?;
+    let linked = std::fs::hard_link(&tmp, path);
     // The temporary name goes either way; `path` (if we linked it) keeps the contents.
     let _ = std::fs::remove_file(&tmp);
     match linked {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        // A file system without hard links (vfat, exFAT, some network mounts): create the file
+        // in place. Still exclusive (create_new), so two starts never both write it; a reader
+        // racing the write may see it short, which the caller's parse reports.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::Unsupported | std::io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            match write_private(path, contents) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
         Err(e) => Err(e),
     }
 }
