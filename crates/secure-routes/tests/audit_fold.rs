@@ -391,11 +391,31 @@ async fn a_spill_never_blocks_the_recording_task() {
     }
     writer.record(refusal(2)).await; // fills the queue
 
+    // A spill on a runtime thread blocks it in `open`, and can stall the runtime's timers
+    // with it (seen here: the timeout below never fired). So a watchdog outside the runtime
+    // frees a stuck `open` after BOUND by opening the reader itself, and says so.
+    let (stand_down, watch) = std::sync::mpsc::channel::<()>();
+    let rescued = Arc::new(AtomicBool::new(false));
+    let watchdog = {
+        let (fifo, rescued) = (fifo.clone(), rescued.clone());
+        std::thread::spawn(move || {
+            if watch.recv_timeout(BOUND).is_err() {
+                rescued.store(true, Ordering::SeqCst);
+                let _ = std::fs::read_to_string(fifo);
+            }
+        })
+    };
     let recording = {
         let writer = writer.clone();
         tokio::spawn(async move { writer.record(refusal(3)).await }) // full: spills
     };
     let returned = tokio::time::timeout(BOUND, recording).await;
+    let _ = stand_down.send(());
+    watchdog.join().unwrap();
+    assert!(
+        !rescued.load(Ordering::SeqCst),
+        "record blocked until the watchdog opened the FIFO: the spill ran on its task's thread"
+    );
 
     // Open the reader either way, on a thread of its own (not the runtime's pool, which a
     // failing test's shutdown would cancel): it also frees a thread stuck in `open`.
