@@ -11,7 +11,10 @@
 //!   method, route, reason, client, subject) is queued at once and the others only raise a
 //!   counter, written as one more row with [`count`](super::AuditEvent::count) `= n` when the
 //!   window ends. A flood of refusals therefore costs a few rows, never a full queue, and
-//!   counts stay exact. `Error` events never fold.
+//!   counts stay exact. `Denied` events fold, and so do `Allowed` ones (fail-open store
+//!   failures: an outage writes one per request); `Error` events never do. The fold table is
+//!   sharded, bounded ([`AuditConfig::fold_max_keys`]) and never dropped from: a full shard
+//!   writes out its oldest count early.
 //! * Then it puts the event on a bounded `tokio` queue. When the queue is full it waits up to
 //!   [`AuditConfig::block_timeout`] (back-pressure), then hands the event to a blocking-pool
 //!   thread that appends it to the JSON-lines spill file ([`AuditConfig::spill_path`]); the
