@@ -1,5 +1,11 @@
 //! `secure-routes audit`: lists audit events from any audit location, newest first.
 //!
+//! `COUNT` (`count` in `--json`) is how many identical refusals a row stands for: the audit
+//! writer folds a flood into a few rows, so sum it to count decisions. Text read back is
+//! escaped once more before it is printed (controls, U+2028/U+2029, bidirectional controls):
+//! the database may have been written by something other than our sanitizing writer, and a
+//! raw separator or override would forge or disguise a row on the operator's terminal.
+//!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! use secure_routes_cli::stores::AuditLocation;
@@ -14,7 +20,7 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use anyhow::bail;
-use secure_routes::audit::{AuditAction, AuditEvent, AuditQuery};
+use secure_routes::audit::{AuditAction, AuditEvent, AuditQuery, escape_for_display, must_escape};
 use time::OffsetDateTime;
 
 use crate::stores::{self, AuditLocation};
@@ -57,7 +63,19 @@ pub async fn list(
 fn to_json_lines(events: &[AuditEvent]) -> anyhow::Result<String> {
     let mut out = String::new();
     for e in events {
-        out.push_str(&serde_json::to_string(e)?);
+        // serde_json escapes controls but writes U+2028/U+2029 and bidi controls raw: escape
+        // them too (`\uXXXX`, still the same JSON value), so a line-splitting reader or a
+        // terminal cannot be fooled by the output.
+        for c in serde_json::to_string(e)?.chars() {
+            if must_escape(c) {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{unit:04x}");
+                }
+            } else {
+                out.push(c);
+            }
+        }
         out.push('\n');
     }
     Ok(out)
@@ -67,8 +85,16 @@ fn to_table(events: &[AuditEvent]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<19} {:<22} {:>6} {:<8} {:<15} {:<6} {:<28} {:<16} REASON",
-        "TIME (UTC)", "ACTION", "STATUS", "OUTCOME", "CLIENT", "METHOD", "ROUTE", "SUBJECT",
+        "{:<19} {:<22} {:>6} {:>6} {:<8} {:<15} {:<6} {:<28} {:<16} REASON",
+        "TIME (UTC)",
+        "ACTION",
+        "STATUS",
+        "COUNT",
+        "OUTCOME",
+        "CLIENT",
+        "METHOD",
+        "ROUTE",
+        "SUBJECT",
     );
     for e in events {
         let time = e
@@ -79,20 +105,71 @@ fn to_table(events: &[AuditEvent]) -> String {
             .unwrap_or_default();
         let _ = writeln!(
             out,
-            "{:<19} {:<22} {:>6} {:<8} {:<15} {:<6} {:<28} {:<16} {}",
+            "{:<19} {:<22} {:>6} {:>6} {:<8} {:<15} {:<6} {:<28} {:<16} {}",
             time,
             e.action.as_str(),
             e.status,
+            e.count,
             e.outcome.as_str(),
-            e.client_ip.as_deref().unwrap_or("-"),
-            e.method,
-            e.route,
-            e.subject.as_deref().unwrap_or("-"),
-            e.reason
+            escape_for_display(e.client_ip.as_deref().unwrap_or("-")),
+            escape_for_display(&e.method),
+            escape_for_display(&e.route),
+            escape_for_display(e.subject.as_deref().unwrap_or("-")),
+            escape_for_display(&e.reason),
         );
     }
     if events.is_empty() {
         out.push_str("(no events)\n");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hostile() -> AuditEvent {
+        // Built field by field, as a database written by another tool could hold it: the
+        // builders would already have escaped these.
+        let mut e = AuditEvent::new(AuditAction::UnauthorizedAccess).with_count(7);
+        e.subject = Some("alice\u{2028}2026-12-04 evil forged row".into());
+        e.reason = "bad\u{202e}txt.exe".into();
+        e.route = "/api/\u{2066}x\u{2069}".into();
+        e
+    }
+
+    #[test]
+    fn the_table_shows_counts_and_escapes_separators_and_bidi_controls() {
+        let table = to_table(&[hostile()]);
+        assert!(!table.chars().any(must_escape_but_newline), "{table:?}");
+        assert!(table.contains("alice\\u{2028}2026"), "{table}");
+        assert!(table.contains("bad\\u{202e}txt.exe"), "{table}");
+        assert!(table.contains("/api/\\u{2066}x\\u{2069}"), "{table}");
+        let header = table.lines().next().unwrap();
+        assert!(header.contains("COUNT"), "{header}");
+        let row = table.lines().nth(1).unwrap();
+        assert_eq!(table.lines().count(), 2, "one header, one row: {table}");
+        assert!(row.split_whitespace().any(|w| w == "7"), "{row}");
+    }
+
+    /// The raw characters `hostile` holds, named here rather than through `must_escape`, so
+    /// the test does not share the code it checks.
+    fn must_escape_but_newline(c: char) -> bool {
+        matches!(c, '\u{2028}' | '\u{202e}' | '\u{2066}' | '\u{2069}')
+            || (c != '\n' && must_escape(c))
+    }
+
+    #[test]
+    fn json_lines_carry_count_and_escape_separators() {
+        let out = to_json_lines(&[hostile()]).unwrap();
+        assert!(!out.chars().any(must_escape_but_newline), "{out:?}");
+        assert_eq!(out.lines().count(), 1);
+        let back: AuditEvent = serde_json::from_str(out.trim_end()).unwrap();
+        assert_eq!(back.count, 7);
+        assert_eq!(
+            back.subject,
+            hostile().subject,
+            "same JSON value, escaped differently"
+        );
+    }
 }

@@ -639,15 +639,25 @@ pub async fn run(
         let app = router(config, &wiring)?;
         let report =
             secure_routes::serve::serve(listener, app, options.serve.clone(), shutdown).await?;
-        tracing::info!(
-            served = report.connections_served,
-            refused_per_ip = report.refused_per_ip,
-            refused_max_connections = report.refused_max_connections,
-            timed_out = report.timed_out,
-            closed_at_deadline = report.closed_at_deadline,
-            accept_errors = report.accept_errors,
-            "stopped serving"
-        );
+        // Only worth a line when connections were refused or cut (the stop line follows
+        // anyway); a clean stop stays as quiet as the README shows.
+        let notable = report.refused_per_ip
+            + report.refused_max_connections
+            + report.timed_out
+            + report.closed_at_deadline
+            + report.accept_errors
+            > 0;
+        if notable {
+            tracing::info!(
+                served = report.connections_served,
+                refused_per_ip = report.refused_per_ip,
+                refused_max_connections = report.refused_max_connections,
+                timed_out = report.timed_out,
+                closed_at_deadline = report.closed_at_deadline,
+                accept_errors = report.accept_errors,
+                "stopped serving"
+            );
+        }
         anyhow::Ok(())
     }
     .await;

@@ -92,8 +92,11 @@ fn jsonl_rate_limited(dir: &std::path::Path, n: usize) -> usize {
             std::fs::read_to_string(dir.join(format!("audit{i}.jsonl")))
                 .unwrap_or_default()
                 .lines()
-                .filter(|l| l.contains("\"action\":\"rate_limit_exceeded\""))
-                .count()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+                .filter(|e| e["action"] == "rate_limit_exceeded")
+                // Identical refusals fold into one line with a count.
+                .map(|e| e["count"].as_u64().expect("count") as usize)
+                .sum::<usize>()
         })
         .sum()
 }

@@ -5,7 +5,7 @@
 //! lost). So the insert must be idempotent, which `COPY` cannot be (no `ON CONFLICT`): it
 //! would need a temporary table and a second `INSERT ... SELECT` per batch. One
 //! `INSERT ... SELECT FROM UNNEST($1::uuid[], ...) ON CONFLICT (id) DO NOTHING` sends the
-//! batch as fifteen binary arrays in one statement, is idempotent by the UUIDv7 primary key,
+//! batch as sixteen binary arrays in one statement, is idempotent by the UUIDv7 primary key,
 //! and its plan is prepared once per connection.
 
 use std::borrow::Cow;
@@ -23,14 +23,14 @@ use crate::Error;
 const CHUNK: usize = 5_000;
 
 const INSERT: &str = "INSERT INTO audit_logs (id, \"timestamp\", action, outcome, subject, user_id, \
-     client_ip, method, route, path, status, reason, request_id, user_agent, metadata) \
+     client_ip, method, route, path, status, reason, request_id, user_agent, metadata, count) \
      SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], \
      $6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int4[], $12::text[], \
-     $13::text[], $14::text[], $15::jsonb[]) \
+     $13::text[], $14::text[], $15::jsonb[], $16::int8[]) \
      ON CONFLICT (id) DO NOTHING";
 
 const COLUMNS: &str = "id, action, subject, metadata, \"timestamp\", outcome, client_ip, method, \
-                       route, path, status, reason, request_id, user_agent";
+                       route, path, status, reason, request_id, user_agent, count";
 
 /// An [`AuditSink`] writing to the `audit_logs` table: one transaction per batch, one
 /// `INSERT ... SELECT FROM UNNEST(...)` per 5 000 events, idempotent on retry.
@@ -121,6 +121,7 @@ impl PostgresAuditSink {
                     &c.request_id,
                     &c.user_agent,
                     &c.metadata(chunk),
+                    &c.count,
                 ],
             )
             .await?;
@@ -160,6 +161,8 @@ struct Columns<'a> {
     reason: Vec<Cow<'a, str>>,
     request_id: Vec<Cow<'a, str>>,
     user_agent: Vec<Option<Cow<'a, str>>>,
+    /// Occurrences per row (`bigint` is signed; saturates).
+    count: Vec<i64>,
     /// Metadata values that needed cleaning (NUL characters), by position.
     cleaned: Vec<Option<Value>>,
 }
@@ -186,6 +189,10 @@ impl<'a> Columns<'a> {
             reason: events.iter().map(|e| clean(&e.reason)).collect(),
             request_id: events.iter().map(|e| clean(&e.request_id)).collect(),
             user_agent: events.iter().map(|e| opt(&e.user_agent)).collect(),
+            count: events
+                .iter()
+                .map(|e| i64::try_from(e.count).unwrap_or(i64::MAX))
+                .collect(),
             cleaned: events
                 .iter()
                 .map(|e| has_nul(&e.metadata).then(|| strip_nul(&e.metadata)))
@@ -316,6 +323,7 @@ fn from_row(row: &tokio_postgres::Row) -> Result<AuditEvent, Error> {
     let outcome: String = row.try_get(5)?;
     let status: i32 = row.try_get(10)?;
     let metadata: Option<Value> = row.try_get(3)?;
+    let count: i64 = row.try_get(14)?;
     Ok(AuditEvent {
         id,
         timestamp: row.try_get(4)?,
@@ -333,5 +341,9 @@ fn from_row(row: &tokio_postgres::Row) -> Result<AuditEvent, Error> {
         request_id: row.try_get(12)?,
         user_agent: row.try_get(13)?,
         metadata: metadata.unwrap_or(Value::Null),
+        count: u64::try_from(count)
+            .ok()
+            .filter(|c| *c > 0)
+            .ok_or_else(|| corrupt(format!("count {count}")))?,
     })
 }

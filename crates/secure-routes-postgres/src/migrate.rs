@@ -23,12 +23,17 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "rate_limits",
         include_str!("migrations/0002_rate_limits.sql"),
     ),
+    (
+        3,
+        "audit_count",
+        include_str!("migrations/0003_audit_count.sql"),
+    ),
 ];
 
 /// The schema version this build creates and reads: the number of embedded migrations.
 ///
 /// ```
-/// assert_eq!(secure_routes_postgres::SCHEMA_VERSION, 2);
+/// assert_eq!(secure_routes_postgres::SCHEMA_VERSION, 3);
 /// ```
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 

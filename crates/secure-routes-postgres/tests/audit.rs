@@ -224,6 +224,8 @@ async fn behind_the_audit_writer_every_event_lands() {
         Arc::new(PostgresAuditSink::new(db.pool.clone())),
         AuditConfig {
             spill_path: dir.clone(),
+            // One row per event here; folding is the core's (tests/audit_fold.rs).
+            fold_window: std::time::Duration::ZERO,
             ..AuditConfig::default()
         },
     );
@@ -235,5 +237,30 @@ async fn behind_the_audit_writer_every_event_lands() {
     writer.shutdown().await;
     assert_eq!(count(&db.pool).await.unwrap(), 1_000);
     assert!(!dir.exists(), "nothing should have been spilled");
+    db.drop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_are_stored_and_read_back() {
+    let Some(db) = TestDb::migrated("counts_are_stored_and_read_back", 2).await else {
+        return;
+    };
+    let sink = PostgresAuditSink::new(db.pool.clone());
+    let single = AuditEvent::new(AuditAction::InvalidInput).with_status(405);
+    let mut folded = AuditEvent::new(AuditAction::InvalidInput)
+        .with_status(405)
+        .with_count(99_999);
+    folded.timestamp = micros(single.timestamp) + time::Duration::seconds(1);
+    sink.write_batch(&[single.clone(), folded.clone()])
+        .await
+        .unwrap();
+    let got = query(&db.pool, &AuditQuery::default()).await.unwrap();
+    let counts: Vec<u64> = got.iter().map(|e| e.count).collect();
+    assert_eq!(counts, [99_999, 1]); // newest first
+    assert_eq!(
+        db.scalar_i64("SELECT sum(count)::int8 FROM audit_logs")
+            .await,
+        100_000
+    );
     db.drop().await;
 }

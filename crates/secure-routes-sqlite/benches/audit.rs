@@ -83,6 +83,8 @@ fn bench(c: &mut Criterion) {
                             // of spilling when a WAL checkpoint's fsync stalls a commit.
                             block_timeout: Duration::from_secs(10),
                             spill_path: spill_path.clone(),
+                            // One row per event: this measures the sink, not folding.
+                            fold_window: Duration::ZERO,
                             ..AuditConfig::default()
                         },
                     );

@@ -15,11 +15,16 @@ use crate::{Error, schema};
 pub use secure_routes::audit::AuditQuery;
 
 const COLUMNS: &str = "id, action, user_id, metadata, timestamp, outcome, client_ip, method, \
-                       route, path, status, reason, request_id, user_agent";
+                       route, path, status, reason, request_id, user_agent, count";
+
+/// The same for a database from before `count` (read-only readers do not migrate): every
+/// row there stands for one occurrence.
+const COLUMNS_V2: &str = "id, action, user_id, metadata, timestamp, outcome, client_ip, method, \
+                       route, path, status, reason, request_id, user_agent, 1 AS count";
 
 /// A read-only connection. Works while a writer is active: in WAL mode a reader sees the
 /// last committed snapshot and neither blocks nor is blocked by the writer.
-fn open_read_only(path: &Path) -> Result<Option<Connection>, Error> {
+fn open_read_only(path: &Path) -> Result<Option<(Connection, i64)>, Error> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -28,7 +33,7 @@ fn open_read_only(path: &Path) -> Result<Option<Connection>, Error> {
     let version = schema::version(&conn)?;
     schema::check_supported(version)?;
     // Version 0: an empty or foreign database with no audit table yet: nothing logged.
-    Ok((version > 0).then_some(conn))
+    Ok((version > 0).then_some((conn, version)))
 }
 
 /// Events matching `q` in the database at `path`, newest first (ties broken by id, which is
@@ -55,10 +60,15 @@ fn open_read_only(path: &Path) -> Result<Option<Connection>, Error> {
 /// # });
 /// ```
 pub fn query(path: impl AsRef<Path>, q: &AuditQuery) -> Result<Vec<AuditEvent>, Error> {
-    let Some(conn) = open_read_only(path.as_ref())? else {
+    let Some((conn, version)) = open_read_only(path.as_ref())? else {
         return Ok(Vec::new());
     };
-    let mut sql = format!("SELECT {COLUMNS} FROM audit_logs");
+    let columns = if version >= schema::COUNT_VERSION {
+        COLUMNS
+    } else {
+        COLUMNS_V2
+    };
+    let mut sql = format!("SELECT {columns} FROM audit_logs");
     let mut conditions = Vec::new();
     let mut params = Vec::new();
     if let Some(action) = q.action {
@@ -98,7 +108,7 @@ pub fn query(path: impl AsRef<Path>, q: &AuditQuery) -> Result<Vec<AuditEvent>, 
 /// assert_eq!(secure_routes_sqlite::count(&db).unwrap(), 0);
 /// ```
 pub fn count(path: impl AsRef<Path>) -> Result<u64, Error> {
-    let Some(conn) = open_read_only(path.as_ref())? else {
+    let Some((conn, _)) = open_read_only(path.as_ref())? else {
         return Ok(0);
     };
     let n: i64 = conn.query_row("SELECT count(*) FROM audit_logs", [], |r| r.get(0))?;
@@ -124,6 +134,7 @@ fn from_row(row: &Row<'_>) -> Result<AuditEvent, Error> {
     let timestamp: String = row.get(4)?;
     let outcome: String = row.get(5)?;
     let status: i64 = row.get(10)?;
+    let count: i64 = row.get(14)?;
     Ok(AuditEvent {
         id: Uuid::parse_str(&id).map_err(|e| corrupt(format!("id: {e}")))?,
         timestamp: parse_timestamp(&timestamp)
@@ -141,6 +152,10 @@ fn from_row(row: &Row<'_>) -> Result<AuditEvent, Error> {
         reason: row.get(11)?,
         request_id: row.get(12)?,
         user_agent: row.get(13)?,
+        count: u64::try_from(count)
+            .ok()
+            .filter(|c| *c > 0)
+            .ok_or_else(|| corrupt(format!("count {count}")))?,
         metadata: match metadata {
             None => serde_json::Value::Null,
             Some(text) => {

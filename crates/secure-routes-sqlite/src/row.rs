@@ -32,6 +32,8 @@ pub(crate) struct EncodedRow {
     pub(crate) reason: Span,
     pub(crate) request_id: Span,
     pub(crate) user_agent: Option<Span>,
+    /// Occurrences the row stands for (SQLite integers are signed; saturates).
+    pub(crate) count: i64,
 }
 
 /// A batch ready to insert.
@@ -114,5 +116,6 @@ fn encode(text: &mut String, e: &AuditEvent) -> EncodedRow {
         reason: push(text, &e.reason),
         request_id: push(text, &e.request_id),
         user_agent: e.user_agent.as_deref().map(|s| push(text, s)),
+        count: i64::try_from(e.count).unwrap_or(i64::MAX),
     }
 }

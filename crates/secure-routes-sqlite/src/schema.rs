@@ -62,12 +62,19 @@ const MIGRATIONS: &[&str] = &[
     -- Sweeps delete `expires_at <= now`: the index makes that touch only the expired rows,
     -- at the price of one index update per changed row.
     CREATE INDEX idx_rate_limits_expires_at ON rate_limits(expires_at);",
+    // Version 3: how many identical refusals a row stands for (the audit writer folds a
+    // flood into a few rows; see `secure_routes::audit::AuditEvent::count`). Rows written
+    // before it stand for one each.
+    "ALTER TABLE audit_logs ADD COLUMN count INTEGER NOT NULL DEFAULT 1;",
 ];
+
+/// The first version with `audit_logs.count`.
+pub(crate) const COUNT_VERSION: i64 = 3;
 
 /// The schema version this build creates and reads.
 ///
 /// ```
-/// assert_eq!(secure_routes_sqlite::SCHEMA_VERSION, 2);
+/// assert_eq!(secure_routes_sqlite::SCHEMA_VERSION, 3);
 /// ```
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
@@ -105,13 +112,41 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), Error> {
     Ok(())
 }
 
-/// Opens (or creates) the database at `path` for writing: busy timeout, WAL,
-/// `synchronous=NORMAL`, migrations. Blocking.
+/// Creates the file at `path` readable and writable by its owner only (0600) on Unix, unless
+/// it exists: audit rows hold client addresses and subjects, and SQLite would create it with
+/// the process umask (usually world-readable). SQLite gives the `-wal` and `-shm` files it
+/// creates later the database file's mode. An existing file keeps its mode: an operator who
+/// opened it to a group (a dashboard's account, say) chose that, and a chmod on every start
+/// would silently undo it. `create_new` also makes a concurrent creator harmless: whoever
+/// comes second sees the file and leaves it alone.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens (or creates, mode 0600 on Unix) the database at `path` for writing: busy timeout,
+/// WAL, `synchronous=NORMAL`, migrations. Blocking.
 pub(crate) fn open_writer(path: &Path, busy_timeout: Duration) -> Result<Connection, Error> {
     let open_error = |source| Error::Open {
         path: path.to_path_buf(),
         source,
     };
+    // Special names (`:memory:`, URIs) are not files of ours to create.
+    if !path.as_os_str().is_empty() && path.as_os_str() != ":memory:" {
+        // An error here (a missing directory, say) is reported by the open below, in the
+        // same words as before.
+        let _ = create_private(path);
+    }
     let mut conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE

@@ -23,8 +23,9 @@ const GROUP_COMMIT_ROWS: usize = 8192;
 /// `ON CONFLICT DO NOTHING`: delivery is at-least-once (a timed-out batch is retried, a
 /// replay may resend), and an event id is a UUIDv7, so a second copy is the same event.
 const INSERT_SQL: &str = "INSERT INTO audit_logs (id, action, user_id, metadata, timestamp, \
-     created_at, outcome, client_ip, method, route, path, status, reason, request_id, user_agent) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+     created_at, outcome, client_ip, method, route, path, status, reason, request_id, user_agent, \
+     count) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
      ON CONFLICT(id) DO NOTHING";
 
 type Reply = oneshot::Sender<Result<(), String>>;
@@ -177,6 +178,7 @@ fn insert<'a>(
                     b.get(&r.reason),
                     b.get(&r.request_id),
                     b.get_opt(r.user_agent.as_ref()),
+                    r.count,
                 ])?;
             }
         }

@@ -339,6 +339,8 @@ async fn ten_thousand_events_through_the_writer_are_persisted_exactly() {
         AuditConfig {
             max_batch: 512,
             spill_path: dir.path().join("spill.jsonl"),
+            // Ten thousand rows, one per event: identical ones must not fold here.
+            fold_window: std::time::Duration::ZERO,
             ..AuditConfig::default()
         },
     );
@@ -435,4 +437,115 @@ async fn a_closed_wal_database_without_its_side_files_is_readable() {
 
     assert_eq!(query(&copy, &all(5)).unwrap(), vec![event]);
     assert_eq!(count(&copy).unwrap(), 1);
+}
+
+#[tokio::test]
+async fn counts_are_stored_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let sink = SqliteAuditSink::open(&db).unwrap();
+    let single = AuditEvent::new(AuditAction::InvalidInput).with_status(405);
+    let folded = AuditEvent::new(AuditAction::InvalidInput)
+        .with_status(405)
+        .with_count(99_999);
+    sink.write_batch(&[single.clone(), folded.clone()])
+        .await
+        .unwrap();
+    let back = query(&db, &all(10)).unwrap();
+    let mut counts: Vec<u64> = back.iter().map(|e| e.count).collect();
+    counts.sort_unstable();
+    assert_eq!(counts, [1, 99_999]);
+    let raw: i64 = Connection::open(&db)
+        .unwrap()
+        .query_row("SELECT sum(count) FROM audit_logs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(raw, 100_000);
+}
+
+#[test]
+fn a_version_2_database_gains_count_and_its_rows_count_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("old.db");
+    // A database as version 2 left it (the audit table without `count`), with one row.
+    {
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE audit_logs (id TEXT PRIMARY KEY NOT NULL, action TEXT NOT NULL,
+                 user_id TEXT, metadata TEXT, timestamp TEXT NOT NULL,
+                 created_at TEXT NOT NULL DEFAULT 'x', outcome TEXT NOT NULL, client_ip TEXT,
+                 method TEXT NOT NULL, route TEXT NOT NULL, path TEXT NOT NULL,
+                 status INTEGER NOT NULL, reason TEXT NOT NULL, request_id TEXT NOT NULL,
+                 user_agent TEXT);
+             CREATE TABLE rate_limits (key BLOB NOT NULL, algorithm INTEGER NOT NULL,
+                 stamps BLOB, seen INTEGER NOT NULL DEFAULT 0, tat INTEGER,
+                 expires_at INTEGER NOT NULL, PRIMARY KEY (key, algorithm));
+             INSERT INTO audit_logs (id, action, timestamp, outcome, method, route, path, status,
+                 reason, request_id)
+             VALUES ('0190c1d2-aaaa-7bbb-8ccc-123456789abc', 'invalid_input',
+                 '2026-01-01T00:00:00.000000000Z', 'denied', 'PUT', 'r', '/p', 405, 'm', 'q');
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+    }
+    // Read-only readers do not migrate: the old rows read as count 1.
+    assert_eq!(query(&db, &all(10)).unwrap()[0].count, 1);
+    // The writer migrates once.
+    drop(SqliteAuditSink::open(&db).unwrap());
+    drop(SqliteAuditSink::open(&db).unwrap());
+    let conn = Connection::open(&db).unwrap();
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    assert_eq!(query(&db, &all(10)).unwrap()[0].count, 1);
+}
+
+#[tokio::test]
+async fn line_separators_and_bidi_controls_are_stored_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    let sink = SqliteAuditSink::open(&db).unwrap();
+    let e = AuditEvent::new(AuditAction::UnauthorizedAccess)
+        .with_subject("alice\u{2028}2026-12-04 admin login ok")
+        .with_reason("bad\u{202e}gnp.exe")
+        .with_user_agent(&String::from_utf8_lossy(
+            "Bücher-Client/1.0 \u{2069}".as_bytes(),
+        ));
+    sink.write_batch(&[e]).await.unwrap();
+    // Read the raw columns, not through our reader.
+    let conn = Connection::open(&db).unwrap();
+    let (subject, reason, ua): (String, String, String) = conn
+        .query_row(
+            "SELECT user_id, reason, user_agent FROM audit_logs",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(subject, "alice\\u{2028}2026-12-04 admin login ok");
+    assert_eq!(reason, "bad\\u{202e}gnp.exe");
+    assert_eq!(
+        ua, "Bücher-Client/1.0 \\u{2069}",
+        "non-ASCII kept, bidi escaped"
+    );
+    for text in [&subject, &reason, &ua] {
+        assert!(
+            !text.chars().any(secure_routes::audit::must_escape),
+            "{text:?}"
+        );
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_new_database_is_owner_only_and_an_existing_one_keeps_its_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("audit.db");
+    drop(SqliteAuditSink::open(&db).unwrap());
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&db), 0o600, "created owner-only");
+    // The operator opened it to a group: a restart leaves that alone.
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o640)).unwrap();
+    drop(SqliteAuditSink::open(&db).unwrap());
+    assert_eq!(mode(&db), 0o640);
 }

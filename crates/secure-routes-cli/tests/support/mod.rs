@@ -213,12 +213,13 @@ impl Schema {
         }
     }
 
-    /// `SELECT count(*)` with a `WHERE` clause over this schema's `audit_logs`.
+    /// The occurrences (sum of `count`: identical refusals fold into one row) matching a
+    /// `WHERE` clause over this schema's `audit_logs`.
     pub async fn count_audit(&self, filter: &str) -> i64 {
         let client = connect(&self.url).await;
         client
             .query_one(
-                &format!("SELECT count(*) FROM audit_logs WHERE {filter}"),
+                &format!("SELECT coalesce(sum(count), 0)::int8 FROM audit_logs WHERE {filter}"),
                 &[],
             )
             .await

@@ -7,8 +7,12 @@
 //! failure is counted in [`AuditStats`].
 //!
 //! What never reaches a sink: `Authorization`, `Cookie`, tokens, passwords, bodies. Text
-//! fields are bounded in length and their control characters escaped, so a hostile
-//! `User-Agent` cannot forge log lines.
+//! fields are bounded in length and their control characters, Unicode line separators and
+//! bidirectional controls escaped, so a hostile `User-Agent` or subject cannot forge log
+//! lines or disguise itself in a terminal (see [`sanitize`]).
+//!
+//! A flood of identical refusals is folded into a few rows carrying a [`count`](AuditEvent::count)
+//! (see [`writer`]): counts stay exact, nothing is dropped.
 //!
 //! ```
 //! use secure_routes::audit::{AuditAction, AuditEvent};
@@ -19,9 +23,11 @@
 //! assert_eq!(e.user_agent.as_deref(), Some("curl/8\\n[forged line]"));
 //! ```
 
+mod fold;
 pub mod sinks;
 pub mod writer;
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -159,8 +165,21 @@ pub struct AuditEvent {
     pub request_id: String,
     /// The user agent, truncated.
     pub user_agent: Option<String>,
-    /// Extra structured detail (never secrets).
+    /// Extra structured detail (never secrets). A row written by folding also carries
+    /// `"folded": {"first_seen", "last_seen"}` (RFC 3339) for the occurrences it counts.
     pub metadata: serde_json::Value,
+    /// How many identical occurrences this row stands for: 1 for a single event, `n` for a
+    /// row the [`AuditWriter`] wrote for `n` refusals it folded within one window (same
+    /// action, outcome, status, method, route, reason, client and subject; this row's other
+    /// fields are those of the first of them). Summing `count` over rows gives the number of
+    /// decisions. Reads as 1 when absent, so JSON written before the field existed still
+    /// parses.
+    #[serde(default = "one")]
+    pub count: u64,
+}
+
+fn one() -> u64 {
+    1
 }
 
 impl AuditEvent {
@@ -181,6 +200,7 @@ impl AuditEvent {
             request_id: String::new(),
             user_agent: None,
             metadata: serde_json::Value::Null,
+            count: 1,
         }
     }
 
@@ -222,6 +242,18 @@ impl AuditEvent {
         self
     }
     /// Sets the user agent (escaped, truncated to [`MAX_USER_AGENT_LEN`]).
+    ///
+    /// Non-ASCII text is kept (escaped like every field), so a caller can pass
+    /// `String::from_utf8_lossy` of the raw header bytes rather than dropping a header that is
+    /// not visible ASCII:
+    ///
+    /// ```
+    /// use secure_routes::audit::{AuditAction, AuditEvent};
+    /// let raw = "Mozilla/5.0 (Bücher\u{202e}gnp.exe)".as_bytes();
+    /// let e = AuditEvent::new(AuditAction::InvalidInput)
+    ///     .with_user_agent(&String::from_utf8_lossy(raw));
+    /// assert_eq!(e.user_agent.as_deref(), Some("Mozilla/5.0 (Bücher\\u{202e}gnp.exe)"));
+    /// ```
     pub fn with_user_agent(mut self, ua: &str) -> Self {
         self.user_agent = Some(sanitize(ua, MAX_USER_AGENT_LEN));
         self
@@ -231,25 +263,95 @@ impl AuditEvent {
         self.metadata = metadata;
         self
     }
+    /// Sets how many occurrences the event stands for (see [`AuditEvent::count`]; at least 1).
+    pub fn with_count(mut self, count: u64) -> Self {
+        self.count = count.max(1);
+        self
+    }
 }
 
-/// Escapes control characters (as `\n`, `\t`, `\u{..}`) and cuts to at most `max` bytes at a
-/// character boundary. Log-injection defence: a value can never start a new log line.
+/// Whether `c` must never appear raw in audit output:
+///
+/// * C0 and C1 controls (`\n`, `\r`, ESC, NEL, ...): a new log line or a terminal escape
+///   sequence.
+/// * U+2028 LINE SEPARATOR and U+2029 PARAGRAPH SEPARATOR: JavaScript, many JSON-lines
+///   readers and log viewers split lines on them, so a subject holding one forges a row.
+/// * Bidirectional controls U+202A-U+202E (embeddings, overrides), U+2066-U+2069
+///   (isolates), and the marks U+200E, U+200F, U+061C: they reorder how text is shown, so a
+///   field can display as something it is not ("Trojan Source", CVE-2021-42574).
+///
+/// ```
+/// use secure_routes::audit::must_escape;
+/// assert!(must_escape('\u{2028}') && must_escape('\u{202e}') && must_escape('\n'));
+/// assert!(!must_escape('é'));
+/// ```
+pub fn must_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}'
+                | '\u{2029}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{061c}'
+        )
+}
+
+/// Escapes what [`sanitize`] escapes except the backslash, without a length bound: for
+/// showing text that is already stored (a terminal table), where a stored `\n` (the
+/// two characters) must stay as it is but a raw separator, control or bidi character read
+/// back from a database written by something else must not reach the screen.
+///
+/// ```
+/// use secure_routes::audit::escape_for_display;
+/// assert_eq!(escape_for_display("alice\u{2028}bob"), "alice\\u{2028}bob");
+/// assert_eq!(escape_for_display("a\\nb"), "a\\nb"); // already escaped: unchanged
+/// ```
+pub fn escape_for_display(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(must_escape) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        push_escaped(&mut out, c, false);
+    }
+    Cow::Owned(out)
+}
+
+fn push_escaped(out: &mut String, c: char, backslash: bool) {
+    match c {
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        '\\' if backslash => out.push_str("\\\\"),
+        c if must_escape(c) => {
+            use fmt::Write;
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        }
+        c => out.push(c),
+    }
+}
+
+/// Escapes control characters, Unicode line separators and bidirectional controls (as `\n`,
+/// `\t`, `\u{..}`; the backslash itself as `\\`) and cuts to at most `max` bytes at a
+/// character boundary. Log-injection defence: a value can never start a new log line, in a
+/// tool that splits on `\n` or on U+2028/U+2029, and cannot reorder how a terminal shows
+/// the row (see [`must_escape`] for the list and the attacks). Other non-ASCII
+/// text is kept as it is.
+///
+/// ```
+/// use secure_routes::audit::sanitize;
+/// assert_eq!(sanitize("alice\u{2028}admin", 64), "alice\\u{2028}admin");
+/// assert_eq!(sanitize("user\u{202e}nimda", 64), "user\\u{202e}nimda");
+/// assert_eq!(sanitize("zoë", 64), "zoë");
+/// ```
 pub fn sanitize(s: &str, max: usize) -> String {
     let mut out = String::with_capacity(s.len().min(max));
     for c in s.chars() {
         let start = out.len();
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => {
-                use fmt::Write;
-                let _ = write!(out, "\\u{{{:x}}}", c as u32);
-            }
-            c => out.push(c),
-        }
+        push_escaped(&mut out, c, true);
         if out.len() > max {
             out.truncate(start);
             break;
@@ -328,6 +430,36 @@ mod tests {
         assert_eq!(sanitize("héllo", 2), "h");
         assert_eq!(sanitize("abc", 3), "abc");
         assert_eq!(sanitize("a\\n", 10), "a\\\\n");
+    }
+
+    #[test]
+    fn sanitize_escapes_separators_and_bidi_controls() {
+        for c in [
+            '\u{2028}', '\u{2029}', '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}',
+            '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}', '\u{200e}', '\u{200f}', '\u{61c}',
+            '\u{85}',
+        ] {
+            let raw = format!("a{c}b");
+            let want = format!("a\\u{{{:x}}}b", c as u32);
+            assert_eq!(sanitize(&raw, 64), want, "{:x}", c as u32);
+            assert_eq!(escape_for_display(&raw), want, "{:x}", c as u32);
+        }
+        // Neighbours that are harmless stay as they are.
+        assert_eq!(
+            sanitize("\u{2027}\u{2030}\u{2065}é漢", 64),
+            "\u{2027}\u{2030}\u{2065}é漢"
+        );
+    }
+
+    #[test]
+    fn count_defaults_to_one_when_absent() {
+        let e = AuditEvent::new(AuditAction::InvalidInput);
+        let mut json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["count"], 1);
+        json.as_object_mut().unwrap().remove("count");
+        let back: AuditEvent = serde_json::from_value(json).unwrap();
+        assert_eq!(back.count, 1);
+        assert_eq!(e.with_count(0).count, 1);
     }
 
     #[test]

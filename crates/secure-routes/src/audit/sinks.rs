@@ -26,7 +26,8 @@ use super::writer::{open_append, to_json_lines};
 use super::{AuditError, AuditEvent, AuditSink, BoxFuture, Outcome};
 
 /// Emits one `tracing` event per audit event, target `secure_routes::audit`, with every field
-/// as a structured field (`metadata` as JSON text). Refusals (`Denied`) log at `info`, since
+/// as a structured field (`metadata` as JSON text; `count`, the occurrences a folded row
+/// stands for, included). Refusals (`Denied`) log at `info`, since
 /// they are the middleware doing its job; `Allowed` (fail-open on a store error) and `Error`
 /// log at `warn`.
 ///
@@ -57,6 +58,7 @@ impl TracingSink {
                     action = e.action.as_str(),
                     outcome = e.outcome.as_str(),
                     status = e.status,
+                    count = e.count,
                     subject = e.subject.as_deref(),
                     client_ip = e.client_ip.as_deref(),
                     method = %e.method,

@@ -6,9 +6,19 @@
 //! out-of-memory crash, and a queue that drops on overflow lets an attacker erase their own
 //! trail by flooding first. So:
 //!
-//! * [`AuditWriter::record`] puts the event on a bounded `tokio` queue. When the queue is full
-//!   it waits up to [`AuditConfig::block_timeout`] (back-pressure), then appends the event to
-//!   the JSON-lines spill file ([`AuditConfig::spill_path`]) and counts it.
+//! * [`AuditWriter::record`] first folds identical refusals: within
+//!   [`AuditConfig::fold_window`] (10 s) the first event of a key (action, outcome, status,
+//!   method, route, reason, client, subject) is queued at once and the others only raise a
+//!   counter, written as one more row with [`count`](super::AuditEvent::count) `= n` when the
+//!   window ends. A flood of refusals therefore costs a few rows, never a full queue, and
+//!   counts stay exact. `Denied` events fold, and so do `Allowed` ones (fail-open store
+//!   failures: an outage writes one per request); `Error` events never do. The fold table is
+//!   sharded, bounded ([`AuditConfig::fold_max_keys`]) and never dropped from: a full shard
+//!   writes out its oldest count early.
+//! * Then it puts the event on a bounded `tokio` queue. When the queue is full it waits up to
+//!   [`AuditConfig::block_timeout`] (back-pressure), then hands the event to a blocking-pool
+//!   thread that appends it to the JSON-lines spill file ([`AuditConfig::spill_path`]); the
+//!   request never does file I/O itself.
 //! * One background task drains the queue in batches of up to [`AuditConfig::max_batch`]:
 //!   it takes whatever is queued the moment it wakes, so an idle writer flushes a single event
 //!   at once (no timer, no added latency) and a busy one writes large batches.
@@ -21,7 +31,7 @@
 //!   every event in it. [`replay_spill`] (or [`AuditWriter::replay_spill`]) does the same on
 //!   demand, for example from an operator's tool.
 //! * Every outcome is counted in [`AuditStats`] and as `metrics` counters
-//!   (`secure_routes_audit_{recorded,written,spilled,replayed,sink_errors,retries,blocked,lost}_total`,
+//!   (`secure_routes_audit_{recorded,folded,written,spilled,replayed,sink_errors,retries,blocked,lost}_total`,
 //!   gauge `secure_routes_audit_queue_depth`). An event is only ever lost if the spill file
 //!   itself cannot be written; it is then logged in full at `error` level and counted as `lost`.
 //!
@@ -51,14 +61,16 @@ use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use tokio::sync::{Notify, mpsc, watch};
 
+use super::fold::{Admit, FoldTable};
 use super::{AuditError, AuditEvent, AuditSink};
+use crate::clock::{Clock, SystemClock};
 
 /// Writer settings. Out-of-range values are clamped when the writer starts (a zero capacity,
 /// batch size or attempt count becomes 1).
@@ -97,6 +109,15 @@ pub struct AuditConfig {
     /// A batch the sink accepts also triggers a replay at once. Zero turns automatic replay
     /// off (the spill file then waits for [`AuditWriter::replay_spill`] or [`replay_spill`]).
     pub replay_interval: Duration,
+    /// How long identical refusals fold into one count (default 10 s; see the module docs).
+    /// [`Duration::ZERO`] turns folding off: one row per event.
+    pub fold_window: Duration,
+    /// Most keys with an open fold window (default 10 000). A new key beyond that first
+    /// clears ended windows, then writes out the oldest one's count early: never drops it.
+    pub fold_max_keys: usize,
+    /// The clock fold windows are measured with (default [`SystemClock`]; tests inject a
+    /// [`FakeClock`](crate::clock::FakeClock)).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for AuditConfig {
@@ -111,6 +132,9 @@ impl Default for AuditConfig {
             retry_max_delay: Duration::from_secs(2),
             sink_timeout: Duration::from_secs(30),
             replay_interval: Duration::from_secs(5),
+            fold_window: Duration::from_secs(10),
+            fold_max_keys: 10_000,
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -131,13 +155,23 @@ impl AuditConfig {
         self.queue_capacity = self.queue_capacity.max(1);
         self.max_batch = self.max_batch.max(1);
         self.max_attempts = self.max_attempts.max(1);
+        self.fold_max_keys = self.fold_max_keys.max(1);
         self
+    }
+
+    /// How often the writer task looks for ended fold windows: a tenth of the window, between
+    /// 10 ms and 1 s, so a count is written at most that long after its window ends.
+    fn fold_tick(&self) -> Duration {
+        (self.fold_window / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
 }
 
 /// Counters, a snapshot taken by [`AuditWriter::stats`].
 ///
-/// Once the writer is shut down, `recorded == written + spilled + lost`.
+/// `written`, `spilled`, `lost` and `replayed` count occurrences (the sum of
+/// [`count`](super::AuditEvent::count) over the rows concerned), so once the writer is shut
+/// down, `recorded == written + spilled + lost` whatever was folded; and the rows produced
+/// number `recorded - folded`.
 ///
 /// ```
 /// use secure_routes::audit::AuditStats;
@@ -146,11 +180,13 @@ impl AuditConfig {
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AuditStats {
-    /// Events handed to `record` (queued or spilled).
+    /// Calls of `record` (events queued, folded or spilled).
     pub recorded: u64,
-    /// Events stored by the sink.
+    /// Recorded events that got no row of their own: they were added to another row's count.
+    pub folded: u64,
+    /// Occurrences stored by the sink.
     pub written: u64,
-    /// Events spilled to the file (full queue, sink failures, or recorded after shutdown).
+    /// Occurrences spilled to the file (full queue, sink failures, or recorded after shutdown).
     pub spilled: u64,
     /// Spilled events later stored by the sink through a replay, automatic or on demand
     /// (events spilled by an earlier process included).
@@ -172,6 +208,7 @@ pub struct AuditStats {
 /// Metric names, kept in one place.
 mod metric {
     pub(super) const RECORDED: &str = "secure_routes_audit_recorded_total";
+    pub(super) const FOLDED: &str = "secure_routes_audit_folded_total";
     pub(super) const WRITTEN: &str = "secure_routes_audit_written_total";
     pub(super) const SPILLED: &str = "secure_routes_audit_spilled_total";
     pub(super) const REPLAYED: &str = "secure_routes_audit_replayed_total";
@@ -185,6 +222,7 @@ mod metric {
 #[derive(Default)]
 struct Counters {
     recorded: AtomicU64,
+    folded: AtomicU64,
     written: AtomicU64,
     spilled: AtomicU64,
     replayed: AtomicU64,
@@ -206,6 +244,130 @@ struct Shared {
     spill_pending: AtomicBool,
     /// One replay at a time (the background task's and an on-demand one share the claimed file).
     replay_lock: tokio::sync::Mutex<()>,
+    /// Identical refusals folded into counts, before the queue.
+    folds: FoldTable,
+    /// Spills handed to the blocking pool and not finished yet; `shutdown` waits for them.
+    spills_in_flight: AtomicUsize,
+    spills_done: Notify,
+}
+
+/// The sum of `count` over `events`: the occurrences they stand for.
+fn occurrences(events: &[AuditEvent]) -> u64 {
+    events.iter().map(|e| e.count).sum()
+}
+
+/// What one spill did, in occurrences.
+#[derive(Clone, Copy, Default)]
+struct SpillCount {
+    spilled: u64,
+    lost: u64,
+}
+
+impl SpillCount {
+    fn emit_metrics(self) {
+        if self.spilled > 0 {
+            metrics::counter!(metric::SPILLED).increment(self.spilled);
+        }
+        if self.lost > 0 {
+            metrics::counter!(metric::LOST).increment(self.lost);
+        }
+    }
+}
+
+/// Where a spill's result meets whoever waits for it. The metrics are emitted once, on the
+/// waiting task's thread when it is still waiting (so a thread-local metrics recorder sees
+/// them, as it saw every other audit metric), else by the job itself.
+#[derive(Default)]
+struct SpillSlot(Mutex<SlotState>);
+
+#[derive(Default)]
+enum SlotState {
+    #[default]
+    Waiting,
+    GaveUp,
+    Done(SpillCount),
+}
+
+impl SpillSlot {
+    /// The job finished.
+    fn finish(&self, count: SpillCount) {
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match *state {
+            SlotState::GaveUp => count.emit_metrics(),
+            _ => *state = SlotState::Done(count),
+        }
+    }
+
+    /// The waiter stops waiting (done or not).
+    fn leave(&self) {
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let SlotState::Done(count) = std::mem::replace(&mut *state, SlotState::GaveUp) {
+            count.emit_metrics();
+        }
+    }
+}
+
+/// One spill handed to the blocking pool. If the pool drops it unrun (the runtime is shutting
+/// down), `Drop` writes it on the dropping thread instead, so shutdown cannot lose it.
+struct SpillJob {
+    shared: Arc<Shared>,
+    events: Vec<AuditEvent>,
+    why: &'static str,
+    slot: Arc<SpillSlot>,
+}
+
+impl SpillJob {
+    fn run(mut self) {
+        let events = std::mem::take(&mut self.events);
+        let count = self.shared.spill(&events, self.why);
+        self.slot.finish(count);
+    }
+}
+
+impl Drop for SpillJob {
+    fn drop(&mut self) {
+        if !self.events.is_empty() {
+            let count = self.shared.spill(&self.events, self.why);
+            self.slot.finish(count);
+        }
+        self.shared.spills_in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.shared.spills_done.notify_waiters();
+    }
+}
+
+/// Spills `events` on a blocking-pool thread (inline only outside a runtime) and waits for it
+/// at most `wait` (`None`: until done) without blocking this thread. A spill still running
+/// then finishes in the background; [`AuditWriter::shutdown`] waits for it.
+async fn spill_off_thread(
+    shared: &Arc<Shared>,
+    events: Vec<AuditEvent>,
+    why: &'static str,
+    wait: Option<Duration>,
+) {
+    shared.spills_in_flight.fetch_add(1, Ordering::SeqCst);
+    let slot = Arc::new(SpillSlot::default());
+    let job = SpillJob {
+        shared: Arc::clone(shared),
+        events,
+        why,
+        slot: Arc::clone(&slot),
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            let handle = rt.spawn_blocking(move || job.run());
+            // A join error means the runtime dropped the job, which then spilled in `Drop`.
+            match wait {
+                Some(wait) => {
+                    let _ = tokio::time::timeout(wait, handle).await;
+                }
+                None => {
+                    let _ = handle.await;
+                }
+            }
+        }
+        Err(_) => job.run(),
+    }
+    slot.leave();
 }
 
 impl Shared {
@@ -216,11 +378,14 @@ impl Shared {
 
     /// Appends events to the spill file; if even that fails, logs each event in full and
     /// counts it as lost, so nothing disappears without a trace.
-    fn spill(&self, events: &[AuditEvent], why: &'static str) {
-        let n = events.len() as u64;
+    ///
+    /// Updates the counters here; the metrics are emitted by whoever reports the returned
+    /// [`SpillCount`] (see [`SpillSlot`]).
+    fn spill(&self, events: &[AuditEvent], why: &'static str) -> SpillCount {
+        let n = occurrences(events);
         match self.spill.append(events) {
             Ok(()) => {
-                Self::add(&self.counters.spilled, metric::SPILLED, n);
+                self.counters.spilled.fetch_add(n, Ordering::Relaxed);
                 self.spill_pending.store(true, Ordering::Release);
                 tracing::warn!(
                     target: "secure_routes::audit",
@@ -229,9 +394,13 @@ impl Shared {
                     path = %self.spill.path.display(),
                     "audit events spilled to file"
                 );
+                SpillCount {
+                    spilled: n,
+                    lost: 0,
+                }
             }
             Err(err) => {
-                Self::add(&self.counters.lost, metric::LOST, n);
+                self.counters.lost.fetch_add(n, Ordering::Relaxed);
                 for e in events {
                     let json = serde_json::to_string(e).unwrap_or_else(|_| format!("{e:?}"));
                     tracing::error!(
@@ -241,6 +410,10 @@ impl Shared {
                         event = %json,
                         "audit event could not be stored or spilled"
                     );
+                }
+                SpillCount {
+                    spilled: 0,
+                    lost: n,
                 }
             }
         }
@@ -302,16 +475,17 @@ impl Shared {
         }
     }
 
-    /// Hands one batch to the sink, retrying with exponential backoff, then spills it.
-    /// Returns whether the sink accepted it.
-    async fn deliver(&self, sink: &dyn AuditSink, batch: &[AuditEvent]) -> bool {
+    /// Hands one batch to the sink, retrying with exponential backoff, then spills it (on the
+    /// blocking pool; the writer task waits for it, no request does). Returns whether the
+    /// sink accepted it.
+    async fn deliver(self: &Arc<Self>, sink: &dyn AuditSink, batch: &[AuditEvent]) -> bool {
         let config = &self.config;
         let mut attempt = 1;
         loop {
             let call = AssertUnwindSafe(sink.write_batch(batch)).catch_unwind();
             let error = match tokio::time::timeout(config.sink_timeout, call).await {
                 Ok(Ok(Ok(()))) => {
-                    let n = batch.len() as u64;
+                    let n = occurrences(batch);
                     self.counters.written.fetch_add(n, Ordering::Relaxed);
                     self.counters.batches.fetch_add(1, Ordering::Relaxed);
                     metrics::counter!(metric::WRITTEN, "sink" => self.sink_name).increment(n);
@@ -333,7 +507,7 @@ impl Shared {
                 "audit sink failed"
             );
             if attempt >= config.max_attempts {
-                self.spill(batch, "sink_failed");
+                spill_off_thread(self, batch.to_vec(), "sink_failed", None).await;
                 return false;
             }
             tokio::time::sleep(config.backoff(attempt)).await;
@@ -345,12 +519,14 @@ impl Shared {
 
 /// The spill file: appends under a mutex, the file opened per append.
 ///
-/// Why a synchronous append on the caller's thread rather than `spawn_blocking`: a spill is one
-/// `write` of an already serialized buffer to an append-mode file (page cache, no fsync), a
-/// few microseconds, and it only happens when the system is already degraded. A blocking-pool
-/// hop would add a failure mode exactly when spilling matters most (events recorded while the
-/// runtime shuts down). Opening per append lets [`replay_spill`] rename the file away under
-/// the same mutex without losing a concurrent append to the old inode.
+/// Appends run on the blocking pool (`spill_off_thread`), never on a request's runtime
+/// thread: a spill is usually one `write` to the page cache, but a full or slow disk, a
+/// network filesystem or a spill path that blocks would otherwise stall every refused request
+/// behind this mutex, at the moment the system is already degraded. The old worry about the
+/// hop, events spilled while the runtime shuts down, is met by `SpillJob`: a job the pool
+/// drops unrun is written by its `Drop` on the dropping thread. Opening per append lets
+/// [`replay_spill`] rename the file away under the same mutex without losing a concurrent
+/// append to the old inode.
 struct SpillFile {
     path: PathBuf,
     lock: Mutex<()>,
@@ -499,7 +675,15 @@ impl AuditWriter {
         // one of ours.
         let leftover = config.spill_path.exists()
             || with_suffix(&config.spill_path, REPLAYING_SUFFIX).exists();
+        let folds = FoldTable::new(
+            config.fold_window,
+            config.fold_max_keys,
+            Arc::clone(&config.clock),
+        );
         let shared = Arc::new(Shared {
+            folds,
+            spills_in_flight: AtomicUsize::new(0),
+            spills_done: Notify::new(),
             spill: SpillFile {
                 path: config.spill_path.clone(),
                 lock: Mutex::new(()),
@@ -527,17 +711,37 @@ impl AuditWriter {
         })
     }
 
-    /// Queues one event. Waits at most [`AuditConfig::block_timeout`] when the queue is full,
-    /// then spills the event; after [`shutdown`](AuditWriter::shutdown) it spills at once.
-    /// Never fails and never drops the event silently.
+    /// Records one event: folds it into a count when an identical refusal was recorded
+    /// within [`AuditConfig::fold_window`] (no I/O, no wait), else queues it. Waits at most
+    /// [`AuditConfig::block_timeout`] when the queue is full, then spills the event; after
+    /// [`shutdown`](AuditWriter::shutdown) it spills at once. Spills run on the blocking pool:
+    /// this waits for one at most `block_timeout` more (10 ms at least) without blocking the
+    /// runtime thread, and a spill that takes longer finishes in the background. Never fails
+    /// and never drops the event silently.
     pub async fn record(&self, event: AuditEvent) {
         let shared = &self.inner.shared;
         Shared::add(&shared.counters.recorded, metric::RECORDED, 1);
+        match shared.folds.admit(event) {
+            Admit::Folded { merged } => {
+                if merged {
+                    Shared::add(&shared.counters.folded, metric::FOLDED, 1);
+                }
+            }
+            Admit::Queue(events) => {
+                for e in events {
+                    self.enqueue(e).await;
+                }
+            }
+        }
+    }
+
+    /// Queues one event (no folding), spilling it when the queue stays full or is closed.
+    async fn enqueue(&self, event: AuditEvent) {
+        let shared = &self.inner.shared;
         let event = match self.inner.tx.try_send(event) {
             Ok(()) => return,
             Err(mpsc::error::TrySendError::Closed(event)) => {
-                shared.spill(std::slice::from_ref(&event), "writer_stopped");
-                return;
+                return self.spill(event, "writer_stopped").await;
             }
             Err(mpsc::error::TrySendError::Full(event)) => event,
         };
@@ -548,22 +752,70 @@ impl AuditWriter {
         match self.inner.tx.send_timeout(event, timeout).await {
             Ok(()) => {}
             Err(mpsc::error::SendTimeoutError::Timeout(event)) => {
-                shared.spill(std::slice::from_ref(&event), "queue_full");
+                self.spill(event, "queue_full").await;
             }
             Err(mpsc::error::SendTimeoutError::Closed(event)) => {
-                shared.spill(std::slice::from_ref(&event), "writer_stopped");
+                self.spill(event, "writer_stopped").await;
             }
         }
     }
 
-    /// Closes the queue, waits until every queued event is written or spilled, and stops the
-    /// task. Idempotent; concurrent callers all wait for the same end. Events recorded
-    /// afterwards go to the spill file.
+    /// Spills from a request: on the blocking pool, waited for a bounded time (so the file
+    /// and the counters usually show the event when `record` returns) without blocking this
+    /// thread or holding a lock on it.
+    async fn spill(&self, event: AuditEvent, why: &'static str) {
+        let shared = &self.inner.shared;
+        let wait = shared.config.block_timeout.max(Duration::from_millis(10));
+        spill_off_thread(shared, vec![event], why, Some(wait)).await;
+    }
+
+    /// Writes out every pending fold count now (each as a row with its `count`), without
+    /// waiting for the windows to end; the next identical refusal then opens a new window.
+    /// For tools and tests that read the log right away; [`shutdown`](AuditWriter::shutdown)
+    /// does this by itself.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use secure_routes::audit::{AuditAction, AuditConfig, AuditEvent, AuditWriter, sinks::TracingSink};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let writer = AuditWriter::spawn(Arc::new(TracingSink), AuditConfig {
+    ///     spill_path: dir.path().join("spill.jsonl"),
+    ///     ..AuditConfig::default()
+    /// });
+    /// let refusal = AuditEvent::new(AuditAction::InvalidInput).with_status(405).with_reason("method_not_allowed");
+    /// for _ in 0..3 {
+    ///     writer.record(refusal.clone()).await;
+    /// }
+    /// assert_eq!(writer.stats().folded, 1); // rows: the first, then one with count 2
+    /// writer.flush_folds().await;
+    /// writer.shutdown().await;
+    /// assert_eq!(writer.stats().written, 3);
+    /// # });
+    /// ```
+    pub async fn flush_folds(&self) {
+        for e in self.inner.shared.folds.take_all() {
+            self.enqueue(e).await;
+        }
+    }
+
+    /// Writes out every pending fold count, closes the queue, waits until every queued event
+    /// is written or spilled (spills in flight included), and stops the task. Idempotent;
+    /// concurrent callers all wait for the same end. Events recorded afterwards go to the
+    /// spill file, unfolded.
     pub async fn shutdown(&self) {
         self.inner.close.notify_one();
         let mut done = self.inner.done.clone();
         // An error means the task is gone (its runtime is shutting down): nothing to wait for.
         let _ = done.wait_for(|finished| *finished).await;
+        let shared = &self.inner.shared;
+        loop {
+            let finished = shared.spills_done.notified();
+            if shared.spills_in_flight.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            finished.await;
+        }
     }
 
     /// Current counters.
@@ -572,6 +824,7 @@ impl AuditWriter {
         let tx = &self.inner.tx;
         AuditStats {
             recorded: c.recorded.load(Ordering::Relaxed),
+            folded: c.folded.load(Ordering::Relaxed),
             written: c.written.load(Ordering::Relaxed),
             spilled: c.spilled.load(Ordering::Relaxed),
             replayed: c.replayed.load(Ordering::Relaxed),
@@ -626,7 +879,20 @@ async fn run(
     let mut batch = Vec::with_capacity(max);
     let mut closing = false;
     let mut sink_ok = false;
+    let folding = shared.folds.enabled();
+    let mut fold_tick = tokio::time::interval(shared.config.fold_tick());
+    fold_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The idle replay timer restarts after every batch or replay, but not on a fold tick:
+    // ticks come every second and would otherwise postpone the replay forever.
+    let replay_timer = tokio::time::sleep(replay_interval);
+    tokio::pin!(replay_timer);
+    let mut restart_replay_timer = false;
     loop {
+        if std::mem::take(&mut restart_replay_timer) {
+            replay_timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + replay_interval);
+        }
         let n = if closing {
             rx.recv_many(&mut batch, max).await
         } else {
@@ -640,17 +906,38 @@ async fn run(
                     closing = true;
                     continue;
                 }
-                n = rx.recv_many(&mut batch, max) => n,
+                // Ended fold windows: their counts go to the sink from here (this task is the
+                // queue's only reader, so it must not wait on the queue itself). Ready once a
+                // tick, so it cannot starve the queue.
+                _ = fold_tick.tick(), if folding => {
+                    let rows = shared.folds.take_ended();
+                    if !rows.is_empty() {
+                        sink_ok = shared.deliver(&*sink, &rows).await;
+                        restart_replay_timer = true;
+                    }
+                    continue;
+                }
+                n = rx.recv_many(&mut batch, max) => {
+                    restart_replay_timer = true;
+                    n
+                }
                 // Idle with spilled events waiting: try the sink again now and then, so events
                 // spilled during an outage reach it even if no new event ever comes.
-                () = tokio::time::sleep(replay_interval), if replay_due => {
+                () = &mut replay_timer, if replay_due => {
                     shared.replay_in_background(&*sink).await;
+                    restart_replay_timer = true;
                     continue;
                 }
             }
         };
         if n == 0 {
-            break; // closed (or every handle dropped) and empty
+            // Closed (or every handle dropped) and empty. Pending counts last: they follow
+            // the rows they count, and an event recorded from now on passes the fold table.
+            let rows = shared.folds.close();
+            if !rows.is_empty() {
+                sink_ok = shared.deliver(&*sink, &rows).await;
+            }
+            break;
         }
         metrics::gauge!(metric::QUEUE_DEPTH).set(rx.len() as f64);
         sink_ok = shared.deliver(&*sink, &batch).await;
@@ -677,7 +964,7 @@ async fn run(
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReplayReport {
-    /// Events the sink accepted.
+    /// Occurrences the sink accepted (the sum of their rows' `count`).
     pub replayed: u64,
     /// Lines that did not parse as an event (a torn write after a crash, say). They are kept
     /// in `<spill file>.rejected`, never discarded.
@@ -790,7 +1077,7 @@ async fn replay(
                 return Err(ReplayError::Sink(e));
             }
             sent += chunk.len();
-            report.replayed += chunk.len() as u64;
+            report.replayed += occurrences(chunk);
         }
         tokio::fs::remove_file(&claimed).await?;
     }

@@ -204,6 +204,9 @@ pub(crate) fn harness_with_sink(
         sink,
         AuditConfig {
             spill_path: spill_path(&spill_dir),
+            // One row per decision, so tests can count events per request; folding is
+            // tested in audit_fold.rs.
+            fold_window: Duration::ZERO,
             ..AuditConfig::default()
         },
     );
