@@ -39,7 +39,11 @@ pub async fn list(
             Some(a) => Some(a),
             None => bail!(
                 "unknown action {a:?}; one of: {}",
-                AuditAction::ALL.map(|a| a.as_str()).join(", ")
+                AuditAction::ALL
+                    .iter()
+                    .map(AuditAction::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         },
     };

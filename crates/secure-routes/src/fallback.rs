@@ -6,10 +6,14 @@
 //! client (and an operator correlating logs) relies on, and a scanner walking thousands of
 //! unknown paths is never counted.
 //!
-//! * [`HeadersLayer`] ([`Security::headers_layer`]): applied to the whole router, it gives
+//! * [`HeadersLayer`] ([`Security::headers_layer`](crate::Security::headers_layer)): applied to the whole router, it gives
 //!   every response that has no `x-request-id` yet (so none a policy answered) the default
-//!   security headers and a request id.
-//! * [`NotFound`] ([`Security::not_found`]): the router's fallback, run through the pipeline
+//!   security headers and a request id. Two things follow from that test: a handler that sets
+//!   `x-request-id` itself (a proxied route, tower-http's request-id propagation inside this
+//!   layer) is taken as answered and gets nothing added; and headers a handler set are kept,
+//!   so an HTML page served from the same router should send its own
+//!   `Content-Security-Policy` (the default, `default-src 'none'`, is for APIs).
+//! * [`NotFound`] ([`Security::not_found`](crate::Security::not_found)): the router's fallback, run through the pipeline
 //!   under a PUBLIC-like policy (60 per minute per client, one bucket for all unknown paths),
 //!   so path scanning meets 429 like any other traffic. Each 404 is a problem+json body and an
 //!   audit event (`invalid_input`, reason `not_found`).

@@ -66,7 +66,10 @@ pub enum AuditAction {
 
 impl AuditAction {
     /// Every action, for parsers and CLIs.
-    pub const ALL: [AuditAction; 9] = [
+    ///
+    /// A slice, not an array: its length is not part of the type, so a new action is not a
+    /// breaking change.
+    pub const ALL: &'static [AuditAction] = &[
         AuditAction::UnauthorizedAccess,
         AuditAction::AuthzFail,
         AuditAction::RateLimitExceeded,
@@ -95,7 +98,7 @@ impl AuditAction {
 
     /// Parses a stored name.
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|a| a.as_str() == s)
+        Self::ALL.iter().copied().find(|a| a.as_str() == s)
     }
 }
 
@@ -464,7 +467,7 @@ mod tests {
 
     #[test]
     fn action_names_round_trip() {
-        for a in AuditAction::ALL {
+        for &a in AuditAction::ALL {
             assert_eq!(AuditAction::parse(a.as_str()), Some(a));
             assert_eq!(serde_json::to_value(a).unwrap(), a.as_str());
         }
