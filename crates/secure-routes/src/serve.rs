@@ -154,7 +154,8 @@ const MIN_HEADER_LIST_BYTES: u32 = 8192;
 pub struct ServeConfig {
     /// Longest time a client may take to send a request head (10 s). Also bounds the time
     /// from accept to the first request, whatever the protocol. A timed-out connection is
-    /// closed (HTTP/1.1: hyper answers `408` when nothing of a request was read).
+    /// closed without an answer (hyper 1 sends no `408`: with nothing read there is no
+    /// request to answer).
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed (60 s): long enough
     /// for a browser's or a client pool's reuse of a connection, short enough that idle
@@ -271,7 +272,9 @@ pub struct ServeReport {
     /// Connections closed at accept because
     /// [`max_connections`](ServeConfig::max_connections) were open.
     pub refused_max_connections: u64,
-    /// Connections closed by the header-read or idle timeout.
+    /// Connections closed by the header-read or idle timeout. Undercounts one case: hyper's
+    /// own HTTP/1 header timer between keep-alive requests ends the connection as a normal
+    /// close, so those are not counted here.
     pub timed_out: u64,
     /// Connections still open when the shutdown grace ran out, dropped.
     pub closed_at_deadline: u64,
