@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -62,71 +62,9 @@ fn finish(child: Child) -> Output {
     }
 }
 
-/// A demo started by [`command`]: its base URL once the banner is out, and the child.
-struct Started {
-    child: Child,
-    base: String,
-    stderr: std::path::PathBuf,
-}
-
-impl Started {
-    /// Starts `demo --addr ADDR` in `dir` and waits (bounded) for its banner.
-    fn demo(dir: &Path, addr: &str, env: &[(&str, &str)]) -> Started {
-        let stderr = dir.join("demo.stderr");
-        let mut child = command(dir, &["demo", "--addr", addr], env)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).unwrap())
-            .spawn()
-            .expect("spawn demo");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if !sent && let Some(rest) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
-                    sent = true;
-                }
-            }
-        });
-        let Ok(base) = rx.recv_timeout(BOUND) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "no banner; stderr:\n{}",
-                std::fs::read_to_string(&stderr).unwrap_or_default()
-            );
-        };
-        Started {
-            child,
-            base,
-            stderr,
-        }
-    }
-
-    /// Stops it (SIGTERM, a graceful stop) and returns its stderr.
-    fn stop(mut self) -> String {
-        let pid = self.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let status = self.child.wait().unwrap();
-        let stderr = std::fs::read_to_string(&self.stderr).unwrap_or_default();
-        assert!(status.success(), "demo exited with {status}: {stderr}");
-        stderr
-    }
-}
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `demo --addr ADDR` started by [`command`] in `dir`, once its banner is out.
+fn demo(dir: &Path, addr: &str, env: &[(&str, &str)]) -> Demo {
+    Demo::spawn(command(dir, &["demo", "--addr", addr], env), dir, "demo")
 }
 
 /// `demo &` and `token` started at the same moment in an empty directory, again and again:
@@ -145,7 +83,7 @@ async fn demo_and_token_started_together_always_agree() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn token");
-        let demo = Started::demo(dir.path(), "127.0.0.1:0", &[("RUST_LOG", "warn")]);
+        let demo = demo(dir.path(), "127.0.0.1:0", &[("RUST_LOG", "warn")]);
         let token = finish(token);
         let token_err = String::from_utf8_lossy(&token.stderr).into_owned();
         assert!(token.status.success(), "round {round}: token: {token_err}");
@@ -231,7 +169,7 @@ fn a_busy_port_names_the_address() {
 #[tokio::test]
 async fn addr_takes_a_host_name() {
     let dir = tempfile::tempdir().unwrap();
-    let demo = Started::demo(dir.path(), "localhost:0", &[]);
+    let demo = demo(dir.path(), "localhost:0", &[]);
     let addr: std::net::SocketAddr = demo.base.strip_prefix("http://").unwrap().parse().unwrap();
     assert!(addr.ip().is_loopback(), "{addr}");
     let res = reqwest::get(format!("{}/health", demo.base)).await.unwrap();
@@ -386,7 +324,7 @@ async fn postgres_migrations_print_no_notice() {
 #[test]
 fn a_signal_right_after_the_banner_stops_gracefully() {
     let dir = tempfile::tempdir().unwrap();
-    let demo = Started::demo(dir.path(), "127.0.0.1:0", &[]);
+    let demo = demo(dir.path(), "127.0.0.1:0", &[]);
     let stderr = demo.stop();
     assert!(stderr.contains("stopped; audit log flushed"), "{stderr}");
 }

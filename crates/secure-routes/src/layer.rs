@@ -649,11 +649,7 @@ impl ResponseForPanic for PanicProblem {
         &mut self,
         err: Box<dyn std::any::Any + Send + 'static>,
     ) -> http::Response<Body> {
-        let msg = err
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| err.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "non-string panic payload".to_owned());
+        let msg = panic_message(&*err);
         tracing::error!(panic = %crate::audit::sanitize(&msg, 512), "handler panicked");
         Rejection::new(RejectionKind::Internal, "handler_panicked").into_response()
     }
@@ -1061,6 +1057,7 @@ async fn call_store(
     }
 }
 
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()

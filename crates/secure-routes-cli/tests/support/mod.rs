@@ -78,8 +78,8 @@ impl Demo {
 
     /// [`start`](Self::start) with more environment variables.
     pub fn start_with_env(dir: &Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> Demo {
-        let stderr = dir.join(format!("{name}.stderr"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_secure-routes"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_secure-routes"));
+        command
             .arg("demo")
             .args(["--addr", "127.0.0.1:0"])
             .args(args)
@@ -90,7 +90,15 @@ impl Demo {
             .env_remove("SECURE_ROUTES_LIMITS")
             .env_remove("SECURE_ROUTES_AUDIT")
             .env_remove("SUPABASE_JWT_SECRET")
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        Self::spawn(command, dir, name)
+    }
+
+    /// Spawns `command` (a `secure-routes demo` invocation) with its stderr in
+    /// `dir/NAME.stderr`, and waits for its banner.
+    pub fn spawn(mut command: Command, dir: &Path, name: &str) -> Demo {
+        let stderr = dir.join(format!("{name}.stderr"));
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))
             .spawn()
