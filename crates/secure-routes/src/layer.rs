@@ -172,10 +172,9 @@ impl Security {
             .rate_limit()
             .map(|q| rl::LimitHeaders::new(policy.name(), q));
         Ok(SecurityLayer {
-            cors: cors.clone(),
             csrf,
             core: Arc::new(CoreState {
-                cors: cors.clone(),
+                cors,
                 shared: self.shared.clone(),
                 policy,
                 fixed_bucket,
@@ -576,7 +575,6 @@ fn random_secret() -> Vec<u8> {
 /// Applies one [`Policy`] with the shared [`Security`] state. Build with [`Security::layer`].
 #[derive(Clone)]
 pub struct SecurityLayer {
-    cors: CorsLayer,
     csrf: CsrfLayer<CsrfProblem>,
     core: Arc<CoreState>,
 }
@@ -602,7 +600,7 @@ impl<S: Clone> Layer<S> for SecurityLayer {
         SecurityService {
             inner: Core {
                 state: self.core.clone(),
-                cors: self.cors.layer(fetch_metadata.clone()),
+                cors: self.core.cors.layer(fetch_metadata.clone()),
                 plain: fetch_metadata,
             },
         }
