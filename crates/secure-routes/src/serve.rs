@@ -15,6 +15,7 @@
 //! | [`http2_max_concurrent_streams`](ServeConfig::http2_max_concurrent_streams) | 100 | HTTP/2 stream floods: one connection multiplexing unbounded work |
 //! | [`max_header_list_bytes`](ServeConfig::max_header_list_bytes), [`http1_max_headers`](ServeConfig::http1_max_headers) | 64 KiB, 100 | header-list bombs (HPACK-compressed headers expanding in memory, CVE-2016-6581-style) and oversized HTTP/1 heads |
 //! | [`shutdown_grace`](ServeConfig::shutdown_grace) | 10 s | a slow or stuck client delaying a restart without bound |
+//! | [`lingering_time`](ServeConfig::lingering_time), [`lingering_timeout`](ServeConfig::lingering_timeout), [`lingering_max_bytes`](ServeConfig::lingering_max_bytes) | 30 s, 5 s, 16 MiB | a client holding a connection by trickling a body that was already refused (the bounds of the [lingering close](self#early-refusals)) |
 //!
 //! How each works:
 //!
@@ -50,6 +51,41 @@
 //! * **Accept errors** (out of file descriptors, `EMFILE`) do not stop the server: it backs
 //!   off 100 ms (logged at most once per 10 s) and accepts again, so it neither spins on the
 //!   error nor dies of it.
+//!
+//! # Early refusals
+//!
+//! The security layer refuses before reading the body: a 401, a 413 for a declared
+//! `Content-Length`, a 429 are answered while the client may still be sending. If the server
+//! then closed the socket with that body unread, the kernel would send a reset, and a client
+//! that writes its whole body before reading (Python's `http.client` and `requests`, Node's
+//! `fetch`, curl without `Expect`) would see a broken pipe instead of the answer, and might
+//! retry a request that can never succeed. So, on HTTP/1.1, when a response is ready and its
+//! request body was not read to the end:
+//!
+//! * a declared remainder of at most [`drain_max_bytes`](ServeConfig::drain_max_bytes)
+//!   (64 KiB) without `Expect: 100-continue` is read and discarded first (each read bounded by
+//!   [`lingering_timeout`](ServeConfig::lingering_timeout)), and the connection stays open
+//!   for the next request;
+//! * otherwise the response carries `Connection: close`; after it is sent the server closes its
+//!   sending side (the client reads the whole response and end-of-file) and reads and
+//!   discards what the client still sends, until the client closes, or
+//!   [`lingering_timeout`](ServeConfig::lingering_timeout) (5 s) passes without a byte, or
+//!   [`lingering_time`](ServeConfig::lingering_time) (30 s) in all, or
+//!   [`lingering_max_bytes`](ServeConfig::lingering_max_bytes) (16 MiB) were discarded: this
+//!   is nginx's lingering close. A lingering connection keeps its place in the connection caps,
+//!   so lingering cannot be used to open more connections than they allow, and the shutdown
+//!   grace bounds it like any connection.
+//!
+//! HTTP/2 needs none of this: the response ends its stream and the rest of the request body
+//! is refused with `RST_STREAM(NO_ERROR)` (RFC 9113 §8.1), which clients read as "answered
+//! early"; the connection stays open.
+//!
+//! An app served by `axum::serve` (or hyper directly) gets no lingering close: hyper closes
+//! at once, and clients that write first lose early refusals. Serve it with [`serve`], or put
+//! a proxy with lingering close in front (nginx has it on by default), or accept that such
+//! clients see a connection error for refused uploads.
+//!
+//! # Other limits
 //!
 //! Connection upgrades (WebSocket) are not offered: an upgraded connection would leave the
 //! timeouts and the caps.
@@ -103,6 +139,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -111,13 +148,13 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use bytes::Bytes;
-use http::Request;
-use http_body::{Frame, SizeHint};
+use http::{HeaderValue, Request};
+use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 use tower::ServiceExt;
@@ -148,6 +185,10 @@ const MIN_HEADER_LIST_BYTES: u32 = 8192;
 /// assert_eq!(c.max_header_list_bytes, 64 * 1024);
 /// assert_eq!(c.http1_max_headers, 100);
 /// assert_eq!(c.shutdown_grace, Duration::from_secs(10));
+/// assert_eq!(c.lingering_time, Duration::from_secs(30));
+/// assert_eq!(c.lingering_timeout, Duration::from_secs(5));
+/// assert_eq!(c.lingering_max_bytes, 16 * 1024 * 1024);
+/// assert_eq!(c.drain_max_bytes, 64 * 1024);
 /// assert!(c.validate().is_ok());
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -180,6 +221,24 @@ pub struct ServeConfig {
     /// After the shutdown signal, how long connections get to finish before they are dropped
     /// (10 s). Zero drops them at once.
     pub shutdown_grace: Duration,
+    /// After an HTTP/1 response sent before its request body was read to the end (an early
+    /// refusal: 401, 413, 429...), how long the connection may spend reading and discarding
+    /// the rest of that body before it closes (30 s, nginx's `lingering_time`). Without it the
+    /// close meets unread data and the kernel answers with a reset, which destroys the
+    /// response before a client that writes its whole body first has read it. Zero closes at
+    /// once (lingering off). See [Early refusals](self#early-refusals).
+    pub lingering_time: Duration,
+    /// While lingering, the longest wait for the next bytes of that body (5 s, nginx's
+    /// `lingering_timeout`): a client that stops sending is closed after this.
+    pub lingering_timeout: Duration,
+    /// While lingering, the most bytes discarded (16 MiB): past this the connection closes
+    /// even if the client is still sending (its answer may then be lost to a reset).
+    pub lingering_max_bytes: u64,
+    /// A left-over HTTP/1 body whose declared remainder (`Content-Length`) is at most this
+    /// (64 KiB) is read and discarded before the response goes out, and the connection stays
+    /// open for the next request. Larger, chunked, or announced with `Expect: 100-continue`:
+    /// the response carries `Connection: close` and the connection lingers. Zero never drains.
+    pub drain_max_bytes: u64,
 }
 
 impl Default for ServeConfig {
@@ -193,13 +252,19 @@ impl Default for ServeConfig {
             max_header_list_bytes: 64 * 1024,
             http1_max_headers: 100,
             shutdown_grace: Duration::from_secs(10),
+            lingering_time: Duration::from_secs(30),
+            lingering_timeout: Duration::from_secs(5),
+            lingering_max_bytes: 16 * 1024 * 1024,
+            drain_max_bytes: 64 * 1024,
         }
     }
 }
 
 impl ServeConfig {
     /// Checks every limit and reports every problem at once: zero timeouts and caps are
-    /// errors (a zero cap would refuse everything; turn a limit off by making it large).
+    /// errors (a zero cap would refuse everything; turn a limit off by making it large). The
+    /// exceptions are [`lingering_time`](Self::lingering_time) and
+    /// [`drain_max_bytes`](Self::drain_max_bytes), where zero turns lingering and draining off.
     ///
     /// ```
     /// use std::time::Duration;
@@ -235,6 +300,11 @@ impl ServeConfig {
         }
         if self.http1_max_headers == 0 {
             problems.push("http1_max_headers must be at least 1".to_owned());
+        }
+        if !self.lingering_time.is_zero() && self.lingering_timeout.is_zero() {
+            problems.push(
+                "lingering_timeout must be more than zero while lingering_time is".to_owned(),
+            );
         }
         ConfigError::check(problems, ())
     }
@@ -335,6 +405,12 @@ async fn serve_on(
     let timeouts = Timeouts {
         header: config.header_read_timeout,
         idle: config.idle_timeout,
+        lingering: Lingering {
+            time: config.lingering_time,
+            timeout: config.lingering_timeout,
+            max_bytes: config.lingering_max_bytes,
+            drain_max_bytes: config.drain_max_bytes,
+        },
     };
     let slots = Arc::new(Slots::new(
         config.max_connections,
@@ -446,6 +522,7 @@ fn is_connection_error(e: &io::Error) -> bool {
 struct Timeouts {
     header: Duration,
     idle: Duration,
+    lingering: Lingering,
 }
 
 /// How a connection task ended.
@@ -467,51 +544,323 @@ async fn connection(
     let _ = stream.set_nodelay(true);
     let (activity_tx, activity_rx) = watch::channel(Activity::default());
     let activity_tx = Arc::new(activity_tx);
-    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-        req.extensions_mut().insert(ConnectInfo(peer));
-        let in_flight = InFlight::start(&activity_tx);
-        let app = app.clone();
-        async move {
-            let res = app.oneshot(req).await?;
-            // The request stays in flight until its response body is sent or dropped.
-            Ok::<_, std::convert::Infallible>(res.map(|body| {
-                Body::new(TrackedBody {
-                    inner: body,
-                    _in_flight: in_flight,
-                })
-            }))
-        }
+    let early = Arc::new(EarlyAnswers {
+        lingering: timeouts.lingering,
+        linger: AtomicBool::new(false),
     });
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    let mut conn = std::pin::pin!(conn);
-    let mut watchdog = std::pin::pin!(watchdog(activity_rx, timeouts));
-    let mut linger = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
-    let mut timed_out = false;
-    let mut stopping = false;
-    loop {
-        tokio::select! {
-            result = conn.as_mut() => {
-                return match result {
-                    Err(e) if is_timeout(e.as_ref()) => Closed::TimedOut,
-                    Err(e) => {
-                        tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
-                        if timed_out { Closed::TimedOut } else { Closed::Normally }
-                    }
-                    Ok(()) if timed_out => Closed::TimedOut,
-                    Ok(()) => Closed::Normally,
-                };
+    let (stream, returned) = ReturningStream::new(stream);
+    let service = {
+        let early = Arc::clone(&early);
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let in_flight = InFlight::start(&activity_tx);
+            let app = app.clone();
+            let early = Arc::clone(&early);
+            async move {
+                let (req, left) = watch_body(req, peer);
+                let mut res = app.oneshot(req).await?;
+                if let Some(left) = left {
+                    early.finish(left, res.headers_mut()).await;
+                }
+                // The request stays in flight until its response body is sent or dropped.
+                Ok::<_, std::convert::Infallible>(res.map(|body| {
+                    Body::new(TrackedBody {
+                        inner: body,
+                        _in_flight: in_flight,
+                    })
+                }))
             }
-            () = watchdog.as_mut(), if !timed_out => {
-                timed_out = true;
-                conn.as_mut().graceful_shutdown();
-                linger.as_mut().reset(Instant::now() + CLOSE_LINGER);
-            }
-            () = linger.as_mut(), if timed_out => return Closed::TimedOut,
-            _ = stop.wait_for(|stop| *stop), if !stopping => {
-                stopping = true;
-                conn.as_mut().graceful_shutdown();
+        })
+    };
+    // In a block of its own, so the connection (and with it the stream) is dropped before
+    // the lingering close takes the stream back.
+    let closed = {
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let mut conn = std::pin::pin!(conn);
+        let mut watchdog = std::pin::pin!(watchdog(activity_rx, timeouts));
+        let mut linger = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
+        let mut timed_out = false;
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                result = conn.as_mut() => {
+                    break match result {
+                        Err(e) if is_timeout(e.as_ref()) => Closed::TimedOut,
+                        Err(e) => {
+                            tracing::debug!(peer = %peer, error = %e, "connection ended with an error");
+                            if timed_out { Closed::TimedOut } else { Closed::Normally }
+                        }
+                        Ok(()) if timed_out => Closed::TimedOut,
+                        Ok(()) => Closed::Normally,
+                    };
+                }
+                () = watchdog.as_mut(), if !timed_out => {
+                    timed_out = true;
+                    conn.as_mut().graceful_shutdown();
+                    linger.as_mut().reset(Instant::now() + CLOSE_LINGER);
+                }
+                () = linger.as_mut(), if timed_out => break Closed::TimedOut,
+                _ = stop.wait_for(|stop| *stop), if !stopping => {
+                    stopping = true;
+                    conn.as_mut().graceful_shutdown();
+                }
             }
         }
+    };
+    if early.linger.load(Ordering::Acquire)
+        && let Ok(stream) = returned.await
+    {
+        lingering_close(stream, timeouts.lingering).await;
+    }
+    closed
+}
+
+/// The lingering-close bounds (see [Early refusals](self#early-refusals)).
+#[derive(Clone, Copy)]
+struct Lingering {
+    time: Duration,
+    timeout: Duration,
+    max_bytes: u64,
+    drain_max_bytes: u64,
+}
+
+/// Per connection: what to do about request bodies left unread by their response.
+struct EarlyAnswers {
+    lingering: Lingering,
+    /// Set when a response went out with `Connection: close` over an unread body: the
+    /// connection lingers after it ends.
+    linger: AtomicBool,
+}
+
+impl EarlyAnswers {
+    /// Called with a response ready and the request body the app left unread (HTTP/1 only).
+    /// Drains a small declared remainder and keeps the connection; otherwise marks the
+    /// response `Connection: close` and the connection for a lingering close.
+    async fn finish(&self, left: Arc<LeftBody>, headers: &mut http::HeaderMap) {
+        let Some(body) = left.take() else {
+            return;
+        };
+        let small = !body.expects_continue
+            && body
+                .incoming
+                .size_hint()
+                .exact()
+                .is_some_and(|n| n <= self.lingering.drain_max_bytes);
+        if small && drain(body.incoming, self.lingering).await {
+            return;
+        }
+        headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        self.linger.store(true, Ordering::Release);
+    }
+}
+
+/// Reads `body` to its end within the lingering bounds. `true` when it ended cleanly.
+async fn drain(mut body: Incoming, lingering: Lingering) -> bool {
+    use http_body_util::BodyExt;
+    let deadline = Instant::now() + lingering.time;
+    loop {
+        let wait = lingering
+            .timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        if wait.is_zero() {
+            return false;
+        }
+        match tokio::time::timeout(wait, body.frame()).await {
+            Ok(None) => return true,
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_))) | Err(_) => return false,
+        }
+    }
+}
+
+/// nginx's lingering close: stop sending (the client reads the response and end-of-file),
+/// then read and discard what the client still sends, within the bounds, so that closing
+/// does not meet unread data and turn into a reset that destroys the response.
+async fn lingering_close(mut stream: TcpStream, lingering: Lingering) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = stream.shutdown().await;
+    let deadline = Instant::now() + lingering.time;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut discarded = 0u64;
+    while discarded < lingering.max_bytes {
+        let wait = lingering
+            .timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        if wait.is_zero() {
+            break;
+        }
+        match tokio::time::timeout(wait, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => discarded += n as u64,
+        }
+    }
+}
+
+/// A request body the app may leave unread, and whether its client waits for
+/// `100 Continue` before sending it.
+struct UnreadBody {
+    incoming: Incoming,
+    expects_continue: bool,
+}
+
+/// Where a [`WatchedBody`] puts its body when it is dropped before the end.
+#[derive(Default)]
+struct LeftBody(Mutex<Option<UnreadBody>>);
+
+impl LeftBody {
+    fn take(&self) -> Option<UnreadBody> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Adds [`ConnectInfo`] and, for an HTTP/1 request with a body, wraps the body so that what
+/// the app leaves unread comes back to the connection ([`LeftBody`]).
+fn watch_body(req: Request<Incoming>, peer: SocketAddr) -> (Request<Body>, Option<Arc<LeftBody>>) {
+    let (mut parts, incoming) = req.into_parts();
+    parts.extensions.insert(ConnectInfo(peer));
+    // HTTP/2 refuses the rest of a stream by itself (see the module docs); a request without
+    // a body has nothing to leave.
+    if parts.version > http::Version::HTTP_11 || incoming.is_end_stream() {
+        return (Request::from_parts(parts, Body::new(incoming)), None);
+    }
+    let expects_continue = parts.headers.contains_key(http::header::EXPECT);
+    let left = Arc::new(LeftBody::default());
+    let body = WatchedBody {
+        body: Some(UnreadBody {
+            incoming,
+            expects_continue,
+        }),
+        left: Arc::clone(&left),
+    };
+    (Request::from_parts(parts, Body::new(body)), Some(left))
+}
+
+/// A request body that hands itself to its [`LeftBody`] when dropped before its end.
+struct WatchedBody {
+    body: Option<UnreadBody>,
+    left: Arc<LeftBody>,
+}
+
+impl http_body::Body for WatchedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let Some(body) = this.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = std::task::ready!(Pin::new(&mut body.incoming).poll_frame(cx));
+        // At the end, or broken (the client went away): nothing is left to read.
+        if !matches!(frame, Some(Ok(_))) {
+            this.body = None;
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body
+            .as_ref()
+            .is_none_or(|b| b.incoming.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.incoming.size_hint())
+    }
+}
+
+impl Drop for WatchedBody {
+    fn drop(&mut self) {
+        if let Some(body) = self.body.take()
+            && !body.incoming.is_end_stream()
+        {
+            *self.left.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(body);
+        }
+    }
+}
+
+/// The connection's socket, given back to the connection task when hyper drops it, so the
+/// task can close it lingering.
+struct ReturningStream {
+    stream: Option<TcpStream>,
+    back: Option<oneshot::Sender<TcpStream>>,
+}
+
+impl ReturningStream {
+    fn new(stream: TcpStream) -> (Self, oneshot::Receiver<TcpStream>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            Self {
+                stream: Some(stream),
+                back: Some(tx),
+            },
+            rx,
+        )
+    }
+
+    fn stream(self: Pin<&mut Self>) -> Pin<&mut TcpStream> {
+        // Present from `new` until `drop`; `TcpStream` is `Unpin`.
+        Pin::new(
+            self.get_mut()
+                .stream
+                .as_mut()
+                .expect("the stream is present until drop"),
+        )
+    }
+}
+
+impl Drop for ReturningStream {
+    fn drop(&mut self) {
+        if let (Some(stream), Some(back)) = (self.stream.take(), self.back.take()) {
+            // The task may be gone (aborted at the shutdown deadline): then the stream closes.
+            let _ = back.send(stream);
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for ReturningStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.stream().poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for ReturningStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.stream().poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.stream().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream
+            .as_ref()
+            .is_some_and(tokio::io::AsyncWrite::is_write_vectored)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream().poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream().poll_shutdown(cx)
     }
 }
 
