@@ -1,0 +1,21 @@
+//! The `secure-routes serve` gateway's building blocks (issue 11, growing): the gateway puts
+//! secure-routes policies in front of any HTTP upstream, so it must decide which route a
+//! request is exactly as the upstream will.
+//!
+//! * [`path`]: one normalized request path (percent-decoding of unreserved characters, `//`
+//!   collapsed, dot segments resolved; encoded `/` and `\` refused). The gateway matches on
+//!   it and forwards it, so the gateway and the upstream cannot disagree about the route.
+//! * [`routes`]: route patterns (`/exact`, `{name}`, `{*rest}`) and the table that picks the
+//!   most specific one, with ties refused when the table is built.
+//!
+//! ```
+//! use secure_routes_gateway::{path::normalize, routes::RouteTable};
+//!
+//! let table = RouteTable::new(["/api/admin/{*rest}", "/api/{name}"]).unwrap();
+//! let path = normalize("/api/public/..//admin/%75sers").unwrap();
+//! assert_eq!(path, "/api/admin/users");
+//! assert_eq!(table.find(&path), Some(0));
+//! ```
+
+pub mod path;
+pub mod routes;
