@@ -131,8 +131,8 @@ where
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .filter(|c| self.state.proxies.contains(c.0.ip()))
-            .and_then(|_| req.headers().get(crate::layer::X_REQUEST_ID))
-            .filter(|v| crate::layer::plain_request_id(v))
+            .and_then(|_| req.headers().get(crate::request_id::X_REQUEST_ID))
+            .filter(|v| crate::request_id::plain_request_id(v))
             .cloned();
         HeadersFuture {
             inner: self.inner.call(req),
@@ -162,14 +162,14 @@ where
         let this = self.project();
         let mut res = std::task::ready!(this.inner.poll(cx))?;
         let h = res.headers_mut();
-        if !h.contains_key(crate::layer::X_REQUEST_ID) {
+        if !h.contains_key(crate::request_id::X_REQUEST_ID) {
             // No policy answered this one (a policy always sets the id).
             this.state.headers.apply(h, this.state.https);
             let id = this
                 .incoming
                 .take()
-                .unwrap_or_else(crate::layer::fresh_request_id);
-            h.insert(crate::layer::X_REQUEST_ID, id);
+                .unwrap_or_else(crate::request_id::fresh_request_id);
+            h.insert(crate::request_id::X_REQUEST_ID, id);
         }
         Poll::Ready(Ok(res))
     }

@@ -28,6 +28,30 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::response::problem::{Rejection, RejectionKind};
 
+/// Step 7, declared: refuses a `Content-Length` over the route's limit (none: no limit).
+pub(crate) fn check(limit: Option<u64>, headers: &HeaderMap) -> Result<(), Rejection> {
+    match limit {
+        Some(limit) => check_declared(headers, limit),
+        None => Ok(()),
+    }
+}
+
+/// Step 7, streamed (after the handler): whatever the handler made of a body error, the
+/// answer is the pipeline's: 413 past the limit, 400 for a body that could not be read.
+pub(crate) fn check_streamed(state: BodyState) -> Result<(), Rejection> {
+    match state {
+        BodyState::Fine => Ok(()),
+        BodyState::Exceeded => Err(too_large("streamed_length")),
+        BodyState::Unreadable => Err(Rejection::new(
+            RejectionKind::InvalidInput,
+            "body_unreadable",
+        )
+        .with_detail(
+            "The request body could not be read (malformed chunked encoding, or cut short).",
+        )),
+    }
+}
+
 /// Refuses a declared `Content-Length` over `limit`. A malformed length is left to the HTTP
 /// server (hyper refuses it before we run); the streamed limit still applies.
 pub fn check_declared(headers: &HeaderMap, limit: u64) -> Result<(), Rejection> {
@@ -88,7 +112,7 @@ impl SharedBodyState {
 }
 
 /// The 413 rejection.
-pub(crate) fn too_large(reason: &'static str) -> Rejection {
+fn too_large(reason: &'static str) -> Rejection {
     Rejection::new(RejectionKind::PayloadTooLarge, reason)
 }
 

@@ -172,6 +172,8 @@ pub struct Rejection(Box<RejectionParts>);
 #[derive(Clone, Debug)]
 struct RejectionParts {
     info: RejectionInfo,
+    /// What the audit records when it differs from `info` (see [`Rejection::audited_as`]).
+    audit_as: Option<RejectionInfo>,
     detail: Option<String>,
     headers: HeaderMap,
     extra: Map<String, Value>,
@@ -182,6 +184,7 @@ impl Rejection {
     pub fn new(kind: RejectionKind, reason: &'static str) -> Self {
         Self(Box::new(RejectionParts {
             info: RejectionInfo { kind, reason },
+            audit_as: None,
             detail: None,
             headers: HeaderMap::new(),
             extra: Map::new(),
@@ -217,6 +220,19 @@ impl Rejection {
     /// The typed reason.
     pub fn info(&self) -> RejectionInfo {
         self.0.info
+    }
+
+    /// Audits this answer as `info` instead of its own reason: one event per decision, so a
+    /// bad credential refused by the rate limit is one `unauthorized_access` event with the
+    /// status the client saw (429).
+    pub(crate) fn audited_as(mut self, info: RejectionInfo) -> Self {
+        self.0.audit_as = Some(info);
+        self
+    }
+
+    /// What the audit records for this answer.
+    pub(crate) fn audit_info(&self) -> RejectionInfo {
+        self.0.audit_as.unwrap_or(self.0.info)
     }
 
     /// Headers to add to the response (mutable, for rate-limit headers).
