@@ -132,7 +132,7 @@ impl Ctx {
             .with_status(status)
             .with_client_ip(ip)
             .with_request(self.method.as_str(), &self.route, self.path.path())
-            .with_reason(info.reason)
+            .with_reason(info.reason.as_str())
             .with_request_id(self.request_id.to_str().unwrap_or(""))
             .with_metadata(serde_json::json!({ "policy": self.state.policy.name() }));
         if let Some(p) = &self.subject {
@@ -151,7 +151,7 @@ impl Ctx {
         metrics::counter!(
             "secure_routes_decisions_total",
             "policy" => self.state.policy.name().to_owned(),
-            "reason" => info.reason,
+            "reason" => info.reason.as_str(),
         )
         .increment(1);
         let event = self.event(info, status, outcome);

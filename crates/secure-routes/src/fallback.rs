@@ -59,6 +59,7 @@ use http::{HeaderValue, Request};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::audit::Reason;
 use crate::response::headers::SecurityHeaders;
 use crate::response::problem::{Rejection, RejectionKind};
 
@@ -190,8 +191,10 @@ impl<B> Service<Request<B>> for NotFound {
     }
 
     fn call(&mut self, _: Request<B>) -> Self::Future {
-        std::future::ready(Ok(
-            Rejection::new(RejectionKind::NotFound, "not_found").into_response()
-        ))
+        std::future::ready(Ok(Rejection::new(
+            RejectionKind::NotFound,
+            Reason::NotFound,
+        )
+        .into_response()))
     }
 }

@@ -17,7 +17,7 @@ use tower_http::body::UnsyncBoxBody;
 use tower_http::catch_panic::ResponseForPanic;
 use tower_http::csrf::{ProtectionError, ProtectionErrorKind, ResponseForProtectionError};
 
-use crate::audit::{Outcome, sanitize};
+use crate::audit::{Outcome, Reason, sanitize};
 use crate::context::{Ctx, RouteState};
 use crate::request_id::{X_REQUEST_ID, fresh_request_id};
 use crate::response::problem::{Rejection, RejectionKind};
@@ -130,7 +130,7 @@ impl ResponseForPanic for PanicProblem {
     ) -> http::Response<Body> {
         let msg = panic_message(&*err);
         tracing::error!(panic = %sanitize(&msg, 512), "handler panicked");
-        Rejection::new(RejectionKind::Internal, "handler_panicked").into_response()
+        Rejection::new(RejectionKind::Internal, Reason::HandlerPanicked).into_response()
     }
 }
 
@@ -144,8 +144,8 @@ impl ResponseForProtectionError<UnsyncBoxBody<Bytes, BoxError>> for CsrfProblem 
         error: ProtectionError,
     ) -> http::Response<UnsyncBoxBody<Bytes, BoxError>> {
         let reason = match error.kind() {
-            ProtectionErrorKind::CrossOriginRequest => "cross_site_fetch",
-            _ => "cross_origin",
+            ProtectionErrorKind::CrossOriginRequest => Reason::CrossSiteFetch,
+            _ => Reason::CrossOrigin,
         };
         Rejection::new(RejectionKind::CsrfFailed, reason)
             .with_detail("Cross-origin state-changing requests are not allowed.")

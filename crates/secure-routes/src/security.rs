@@ -330,8 +330,10 @@ impl SecurityBuilder {
         self.csrf_max_age = Some(max_age);
         self
     }
-    /// The clock for every time-dependent decision here: response headers, CSRF token
-    /// expiry, the deny cache (tests inject a `FakeClock`).
+    /// The clock for the time-dependent decisions made here: rate-limit headers and 429
+    /// bodies, CSRF token expiry, the deny cache (tests inject a `FakeClock`). Not covered:
+    /// authenticators, the memory store and the audit writer take their own clock, and audit event timestamps
+    /// are the system's UTC time (see [`crate::clock`]).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
         self

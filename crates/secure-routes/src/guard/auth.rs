@@ -15,6 +15,7 @@ use futures_util::FutureExt as _;
 use http::request::Parts;
 use http::{HeaderValue, header};
 
+use crate::audit::Reason;
 use crate::auth::{AuthError, Principal};
 use crate::context::RouteState;
 use crate::guard::rate_limit::check_limit;
@@ -52,15 +53,16 @@ pub(crate) async fn authenticate(
             );
             return Err(Rejection::new(
                 RejectionKind::Internal,
-                "authenticator_panicked",
+                Reason::AuthenticatorPanicked,
             ));
         }
         Err(_) => {
             tracing::warn!(timeout = ?shared.auth_timeout, "authenticator timed out");
-            return Err(
-                Rejection::new(RejectionKind::AuthUnavailable, "authenticator_timeout")
-                    .with_header(header::RETRY_AFTER, HeaderValue::from_static("5")),
-            );
+            return Err(Rejection::new(
+                RejectionKind::AuthUnavailable,
+                Reason::AuthenticatorTimeout,
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("5")));
         }
     };
     let reason = match result {
@@ -70,12 +72,14 @@ pub(crate) async fn authenticate(
             tracing::warn!(error = %crate::audit::sanitize(&why, 256), "authenticator unavailable");
             return Err(Rejection::new(
                 RejectionKind::AuthUnavailable,
-                "authenticator_unavailable",
+                Reason::AuthenticatorUnavailable,
             )
             .with_header(header::RETRY_AFTER, HeaderValue::from_static("5")));
         }
-        Err(AuthError::Invalid(why)) => why,
-        Err(_) => "missing_credential",
+        // A reason string of the crate's own authenticators maps to its variant; a custom
+        // authenticator's is kept verbatim.
+        Err(AuthError::Invalid(why)) => Reason::from_static(why),
+        Err(_) => Reason::MissingCredential,
     };
     metrics::counter!("secure_routes_auth_failures_total").increment(1);
     // Failures count against the client address too.

@@ -3,6 +3,7 @@
 //! Requirements imply required authentication (checked when the policy is built); a request
 //! with no principal here still fails closed.
 
+use crate::audit::Reason;
 use crate::auth::Principal;
 use crate::authz::Requirement;
 use crate::policy::Policy;
@@ -14,7 +15,7 @@ pub(crate) fn check(policy: &Policy, principal: Option<&Principal>) -> Result<()
         return Ok(());
     }
     let unmet = match principal {
-        None => Some("missing_credential"),
+        None => Some(Reason::MissingCredential),
         Some(p) => policy
             .requirements()
             .iter()

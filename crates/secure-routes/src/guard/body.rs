@@ -8,13 +8,18 @@
 //! too: the pipeline answers it with a problem+json 400, audited, whatever the handler made of
 //! the error (axum's extractors would answer plain text).
 //!
+//! Public for the types a handler meets: its request body is a [`LimitedBody`], and a read
+//! past the limit fails with [`BodyLimitExceeded`]. The checks themselves are pipeline steps
+//! (7; see [`super`]).
+//!
 //! ```
-//! use http::{HeaderMap, HeaderValue, header};
-//! use secure_routes::guard::body::check_declared;
-//! let mut h = HeaderMap::new();
-//! h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2048"));
-//! assert!(check_declared(&h, 1024).is_err());
-//! assert!(check_declared(&h, 4096).is_ok());
+//! use http_body_util::{BodyExt, Full};
+//! use secure_routes::guard::body::{BodyLimitExceeded, LimitedBody};
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let (body, _state) = LimitedBody::new(Full::new(bytes::Bytes::from_static(b"hello")), Some(3));
+//! let err = body.collect().await.unwrap_err();
+//! assert!(err.is::<BodyLimitExceeded>());
+//! # });
 //! ```
 
 use std::pin::Pin;
@@ -26,6 +31,7 @@ use bytes::Buf;
 use http::{HeaderMap, header};
 use http_body::{Body, Frame, SizeHint};
 
+use crate::audit::Reason;
 use crate::response::problem::{Rejection, RejectionKind};
 
 /// Step 7, declared: refuses a `Content-Length` over the route's limit (none: no limit).
@@ -41,10 +47,10 @@ pub(crate) fn check(limit: Option<u64>, headers: &HeaderMap) -> Result<(), Rejec
 pub(crate) fn check_streamed(state: BodyState) -> Result<(), Rejection> {
     match state {
         BodyState::Fine => Ok(()),
-        BodyState::Exceeded => Err(too_large("streamed_length")),
+        BodyState::Exceeded => Err(too_large(Reason::StreamedLength)),
         BodyState::Unreadable => Err(Rejection::new(
             RejectionKind::InvalidInput,
-            "body_unreadable",
+            Reason::BodyUnreadable,
         )
         .with_detail(
             "The request body could not be read (malformed chunked encoding, or cut short).",
@@ -54,11 +60,11 @@ pub(crate) fn check_streamed(state: BodyState) -> Result<(), Rejection> {
 
 /// Refuses a declared `Content-Length` over `limit`. A malformed length is left to the HTTP
 /// server (hyper refuses it before we run); the streamed limit still applies.
-pub fn check_declared(headers: &HeaderMap, limit: u64) -> Result<(), Rejection> {
+pub(crate) fn check_declared(headers: &HeaderMap, limit: u64) -> Result<(), Rejection> {
     for v in headers.get_all(header::CONTENT_LENGTH) {
         let declared = v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit) {
-            return Err(too_large("declared_length"));
+            return Err(too_large(Reason::DeclaredLength));
         }
     }
     Ok(())
@@ -112,7 +118,7 @@ impl SharedBodyState {
 }
 
 /// The 413 rejection.
-fn too_large(reason: &'static str) -> Rejection {
+fn too_large(reason: Reason) -> Rejection {
     Rejection::new(RejectionKind::PayloadTooLarge, reason)
 }
 
@@ -254,6 +260,8 @@ mod tests {
             ("11", 10, false),
             ("x", 10, true),
             (" 99 ", 10, false),
+            ("2048", 1024, false),
+            ("2048", 4096, true),
         ] {
             let mut h = HeaderMap::new();
             h.insert(header::CONTENT_LENGTH, cl.parse().unwrap());

@@ -14,6 +14,7 @@ use axum::extract::{ConnectInfo, MatchedPath};
 use http::HeaderValue;
 use http::request::Parts;
 
+use crate::audit::Reason;
 use crate::client_ip::ClientIp;
 use crate::context::RouteState;
 use crate::request_id::{X_REQUEST_ID, fresh_request_id, plain_request_id};
@@ -76,7 +77,7 @@ fn missing_peer(state: &RouteState) -> Rejection {
              every request is refused with 500 until then"
         );
     }
-    Rejection::new(RejectionKind::Internal, "missing_connect_info")
+    Rejection::new(RejectionKind::Internal, Reason::MissingConnectInfo)
 }
 
 fn route_identity(state: &RouteState, parts: &Parts) -> Arc<str> {

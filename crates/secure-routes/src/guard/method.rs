@@ -5,6 +5,7 @@
 
 use http::{HeaderValue, Method, header};
 
+use crate::audit::Reason;
 use crate::response::problem::{Rejection, RejectionKind};
 
 /// Passes when `method` is allowed (`None` allows every method).
@@ -18,7 +19,7 @@ pub(crate) fn check(allowed: Option<&[Method]>, method: &Method) -> Result<(), R
                 .map(Method::as_str)
                 .collect::<Vec<_>>()
                 .join(", ");
-            let mut r = Rejection::new(RejectionKind::MethodNotAllowed, "method_not_allowed");
+            let mut r = Rejection::new(RejectionKind::MethodNotAllowed, Reason::MethodNotAllowed);
             if let Ok(v) = HeaderValue::from_str(&allow) {
                 r = r.with_header(header::ALLOW, v);
             }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 use http::{HeaderValue, header};
 
+use crate::audit::Reason;
 use crate::auth::Principal;
 use crate::context::RouteState;
 use crate::policy::FailureMode;
@@ -68,12 +69,15 @@ pub(crate) async fn check(
                 panic = %crate::audit::sanitize(&msg, 512),
                 "rate-limit store panicked"
             );
-            Err(Rejection::new(RejectionKind::Internal, "store_panicked"))
+            Err(Rejection::new(
+                RejectionKind::Internal,
+                Reason::StorePanicked,
+            ))
         }
         Err(failure) => {
             let reason = match &failure {
-                StoreFailure::Timeout => "store_timeout",
-                _ => "store_error",
+                StoreFailure::Timeout => Reason::StoreTimeout,
+                _ => Reason::StoreError,
             };
             if let StoreFailure::Error(e) = &failure {
                 tracing::warn!(store = shared.store.name(), error = %e, "rate-limit store failed");

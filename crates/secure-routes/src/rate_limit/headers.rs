@@ -27,6 +27,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::audit::Reason;
 use crate::rate_limit::{Decision, Quota, ceil_secs};
 use crate::response::problem::{Rejection, RejectionKind};
 
@@ -109,7 +110,7 @@ pub(crate) fn too_many_requests(
     )
     .ok()
     .and_then(|t| t.format(&Rfc3339).ok());
-    let mut r = Rejection::new(RejectionKind::RateLimited, "quota_exhausted")
+    let mut r = Rejection::new(RejectionKind::RateLimited, Reason::QuotaExhausted)
         .with_detail(format!(
             "Too many requests. Please try again in {retry} seconds."
         ))

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use serde_json::{Map, Value, json};
 
-use crate::audit::AuditAction;
+use crate::audit::{AuditAction, Reason};
 
 /// The kinds of rejection, each with a fixed status, title and `error` string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -160,7 +160,7 @@ pub struct RejectionInfo {
     /// What kind of rejection.
     pub kind: RejectionKind,
     /// Machine-readable reason for the audit log (never shown verbatim to clients).
-    pub reason: &'static str,
+    pub reason: Reason,
 }
 
 /// A refusal, answered as `application/problem+json`.
@@ -180,10 +180,14 @@ struct RejectionParts {
 }
 
 impl Rejection {
-    /// A rejection of `kind`, with an audit `reason`.
-    pub fn new(kind: RejectionKind, reason: &'static str) -> Self {
+    /// A rejection of `kind`, with an audit `reason` (a [`Reason`], or a string of your own:
+    /// see [`Reason::from_static`]).
+    pub fn new(kind: RejectionKind, reason: impl Into<Reason>) -> Self {
         Self(Box::new(RejectionParts {
-            info: RejectionInfo { kind, reason },
+            info: RejectionInfo {
+                kind,
+                reason: reason.into(),
+            },
             audit_as: None,
             detail: None,
             headers: HeaderMap::new(),
@@ -192,7 +196,7 @@ impl Rejection {
     }
 
     /// 401 with `WWW-Authenticate: Bearer` (RFC 6750 section 3).
-    pub fn unauthorized(reason: &'static str) -> Self {
+    pub fn unauthorized(reason: impl Into<Reason>) -> Self {
         Self::new(RejectionKind::Unauthorized, reason).with_header(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"api\""),
