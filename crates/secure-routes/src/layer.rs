@@ -11,7 +11,7 @@
 //! auth, rate limit, body, CSRF token, response headers, audit), tower-http CORS (answers the
 //! preflights the core hands it, adds `Vary: Origin` and the CORS headers), tower-http's Fetch
 //! Metadata / `Origin` CSRF check, tower-http catch-panic, then the handler. Every rejection
-//! is a response, never a service error, and carries a [`RejectionInfo`] in its extensions.
+//! is a response, never a service error, and carries a [`RejectionInfo`](crate::response::problem::RejectionInfo) in its extensions.
 //!
 //! The client address is the socket peer from axum's `ConnectInfo<SocketAddr>` (serve with
 //! `into_make_service_with_connect_info::<SocketAddr>()`). A request without it is refused
