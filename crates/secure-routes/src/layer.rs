@@ -11,7 +11,8 @@
 //! auth, rate limit, body, CSRF token, response headers, audit), tower-http CORS (answers the
 //! preflights the core hands it, adds `Vary: Origin` and the CORS headers), tower-http's Fetch
 //! Metadata / `Origin` CSRF check, tower-http catch-panic, then the handler. Every rejection
-//! is a response, never a service error, and carries a [`RejectionInfo`](crate::response::problem::RejectionInfo) in its extensions.
+//! is a response, never a service error, and carries a
+//! [`RejectionInfo`](crate::response::problem::RejectionInfo) in its extensions.
 //!
 //! The client address is the socket peer from axum's `ConnectInfo<SocketAddr>` (serve with
 //! `into_make_service_with_connect_info::<SocketAddr>()`). A request without it is refused
@@ -19,8 +20,9 @@
 //! client in one rate-limit bucket.
 //!
 //! A layer on a method router (`get(..).layer(..)`) wraps that router's fallback too, so a
-//! method the route does not serve reaches the policy, which answers it: axum's own 405 never
-//! runs.
+//! method the policy does not allow is answered by the policy (below: a problem+json 405 with
+//! the policy's `Allow`), not by axum. A method the policy allows but the route has no
+//! handler for passes the checks and meets axum's own 405, inside the policy's headers.
 //!
 //! ```
 //! use axum::{Router, routing::get, body::Body};

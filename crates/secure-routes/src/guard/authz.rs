@@ -30,3 +30,44 @@ pub(crate) fn check(policy: &Policy, principal: Option<&Principal>) -> Result<()
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::CredentialSource;
+    use crate::authz::Requirement;
+    use crate::policy::AuthMode;
+
+    fn admin_only() -> Policy {
+        Policy::builder("admin")
+            .auth(AuthMode::Required)
+            .require(Requirement::role("admin"))
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn unmet_requirements_are_refused_with_their_reason() {
+        let editor = Principal::new("e", CredentialSource::Header).with_claims(
+            serde_json::json!({"role": "editor"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let admin = Principal::new("a", CredentialSource::Header).with_claims(
+            serde_json::json!({"role": "admin"})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let info = check(&admin_only(), Some(&editor)).unwrap_err().info();
+        assert_eq!(info.kind, RejectionKind::Forbidden);
+        assert_eq!(info.reason, Reason::MissingRole);
+        assert!(check(&admin_only(), Some(&admin)).is_ok());
+        // No principal: fails closed.
+        let info = check(&admin_only(), None).unwrap_err().info();
+        assert_eq!(info.reason, Reason::MissingCredential);
+        // No requirements: nothing to check.
+        assert!(check(&Policy::public(), None).is_ok());
+    }
+}

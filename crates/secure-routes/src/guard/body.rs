@@ -254,6 +254,29 @@ mod tests {
     }
 
     #[test]
+    fn the_steps_answer_413_and_400_with_their_reasons() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, "11".parse().unwrap());
+        assert!(check(None, &h).is_ok());
+        let info = check(Some(10), &h).unwrap_err().info();
+        assert_eq!(
+            (info.kind, info.reason),
+            (RejectionKind::PayloadTooLarge, Reason::DeclaredLength)
+        );
+        assert!(check_streamed(BodyState::Fine).is_ok());
+        let info = check_streamed(BodyState::Exceeded).unwrap_err().info();
+        assert_eq!(
+            (info.kind, info.reason),
+            (RejectionKind::PayloadTooLarge, Reason::StreamedLength)
+        );
+        let info = check_streamed(BodyState::Unreadable).unwrap_err().info();
+        assert_eq!(
+            (info.kind, info.reason),
+            (RejectionKind::InvalidInput, Reason::BodyUnreadable)
+        );
+    }
+
+    #[test]
     fn declared_length_table() {
         for (cl, limit, ok) in [
             ("10", 10, true),

@@ -1,5 +1,5 @@
-//! The pipeline's steps, one module each, in DESIGN's order: [`client`](self) (1),
-//! `method` (4), `auth` (5), `rate_limit` (6), `authz` (6b), [`body`] (7), [`csrf`] (8b).
+//! The pipeline's steps, one module each, in DESIGN's order: `client` (1), `method` (4),
+//! `auth` (5), `rate_limit` (6), `authz` (6b), [`body`] (7), [`csrf`] (8b).
 //!
 //! Each step is a function returning `Result<_, Rejection>`, kept apart from
 //! `Service::call` so it reads (and is tested) on its own; the service's `run` is the list of
