@@ -39,6 +39,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use crate::audit::Reason;
 use crate::auth::Principal;
 
 type Check = dyn Fn(&Principal) -> bool + Send + Sync;
@@ -52,12 +53,12 @@ type Check = dyn Fn(&Principal) -> bool + Send + Sync;
 ///     .with_claims(serde_json::json!({"app_metadata": {"roles": ["editor"]}}).as_object().unwrap().clone());
 /// assert!(Requirement::role("editor").is_met(&alice));
 /// assert!(!Requirement::role("admin").is_met(&alice));
-/// assert_eq!(Requirement::role("admin").reason(), "missing_role");
+/// assert_eq!(Requirement::role("admin").reason().as_str(), "missing_role");
 /// ```
 #[derive(Clone)]
 pub struct Requirement {
     description: Arc<str>,
-    reason: &'static str,
+    reason: Reason,
     check: Arc<Check>,
 }
 
@@ -67,7 +68,7 @@ impl Requirement {
         let role = role.into();
         Self {
             description: format!("role {role:?}").into(),
-            reason: "missing_role",
+            reason: Reason::MissingRole,
             check: Arc::new(move |p| has_role(p, &role)),
         }
     }
@@ -86,7 +87,7 @@ impl Requirement {
         let (name, value) = (name.into(), value.into());
         Self {
             description: format!("claim {name:?} = {value}").into(),
-            reason: "claim_mismatch",
+            reason: Reason::ClaimMismatch,
             check: Arc::new(move |p| p.claim(&name) == Some(&value)),
         }
     }
@@ -107,7 +108,7 @@ impl Requirement {
     ) -> Self {
         Self {
             description: description.into().into(),
-            reason: "requirement_not_met",
+            reason: Reason::RequirementNotMet,
             check: Arc::new(check),
         }
     }
@@ -128,9 +129,9 @@ impl Requirement {
     ///
     /// ```
     /// use secure_routes::authz::Requirement;
-    /// assert_eq!(Requirement::claim_equals("aal", "aal2").reason(), "claim_mismatch");
+    /// assert_eq!(Requirement::claim_equals("aal", "aal2").reason().as_str(), "claim_mismatch");
     /// ```
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         self.reason
     }
 

@@ -20,6 +20,10 @@
 //!    nothing trustworthy is known beyond it, so the last trusted address seen is the answer.
 //!    If every hop is trusted, that is the leftmost hop.
 //!
+//! The resolved address reaches handlers as the [`ClientIp`] request extension. This module
+//! also owns what the pipeline does with an address afterwards: grouping IPv6 by /64 for
+//! rate-limit keys, and truncating it for audit events when configured.
+//!
 //! IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`) are folded to IPv4 everywhere, so a
 //! dual-stack listener cannot give one client two identities (two rate-limit buckets). At most
 //! [`MAX_HOPS`] hops are examined, so a huge header costs little.
@@ -477,6 +481,35 @@ fn valid_port(p: &str) -> bool {
         && p.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     digits || obfuscated
+}
+
+/// The client address the pipeline resolved (trusted proxies applied), in request extensions.
+///
+/// ```
+/// use axum::{Extension, Router, routing::get};
+/// use secure_routes::ClientIp;
+/// async fn who(Extension(ClientIp(ip)): Extension<ClientIp>) -> String { ip.to_string() }
+/// let _app: Router = Router::new().route("/ip", get(who));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+/// Folds IPv4-mapped IPv6 to IPv4 and truncates IPv6 to its /64 prefix: the rate-limit
+/// identity of an anonymous client (one subscriber usually holds a whole /64, so per-address
+/// keys would be trivially evaded).
+pub(crate) fn group(ip: IpAddr) -> IpAddr {
+    match fold(ip) {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 @ IpAddr::V4(_) => v4,
+    }
+}
+
+/// The address as audit events record it with `truncate_audit_ips`: IPv4 to /24, IPv6 to /48.
+pub(crate) fn truncate(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) & 0xffff_ff00).into()),
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 80) - 1)).into()),
+    }
 }
 
 /// `::ffff:a.b.c.d` becomes `a.b.c.d`: one client, one identity, whatever the socket family.

@@ -1,8 +1,15 @@
 //! Time source for every time-dependent decision.
 //!
-//! Rate limits, token expiry and audit timestamps read time through [`Clock`] so that tests
-//! drive time with [`FakeClock::advance`] instead of sleeping, and so that a shared store can
-//! substitute its own clock (Redis `TIME`, Postgres `now()`) where instance clocks would skew.
+//! Rate limits, the deny cache, rate-limit headers, CSRF and credential expiry, and the audit
+//! writer's fold windows read time through [`Clock`] so that tests drive time with
+//! [`FakeClock::advance`] instead of sleeping, and so that a shared store can substitute its
+//! own clock (Redis `TIME`, Postgres `now()`) where instance clocks would skew.
+//!
+//! Audit event timestamps (and their UUIDv7 ids) are not decisions: [`AuditEvent::new`]
+//! stamps the system's UTC time, so the trail says when something happened even under a
+//! test's fake clock.
+//!
+//! [`AuditEvent::new`]: crate::audit::AuditEvent::new
 //!
 //! ```
 //! use std::time::Duration;

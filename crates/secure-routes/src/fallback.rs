@@ -59,6 +59,7 @@ use http::{HeaderValue, Request};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::audit::Reason;
 use crate::response::headers::SecurityHeaders;
 use crate::response::problem::{Rejection, RejectionKind};
 
@@ -131,8 +132,8 @@ where
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .filter(|c| self.state.proxies.contains(c.0.ip()))
-            .and_then(|_| req.headers().get(crate::layer::X_REQUEST_ID))
-            .filter(|v| crate::layer::plain_request_id(v))
+            .and_then(|_| req.headers().get(crate::request_id::X_REQUEST_ID))
+            .filter(|v| crate::request_id::plain_request_id(v))
             .cloned();
         HeadersFuture {
             inner: self.inner.call(req),
@@ -162,14 +163,14 @@ where
         let this = self.project();
         let mut res = std::task::ready!(this.inner.poll(cx))?;
         let h = res.headers_mut();
-        if !h.contains_key(crate::layer::X_REQUEST_ID) {
+        if !h.contains_key(crate::request_id::X_REQUEST_ID) {
             // No policy answered this one (a policy always sets the id).
             this.state.headers.apply(h, this.state.https);
             let id = this
                 .incoming
                 .take()
-                .unwrap_or_else(crate::layer::fresh_request_id);
-            h.insert(crate::layer::X_REQUEST_ID, id);
+                .unwrap_or_else(crate::request_id::fresh_request_id);
+            h.insert(crate::request_id::X_REQUEST_ID, id);
         }
         Poll::Ready(Ok(res))
     }
@@ -190,8 +191,10 @@ impl<B> Service<Request<B>> for NotFound {
     }
 
     fn call(&mut self, _: Request<B>) -> Self::Future {
-        std::future::ready(Ok(
-            Rejection::new(RejectionKind::NotFound, "not_found").into_response()
-        ))
+        std::future::ready(Ok(Rejection::new(
+            RejectionKind::NotFound,
+            Reason::NotFound,
+        )
+        .into_response()))
     }
 }

@@ -11,10 +11,12 @@
 //! ## Layout
 //!
 //! * [`policy`]: what a route enforces, presets, validation.
-//! * [`layer`]: [`Security`] (shared state) and the tower layer running the pipeline.
+//! * [`security`]: [`Security`], the shared state, and its validating builder.
+//! * [`layer`]: the tower layer and the service running the pipeline (`run`, a list of steps).
 //! * [`fallback`]: router-wide security headers and request ids, and the counted 404.
-//! * [`guard`]: the checks, one module each (method, body, rate-limit headers, CSRF token).
-//! * [`client_ip`]: the client address behind trusted proxies.
+//! * [`guard`]: the pipeline's steps, one module each (client, method, auth, rate limit,
+//!   authorization, body, CSRF); public are the limited body and the CSRF token issuer.
+//! * [`client_ip`]: the client address behind trusted proxies, [`ClientIp`].
 //! * [`auth`]: the [`auth::Authenticator`] trait, [`Principal`], JWT and API-key authenticators.
 //! * [`rate_limit`]: quotas, the store trait, the algorithms and the memory store.
 //! * [`audit`]: audit events, sinks and the batching writer.
@@ -99,18 +101,25 @@ pub mod auth;
 pub mod authz;
 pub mod client_ip;
 pub mod clock;
+mod context;
 pub mod error;
 pub mod fallback;
 pub mod guard;
 pub mod layer;
 pub mod policy;
 pub mod rate_limit;
+mod request_id;
+mod respond;
 pub mod response;
+pub mod security;
 #[cfg(feature = "server")]
 pub mod serve;
+mod service;
 
 pub use auth::Principal;
+pub use client_ip::ClientIp;
 pub use error::{ConfigError, StoreError};
-pub use layer::{ClientIp, Security, SecurityBuilder, SecurityLayer, SecurityService};
+pub use layer::{SecurityLayer, SecurityService};
 pub use policy::{AuthMode, CsrfMode, FailureMode, Policy, PolicyBuilder};
 pub use rate_limit::Quota;
+pub use security::{Security, SecurityBuilder};

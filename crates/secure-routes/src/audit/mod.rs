@@ -9,7 +9,7 @@
 //! What never reaches a sink: `Authorization`, `Cookie`, tokens, passwords, bodies. Text
 //! fields are bounded in length and their control characters, Unicode line separators and
 //! bidirectional controls escaped, so a hostile `User-Agent` or subject cannot forge log
-//! lines or disguise itself in a terminal (see [`sanitize`]).
+//! lines or disguise itself in a terminal (see [`must_escape`]).
 //!
 //! A flood of identical refusals is folded into a few rows carrying a [`count`](AuditEvent::count)
 //! (see [`writer`]): counts stay exact, nothing is dropped.
@@ -24,6 +24,7 @@
 //! ```
 
 mod fold;
+mod reason;
 pub mod sinks;
 pub mod writer;
 
@@ -35,6 +36,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use crate::rate_limit::BoxFuture;
+pub use reason::Reason;
 pub use writer::{
     AuditConfig, AuditStats, AuditWriter, NoRuntime, ReplayError, ReplayReport, replay_spill,
 };
@@ -186,7 +188,8 @@ fn one() -> u64 {
 }
 
 impl AuditEvent {
-    /// A new event stamped now, with a fresh UUIDv7 and outcome `Denied`.
+    /// A new event stamped now (the system's UTC time, not an injected [`Clock`](crate::clock::Clock)),
+    /// with a fresh UUIDv7 and outcome `Denied`.
     pub fn new(action: AuditAction) -> Self {
         Self {
             id: Uuid::now_v7(),
@@ -302,7 +305,7 @@ pub fn must_escape(c: char) -> bool {
         )
 }
 
-/// Escapes what [`sanitize`] escapes except the backslash, without a length bound: for
+/// Escapes what the event fields escape except the backslash, without a length bound: for
 /// showing text that is already stored (a terminal table), where a stored `\n` (the
 /// two characters) must stay as it is but a raw separator, control or bidi character read
 /// back from a database written by something else must not reach the screen.
@@ -342,15 +345,8 @@ fn push_escaped(out: &mut String, c: char, backslash: bool) {
 /// character boundary. Log-injection defence: a value can never start a new log line, in a
 /// tool that splits on `\n` or on U+2028/U+2029, and cannot reorder how a terminal shows
 /// the row (see [`must_escape`] for the list and the attacks). Other non-ASCII
-/// text is kept as it is.
-///
-/// ```
-/// use secure_routes::audit::sanitize;
-/// assert_eq!(sanitize("alice\u{2028}admin", 64), "alice\\u{2028}admin");
-/// assert_eq!(sanitize("user\u{202e}nimda", 64), "user\\u{202e}nimda");
-/// assert_eq!(sanitize("zoë", 64), "zoë");
-/// ```
-pub fn sanitize(s: &str, max: usize) -> String {
+/// text is kept as it is. Every [`AuditEvent`] field passes through it.
+pub(crate) fn sanitize(s: &str, max: usize) -> String {
     let mut out = String::with_capacity(s.len().min(max));
     for c in s.chars() {
         let start = out.len();
@@ -433,6 +429,9 @@ mod tests {
         assert_eq!(sanitize("héllo", 2), "h");
         assert_eq!(sanitize("abc", 3), "abc");
         assert_eq!(sanitize("a\\n", 10), "a\\\\n");
+        assert_eq!(sanitize("alice\u{2028}admin", 64), "alice\\u{2028}admin");
+        assert_eq!(sanitize("user\u{202e}nimda", 64), "user\\u{202e}nimda");
+        assert_eq!(sanitize("zoë", 64), "zoë");
     }
 
     #[test]

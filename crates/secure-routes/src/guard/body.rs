@@ -8,13 +8,18 @@
 //! too: the pipeline answers it with a problem+json 400, audited, whatever the handler made of
 //! the error (axum's extractors would answer plain text).
 //!
+//! Public for the types a handler meets: its request body is a [`LimitedBody`], and a read
+//! past the limit fails with [`BodyLimitExceeded`]. The checks themselves are pipeline steps
+//! (7; see [`super`]).
+//!
 //! ```
-//! use http::{HeaderMap, HeaderValue, header};
-//! use secure_routes::guard::body::check_declared;
-//! let mut h = HeaderMap::new();
-//! h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2048"));
-//! assert!(check_declared(&h, 1024).is_err());
-//! assert!(check_declared(&h, 4096).is_ok());
+//! use http_body_util::{BodyExt, Full};
+//! use secure_routes::guard::body::{BodyLimitExceeded, LimitedBody};
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let (body, _state) = LimitedBody::new(Full::new(bytes::Bytes::from_static(b"hello")), Some(3));
+//! let err = body.collect().await.unwrap_err();
+//! assert!(err.is::<BodyLimitExceeded>());
+//! # });
 //! ```
 
 use std::pin::Pin;
@@ -26,15 +31,40 @@ use bytes::Buf;
 use http::{HeaderMap, header};
 use http_body::{Body, Frame, SizeHint};
 
+use crate::audit::Reason;
 use crate::response::problem::{Rejection, RejectionKind};
+
+/// Step 7, declared: refuses a `Content-Length` over the route's limit (none: no limit).
+pub(crate) fn check(limit: Option<u64>, headers: &HeaderMap) -> Result<(), Rejection> {
+    match limit {
+        Some(limit) => check_declared(headers, limit),
+        None => Ok(()),
+    }
+}
+
+/// Step 7, streamed (after the handler): whatever the handler made of a body error, the
+/// answer is the pipeline's: 413 past the limit, 400 for a body that could not be read.
+pub(crate) fn check_streamed(state: BodyState) -> Result<(), Rejection> {
+    match state {
+        BodyState::Fine => Ok(()),
+        BodyState::Exceeded => Err(too_large(Reason::StreamedLength)),
+        BodyState::Unreadable => Err(Rejection::new(
+            RejectionKind::InvalidInput,
+            Reason::BodyUnreadable,
+        )
+        .with_detail(
+            "The request body could not be read (malformed chunked encoding, or cut short).",
+        )),
+    }
+}
 
 /// Refuses a declared `Content-Length` over `limit`. A malformed length is left to the HTTP
 /// server (hyper refuses it before we run); the streamed limit still applies.
-pub fn check_declared(headers: &HeaderMap, limit: u64) -> Result<(), Rejection> {
+pub(crate) fn check_declared(headers: &HeaderMap, limit: u64) -> Result<(), Rejection> {
     for v in headers.get_all(header::CONTENT_LENGTH) {
         let declared = v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok());
         if declared.is_some_and(|n| n > limit) {
-            return Err(too_large("declared_length"));
+            return Err(too_large(Reason::DeclaredLength));
         }
     }
     Ok(())
@@ -88,7 +118,7 @@ impl SharedBodyState {
 }
 
 /// The 413 rejection.
-pub(crate) fn too_large(reason: &'static str) -> Rejection {
+fn too_large(reason: Reason) -> Rejection {
     Rejection::new(RejectionKind::PayloadTooLarge, reason)
 }
 
@@ -224,12 +254,37 @@ mod tests {
     }
 
     #[test]
+    fn the_steps_answer_413_and_400_with_their_reasons() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, "11".parse().unwrap());
+        assert!(check(None, &h).is_ok());
+        let info = check(Some(10), &h).unwrap_err().info();
+        assert_eq!(
+            (info.kind, info.reason),
+            (RejectionKind::PayloadTooLarge, Reason::DeclaredLength)
+        );
+        assert!(check_streamed(BodyState::Fine).is_ok());
+        let info = check_streamed(BodyState::Exceeded).unwrap_err().info();
+        assert_eq!(
+            (info.kind, info.reason),
+            (RejectionKind::PayloadTooLarge, Reason::StreamedLength)
+        );
+        let info = check_streamed(BodyState::Unreadable).unwrap_err().info();
+        assert_eq!(
+            (info.kind, info.reason),
+            (RejectionKind::InvalidInput, Reason::BodyUnreadable)
+        );
+    }
+
+    #[test]
     fn declared_length_table() {
         for (cl, limit, ok) in [
             ("10", 10, true),
             ("11", 10, false),
             ("x", 10, true),
             (" 99 ", 10, false),
+            ("2048", 1024, false),
+            ("2048", 4096, true),
         ] {
             let mut h = HeaderMap::new();
             h.insert(header::CONTENT_LENGTH, cl.parse().unwrap());

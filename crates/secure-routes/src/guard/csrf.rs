@@ -122,6 +122,25 @@ pub(crate) fn is_safe_method(method: &Method) -> bool {
     )
 }
 
+/// Step 8b of the pipeline: an unsafe method must carry a valid token for `binding`; `None`
+/// means the request needs none (the policy turns it off, or the credential was an explicit
+/// header). Refuses with 403.
+pub(crate) fn check(
+    tokens: &CsrfTokens,
+    cookie_name: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    binding: Option<&str>,
+) -> Result<(), crate::response::problem::Rejection> {
+    use crate::response::problem::{Rejection, RejectionKind};
+    match binding {
+        Some(binding) if !is_safe_method(method) => tokens
+            .check_request(headers, cookie_name, binding)
+            .map_err(|reason| Rejection::new(RejectionKind::CsrfFailed, reason)),
+        _ => Ok(()),
+    }
+}
+
 /// Issues and verifies signed double-submit tokens.
 ///
 /// ```

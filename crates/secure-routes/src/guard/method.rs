@@ -1,21 +1,15 @@
 //! Method allow-list: `405 Method Not Allowed` with an `Allow` header listing what the route
 //! accepts (RFC 9110 section 15.5.6 requires it).
 //!
-//! ```
-//! use http::Method;
-//! use secure_routes::guard::method::check;
-//! assert!(check(Some(&[Method::GET, Method::HEAD]), &Method::GET).is_ok());
-//! let r = check(Some(&[Method::POST]), &Method::DELETE).unwrap_err();
-//! assert_eq!(r.info().kind.status(), 405);
-//! assert!(check(None, &Method::PATCH).is_ok());
-//! ```
+//! A pipeline step (4); see [`super`].
 
 use http::{HeaderValue, Method, header};
 
+use crate::audit::Reason;
 use crate::response::problem::{Rejection, RejectionKind};
 
 /// Passes when `method` is allowed (`None` allows every method).
-pub fn check(allowed: Option<&[Method]>, method: &Method) -> Result<(), Rejection> {
+pub(crate) fn check(allowed: Option<&[Method]>, method: &Method) -> Result<(), Rejection> {
     match allowed {
         None => Ok(()),
         Some(list) if list.contains(method) => Ok(()),
@@ -25,7 +19,7 @@ pub fn check(allowed: Option<&[Method]>, method: &Method) -> Result<(), Rejectio
                 .map(Method::as_str)
                 .collect::<Vec<_>>()
                 .join(", ");
-            let mut r = Rejection::new(RejectionKind::MethodNotAllowed, "method_not_allowed");
+            let mut r = Rejection::new(RejectionKind::MethodNotAllowed, Reason::MethodNotAllowed);
             if let Ok(v) = HeaderValue::from_str(&allow) {
                 r = r.with_header(header::ALLOW, v);
             }
@@ -50,6 +44,9 @@ mod tests {
             (Some(&get_post), Method::OPTIONS, false),
             (Some(&[Method::POST]), Method::GET, false),
             (None, Method::TRACE, true),
+            (None, Method::PATCH, true),
+            (Some(&[Method::GET, Method::HEAD]), Method::GET, true),
+            (Some(&[Method::POST]), Method::DELETE, false),
         ];
         for (allowed, m, ok) in cases {
             assert_eq!(check(*allowed, m).is_ok(), *ok, "{m} in {allowed:?}");

@@ -1,154 +1,180 @@
-//! Rate-limit headers and the 429 answer.
+//! Step 6, the rate limit: per route (or shared bucket) and subject (`user:<sub>` when
+//! authenticated, else the client address, IPv6 grouped by /64), one atomic store call.
 //!
-//! Every limited response, allowed or refused, carries the IETF httpapi draft headers
-//! (`RateLimit-Policy: "name";q=60;w=60`, `RateLimit: "name";r=0;t=17`, Structured Fields)
-//! and the widespread `X-RateLimit-Limit` / `-Remaining` / `-Reset` (Unix seconds). A 429
-//! adds `Retry-After` in whole seconds, rounded up so a client that waits that long is not
-//! refused again for the same reason.
-//!
-//! ```
-//! use std::time::Duration;
-//! use http::HeaderMap;
-//! use secure_routes::{Quota, rate_limit::Decision, guard::rate_limit::apply_headers};
-//! let d = Decision { allowed: true, limit: 60, remaining: 59,
-//!     reset_after: Duration::from_secs(60), retry_after: None };
-//! let mut h = HeaderMap::new();
-//! apply_headers(&mut h, "public", Quota::per_minute(60), &d, Duration::from_secs(1_000));
-//! assert_eq!(h["ratelimit-policy"], "\"public\";q=60;w=60");
-//! assert_eq!(h["ratelimit"], "\"public\";r=59;t=60");
-//! assert_eq!(h["x-ratelimit-reset"], "1060");
-//! ```
+//! The store call is bounded in time and a panicking store is contained (500, not a dropped
+//! connection). A store that fails is never reported as a 429: the policy's
+//! [`FailureMode`] lets the request on (audited with its final status) or refuses it with
+//! 503 and `Retry-After`. In front of a shared store a deny cache answers keys the store
+//! refused, without a call, until their retry time (see DESIGN.md).
 
+use std::net::IpAddr;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, HeaderValue, header};
-use serde_json::json;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
+use futures_util::FutureExt as _;
+use http::{HeaderValue, header};
 
-use crate::rate_limit::{Decision, Quota, ceil_secs};
-use crate::response::problem::{Rejection, RejectionKind};
+use crate::audit::Reason;
+use crate::auth::Principal;
+use crate::context::RouteState;
+use crate::policy::FailureMode;
+use crate::rate_limit::deny_cache::{FlightFailure, FlightGuard, MAX_WAIT_FACTOR};
+use crate::rate_limit::headers::too_many_requests;
+use crate::rate_limit::{Decision, Quota, RateLimitKey, StoreError, Subject};
+use crate::respond::panic_message;
+use crate::response::problem::{Rejection, RejectionInfo, RejectionKind};
+use crate::security::Shared;
 
-const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-const X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-const X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-
-/// Adds the rate-limit headers for `decision` to `headers`; `now` is the Unix time.
-/// `name` must be a valid policy name (letters, digits, `-_.`), as [`crate::Policy`] ensures.
-pub fn apply_headers(
-    headers: &mut HeaderMap,
-    name: &str,
-    quota: Quota,
-    decision: &Decision,
-    now: Duration,
-) {
-    LimitHeaders::new(name, quota).apply(headers, decision, now);
+/// What a passed rate-limit step leaves for the response.
+#[derive(Default)]
+pub(crate) struct Limited {
+    /// The store's decision (for the rate-limit headers); `None` on an unlimited route or
+    /// after a store failure let through.
+    pub(crate) decision: Option<Decision>,
+    /// A store failure the policy let through (fail-open): audited with the final status.
+    pub(crate) failed_open: Option<RejectionInfo>,
 }
 
-/// The per-policy part of the rate-limit headers, formatted once when a layer is built, so a
-/// request formats only its own numbers.
-#[derive(Debug)]
-pub(crate) struct LimitHeaders {
-    /// `RateLimit-Policy`, constant for the policy.
-    policy: Option<HeaderValue>,
-    /// `"name";r=`, the start of `RateLimit`.
-    ratelimit_prefix: Box<str>,
-}
-
-impl LimitHeaders {
-    pub(crate) fn new(name: &str, quota: Quota) -> Self {
-        let policy = format!(
-            "\"{name}\";q={};w={}",
-            quota.limit(),
-            ceil_secs(quota.window())
-        );
-        Self {
-            policy: HeaderValue::from_str(&policy).ok(),
-            ratelimit_prefix: format!("\"{name}\";r=").into(),
-        }
-    }
-
-    pub(crate) fn apply(&self, headers: &mut HeaderMap, decision: &Decision, now: Duration) {
-        use std::fmt::Write as _;
-        let reset = decision.reset_after_secs();
-        if let Some(p) = &self.policy {
-            headers.insert(RATELIMIT_POLICY, p.clone());
-        }
-        let mut ratelimit = String::with_capacity(self.ratelimit_prefix.len() + 24);
-        ratelimit.push_str(&self.ratelimit_prefix);
-        let _ = write!(ratelimit, "{};t={reset}", decision.remaining);
-        if let Ok(v) = HeaderValue::from_str(&ratelimit) {
-            headers.insert(RATELIMIT, v);
-        }
-        headers.insert(X_LIMIT, HeaderValue::from(decision.limit));
-        headers.insert(X_REMAINING, HeaderValue::from(decision.remaining));
-        headers.insert(
-            X_RESET,
-            HeaderValue::from(now.as_secs().saturating_add(reset)),
-        );
-        if let Some(retry) = decision.retry_after_secs() {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry));
-        }
-    }
-}
-
-/// The 429 answer for a refused decision: problem body with `retryAfter` (seconds) and
-/// `resetAt` (RFC 3339: when a request will next be admitted), plus all the headers.
-pub fn too_many_requests(
-    name: &str,
-    quota: Quota,
-    decision: &Decision,
-    now: Duration,
-) -> Rejection {
-    let retry = decision.retry_after_secs().unwrap_or(1).max(1);
-    let reset_at = OffsetDateTime::from_unix_timestamp(
-        i64::try_from(now.as_secs().saturating_add(retry)).unwrap_or(i64::MAX),
-    )
-    .ok()
-    .and_then(|t| t.format(&Rfc3339).ok());
-    let mut r = Rejection::new(RejectionKind::RateLimited, "quota_exhausted")
-        .with_detail(format!(
-            "Too many requests. Please try again in {retry} seconds."
-        ))
-        .with_member("retryAfter", json!(retry))
-        .with_member("resetAt", json!(reset_at));
-    let mut d = *decision;
-    d.retry_after = Some(Duration::from_secs(retry));
-    apply_headers(r.headers_mut(), name, quota, &d, now);
-    r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::response::IntoResponse;
-
-    #[tokio::test]
-    async fn refusal_has_retry_after_rounded_up_and_body_fields() {
-        let d = Decision {
-            allowed: false,
-            limit: 10,
-            remaining: 0,
-            reset_after: Duration::from_millis(59_001),
-            retry_after: Some(Duration::from_millis(16_001)),
-        };
-        let res = too_many_requests(
-            "strict",
-            Quota::per_minute(10),
+/// Counts the request against its budget; refuses it with 429 (or 503/500 when the store
+/// fails and the policy fails closed, or the store panics).
+pub(crate) async fn check(
+    state: &RouteState,
+    route: &str,
+    ip: IpAddr,
+    subject: Option<&Principal>,
+) -> Result<Limited, Rejection> {
+    let Some(quota) = state.policy.rate_limit() else {
+        return Ok(Limited::default());
+    };
+    let shared = &state.shared;
+    let subject = match subject {
+        Some(p) => Subject::User(p.subject().to_owned()),
+        None => Subject::from_ip(ip),
+    };
+    let key = shared.hasher.key(route, &subject);
+    match check_limit(shared, &key, quota, state.policy.store_timeout()).await {
+        Ok(d) if d.allowed => Ok(Limited {
+            decision: Some(d),
+            failed_open: None,
+        }),
+        Ok(d) => Err(too_many_requests(
+            state.policy.name(),
+            quota,
             &d,
-            Duration::from_secs(100),
-        )
-        .into_response();
-        assert_eq!(res.status(), 429);
-        assert_eq!(res.headers()[header::RETRY_AFTER], "17");
-        assert_eq!(res.headers()["ratelimit"], "\"strict\";r=0;t=60");
-        assert_eq!(res.headers()["x-ratelimit-reset"], "160");
-        let body = axum::body::to_bytes(res.into_body(), 4096).await.unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(v["retryAfter"], 17);
-        assert_eq!(v["resetAt"], "1970-01-01T00:01:57Z");
-        assert_eq!(v["error"], "Rate limit exceeded");
+            shared.clock.now(),
+        )),
+        Err(StoreFailure::Panicked(msg)) => {
+            tracing::error!(
+                store = shared.store.name(),
+                panic = %crate::audit::sanitize(&msg, 512),
+                "rate-limit store panicked"
+            );
+            Err(Rejection::new(
+                RejectionKind::Internal,
+                Reason::StorePanicked,
+            ))
+        }
+        Err(failure) => {
+            let reason = match &failure {
+                StoreFailure::Timeout => Reason::StoreTimeout,
+                _ => Reason::StoreError,
+            };
+            if let StoreFailure::Error(e) = &failure {
+                tracing::warn!(store = shared.store.name(), error = %e, "rate-limit store failed");
+            }
+            metrics::counter!(
+                "secure_routes_store_failures_total",
+                "store" => shared.store.name(),
+            )
+            .increment(1);
+            match state.policy.failure_mode() {
+                FailureMode::Open => Ok(Limited {
+                    decision: None,
+                    failed_open: Some(RejectionInfo {
+                        kind: RejectionKind::Unavailable,
+                        reason,
+                    }),
+                }),
+                // 503, never 429: the client did nothing wrong.
+                FailureMode::Closed => Err(Rejection::new(RejectionKind::Unavailable, reason)
+                    .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))),
+            }
+        }
+    }
+}
+
+/// Why a rate-limit check has no decision.
+pub(crate) enum StoreFailure {
+    Timeout,
+    Error(StoreError),
+    Panicked(String),
+}
+
+/// One rate-limit check: the deny cache first, then (one check per key in flight) the store,
+/// bounded by `timeout`; a panicking store is caught (see the `DenyCache` docs).
+pub(crate) async fn check_limit(
+    shared: &Shared,
+    key: &RateLimitKey,
+    quota: Quota,
+    timeout: Duration,
+) -> Result<Decision, StoreFailure> {
+    let Some(deny) = &shared.deny else {
+        return call_store(shared, key, quota, timeout).await;
+    };
+    if let Some(d) = deny.check(key, quota, shared.clock.now()) {
+        return Ok(d);
+    }
+    let flight = deny
+        .single_flight(key, timeout.saturating_mul(MAX_WAIT_FACTOR), timeout)
+        .await;
+    match flight.as_ref().and_then(FlightGuard::failed_ahead) {
+        // The checks ahead failed in a row: the store is failing now, and asking it again
+        // would only chain another timeout behind them.
+        Some(FlightFailure::Timeout) => return Err(StoreFailure::Timeout),
+        Some(FlightFailure::Error) => {
+            return Err(StoreFailure::Error(StoreError::Unavailable(
+                "the check ahead of this one failed".into(),
+            )));
+        }
+        None => {}
+    }
+    // The check we waited for may have been refused: then so is this one, without a call.
+    let before = shared.clock.now();
+    if let Some(d) = deny.check(key, quota, before) {
+        return Ok(d);
+    }
+    let result = call_store(shared, key, quota, timeout).await;
+    match (&result, &flight) {
+        // The time before the call: the store decided no earlier, so the cached refusal
+        // never outlasts the store's own.
+        (Ok(d), f) => {
+            deny.remember(key, quota, d, before);
+            if let Some(f) = f {
+                f.succeed();
+            }
+        }
+        (Err(StoreFailure::Timeout), Some(f)) => f.fail(FlightFailure::Timeout),
+        (Err(StoreFailure::Error(_)), Some(f)) => f.fail(FlightFailure::Error),
+        // A panic is a bug in the store, answered 500 on its own: it says nothing about
+        // whether the store is reachable, so it starts no streak.
+        (Err(StoreFailure::Panicked(_)), _) | (Err(_), None) => {}
+    }
+    result
+}
+
+async fn call_store(
+    shared: &Shared,
+    key: &RateLimitKey,
+    quota: Quota,
+    timeout: Duration,
+) -> Result<Decision, StoreFailure> {
+    // Inside the async block, so a store that panics before returning its future is caught
+    // too.
+    let call = AssertUnwindSafe(async { shared.store.acquire(key, quota, 1).await }).catch_unwind();
+    match tokio::time::timeout(timeout, call).await {
+        Err(_) => Err(StoreFailure::Timeout),
+        Ok(Err(panic)) => Err(StoreFailure::Panicked(panic_message(&*panic))),
+        Ok(Ok(Err(e))) => Err(StoreFailure::Error(e)),
+        Ok(Ok(Ok(d))) => Ok(d),
     }
 }

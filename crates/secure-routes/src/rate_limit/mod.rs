@@ -26,6 +26,7 @@
 pub mod conformance;
 pub(crate) mod deny_cache;
 pub mod gcra;
+pub mod headers;
 pub mod memory;
 pub mod sliding_window;
 
@@ -263,21 +264,7 @@ impl Subject {
     /// The subject for an anonymous client address: IPv4-mapped IPv6 folded to IPv4, other
     /// IPv6 addresses truncated to their /64.
     pub fn from_ip(ip: IpAddr) -> Self {
-        Subject::Ip(group_ip(ip))
-    }
-}
-
-/// Folds IPv4-mapped IPv6 to IPv4 and truncates IPv6 to its /64 prefix.
-pub(crate) fn group_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => IpAddr::V4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let bits = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(bits.into())
-            }
-        },
+        Subject::Ip(crate::client_ip::group(ip))
     }
 }
 
@@ -386,11 +373,17 @@ mod tests {
     #[test]
     fn ipv6_groups_by_64_and_ipv4_mapped_folds() {
         let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
-        assert_eq!(group_ip(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            crate::client_ip::group(mapped),
+            "192.0.2.7".parse::<IpAddr>().unwrap()
+        );
         let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        assert_eq!(group_ip(a), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            crate::client_ip::group(a),
+            "2001:db8:1:2::".parse::<IpAddr>().unwrap()
+        );
         let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_ne!(group_ip(a), group_ip(other));
+        assert_ne!(crate::client_ip::group(a), crate::client_ip::group(other));
     }
 
     #[test]

@@ -6,12 +6,9 @@
 //! `Vary: Origin` so a shared cache never serves one origin's CORS answer to another.
 //! `localhost` origins are only added in development mode.
 //!
-//! ```
-//! use secure_routes::response::cors::parse_origin;
-//! assert!(parse_origin("https://app.example.com").is_ok());
-//! assert!(parse_origin("https://app.example.com/path").is_err());
-//! assert!(parse_origin("*").is_err());
-//! ```
+//! Internal: users configure origins through
+//! [`SecurityBuilder::allowed_origins`](crate::SecurityBuilder::allowed_origins), which
+//! reports a bad origin as a [`ConfigError`](crate::ConfigError).
 
 use std::time::Duration;
 
@@ -19,11 +16,11 @@ use http::{HeaderName, HeaderValue, Method, header};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// Origins added in development mode only (the original allowed these in production too).
-pub const DEV_ORIGINS: [&str; 2] = ["http://localhost:3000", "http://localhost:3001"];
+pub(crate) const DEV_ORIGINS: [&str; 2] = ["http://localhost:3000", "http://localhost:3001"];
 
 /// Parses and normalizes one allowed origin: `scheme://host[:port]`, http or https, no path,
 /// query, fragment or user info, no wildcard, no `null`.
-pub fn parse_origin(origin: &str) -> Result<HeaderValue, String> {
+pub(crate) fn parse_origin(origin: &str) -> Result<HeaderValue, String> {
     let o = origin.trim().trim_end_matches('/');
     let bad = |why: &str| Err(format!("allowed origin {origin:?}: {why}"));
     let Some((scheme, rest)) = o.split_once("://") else {
@@ -88,6 +85,7 @@ mod tests {
     #[test]
     fn origin_rules() {
         for ok in [
+            "https://app.example.com",
             "http://localhost:3000",
             "https://EXAMPLE.com/",
             "https://a.b:8443",
@@ -104,6 +102,7 @@ mod tests {
             "https://x.com?q",
             "https://*.x.com",
             "https://bücher.de",
+            "https://app.example.com/path",
         ] {
             assert!(parse_origin(bad).is_err(), "{bad}");
         }

@@ -1,6 +1,6 @@
 //! What the pipeline adds to or answers instead of the handler's response: problem bodies,
-//! security headers, CORS.
+//! security headers, CORS (internal: configured through the builder).
 
-pub mod cors;
+pub(crate) mod cors;
 pub mod headers;
 pub mod problem;

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use serde_json::{Map, Value, json};
 
-use crate::audit::AuditAction;
+use crate::audit::{AuditAction, Reason};
 
 /// The kinds of rejection, each with a fixed status, title and `error` string.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -160,7 +160,7 @@ pub struct RejectionInfo {
     /// What kind of rejection.
     pub kind: RejectionKind,
     /// Machine-readable reason for the audit log (never shown verbatim to clients).
-    pub reason: &'static str,
+    pub reason: Reason,
 }
 
 /// A refusal, answered as `application/problem+json`.
@@ -172,16 +172,23 @@ pub struct Rejection(Box<RejectionParts>);
 #[derive(Clone, Debug)]
 struct RejectionParts {
     info: RejectionInfo,
+    /// What the audit records when it differs from `info` (see [`Rejection::audited_as`]).
+    audit_as: Option<RejectionInfo>,
     detail: Option<String>,
     headers: HeaderMap,
     extra: Map<String, Value>,
 }
 
 impl Rejection {
-    /// A rejection of `kind`, with an audit `reason`.
-    pub fn new(kind: RejectionKind, reason: &'static str) -> Self {
+    /// A rejection of `kind`, with an audit `reason` (a [`Reason`], or a string of your own:
+    /// see [`Reason::from_static`]).
+    pub fn new(kind: RejectionKind, reason: impl Into<Reason>) -> Self {
         Self(Box::new(RejectionParts {
-            info: RejectionInfo { kind, reason },
+            info: RejectionInfo {
+                kind,
+                reason: reason.into(),
+            },
+            audit_as: None,
             detail: None,
             headers: HeaderMap::new(),
             extra: Map::new(),
@@ -189,7 +196,7 @@ impl Rejection {
     }
 
     /// 401 with `WWW-Authenticate: Bearer` (RFC 6750 section 3).
-    pub fn unauthorized(reason: &'static str) -> Self {
+    pub fn unauthorized(reason: impl Into<Reason>) -> Self {
         Self::new(RejectionKind::Unauthorized, reason).with_header(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"api\""),
@@ -217,6 +224,19 @@ impl Rejection {
     /// The typed reason.
     pub fn info(&self) -> RejectionInfo {
         self.0.info
+    }
+
+    /// Audits this answer as `info` instead of its own reason: one event per decision, so a
+    /// bad credential refused by the rate limit is one `unauthorized_access` event with the
+    /// status the client saw (429).
+    pub(crate) fn audited_as(mut self, info: RejectionInfo) -> Self {
+        self.0.audit_as = Some(info);
+        self
+    }
+
+    /// What the audit records for this answer.
+    pub(crate) fn audit_info(&self) -> RejectionInfo {
+        self.0.audit_as.unwrap_or(self.0.info)
     }
 
     /// Headers to add to the response (mutable, for rate-limit headers).

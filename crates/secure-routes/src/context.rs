@@ -1,0 +1,171 @@
+//! What the pipeline knows while it runs: per route ([`RouteState`], built once by the
+//! layer) and per request ([`Ctx`], the audit context every decision is recorded from).
+//!
+//! Why a module of its own: the steps (`guard::*`), the responders (`respond`) and the service
+//! all read these two types, and none of them should depend on another to do so. This module
+//! depends only on the shared state and leaf types, never on the steps, the layer or the
+//! service.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::FutureExt as _;
+use http::{HeaderMap, HeaderValue, Method, Request, header};
+use tower::ServiceExt as _;
+use tower_http::cors::CorsLayer;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::audit::{AuditEvent, Outcome};
+use crate::auth::Principal;
+use crate::client_ip;
+use crate::policy::{CsrfMode, Policy};
+use crate::rate_limit::Decision;
+use crate::rate_limit::headers::LimitHeaders;
+use crate::response::problem::RejectionInfo;
+use crate::security::Shared;
+
+/// One policy with the shared state: what every request on the route reads.
+pub(crate) struct RouteState {
+    /// The policy's CORS rules, for the answers that do not pass through tower-http's layer
+    /// (preflights, rejections, a plain `OPTIONS`): see [`RouteState::cors_headers`].
+    pub(crate) cors: CorsLayer,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) policy: Policy,
+    /// `bucket:<name>` when the policy shares one budget across routes.
+    pub(crate) fixed_bucket: Option<Arc<str>>,
+    /// `policy:<name>`, the bucket when the layer is applied outside routing.
+    pub(crate) fallback_bucket: Arc<str>,
+    /// The policy's rate-limit headers, formatted once.
+    pub(crate) limit_headers: Option<LimitHeaders>,
+}
+
+impl RouteState {
+    /// The CORS response headers tower-http would add, for an answer that does not pass
+    /// through its layer: a preflight (`preflight`), or a rejection the core answers itself
+    /// (so a browser app can read the problem body). tower-http decides whether a request is a
+    /// preflight by its method alone, so it is asked with a stand-in request: `OPTIONS` for a
+    /// preflight, `GET` otherwise, carrying the headers CORS reads.
+    pub(crate) fn cors_headers(&self, headers: &HeaderMap, preflight: bool) -> HeaderMap {
+        let mut probe = Request::new(());
+        *probe.method_mut() = if preflight {
+            Method::OPTIONS
+        } else {
+            Method::GET
+        };
+        for name in [
+            header::ORIGIN,
+            header::ACCESS_CONTROL_REQUEST_METHOD,
+            header::ACCESS_CONTROL_REQUEST_HEADERS,
+        ] {
+            for v in headers.get_all(&name) {
+                probe.headers_mut().append(name.clone(), v.clone());
+            }
+        }
+        // tower-http's rules here are all synchronous (a fixed origin list), so the answer
+        // is ready at once.
+        match self.cors.layer(CorsProbe).oneshot(probe).now_or_never() {
+            Some(Ok(res)) => res.into_parts().0.headers,
+            _ => HeaderMap::new(),
+        }
+    }
+}
+
+/// The stand-in inner service of [`RouteState::cors_headers`].
+#[derive(Clone, Copy)]
+struct CorsProbe;
+
+impl Service<Request<()>> for CorsProbe {
+    type Response = http::Response<()>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<http::Response<()>, std::convert::Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<()>) -> Self::Future {
+        std::future::ready(Ok(http::Response::new(())))
+    }
+}
+
+/// What the audit step needs to know about the request, filled in as the steps pass.
+pub(crate) struct Ctx {
+    pub(crate) state: Arc<RouteState>,
+    pub(crate) method: Method,
+    pub(crate) path: http::Uri,
+    pub(crate) route: Arc<str>,
+    pub(crate) request_id: HeaderValue,
+    pub(crate) ip: IpAddr,
+    pub(crate) user_agent: Option<HeaderValue>,
+    /// The request's `Origin`, for the CORS headers of a rejection.
+    pub(crate) origin: Option<HeaderValue>,
+    pub(crate) subject: Option<Principal>,
+    pub(crate) limit: Option<Decision>,
+    /// A store failure let through (fail-open): audited with the final status.
+    pub(crate) failed_open: Option<RejectionInfo>,
+}
+
+impl Ctx {
+    /// The session binding the CSRF token must carry, or `None` when this request needs no
+    /// token: the policy turns it off, or the credential was an explicit header (not ambient,
+    /// so nothing for a cross-site page to ride on).
+    pub(crate) fn csrf_binding(&self) -> Option<&str> {
+        let needs_token = match self.state.policy.csrf() {
+            CsrfMode::Off => false,
+            CsrfMode::Always => true,
+            CsrfMode::Auto => self.subject.as_ref().is_none_or(Principal::is_ambient),
+        };
+        needs_token.then(|| self.subject.as_ref().map_or("", Principal::csrf_binding))
+    }
+
+    fn event(&self, info: RejectionInfo, status: u16, outcome: Outcome) -> AuditEvent {
+        let shared = &self.state.shared;
+        let ip = if shared.truncate_ips {
+            client_ip::truncate(self.ip)
+        } else {
+            self.ip
+        };
+        let mut e = AuditEvent::new(info.kind.audit_action())
+            .with_outcome(outcome)
+            .with_status(status)
+            .with_client_ip(ip)
+            .with_request(self.method.as_str(), &self.route, self.path.path())
+            .with_reason(info.reason.as_str())
+            .with_request_id(self.request_id.to_str().unwrap_or(""))
+            .with_metadata(serde_json::json!({ "policy": self.state.policy.name() }));
+        if let Some(p) = &self.subject {
+            e = e.with_subject(p.subject());
+        }
+        if let Some(ua) = &self.user_agent {
+            // Not `to_str`: a non-ASCII User-Agent is kept (the sanitizer escapes it), not
+            // dropped, so a client cannot erase itself from the trail with one stray byte.
+            e = e.with_user_agent(&String::from_utf8_lossy(ua.as_bytes()));
+        }
+        e
+    }
+
+    /// Records one decision: a metric, and an audit event (to the writer, else `tracing`).
+    pub(crate) async fn audit(&self, info: RejectionInfo, status: u16, outcome: Outcome) {
+        metrics::counter!(
+            "secure_routes_decisions_total",
+            "policy" => self.state.policy.name().to_owned(),
+            "reason" => info.reason.as_str(),
+        )
+        .increment(1);
+        let event = self.event(info, status, outcome);
+        match &self.state.shared.audit {
+            Some(w) => w.record(event).await,
+            None => tracing::info!(
+                target: "secure_routes::audit",
+                action = event.action.as_str(),
+                reason = %event.reason,
+                status = event.status,
+                route = %event.route,
+                request_id = %event.request_id,
+                "security event"
+            ),
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Rate-limit headers and the 429 answer: the formatting, kept apart from the rate-limit step
+//! (`guard::rate_limit`) so both the step and the response decoration use one definition.
+//!
+//! Every limited response, allowed or refused, carries the IETF httpapi draft headers
+//! (`RateLimit-Policy: "name";q=60;w=60`, `RateLimit: "name";r=0;t=17`, Structured Fields)
+//! and the widespread `X-RateLimit-Limit` / `-Remaining` / `-Reset` (Unix seconds). A 429
+//! adds `Retry-After` in whole seconds, rounded up so a client that waits that long is not
+//! refused again for the same reason.
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::HeaderMap;
+//! use secure_routes::{Quota, rate_limit::Decision, rate_limit::headers::apply_headers};
+//! let d = Decision { allowed: true, limit: 60, remaining: 59,
+//!     reset_after: Duration::from_secs(60), retry_after: None };
+//! let mut h = HeaderMap::new();
+//! apply_headers(&mut h, "public", Quota::per_minute(60), &d, Duration::from_secs(1_000));
+//! assert_eq!(h["ratelimit-policy"], "\"public\";q=60;w=60");
+//! assert_eq!(h["ratelimit"], "\"public\";r=59;t=60");
+//! assert_eq!(h["x-ratelimit-reset"], "1060");
+//! ```
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::audit::Reason;
+use crate::rate_limit::{Decision, Quota, ceil_secs};
+use crate::response::problem::{Rejection, RejectionKind};
+
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+
+/// Adds the rate-limit headers for `decision` to `headers`; `now` is the Unix time.
+/// `name` must be a valid policy name (letters, digits, `-_.`), as [`crate::Policy`] ensures.
+pub fn apply_headers(
+    headers: &mut HeaderMap,
+    name: &str,
+    quota: Quota,
+    decision: &Decision,
+    now: Duration,
+) {
+    LimitHeaders::new(name, quota).apply(headers, decision, now);
+}
+
+/// The per-policy part of the rate-limit headers, formatted once when a layer is built, so a
+/// request formats only its own numbers.
+#[derive(Debug)]
+pub(crate) struct LimitHeaders {
+    /// `RateLimit-Policy`, constant for the policy.
+    policy: Option<HeaderValue>,
+    /// `"name";r=`, the start of `RateLimit`.
+    ratelimit_prefix: Box<str>,
+}
+
+impl LimitHeaders {
+    pub(crate) fn new(name: &str, quota: Quota) -> Self {
+        let policy = format!(
+            "\"{name}\";q={};w={}",
+            quota.limit(),
+            ceil_secs(quota.window())
+        );
+        Self {
+            policy: HeaderValue::from_str(&policy).ok(),
+            ratelimit_prefix: format!("\"{name}\";r=").into(),
+        }
+    }
+
+    pub(crate) fn apply(&self, headers: &mut HeaderMap, decision: &Decision, now: Duration) {
+        use std::fmt::Write as _;
+        let reset = decision.reset_after_secs();
+        if let Some(p) = &self.policy {
+            headers.insert(RATELIMIT_POLICY, p.clone());
+        }
+        let mut ratelimit = String::with_capacity(self.ratelimit_prefix.len() + 24);
+        ratelimit.push_str(&self.ratelimit_prefix);
+        let _ = write!(ratelimit, "{};t={reset}", decision.remaining);
+        if let Ok(v) = HeaderValue::from_str(&ratelimit) {
+            headers.insert(RATELIMIT, v);
+        }
+        headers.insert(X_LIMIT, HeaderValue::from(decision.limit));
+        headers.insert(X_REMAINING, HeaderValue::from(decision.remaining));
+        headers.insert(
+            X_RESET,
+            HeaderValue::from(now.as_secs().saturating_add(reset)),
+        );
+        if let Some(retry) = decision.retry_after_secs() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry));
+        }
+    }
+}
+
+/// The 429 answer for a refused decision: problem body with `retryAfter` (seconds) and
+/// `resetAt` (RFC 3339: when a request will next be admitted), plus all the headers.
+pub(crate) fn too_many_requests(
+    name: &str,
+    quota: Quota,
+    decision: &Decision,
+    now: Duration,
+) -> Rejection {
+    let retry = decision.retry_after_secs().unwrap_or(1).max(1);
+    let reset_at = OffsetDateTime::from_unix_timestamp(
+        i64::try_from(now.as_secs().saturating_add(retry)).unwrap_or(i64::MAX),
+    )
+    .ok()
+    .and_then(|t| t.format(&Rfc3339).ok());
+    let mut r = Rejection::new(RejectionKind::RateLimited, Reason::QuotaExhausted)
+        .with_detail(format!(
+            "Too many requests. Please try again in {retry} seconds."
+        ))
+        .with_member("retryAfter", json!(retry))
+        .with_member("resetAt", json!(reset_at));
+    let mut d = *decision;
+    d.retry_after = Some(Duration::from_secs(retry));
+    apply_headers(r.headers_mut(), name, quota, &d, now);
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::response::IntoResponse;
+
+    #[tokio::test]
+    async fn refusal_has_retry_after_rounded_up_and_body_fields() {
+        let d = Decision {
+            allowed: false,
+            limit: 10,
+            remaining: 0,
+            reset_after: Duration::from_millis(59_001),
+            retry_after: Some(Duration::from_millis(16_001)),
+        };
+        let res = too_many_requests(
+            "strict",
+            Quota::per_minute(10),
+            &d,
+            Duration::from_secs(100),
+        )
+        .into_response();
+        assert_eq!(res.status(), 429);
+        assert_eq!(res.headers()[header::RETRY_AFTER], "17");
+        assert_eq!(res.headers()["ratelimit"], "\"strict\";r=0;t=60");
+        assert_eq!(res.headers()["x-ratelimit-reset"], "160");
+        let body = axum::body::to_bytes(res.into_body(), 4096).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["retryAfter"], 17);
+        assert_eq!(v["resetAt"], "1970-01-01T00:01:57Z");
+        assert_eq!(v["error"], "Rate limit exceeded");
+    }
+}

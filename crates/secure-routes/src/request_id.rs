@@ -1,0 +1,47 @@
+//! Request ids: the `x-request-id` every answer carries and every audit event records.
+//!
+//! Kept apart from the pipeline because two layers need the same rules: the pipeline (each
+//! policy's answers) and the router-wide [`crate::fallback`] layer (answers no policy gave).
+//! An incoming id is kept only from a trusted proxy, and only if it is short and plain: an
+//! untrusted client could otherwise forge ids in the audit log.
+
+use http::{HeaderName, HeaderValue};
+
+/// The request-id header.
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Whether an incoming request id is short and plain enough to keep.
+pub(crate) fn plain_request_id(v: &HeaderValue) -> bool {
+    (1..=64).contains(&v.len())
+        && v.as_bytes()
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// A new UUIDv7 request id.
+pub(crate) fn fresh_request_id() -> HeaderValue {
+    let mut buf = uuid::Uuid::encode_buffer();
+    let s = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_ids_are_kept_others_are_not() {
+        for (id, keep) in [
+            ("abc-123_x.y:z", true),
+            ("", false),
+            ("has space", false),
+            ("a/b", false),
+        ] {
+            let v = HeaderValue::from_bytes(id.as_bytes()).unwrap();
+            assert_eq!(plain_request_id(&v), keep, "{id:?}");
+        }
+        let long = HeaderValue::from_str(&"a".repeat(65)).unwrap();
+        assert!(!plain_request_id(&long));
+        assert!(plain_request_id(&fresh_request_id()));
+    }
+}

@@ -1,0 +1,155 @@
+//! The responders: every answer the pipeline gives instead of (or on top of) the handler's.
+//! Refusals (audited, with CORS and security headers), the CORS preflight answer, the
+//! decoration of every response (step 10), the 500 for a handler panic and the 403 for a
+//! failed Fetch Metadata check.
+//!
+//! Why apart from the steps: a step decides and returns a [`Rejection`]; how a decision
+//! becomes a response (headers, audit event, request id) is the same for all of them, so it
+//! lives here once.
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, header};
+use http_body_util::BodyExt;
+use tower::BoxError;
+use tower_http::body::UnsyncBoxBody;
+use tower_http::catch_panic::ResponseForPanic;
+use tower_http::csrf::{ProtectionError, ProtectionErrorKind, ResponseForProtectionError};
+
+use crate::audit::{Outcome, Reason, sanitize};
+use crate::context::{Ctx, RouteState};
+use crate::request_id::{X_REQUEST_ID, fresh_request_id};
+use crate::response::problem::{Rejection, RejectionKind};
+
+impl Ctx {
+    /// Audits a refusal and turns it into the final response (one event per decision: the
+    /// rejection's [`Rejection::audit_info`]).
+    pub(crate) async fn reject(&self, rejection: Rejection) -> Response {
+        let info = rejection.audit_info();
+        let status = rejection.info().kind.status().as_u16();
+        if let Some(store) = self.failed_open {
+            // The store failed and the policy let the request on; a later step refused it.
+            // Both happened: the store failure is its own event.
+            self.audit(store, status, Outcome::Allowed).await;
+        }
+        self.audit(info, status, Outcome::Denied).await;
+        let mut res = rejection.into_response();
+        // The CORS grant too (and `Vary`), so a browser app can read why it was refused.
+        let mut request_headers = HeaderMap::new();
+        if let Some(o) = &self.origin {
+            request_headers.insert(header::ORIGIN, o.clone());
+        }
+        merge_cors(
+            res.headers_mut(),
+            self.state.cors_headers(&request_headers, false),
+        );
+        self.decorate(&mut res);
+        res
+    }
+
+    /// Step 3's answer: a CORS preflight, 204 (tower-http answers 200): no content, and what
+    /// the docs promise. The handler is not called.
+    pub(crate) fn preflight(&self, request_headers: &HeaderMap) -> Response {
+        let mut res = Response::new(Body::empty());
+        *res.status_mut() = http::StatusCode::NO_CONTENT;
+        merge_cors(
+            res.headers_mut(),
+            self.state.cors_headers(request_headers, true),
+        );
+        self.decorate(&mut res);
+        res
+    }
+
+    /// Step 10: security headers, rate-limit headers, no-store when authenticated, request id.
+    pub(crate) fn decorate(&self, res: &mut Response) {
+        let shared = &self.state.shared;
+        let h = res.headers_mut();
+        // Room for everything below at once: growing the map step by step rehashes it twice.
+        h.reserve(16);
+        self.state.policy.security_headers().apply(h, shared.https);
+        // Both come from the policy's quota: a decision exists only on a rate-limited route.
+        if let (Some(decision), Some(limit_headers)) = (&self.limit, &self.state.limit_headers)
+            && !h.contains_key("ratelimit")
+        {
+            limit_headers.apply(h, decision, shared.clock.now());
+        }
+        if self.subject.is_some() {
+            // Authenticated answers are per-user: no shared cache may keep them.
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+        h.insert(X_REQUEST_ID, self.request_id.clone());
+    }
+}
+
+/// A refusal before the request has an audit context (no client address): the policy's
+/// security headers and a fresh request id, no audit event (there is no client to record).
+pub(crate) fn unaudited(state: &RouteState, rejection: Rejection) -> Response {
+    let mut res = rejection.into_response();
+    let h = res.headers_mut();
+    state.policy.security_headers().apply(h, state.shared.https);
+    h.insert(X_REQUEST_ID, fresh_request_id());
+    res
+}
+
+/// Merges CORS headers into a response the way tower-http does (`Vary` appended).
+pub(crate) fn merge_cors(target: &mut HeaderMap, cors: HeaderMap) {
+    let mut last = None;
+    for (name, value) in cors {
+        if let Some(n) = name {
+            last = Some(n);
+        }
+        let Some(n) = &last else { continue };
+        if *n == header::VARY {
+            target.append(n.clone(), value);
+        } else {
+            target.insert(n.clone(), value);
+        }
+    }
+}
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
+
+/// Answers a handler panic with a generic 500 problem; the panic message goes to the log only.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PanicProblem;
+
+impl ResponseForPanic for PanicProblem {
+    type ResponseBody = Body;
+
+    fn response_for_panic(
+        &mut self,
+        err: Box<dyn std::any::Any + Send + 'static>,
+    ) -> http::Response<Body> {
+        let msg = panic_message(&*err);
+        tracing::error!(panic = %sanitize(&msg, 512), "handler panicked");
+        Rejection::new(RejectionKind::Internal, Reason::HandlerPanicked).into_response()
+    }
+}
+
+/// Answers a failed Fetch Metadata / `Origin` check with the CSRF problem body.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CsrfProblem;
+
+impl ResponseForProtectionError<UnsyncBoxBody<Bytes, BoxError>> for CsrfProblem {
+    fn response_for_protection_error(
+        &mut self,
+        error: ProtectionError,
+    ) -> http::Response<UnsyncBoxBody<Bytes, BoxError>> {
+        let reason = match error.kind() {
+            ProtectionErrorKind::CrossOriginRequest => Reason::CrossSiteFetch,
+            _ => Reason::CrossOrigin,
+        };
+        Rejection::new(RejectionKind::CsrfFailed, reason)
+            .with_detail("Cross-origin state-changing requests are not allowed.")
+            .into_response()
+            .map(|b| UnsyncBoxBody::new(b.map_err(BoxError::from)))
+    }
+}

@@ -1,0 +1,248 @@
+//! The service a [`SecurityLayer`](crate::SecurityLayer) produces: [`SecurityService`] and
+//! its named [`ResponseFuture`]. Its `run` is the pipeline as a list of steps, in DESIGN's
+//! order; each step is a function in `guard::*` returning `Result<_, Rejection>`, and every
+//! refusal becomes a response in one place (`respond`).
+//!
+//! The future is a named type (as tower-http names its futures) so users can name the
+//! service's; inside it the pipeline's `async` body is boxed once per request, as before the
+//! split (an `async fn`'s future has no name to store unboxed on stable Rust).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::response::Response;
+use bytes::Bytes;
+use http::header;
+use http::request::Parts;
+use http::{Method, Request};
+use tower::{BoxError, ServiceExt as _};
+use tower_http::catch_panic::CatchPanic;
+use tower_http::cors::Cors;
+use tower_http::csrf::Csrf;
+use tower_service::Service;
+
+use crate::audit::Outcome;
+use crate::context::{Ctx, RouteState};
+use crate::guard::body::LimitedBody;
+use crate::guard::client::Client;
+use crate::guard::{auth, authz, body, client, csrf, method, rate_limit};
+use crate::rate_limit::BoxFuture;
+use crate::respond::{self, CsrfProblem, PanicProblem};
+use crate::response::problem::{Rejection, RejectionInfo};
+
+/// What the pipeline calls once its checks pass: tower-http's Fetch Metadata check,
+/// catch-panic, the handler.
+type Inner<S> = Csrf<CatchPanic<S, PanicProblem>, CsrfProblem>;
+
+/// The service a [`SecurityLayer`](crate::SecurityLayer) produces.
+///
+/// It holds the inner service twice: behind tower-http's CORS layer (for ordinary requests,
+/// which get the CORS response headers) and bare, for a plain `OPTIONS` the policy allows.
+/// tower-http treats every `OPTIONS` as a preflight, so a plain one sent through it would
+/// never reach the method check or the handler.
+#[derive(Clone)]
+pub struct SecurityService<S> {
+    state: Arc<RouteState>,
+    cors: Cors<Inner<S>>,
+    plain: Inner<S>,
+}
+
+impl<S> SecurityService<S> {
+    pub(crate) fn new(state: Arc<RouteState>, cors: Cors<Inner<S>>, plain: Inner<S>) -> Self {
+        Self { state, cors, plain }
+    }
+}
+
+impl<S> fmt::Debug for SecurityService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecurityService")
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SecurityService<S>
+where
+    S: Service<Request<LimitedBody<ReqBody>>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: http_body::Body + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.cors.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        // The clone is not ready; the one poll_ready prepared is taken (tower's usual swap).
+        let clone = self.cors.clone();
+        let cors = std::mem::replace(&mut self.cors, clone);
+        let inner = Ways {
+            cors,
+            plain: self.plain.clone(),
+        };
+        ResponseFuture {
+            inner: Box::pin(run(self.state.clone(), inner, req)),
+        }
+    }
+}
+
+/// The future of a [`SecurityService`]: the pipeline's answer, or the inner service's error.
+pub struct ResponseFuture<E> {
+    inner: BoxFuture<'static, Result<Response, E>>,
+}
+
+impl<E> fmt::Debug for ResponseFuture<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ResponseFuture")
+    }
+}
+
+impl<E> Future for ResponseFuture<E> {
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.get_mut().inner.as_mut().poll(cx)
+    }
+}
+
+/// The pipeline (DESIGN.md, "The pipeline"): steps 1 to 10 for one request.
+async fn run<I, ReqBody, ResBody>(
+    state: Arc<RouteState>,
+    inner: Ways<I>,
+    req: Request<ReqBody>,
+) -> Result<Response, I::Error>
+where
+    I: Service<Request<LimitedBody<ReqBody>>, Response = http::Response<ResBody>>,
+    ReqBody: http_body::Body,
+    ResBody: http_body::Body<Data = Bytes> + Default + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let (mut parts, body) = req.into_parts();
+    // 1. The client (a server without a socket peer is a configuration error: 500).
+    let client = match client::resolve(&state, &mut parts) {
+        Ok(c) => c,
+        Err(r) => return Ok(respond::unaudited(&state, r)),
+    };
+    let mut ctx = context(&state, &parts, client);
+    // 3. CORS preflight, answered without calling the handler.
+    if is_preflight(&parts) {
+        return Ok(ctx.preflight(&parts.headers));
+    }
+    // 4 to 8b: method, authentication, rate limit, authorization, declared body, CSRF token.
+    if let Err(r) = checks(&state, &mut ctx, &parts).await {
+        return Ok(ctx.reject(r).await);
+    }
+    // 8a + 9: Fetch Metadata check (tower-http), catch-panic, the handler.
+    if let Some(p) = &ctx.subject {
+        parts.extensions.insert(p.clone());
+    }
+    let (body, body_state) = LimitedBody::new(body, state.policy.max_body_bytes());
+    let mut res = inner.call(&state, Request::from_parts(parts, body)).await?;
+    // 7, streamed: whatever the handler made of the body error, the answer is ours.
+    if let Err(r) = body::check_streamed(body_state.get()) {
+        return Ok(ctx.reject(r).await);
+    }
+    let status = res.status().as_u16();
+    if let Some(info) = ctx.failed_open {
+        ctx.audit(info, status, Outcome::Allowed).await;
+    }
+    // A refusal from inside the stack (Fetch Metadata, a handler panic) is audited here.
+    if let Some(info) = res.extensions().get::<RejectionInfo>().copied() {
+        ctx.audit(info, status, Outcome::Denied).await;
+    }
+    // 10. Response headers.
+    ctx.decorate(&mut res);
+    Ok(res)
+}
+
+/// Steps 4 to 8b in DESIGN's order; the first refusal ends the request. What a step learns
+/// (the principal, the rate-limit decision) goes into the audit context.
+async fn checks(state: &RouteState, ctx: &mut Ctx, parts: &Parts) -> Result<(), Rejection> {
+    let policy = &state.policy;
+    method::check(policy.methods(), &parts.method)?;
+    ctx.subject = auth::authenticate(state, parts, &ctx.route, ctx.ip).await?;
+    let limited = rate_limit::check(state, &ctx.route, ctx.ip, ctx.subject.as_ref()).await?;
+    (ctx.limit, ctx.failed_open) = (limited.decision, limited.failed_open);
+    authz::check(policy, ctx.subject.as_ref())?;
+    body::check(policy.max_body_bytes(), &parts.headers)?;
+    let shared = &state.shared;
+    let cookie = shared.csrf_cookie_name();
+    csrf::check(
+        &shared.csrf,
+        cookie,
+        &parts.method,
+        &parts.headers,
+        ctx.csrf_binding(),
+    )
+}
+
+/// A CORS preflight (Fetch standard): `OPTIONS` with `Access-Control-Request-Method`. A plain
+/// `OPTIONS` is an ordinary request and meets the method check like any other.
+fn is_preflight(parts: &Parts) -> bool {
+    parts.method == Method::OPTIONS
+        && parts
+            .headers
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+/// The audit context of a request whose client is known.
+fn context(state: &Arc<RouteState>, parts: &Parts, client: Client) -> Ctx {
+    Ctx {
+        state: state.clone(),
+        method: parts.method.clone(),
+        path: parts.uri.clone(),
+        route: client.route,
+        request_id: client.request_id,
+        ip: client.ip,
+        user_agent: parts.headers.get(header::USER_AGENT).cloned(),
+        origin: parts.headers.get(header::ORIGIN).cloned(),
+        subject: None,
+        limit: None,
+        failed_open: None,
+    }
+}
+
+/// The two ways into the inner service (see [`SecurityService`]).
+struct Ways<I> {
+    /// Ready (polled by `SecurityService::poll_ready`).
+    cors: Cors<I>,
+    /// Not polled yet.
+    plain: I,
+}
+
+impl<I> Ways<I> {
+    /// Calls the handler's stack: through tower-http's CORS layer, or bare for a plain
+    /// `OPTIONS` (with the CORS headers added here).
+    async fn call<B, ResBody>(
+        self,
+        state: &RouteState,
+        req: Request<B>,
+    ) -> Result<Response, I::Error>
+    where
+        I: Service<Request<B>, Response = http::Response<ResBody>>,
+        ResBody: http_body::Body<Data = Bytes> + Default + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        let Ways { mut cors, plain } = self;
+        if req.method() == Method::OPTIONS {
+            let cors_headers = state.cors_headers(req.headers(), false);
+            let mut res = plain.oneshot(req).await?.map(Body::new);
+            respond::merge_cors(res.headers_mut(), cors_headers);
+            Ok(res)
+        } else {
+            Ok(cors.call(req).await?.map(Body::new))
+        }
+    }
+}
