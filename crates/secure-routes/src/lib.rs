@@ -99,8 +99,11 @@ pub mod auth;
 pub mod authz;
 pub mod client_ip;
 pub mod clock;
+mod cookies;
 pub mod error;
 pub mod fallback;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guard;
 pub mod layer;
 pub mod policy;

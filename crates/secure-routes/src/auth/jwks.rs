@@ -75,10 +75,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::cache::PINNED;
+use super::claims::{Claims, PINNED};
 use super::verify::{
-    ClaimOptions, ClaimRules, Claims, KeySpec, Profile, Verified, alg_name, check_key,
-    claim_option_methods, parse_header,
+    ClaimOptions, ClaimRules, Hooks, KeySpec, Verified, alg_name, check_key, claim_option_methods,
+    parse_header,
 };
 use super::{AuthError, Authenticator, BoxFuture, Principal};
 use crate::error::ConfigError;
@@ -270,8 +270,8 @@ impl JwksAuthenticatorBuilder {
     }
 
     /// Provider-specific rules (the Supabase profile's cookie format and API-key refusal).
-    pub(crate) fn profile(mut self, profile: Profile) -> Self {
-        self.claims.profile = profile;
+    pub(crate) fn hooks(mut self, hooks: Hooks) -> Self {
+        self.claims.hooks = hooks;
         self
     }
 

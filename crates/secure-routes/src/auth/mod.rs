@@ -21,6 +21,7 @@
 
 pub mod api_key;
 mod cache;
+mod claims;
 #[cfg(feature = "jwks")]
 pub mod jwks;
 pub mod jwt;
