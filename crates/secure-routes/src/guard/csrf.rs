@@ -432,13 +432,20 @@ pub fn cookie_header_value(token: &str, secure: bool) -> String {
 }
 
 fn cookie_with_max_age(token: &str, secure: bool, max_age_secs: u64) -> String {
-    if secure {
-        format!(
-            "{SECURE_COOKIE_NAME}={token}; Path=/; Secure; SameSite=Strict; Max-Age={max_age_secs}"
-        )
+    let name = if secure {
+        SECURE_COOKIE_NAME
     } else {
-        format!("{COOKIE_NAME}={token}; Path=/; SameSite=Strict; Max-Age={max_age_secs}")
-    }
+        COOKIE_NAME
+    };
+    // At most MAX_MAX_AGE (400 days), so the conversion never saturates in practice.
+    let max_age = i64::try_from(max_age_secs).unwrap_or(i64::MAX);
+    cookie::Cookie::build((name, token))
+        .path("/")
+        .secure(secure)
+        .same_site(cookie::SameSite::Strict)
+        .max_age(time::Duration::seconds(max_age))
+        .build()
+        .to_string()
 }
 
 #[cfg(test)]
@@ -848,12 +855,12 @@ mod tests {
         let plain = cookie_header_value("t", false);
         assert_eq!(
             plain,
-            "csrf-token=t; Path=/; SameSite=Strict; Max-Age=43200"
+            "csrf-token=t; SameSite=Strict; Path=/; Max-Age=43200"
         );
         let secure = cookie_header_value("t", true);
         assert_eq!(
             secure,
-            "__Host-csrf-token=t; Path=/; Secure; SameSite=Strict; Max-Age=43200"
+            "__Host-csrf-token=t; SameSite=Strict; Secure; Path=/; Max-Age=43200"
         );
         for c in [plain, secure] {
             let parsed = cookie::Cookie::parse(c).unwrap();
