@@ -102,8 +102,11 @@ pub mod authz;
 pub mod client_ip;
 pub mod clock;
 mod context;
+mod cookies;
 pub mod error;
 pub mod fallback;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guard;
 pub mod layer;
 pub mod policy;

@@ -26,6 +26,7 @@ use crate::audit::AuditWriter;
 use crate::auth::{Authenticator, Principal};
 use crate::client_ip::{ForwardedHeader, TrustedProxies};
 use crate::clock::{Clock, SystemClock};
+use crate::cookies::{CookieLookup, single_cookie};
 use crate::error::ConfigError;
 use crate::fallback::{HeadersLayer, HeadersState};
 use crate::guard::csrf::{self as csrf_token, CsrfTokens};
@@ -131,8 +132,8 @@ impl Security {
     ) -> (String, HeaderValue) {
         let binding = principal.map_or("", Principal::csrf_binding);
         let name = self.csrf_cookie_name();
-        let existing = match csrf_token::single_cookie(request_headers, name) {
-            csrf_token::CookieLookup::One(t) if self.shared.csrf.reusable(&t, binding) => Some(t),
+        let existing = match single_cookie(request_headers, name) {
+            CookieLookup::One(t) if self.shared.csrf.reusable(&t, binding) => Some(t),
             _ => None,
         };
         let token = existing.unwrap_or_else(|| self.shared.csrf.issue(binding));

@@ -393,9 +393,9 @@ proptest! {
     fn only_configured_api_keys_pass(
         presented in proptest::collection::vec(any::<u8>(), 0..64),
     ) {
-        let keys = ApiKeyAuthenticator::new("x-api-key")
-            .with_key("one", "key-one-0123456789")
-            .with_key("two", "key-two-0123456789")
+        let keys = ApiKeyAuthenticator::builder("x-api-key")
+            .key("one", "key-one-0123456789")
+            .key("two", "key-two-0123456789")
             .build()
             .unwrap();
         if let Some(r) = run(&keys, &[("x-api-key", &presented)]) {
@@ -422,8 +422,8 @@ proptest! {
 
 #[test]
 fn api_keys_work_and_are_not_ambient() {
-    let keys = ApiKeyAuthenticator::new("x-api-key")
-        .with_key("one", "key-one-0123456789")
+    let keys = ApiKeyAuthenticator::builder("x-api-key")
+        .key("one", "key-one-0123456789")
         .build()
         .unwrap();
     let p = run(&keys, &[("x-api-key", b"key-one-0123456789")])

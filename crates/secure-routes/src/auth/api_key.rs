@@ -18,8 +18,8 @@
 //! use tower::ServiceExt;
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
-//! let keys = ApiKeyAuthenticator::new("x-api-key")
-//!     .with_key("ci-bot", "k_3f9a1c7e5b2d8f60a4c1")
+//! let keys = ApiKeyAuthenticator::builder("x-api-key")
+//!     .key("ci-bot", "k_3f9a1c7e5b2d8f60a4c1")
 //!     .build()
 //!     .unwrap();
 //! let security = Security::builder().authenticator(keys).csrf_secret([1u8; 32]).build().unwrap();
@@ -53,7 +53,7 @@ pub const MIN_KEY_LEN: usize = 16;
 /// Longest key header accepted; anything longer is refused before hashing.
 pub const MAX_KEY_LEN: usize = 1024;
 
-/// The SHA-256 of `key`, lowercase hex: what [`ApiKeyAuthenticator::with_key_hash`] expects,
+/// The SHA-256 of `key`, lowercase hex: what [`ApiKeyAuthenticatorBuilder::key_hash`] expects,
 /// so configuration can carry digests instead of keys.
 ///
 /// ```
@@ -70,71 +70,61 @@ pub fn hash_key(key: &[u8]) -> String {
         })
 }
 
-/// Authenticates requests by an API key in a header.
+/// Configures an [`ApiKeyAuthenticator`]; see [`ApiKeyAuthenticator::builder`].
 ///
-/// Configure it with [`with_key`](Self::with_key) / [`with_key_hash`](Self::with_key_hash),
-/// then call [`build`](Self::build) to get every configuration problem at once. An instance
-/// with problems that was *not* checked with `build` fails closed: every request presenting
-/// a key is answered [`AuthError::Unavailable`] (503), none is let in.
+/// [`build`](Self::build) reports every problem at once. The builder authenticates nobody: only
+/// a configuration that passed `build` becomes an [`ApiKeyAuthenticator`].
 ///
 /// ```
 /// use secure_routes::auth::api_key::ApiKeyAuthenticator;
-/// let err = ApiKeyAuthenticator::new("x-api-key")
-///     .with_key("a", "short")
-///     .with_key_hash("b", "not-hex")
+/// let err = ApiKeyAuthenticator::builder("x-api-key")
+///     .key("a", "short")
+///     .key_hash("b", "not-hex")
 ///     .build()
 ///     .unwrap_err();
 /// assert_eq!(err.problems().len(), 2);
 /// ```
-pub struct ApiKeyAuthenticator {
+///
+/// ```compile_fail
+/// use secure_routes::auth::{Authenticator, api_key::ApiKeyAuthenticator};
+/// // An unchecked configuration cannot be used to authenticate.
+/// let unchecked = ApiKeyAuthenticator::builder("x-api-key").key("ops", "0123456789abcdef-ops");
+/// let _: &dyn Authenticator = &unchecked;
+/// ```
+#[derive(Clone)]
+pub struct ApiKeyAuthenticatorBuilder {
     header: Option<HeaderName>,
     keys: Vec<(Arc<str>, [u8; 32])>,
     problems: Vec<String>,
 }
 
-impl fmt::Debug for ApiKeyAuthenticator {
+impl fmt::Debug for ApiKeyAuthenticatorBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Ids only: not even the digests.
-        f.debug_struct("ApiKeyAuthenticator")
+        f.debug_struct("ApiKeyAuthenticatorBuilder")
             .field("header", &self.header)
             .field(
                 "key_ids",
                 &self.keys.iter().map(|(id, _)| id).collect::<Vec<_>>(),
             )
-            .finish_non_exhaustive()
+            .field("problems", &self.problems.len())
+            .finish()
     }
 }
 
-impl ApiKeyAuthenticator {
-    /// Reads keys from `header_name` (case-insensitive). It must be a valid header name, and
-    /// neither `Cookie` (a key there would be ambient, sent by the browser on cross-site
-    /// requests) nor `Authorization` (left to bearer tokens).
-    pub fn new(header_name: &str) -> Self {
-        let mut problems = Vec::new();
-        let header = match HeaderName::from_bytes(header_name.as_bytes()) {
-            Ok(h) if h == http::header::COOKIE || h == http::header::AUTHORIZATION => {
-                problems.push(format!("api key header must not be {h:?}"));
-                None
-            }
-            Ok(h) => Some(h),
-            Err(_) => {
-                problems.push(format!(
-                    "api key header {:?} is not a valid header name",
-                    header_name.chars().take(64).collect::<String>()
-                ));
-                None
-            }
-        };
-        Self {
-            header,
-            keys: Vec::new(),
-            problems,
-        }
-    }
-
+impl ApiKeyAuthenticatorBuilder {
     /// Accepts `key` for the principal `id`. The key is hashed at once and not kept. It must be
     /// at least [`MIN_KEY_LEN`] and at most [`MAX_KEY_LEN`] bytes.
-    pub fn with_key(mut self, id: impl Into<Arc<str>>, key: impl AsRef<[u8]>) -> Self {
+    ///
+    /// ```
+    /// use secure_routes::auth::api_key::ApiKeyAuthenticator;
+    /// let a = ApiKeyAuthenticator::builder("x-api-key")
+    ///     .key("ci-bot", "k_3f9a1c7e5b2d8f60a4c1")
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(a.key_ids().collect::<Vec<_>>(), ["ci-bot"]);
+    /// ```
+    pub fn key(mut self, id: impl Into<Arc<str>>, key: impl AsRef<[u8]>) -> Self {
         let id = id.into();
         let key = key.as_ref();
         if key.len() < MIN_KEY_LEN || key.len() > MAX_KEY_LEN {
@@ -154,12 +144,12 @@ impl ApiKeyAuthenticator {
     ///
     /// ```
     /// use secure_routes::auth::api_key::{ApiKeyAuthenticator, hash_key};
-    /// let a = ApiKeyAuthenticator::new("x-api-key")
-    ///     .with_key_hash("ops", &hash_key(b"0123456789abcdef-ops"))
+    /// let a = ApiKeyAuthenticator::builder("x-api-key")
+    ///     .key_hash("ops", &hash_key(b"0123456789abcdef-ops"))
     ///     .build();
     /// assert!(a.is_ok());
     /// ```
-    pub fn with_key_hash(mut self, id: impl Into<Arc<str>>, hex_digest: &str) -> Self {
+    pub fn key_hash(mut self, id: impl Into<Arc<str>>, hex_digest: &str) -> Self {
         let id = id.into();
         match decode_hex32(hex_digest.trim()) {
             Some(digest) => self.add(id, digest),
@@ -189,32 +179,126 @@ impl ApiKeyAuthenticator {
         self
     }
 
-    /// Returns the authenticator if the configuration is sound, else every problem found.
-    /// No key at all is a problem too (nobody could ever authenticate).
-    pub fn build(mut self) -> Result<Self, ConfigError> {
-        if self.keys.is_empty() && self.problems.is_empty() {
-            self.problems.push("no api key configured".to_owned());
+    /// The authenticator if the configuration is sound, else every problem found. No key at
+    /// all is a problem too (nobody could ever authenticate).
+    ///
+    /// ```
+    /// use secure_routes::auth::api_key::ApiKeyAuthenticator;
+    /// let err = ApiKeyAuthenticator::builder("x-api-key").build().unwrap_err();
+    /// assert_eq!(err.problems(), ["no api key configured"]);
+    /// ```
+    pub fn build(self) -> Result<ApiKeyAuthenticator, ConfigError> {
+        let mut problems = self.problems;
+        if self.keys.is_empty() && problems.is_empty() {
+            problems.push("no api key configured".to_owned());
         }
-        let problems = std::mem::take(&mut self.problems);
-        ConfigError::check(problems, self)
+        let header = self.header;
+        ConfigError::check(problems, ())?;
+        let Some(header) = header else {
+            return Err(ConfigError::new("api key header is not usable"));
+        };
+        Ok(ApiKeyAuthenticator {
+            header,
+            keys: self.keys,
+        })
+    }
+}
+
+/// Authenticates requests by an API key in a header.
+///
+/// Built by [`ApiKeyAuthenticator::builder`], which checks the whole configuration first.
+///
+/// ```
+/// use secure_routes::auth::api_key::ApiKeyAuthenticator;
+/// let a = ApiKeyAuthenticator::builder("x-api-key")
+///     .key("ci-bot", "k_3f9a1c7e5b2d8f60a4c1")
+///     .build()
+///     .unwrap();
+/// assert_eq!(a.header_name(), "x-api-key");
+/// ```
+#[derive(Clone)]
+pub struct ApiKeyAuthenticator {
+    header: HeaderName,
+    keys: Vec<(Arc<str>, [u8; 32])>,
+}
+
+impl fmt::Debug for ApiKeyAuthenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Ids only: not even the digests.
+        f.debug_struct("ApiKeyAuthenticator")
+            .field("header", &self.header)
+            .field(
+                "key_ids",
+                &self.keys.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiKeyAuthenticator {
+    /// Starts a configuration reading keys from `header_name` (case-insensitive). It must be a
+    /// valid header name, and neither `Cookie` (a key there would be ambient, sent by the
+    /// browser on cross-site requests) nor `Authorization` (left to bearer tokens).
+    ///
+    /// ```
+    /// use secure_routes::auth::api_key::ApiKeyAuthenticator;
+    /// let err = ApiKeyAuthenticator::builder("cookie")
+    ///     .key("ci-bot", "k_3f9a1c7e5b2d8f60a4c1")
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(err.problems().len(), 1);
+    /// ```
+    pub fn builder(header_name: &str) -> ApiKeyAuthenticatorBuilder {
+        let mut problems = Vec::new();
+        let header = match HeaderName::from_bytes(header_name.as_bytes()) {
+            Ok(h) if h == http::header::COOKIE || h == http::header::AUTHORIZATION => {
+                problems.push(format!("api key header must not be {h:?}"));
+                None
+            }
+            Ok(h) => Some(h),
+            Err(_) => {
+                problems.push(format!(
+                    "api key header {:?} is not a valid header name",
+                    header_name.chars().take(64).collect::<String>()
+                ));
+                None
+            }
+        };
+        ApiKeyAuthenticatorBuilder {
+            header,
+            keys: Vec::new(),
+            problems,
+        }
     }
 
     /// The ids of the configured keys.
+    ///
+    /// ```
+    /// use secure_routes::auth::api_key::ApiKeyAuthenticator;
+    /// let a = ApiKeyAuthenticator::builder("x-api-key")
+    ///     .key("a", "0123456789abcdef-a")
+    ///     .key("b", "0123456789abcdef-b")
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(a.key_ids().collect::<Vec<_>>(), ["a", "b"]);
+    /// ```
     pub fn key_ids(&self) -> impl Iterator<Item = &str> {
         self.keys.iter().map(|(id, _)| &**id)
     }
 
-    /// The header keys are read from, if it is valid.
-    pub fn header_name(&self) -> Option<&HeaderName> {
-        self.header.as_ref()
+    /// The header keys are read from.
+    ///
+    /// ```
+    /// use secure_routes::auth::api_key::ApiKeyAuthenticator;
+    /// let a = ApiKeyAuthenticator::builder("X-Api-Key").key("a", "0123456789abcdef").build();
+    /// assert_eq!(a.unwrap().header_name(), "x-api-key");
+    /// ```
+    pub fn header_name(&self) -> &HeaderName {
+        &self.header
     }
 
     fn check(&self, parts: &Parts) -> Result<Principal, AuthError> {
-        let Some(header) = &self.header else {
-            // Misconfigured and never checked: there is no header to read, so no credential.
-            return Err(AuthError::Missing);
-        };
-        let mut values = parts.headers.get_all(header).iter();
+        let mut values = parts.headers.get_all(&self.header).iter();
         let presented = match (values.next(), values.next()) {
             (None, _) => return Err(AuthError::Missing),
             (Some(_), Some(_)) => return Err(AuthError::Invalid("multiple_credentials")),
@@ -222,12 +306,6 @@ impl ApiKeyAuthenticator {
         };
         if presented.is_empty() || presented.len() > MAX_KEY_LEN {
             return Err(AuthError::Invalid("malformed"));
-        }
-        if !self.problems.is_empty() {
-            // Fail closed: a configuration nobody validated is not trusted to let anyone in.
-            return Err(AuthError::Unavailable(
-                "api key authenticator is misconfigured (call build())".to_owned(),
-            ));
         }
         let digest: [u8; 32] = Sha256::digest(presented).into();
         // Constant time: every stored digest is compared, the match is selected without a
@@ -295,9 +373,9 @@ mod tests {
     const K2: &str = "k2-fedcba9876543210";
 
     fn auth() -> ApiKeyAuthenticator {
-        ApiKeyAuthenticator::new("X-Api-Key")
-            .with_key("one", K1)
-            .with_key_hash("two", &hash_key(K2.as_bytes()).to_uppercase())
+        ApiKeyAuthenticator::builder("X-Api-Key")
+            .key("one", K1)
+            .key_hash("two", &hash_key(K2.as_bytes()).to_uppercase())
             .build()
             .unwrap()
     }
@@ -362,13 +440,13 @@ mod tests {
 
     #[test]
     fn config_problems_are_all_reported() {
-        let err = ApiKeyAuthenticator::new("bad header")
-            .with_key("a", "short")
-            .with_key("", "0123456789abcdef")
-            .with_key("b", "0123456789abcdef")
-            .with_key("b", "0123456789abcdefg")
-            .with_key("c", "0123456789abcdef")
-            .with_key_hash("d", "zz")
+        let err = ApiKeyAuthenticator::builder("bad header")
+            .key("a", "short")
+            .key("", "0123456789abcdef")
+            .key("b", "0123456789abcdef")
+            .key("b", "0123456789abcdefg")
+            .key("c", "0123456789abcdef")
+            .key_hash("d", "zz")
             .build()
             .unwrap_err();
         assert_eq!(err.problems().len(), 6, "{err}");
@@ -380,35 +458,28 @@ mod tests {
     fn ambient_or_reserved_headers_are_refused() {
         for h in ["cookie", "Authorization"] {
             assert!(
-                ApiKeyAuthenticator::new(h)
-                    .with_key("a", K1)
+                ApiKeyAuthenticator::builder(h)
+                    .key("a", K1)
                     .build()
                     .is_err(),
                 "{h}"
             );
         }
         assert!(
-            ApiKeyAuthenticator::new("x-api-key").build().is_err(),
+            ApiKeyAuthenticator::builder("x-api-key").build().is_err(),
             "no keys"
         );
     }
 
     #[test]
-    fn unchecked_bad_config_fails_closed() {
-        let a = ApiKeyAuthenticator::new("x-api-key")
-            .with_key("one", K1)
-            .with_key("bad", "short");
-        assert!(matches!(
-            run(&a, &[K1.as_bytes()]),
-            Err(AuthError::Unavailable(_))
-        ));
-        assert_eq!(run(&a, &[]).unwrap_err(), AuthError::Missing);
-        // The stub-compatible constructor alone: no key is ever accepted.
-        let empty = ApiKeyAuthenticator::new("x-api-key");
-        assert_eq!(
-            run(&empty, &[K1.as_bytes()]).unwrap_err(),
-            AuthError::Invalid("unknown_key")
-        );
+    fn a_bad_configuration_builds_nothing() {
+        // The old fail-closed state (an unchecked authenticator answering 503) cannot exist:
+        // only `build` makes an authenticator (see the builder's compile_fail example).
+        let bad = ApiKeyAuthenticator::builder("x-api-key")
+            .key("one", K1)
+            .key("bad", "short");
+        assert!(format!("{bad:?}").contains("problems: 1"));
+        assert!(bad.build().is_err());
     }
 
     #[test]

@@ -30,11 +30,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::verify::Claims;
-
-/// The generation of entries verified with a key that never changes (a configured secret or
-/// PEM): valid whatever a key set is doing. Key set generations never take this value.
-pub(crate) const PINNED: u64 = u64::MAX;
+use super::claims::{Claims, PINNED};
 
 /// Shards, for large caches: concurrent hits on different tokens rarely wait for one another.
 const SHARDS: usize = 16;

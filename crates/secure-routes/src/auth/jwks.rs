@@ -71,14 +71,18 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse,
+};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize as _;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::cache::PINNED;
+use super::claims::{Claims, PINNED};
 use super::verify::{
-    ClaimOptions, ClaimRules, Claims, KeySpec, Profile, Verified, alg_name, check_key,
-    claim_option_methods, parse_header,
+    ClaimOptions, ClaimRules, Hooks, KeySpec, Verified, alg_name, check_key, claim_option_methods,
+    parse_header,
 };
 use super::{AuthError, Authenticator, BoxFuture, Principal};
 use crate::error::ConfigError;
@@ -270,8 +274,8 @@ impl JwksAuthenticatorBuilder {
     }
 
     /// Provider-specific rules (the Supabase profile's cookie format and API-key refusal).
-    pub(crate) fn profile(mut self, profile: Profile) -> Self {
-        self.claims.profile = profile;
+    pub(crate) fn hooks(mut self, hooks: Hooks) -> Self {
+        self.claims.hooks = hooks;
         self
     }
 
@@ -835,6 +839,11 @@ fn cache_lifetime(value: &str, min: Duration, max: Duration) -> Option<Duration>
 type KeyMap = HashMap<String, Vec<Arc<JwksKey>>>;
 
 /// The usable keys of a JWK set document, and a fingerprint of them.
+///
+/// The document is read as `{"keys": [...]}` with each key parsed on its own (as a
+/// jsonwebtoken [`Jwk`]) rather than as one [`JwkSet`](jsonwebtoken::jwk::JwkSet): with the
+/// latter, one key with an odd field (a numeric `kid`, a malformed `key_ops`) would make the
+/// whole set unreadable, and the provider's good keys with it.
 fn parse_set(body: &[u8]) -> Result<(KeyMap, [u8; 32]), JwksError> {
     let doc: Value = serde_json::from_slice(body).map_err(|_| JwksError::Malformed)?;
     let Some(Value::Array(keys)) = doc.get("keys") else {
@@ -890,72 +899,95 @@ impl Family {
     }
 }
 
+/// The signature algorithm a JWK's `alg` names, if it is one of [`ALLOWED`].
+fn allowed_alg(alg: KeyAlgorithm) -> Option<Algorithm> {
+    let alg = match alg {
+        KeyAlgorithm::RS256 => Algorithm::RS256,
+        KeyAlgorithm::RS384 => Algorithm::RS384,
+        KeyAlgorithm::RS512 => Algorithm::RS512,
+        KeyAlgorithm::PS256 => Algorithm::PS256,
+        KeyAlgorithm::ES256 => Algorithm::ES256,
+        KeyAlgorithm::ES384 => Algorithm::ES384,
+        KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+        // HMAC, encryption algorithms, PS384/PS512, unknown names: never a key's algorithm here.
+        _ => return None,
+    };
+    ALLOWED.contains(&alg).then_some(alg)
+}
+
 /// One JWK, if usable for signatures: its `kid`, the key and a digest of both for the set's
 /// fingerprint. Anything unexpected makes the key unusable, never the whole set.
+///
+/// jsonwebtoken reads the JWK ([`Jwk`]) and builds the key ([`DecodingKey::from_jwk`]); the
+/// rules on top are ours: signature use only, a bounded `kid`, the algorithm from the key's
+/// type and curve (an `alg` must agree with them), no `oct` keys, RSA moduli of 2048 to 8192
+/// bits and exact curve point sizes.
 fn parse_key(jwk: &Value) -> Option<(String, JwksKey, [u8; 32])> {
-    let o = jwk.as_object()?;
-    let text = |name: &str| o.get(name).and_then(Value::as_str);
-    let bytes = |name: &str| text(name).and_then(|s| URL_SAFE_NO_PAD.decode(s).ok());
+    let jwk = Jwk::deserialize(jwk).ok()?;
+    let common = &jwk.common;
+    let bytes = |s: &str| URL_SAFE_NO_PAD.decode(s).ok();
     // RFC 7517 §4.2-4.3: a key published for encryption is not a signature key.
-    if o.get("use").is_some_and(|u| u.as_str() != Some("sig")) {
+    if !matches!(common.public_key_use, None | Some(PublicKeyUse::Signature)) {
         return None;
     }
-    if let Some(ops) = o.get("key_ops")
-        && !ops
-            .as_array()
-            .is_some_and(|a| a.iter().any(|op| op.as_str() == Some("verify")))
+    if let Some(ops) = &common.key_operations
+        && !ops.contains(&KeyOperations::Verify)
     {
         return None;
     }
-    let kid = text("kid")?;
+    let kid = common.key_id.as_deref()?;
     if kid.is_empty() || kid.len() > MAX_KID_BYTES {
         return None;
     }
-    let (family, implied) = match (text("kty")?, text("crv")) {
-        ("RSA", _) => (Family::Rsa, Algorithm::RS256),
-        ("EC", Some("P-256")) => (Family::P256, Algorithm::ES256),
-        ("EC", Some("P-384")) => (Family::P384, Algorithm::ES384),
-        ("OKP", Some("Ed25519")) => (Family::Ed25519, Algorithm::EdDSA),
+    let (family, implied) = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => (Family::Rsa, Algorithm::RS256),
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
+            (Family::P256, Algorithm::ES256)
+        }
+        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P384 => {
+            (Family::P384, Algorithm::ES384)
+        }
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            (Family::Ed25519, Algorithm::EdDSA)
+        }
         // `oct` (shared secrets) and every other type or curve: not used.
         _ => return None,
     };
-    let alg = match o.get("alg") {
+    let alg = match common.key_algorithm {
         None => implied,
-        Some(Value::String(name)) => *ALLOWED
-            .iter()
-            .find(|a| alg_name(**a) == name && family.allows(**a))?,
-        Some(_) => return None,
+        Some(named) => allowed_alg(named).filter(|a| family.allows(*a))?,
     };
-    let (key, material) = match family {
-        Family::Rsa => {
-            let (n, e) = (bytes("n")?, bytes("e")?);
+    // The raw material, checked here and digested for the set's fingerprint.
+    let material = match &jwk.algorithm {
+        AlgorithmParameters::RSA(p) => {
+            let (n, e) = (bytes(&p.n)?, bytes(&p.e)?);
             let first = n.iter().position(|b| *b != 0)?;
             let bits = (n.len() - first) * 8 - n[first].leading_zeros() as usize;
             // RFC 7518 §3.3: at least 2048 bits; aws-lc verifies up to 8192.
             if !(2048..=8192).contains(&bits) || e.is_empty() || e.len() > 8 {
                 return None;
             }
-            let key = DecodingKey::from_rsa_raw_components(&n, &e);
-            (key, [n, e].concat())
+            [n, e].concat()
         }
-        Family::P256 | Family::P384 => {
+        AlgorithmParameters::EllipticCurve(p) => {
             let size = if family == Family::P256 { 32 } else { 48 };
-            let (x, y) = (bytes("x")?, bytes("y")?);
+            let (x, y) = (bytes(&p.x)?, bytes(&p.y)?);
             if x.len() != size || y.len() != size {
                 return None;
             }
             // The uncompressed SEC1 point, as jsonwebtoken builds it from `x` and `y`.
-            let point = [&[0x04][..], &x, &y].concat();
-            (DecodingKey::from_ec_der(&point), point)
+            [&[0x04][..], &x, &y].concat()
         }
-        Family::Ed25519 => {
-            let x = bytes("x")?;
+        AlgorithmParameters::OctetKeyPair(p) => {
+            let x = bytes(&p.x)?;
             if x.len() != 32 {
                 return None;
             }
-            (DecodingKey::from_ed_der(&x), x)
+            x
         }
+        _ => return None,
     };
+    let key = DecodingKey::from_jwk(&jwk).ok()?;
     let mut h = Sha256::new();
     h.update(kid.as_bytes());
     h.update([0]);

@@ -58,20 +58,17 @@ use std::time::Duration;
 use http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 
-use super::cache::PINNED;
+use super::claims::{Claims, PINNED};
 use super::verify::{
-    ClaimOptions, ClaimRules, Claims, KeySpec, Verified, alg_name, check_key, claim_option_methods,
+    ClaimOptions, ClaimRules, KeySpec, Verified, alg_name, check_key, claim_option_methods,
     parse_header,
 };
 use super::{AuthError, Authenticator, BoxFuture, Principal};
 use crate::error::ConfigError;
 
-/// Tokens longer than this (in bytes) are refused before parsing.
-pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
-/// Default clock-skew allowance for `exp` and `nbf`.
-pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
-/// Largest clock-skew allowance accepted by [`JwtAuthenticatorBuilder::leeway`].
-pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
+// The limits belong to the shared verifier (every JWT authenticator applies them); this is
+// their public home.
+pub use super::verify::{DEFAULT_LEEWAY, MAX_LEEWAY, MAX_TOKEN_BYTES};
 
 /// Configures a [`JwtAuthenticator`]; see [`JwtAuthenticator::builder`].
 ///

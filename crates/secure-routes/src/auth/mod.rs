@@ -21,6 +21,7 @@
 
 pub mod api_key;
 mod cache;
+mod claims;
 #[cfg(feature = "jwks")]
 pub mod jwks;
 pub mod jwt;
@@ -300,7 +301,8 @@ pub trait Authenticator: Send + Sync + 'static {
 /// ```
 /// use std::sync::Arc;
 /// use secure_routes::auth::{AnyOf, api_key::ApiKeyAuthenticator};
-/// let any = AnyOf::new(vec![Arc::new(ApiKeyAuthenticator::new("x-api-key"))]);
+/// let keys = ApiKeyAuthenticator::builder("x-api-key").key("ops", "0123456789abcdef").build();
+/// let any = AnyOf::new(vec![Arc::new(keys.unwrap())]);
 /// # let _ = any;
 /// ```
 pub struct AnyOf {

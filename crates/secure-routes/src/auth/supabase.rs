@@ -40,23 +40,18 @@
 //! refresh token is never read. A cookie is an ambient credential: the browser sends it on
 //! cross-site requests too, so a principal from it must pass CSRF protection.
 //!
-//! Parsing never panics and is bounded: at most [`MAX_CHUNKS`] chunks and
-//! [`MAX_SESSION_BYTES`] of cookie value are read; anything malformed is
-//! [`AuthError::Invalid`] with the reason `bad_session_cookie`.
+//! Parsing never panics and is bounded: at most `MAX_CHUNKS` (16) chunks and
+//! `MAX_SESSION_BYTES` (32 KiB) of cookie value are read; anything malformed is
+//! [`AuthError::Invalid`] with the reason `bad_session_cookie`. The cookie helpers are
+//! crate-private: the profile applies them (as verifier hooks, `HOOKS`), and an application
+//! never needs to read the session itself.
 //!
 //! ```
-//! use base64::Engine as _;
-//! use http::HeaderMap;
-//! use secure_routes::auth::supabase::{access_token, session_cookie_name};
-//!
-//! let name = session_cookie_name("abcdefghijklmnop");
-//! assert_eq!(name, "sb-abcdefghijklmnop-auth-token");
-//! let json = r#"{"access_token":"eyJ.a.b","refresh_token":"r"}"#;
-//! let value = format!("base64-{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json));
-//! let (first, second) = value.split_at(10);
-//! let mut headers = HeaderMap::new();
-//! headers.insert("cookie", format!("{name}.0={first}; {name}.1={second}").parse().unwrap());
-//! assert_eq!(access_token(&headers, &name).unwrap(), "eyJ.a.b");
+//! # #[cfg(feature = "jwks")] {
+//! use secure_routes::auth::supabase::SupabaseAuthenticator;
+//! let a = SupabaseAuthenticator::builder("https://abcdefghijklmnop.supabase.co").build().unwrap();
+//! assert_eq!(a.cookie_name(), "sb-abcdefghijklmnop-auth-token");
+//! # }
 //! ```
 
 use base64::Engine as _;
@@ -65,52 +60,37 @@ use http::HeaderMap;
 use serde_json::Value;
 
 use super::AuthError;
-use crate::guard::csrf::{CookieLookup, single_cookie};
+use super::verify::{Hooks, MAX_TOKEN_BYTES};
+use crate::cookies::{CookieLookup, single_cookie};
 
 /// Most cookie chunks read for one session; a `.16` chunk makes the session malformed.
-///
-/// ```
-/// use http::HeaderMap;
-/// use secure_routes::auth::supabase::{MAX_CHUNKS, access_token};
-/// let cookies: Vec<String> = (0..=MAX_CHUNKS).map(|i| format!("sb-x-auth-token.{i}=a")).collect();
-/// let mut h = HeaderMap::new();
-/// h.insert("cookie", cookies.join("; ").parse().unwrap());
-/// assert!(access_token(&h, "sb-x-auth-token").is_err());
-/// ```
-pub const MAX_CHUNKS: usize = 16;
+pub(crate) const MAX_CHUNKS: usize = 16;
 /// Most bytes of cookie value read for one session (all chunks together).
-///
-/// ```
-/// use secure_routes::auth::supabase::{MAX_SESSION_BYTES, parse_session};
-/// let huge = format!(r#"{{"access_token":"{}"}}"#, "a".repeat(MAX_SESSION_BYTES));
-/// assert!(parse_session(&huge).is_err());
-/// ```
-pub const MAX_SESSION_BYTES: usize = 32 * 1024;
+pub(crate) const MAX_SESSION_BYTES: usize = 32 * 1024;
 
 const BAD: AuthError = AuthError::Invalid("bad_session_cookie");
 const API_KEY: AuthError = AuthError::Invalid("supabase_api_key");
 
+/// The Supabase profile's rules, plugged into the shared verifier: the token comes out of the
+/// session cookie ([`access_token`]), and the project's API keys are refused wherever they are
+/// presented ([`refuse_api_key`]).
+#[cfg_attr(not(feature = "jwks"), allow(dead_code))]
+pub(crate) const HOOKS: Hooks = Hooks {
+    cookie_token: access_token,
+    precheck: refuse_api_key,
+};
+
 /// The session cookie's name for a project: `sb-<project_ref>-auth-token`.
-///
-/// ```
-/// assert_eq!(secure_routes::auth::supabase::session_cookie_name("xyz"), "sb-xyz-auth-token");
-/// ```
-pub fn session_cookie_name(project_ref: &str) -> String {
+#[cfg_attr(not(feature = "jwks"), allow(dead_code))]
+pub(crate) fn session_cookie_name(project_ref: &str) -> String {
     format!("sb-{project_ref}-auth-token")
 }
 
 /// The project reference the helpers name cookies after: the first label of the project
 /// URL's host (`https://abcd.supabase.co` → `abcd`; a local `http://127.0.0.1:54321` →
 /// `127`). `None` for something that is not an `http(s)` URL with a host.
-///
-/// ```
-/// use secure_routes::auth::supabase::project_ref;
-/// assert_eq!(project_ref("https://abcd.supabase.co").as_deref(), Some("abcd"));
-/// assert_eq!(project_ref("https://abcd.supabase.co/").as_deref(), Some("abcd"));
-/// assert_eq!(project_ref("http://127.0.0.1:54321").as_deref(), Some("127"));
-/// assert_eq!(project_ref("abcd.supabase.co"), None);
-/// ```
-pub fn project_ref(project_url: &str) -> Option<String> {
+#[cfg_attr(not(feature = "jwks"), allow(dead_code))]
+pub(crate) fn project_ref(project_url: &str) -> Option<String> {
     let rest = project_url
         .strip_prefix("https://")
         .or_else(|| project_url.strip_prefix("http://"))?;
@@ -137,16 +117,7 @@ pub fn project_ref(project_url: &str) -> Option<String> {
 /// [`AuthError::Invalid`] (`bad_session_cookie`) when it is malformed, oversized, present twice
 /// with different values, or present both whole and in chunks (a cookie planted for another
 /// path or from a sibling domain).
-///
-/// ```
-/// use http::HeaderMap;
-/// use secure_routes::auth::{AuthError, supabase::access_token};
-/// let mut h = HeaderMap::new();
-/// assert!(matches!(access_token(&h, "sb-x-auth-token"), Err(AuthError::Missing)));
-/// h.insert("cookie", "sb-x-auth-token=not-json".parse().unwrap());
-/// assert!(matches!(access_token(&h, "sb-x-auth-token"), Err(AuthError::Invalid(_))));
-/// ```
-pub fn access_token(headers: &HeaderMap, name: &str) -> Result<String, AuthError> {
+pub(crate) fn access_token(headers: &HeaderMap, name: &str) -> Result<String, AuthError> {
     let value = match single_cookie(headers, name) {
         CookieLookup::Conflicting => return Err(BAD),
         CookieLookup::One(v) if !v.is_empty() => {
@@ -172,6 +143,7 @@ pub fn access_token(headers: &HeaderMap, name: &str) -> Result<String, AuthError
 /// and `sb_secret_` keys, and the legacy `anon` / `service_role` JWTs. Runs before any key is
 /// chosen, on the unverified payload: it can only refuse, never admit, so reading a claim the
 /// signature has not vouched for yet is safe here.
+#[cfg_attr(not(feature = "jwks"), allow(dead_code))]
 pub(crate) fn refuse_api_key(token: &str) -> Result<(), AuthError> {
     if token.starts_with("sb_publishable_") || token.starts_with("sb_secret_") {
         return Err(API_KEY);
@@ -181,7 +153,7 @@ pub(crate) fn refuse_api_key(token: &str) -> Result<(), AuthError> {
     let Some(payload) = token.split('.').nth(1) else {
         return Ok(());
     };
-    if payload.len() > super::jwt::MAX_TOKEN_BYTES {
+    if payload.len() > MAX_TOKEN_BYTES {
         return Ok(());
     }
     let Ok(json) = URL_SAFE_NO_PAD.decode(payload) else {
@@ -196,30 +168,20 @@ pub(crate) fn refuse_api_key(token: &str) -> Result<(), AuthError> {
     }
 }
 
-/// `%XX` escapes decoded (RFC 3986); a `%` not followed by two hex digits is malformed.
-fn percent_decode(value: &[u8]) -> Result<Vec<u8>, AuthError> {
-    let hex = |b: u8| char::from(b).to_digit(16);
-    let mut out = Vec::with_capacity(value.len());
-    let mut rest = value;
-    while let Some((&b, tail)) = rest.split_first() {
-        if b != b'%' {
-            out.push(b);
-            rest = tail;
-            continue;
-        }
-        match tail {
-            [h, l, more @ ..] => {
-                let (Some(h), Some(l)) = (hex(*h), hex(*l)) else {
-                    return Err(BAD);
-                };
-                // Both digits are below 16, so the byte fits.
-                out.push(u8::try_from(h * 16 + l).map_err(|_| BAD)?);
-                rest = more;
-            }
-            _ => return Err(BAD),
-        }
+/// `%XX` escapes decoded (RFC 3986). A `%` not followed by two hex digits is malformed: the
+/// `percent-encoding` crate would pass it through as it is, and a session value we cannot read
+/// exactly is refused rather than guessed at.
+fn percent_decode(value: &str) -> Result<Vec<u8>, AuthError> {
+    let escapes_ok = value.split('%').skip(1).all(|after| {
+        after
+            .as_bytes()
+            .get(..2)
+            .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !escapes_ok {
+        return Err(BAD);
     }
-    Ok(out)
+    Ok(percent_encoding::percent_decode_str(value).collect())
 }
 
 /// Concatenates `name.0`, `name.1`, ... up to the first missing index.
@@ -243,19 +205,11 @@ fn combined_chunks(headers: &HeaderMap, name: &str) -> Result<String, AuthError>
 }
 
 /// The access token in a session cookie value (percent-encoded or not).
-///
-/// ```
-/// use secure_routes::auth::supabase::parse_session;
-/// assert_eq!(parse_session(r#"{"access_token":"t"}"#).unwrap(), "t");
-/// assert_eq!(parse_session(r#"["t","refresh",null]"#).unwrap(), "t");
-/// assert_eq!(parse_session("%7B%22access_token%22%3A%22t%22%7D").unwrap(), "t");
-/// assert!(parse_session("base64-!!!").is_err());
-/// ```
-pub fn parse_session(value: &str) -> Result<String, AuthError> {
+pub(crate) fn parse_session(value: &str) -> Result<String, AuthError> {
     if value.len() > MAX_SESSION_BYTES {
         return Err(BAD);
     }
-    let decoded = percent_decode(value.as_bytes())?;
+    let decoded = percent_decode(value)?;
     let json: Vec<u8> = match decoded.strip_prefix(b"base64-") {
         // The helpers write base64url without padding; accept the standard alphabet and
         // padding too, since some server code re-encodes it.
@@ -291,9 +245,9 @@ mod profile {
 
     use http::request::Parts;
 
-    use super::{project_ref, session_cookie_name};
+    use super::{HOOKS, project_ref, session_cookie_name};
+    use crate::auth::claims::Claims;
     use crate::auth::jwks::{JwksAuthenticator, JwksAuthenticatorBuilder, JwksError};
-    use crate::auth::verify::{Claims, Profile};
     use crate::auth::{AuthError, Authenticator, BoxFuture, Principal};
     use crate::clock::Clock;
     use crate::error::ConfigError;
@@ -566,7 +520,7 @@ mod profile {
             let jwks = JwksAuthenticator::builder(format!("{base}/auth/v1/.well-known/jwks.json"))
                 .issuer(issuer(&base))
                 .audience(AUDIENCE)
-                .profile(Profile::Supabase);
+                .hooks(HOOKS);
             SupabaseAuthenticatorBuilder {
                 base,
                 cookie: None,
@@ -793,7 +747,61 @@ mod tests {
     }
 
     #[test]
+    fn names_refs_and_session_values() {
+        let name = session_cookie_name("abcdefghijklmnop");
+        assert_eq!(name, "sb-abcdefghijklmnop-auth-token");
+        assert_eq!(session_cookie_name("xyz"), "sb-xyz-auth-token");
+        let value = b64(r#"{"access_token":"eyJ.a.b","refresh_token":"r"}"#);
+        let (first, second) = value.split_at(10);
+        let h = headers(&[format!("{name}.0={first}; {name}.1={second}")]);
+        assert_eq!(access_token(&h, &name).unwrap(), "eyJ.a.b");
+
+        assert_eq!(
+            access_token(&HeaderMap::new(), "sb-x-auth-token"),
+            Err(AuthError::Missing)
+        );
+        let h = headers(&["sb-x-auth-token=not-json".to_owned()]);
+        assert!(matches!(
+            access_token(&h, "sb-x-auth-token"),
+            Err(AuthError::Invalid(_))
+        ));
+
+        assert_eq!(parse_session(r#"{"access_token":"t"}"#).unwrap(), "t");
+        assert_eq!(parse_session(r#"["t","refresh",null]"#).unwrap(), "t");
+        assert_eq!(
+            parse_session("%7B%22access_token%22%3A%22t%22%7D").unwrap(),
+            "t"
+        );
+        assert!(parse_session("base64-!!!").is_err());
+        let huge = format!(r#"{{"access_token":"{}"}}"#, "a".repeat(MAX_SESSION_BYTES));
+        assert!(parse_session(&huge).is_err());
+    }
+
+    #[test]
+    fn percent_escapes_must_be_complete() {
+        assert_eq!(percent_decode("a%41%7e").unwrap(), b"aA~");
+        assert_eq!(percent_decode("").unwrap(), b"");
+        // A bare or short `%` is refused, not passed through.
+        for bad in ["%", "a%4", "%zz", "%%41", "a%g1", "%4%41"] {
+            assert_eq!(percent_decode(bad), Err(BAD), "{bad}");
+        }
+    }
+
+    #[test]
     fn project_refs_are_host_labels_only() {
+        assert_eq!(
+            project_ref("https://abcd.supabase.co").as_deref(),
+            Some("abcd")
+        );
+        assert_eq!(
+            project_ref("https://abcd.supabase.co/").as_deref(),
+            Some("abcd")
+        );
+        assert_eq!(
+            project_ref("http://127.0.0.1:54321").as_deref(),
+            Some("127")
+        );
+        assert_eq!(project_ref("abcd.supabase.co"), None);
         assert_eq!(
             project_ref("https://ABCD.supabase.co").as_deref(),
             Some("abcd")

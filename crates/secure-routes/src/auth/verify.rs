@@ -1,9 +1,15 @@
-//! What every JWT authenticator shares (crate-private): where the token is found, the checks on
-//! its header, the claim rules (issuer, audience, `exp`/`nbf` against the injected clock, a
-//! non-empty `sub`), the audit reason of each failure, and the verified-token cache.
+//! What every JWT authenticator shares (crate-private): the token limits, where the token is
+//! found, the checks on its header, the claim rules (issuer, audience, `exp`/`nbf` against the
+//! injected clock, a non-empty `sub`), the audit reason of each failure, and the
+//! verified-token cache.
 //!
 //! [`jwt::JwtAuthenticator`](super::jwt::JwtAuthenticator) (one pinned key) and
 //! `jwks::JwksAuthenticator` (keys from a JWK set) differ only in how they pick the key.
+//!
+//! This module is a leaf of `auth`: it names no authenticator and no provider. A provider
+//! profile (Supabase) plugs its rules in as [`Hooks`] (how the session cookie holds the token,
+//! which tokens are refused before any key is chosen) instead of being called from here, so
+//! the profile builds on the verifier without the verifier depending on the profile.
 
 use std::borrow::Cow;
 use std::sync::{Arc, Once};
@@ -11,19 +17,42 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::HeaderMap;
 use http::request::Parts;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::cache::{CacheKey, TokenCache};
-use super::jwt::{DEFAULT_LEEWAY, MAX_LEEWAY, MAX_TOKEN_BYTES};
-use super::{AuthError, CredentialSource, Principal, supabase};
+use super::claims::Claims;
+use super::{AuthError, CredentialSource, Principal};
 use crate::clock::{Clock, SystemClock};
-use crate::guard::csrf::{CookieLookup, single_cookie};
+use crate::cookies::{CookieLookup, single_cookie};
 
-/// A token's payload.
-pub(crate) type Claims = Map<String, Value>;
+/// Tokens longer than this (in bytes) are refused before parsing.
+///
+/// ```
+/// use secure_routes::auth::jwt::MAX_TOKEN_BYTES;
+/// assert_eq!(MAX_TOKEN_BYTES, 8 * 1024);
+/// ```
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Default clock-skew allowance for `exp` and `nbf`.
+///
+/// ```
+/// use secure_routes::auth::jwt::DEFAULT_LEEWAY;
+/// assert_eq!(DEFAULT_LEEWAY.as_secs(), 30);
+/// ```
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+/// Largest clock-skew allowance accepted by the builders' `leeway` option
+/// ([`JwtAuthenticatorBuilder::leeway`](crate::auth::jwt::JwtAuthenticatorBuilder::leeway)).
+///
+/// ```
+/// use secure_routes::auth::jwt::{JwtAuthenticator, MAX_LEEWAY};
+/// let b = || JwtAuthenticator::builder().hs256([7u8; 32]);
+/// assert!(b().leeway(MAX_LEEWAY).build().is_ok());
+/// assert!(b().leeway(MAX_LEEWAY + std::time::Duration::from_secs(1)).build().is_err());
+/// ```
+pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 
 /// Largest `capacity` accepted by the builders' `cache` option.
 pub(crate) const MAX_CACHE_CAPACITY: usize = 10_000_000;
@@ -99,16 +128,37 @@ pub(crate) fn check_key(
     }
 }
 
-/// Provider-specific rules on top of the generic ones.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) enum Profile {
-    /// The cookie holds the token itself.
-    #[default]
-    Generic,
-    /// The cookie holds a Supabase session ([`supabase::access_token`]), and the project's API
-    /// keys are refused wherever they are presented ([`supabase::refuse_api_key`]).
-    #[cfg_attr(not(feature = "jwks"), allow(dead_code))]
-    Supabase,
+/// What a provider profile plugs into the verifier: plain functions, so the verifier calls the
+/// profile without importing it (the Supabase profile sets both; see `supabase::HOOKS`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Hooks {
+    /// The token in the configured cookie `name`: [`AuthError::Missing`] when there is none
+    /// (or it was emptied by a sign-out), [`AuthError::Invalid`] when it is unusable.
+    pub(crate) cookie_token: fn(&HeaderMap, &str) -> Result<String, AuthError>,
+    /// Refusals before any key is chosen. It sees the unverified token, so it may only
+    /// refuse, never admit.
+    pub(crate) precheck: fn(&str) -> Result<(), AuthError>,
+}
+
+impl Hooks {
+    /// No provider: the cookie holds the token itself, and nothing is refused early.
+    pub(crate) const GENERIC: Self = Self {
+        cookie_token: plain_cookie_token,
+        precheck: |_| Ok(()),
+    };
+}
+
+/// The generic cookie rule: the cookie's value is the token.
+fn plain_cookie_token(headers: &HeaderMap, name: &str) -> Result<String, AuthError> {
+    match single_cookie(headers, name) {
+        // An emptied cookie (a logout) is no credential.
+        CookieLookup::Absent => Err(AuthError::Missing),
+        CookieLookup::One(v) if v.is_empty() => Err(AuthError::Missing),
+        CookieLookup::One(v) => Ok(v),
+        // Two different session cookies (one planted for a sub-path or from a sibling
+        // domain): refuse rather than guess which session the user meant.
+        CookieLookup::Conflicting => Err(AuthError::Invalid("ambiguous_cookie")),
+    }
 }
 
 /// The options both JWT builders share (issuer, audience, leeway, cookie, clock, cache).
@@ -120,7 +170,7 @@ pub(crate) struct ClaimOptions {
     pub(crate) cookie: Option<String>,
     pub(crate) clock: Option<Arc<dyn Clock>>,
     pub(crate) cache: Option<usize>,
-    pub(crate) profile: Profile,
+    pub(crate) hooks: Hooks,
 }
 
 impl Default for ClaimOptions {
@@ -132,7 +182,7 @@ impl Default for ClaimOptions {
             cookie: None,
             clock: None,
             cache: None,
-            profile: Profile::Generic,
+            hooks: Hooks::GENERIC,
         }
     }
 }
@@ -179,7 +229,7 @@ impl ClaimOptions {
             issuers: self.issuers,
             audiences: self.audiences,
             cookie: self.cookie,
-            profile: self.profile,
+            hooks: self.hooks,
         }
     }
 }
@@ -277,7 +327,7 @@ pub(crate) struct ClaimRules {
     cookie: Option<String>,
     clock: Arc<dyn Clock>,
     cache: Option<TokenCache>,
-    profile: Profile,
+    hooks: Hooks,
 }
 
 impl ClaimRules {
@@ -301,14 +351,11 @@ impl ClaimRules {
         self.cache.as_ref().map_or(0, TokenCache::len)
     }
 
-    /// Refusals that come before any key is chosen: under the Supabase profile, the project's
-    /// API keys presented as a user's token (bearer or cookie).
+    /// Refusals that come before any key is chosen ([`Hooks::precheck`]; under the Supabase
+    /// profile, the project's API keys presented as a user's token, bearer or cookie).
     #[cfg_attr(not(feature = "jwks"), allow(dead_code))]
     pub(crate) fn precheck(&self, token: &str) -> Result<(), AuthError> {
-        match self.profile {
-            Profile::Generic => Ok(()),
-            Profile::Supabase => supabase::refuse_api_key(token),
-        }
+        (self.hooks.precheck)(token)
     }
 
     /// jsonwebtoken's settings for tokens signed with `alg`: signature, `iss`, `aud` and the
@@ -458,19 +505,8 @@ impl ClaimRules {
         let Some(name) = &self.cookie else {
             return Err(AuthError::Missing);
         };
-        if self.profile == Profile::Supabase {
-            let token = supabase::access_token(&parts.headers, name)?;
-            return Ok((Cow::Owned(token), CredentialSource::Cookie));
-        }
-        match single_cookie(&parts.headers, name) {
-            // An emptied cookie (a logout) is no credential.
-            CookieLookup::Absent => Err(AuthError::Missing),
-            CookieLookup::One(v) if v.is_empty() => Err(AuthError::Missing),
-            CookieLookup::One(v) => Ok((Cow::Owned(v), CredentialSource::Cookie)),
-            // Two different session cookies (one planted for a sub-path or from a sibling
-            // domain): refuse rather than guess which session the user meant.
-            CookieLookup::Conflicting => Err(AuthError::Invalid("ambiguous_cookie")),
-        }
+        let token = (self.hooks.cookie_token)(&parts.headers, name)?;
+        Ok((Cow::Owned(token), CredentialSource::Cookie))
     }
 }
 

@@ -61,7 +61,6 @@
 //! assert_eq!(tokens.check_request(&headers, COOKIE_NAME, "alice"), Err("expired"));
 //! ```
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,6 +73,8 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::clock::{Clock, SystemClock};
+use crate::cookies::{CookieLookup, single_cookie};
+// Re-exported for the pipeline, which reads the CSRF cookie to reuse a token.
 use crate::error::ConfigError;
 
 /// Cookie name over plain HTTP.
@@ -450,47 +451,20 @@ pub fn cookie_header_value(token: &str, secure: bool) -> String {
 }
 
 fn cookie_with_max_age(token: &str, secure: bool, max_age_secs: u64) -> String {
-    if secure {
-        format!(
-            "{SECURE_COOKIE_NAME}={token}; Path=/; Secure; SameSite=Strict; Max-Age={max_age_secs}"
-        )
+    let name = if secure {
+        SECURE_COOKIE_NAME
     } else {
-        format!("{COOKIE_NAME}={token}; Path=/; SameSite=Strict; Max-Age={max_age_secs}")
-    }
-}
-
-/// What the `Cookie` header(s) say about one cookie name.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum CookieLookup {
-    /// Not present.
-    Absent,
-    /// Present (possibly repeated, always with this value).
-    One(String),
-    /// Present more than once with different values: another cookie with the same name was
-    /// planted for a different path or domain (cookie tossing). Refuse to pick one.
-    Conflicting,
-}
-
-/// Looks `name` up across every `Cookie` header line (HTTP/2 may split cookies into several
-/// lines, RFC 9113 §8.2.3). Values are taken verbatim (no percent-decoding, quotes kept).
-/// Non-UTF-8 bytes are replaced rather than the line skipped, so a garbled line still counts
-/// towards a conflict.
-pub(crate) fn single_cookie(headers: &HeaderMap, name: &str) -> CookieLookup {
-    let mut found: Option<String> = None;
-    for line in headers.get_all(http::header::COOKIE) {
-        let text: Cow<'_, str> = String::from_utf8_lossy(line.as_bytes());
-        for c in cookie::Cookie::split_parse(text).flatten() {
-            if c.name() != name {
-                continue;
-            }
-            match &found {
-                None => found = Some(c.value().to_owned()),
-                Some(v) if v == c.value() => {}
-                Some(_) => return CookieLookup::Conflicting,
-            }
-        }
-    }
-    found.map_or(CookieLookup::Absent, CookieLookup::One)
+        COOKIE_NAME
+    };
+    // At most MAX_MAX_AGE (400 days), so the conversion never saturates in practice.
+    let max_age = i64::try_from(max_age_secs).unwrap_or(i64::MAX);
+    cookie::Cookie::build((name, token))
+        .path("/")
+        .secure(secure)
+        .same_site(cookie::SameSite::Strict)
+        .max_age(time::Duration::seconds(max_age))
+        .build()
+        .to_string()
 }
 
 #[cfg(test)]
@@ -900,12 +874,12 @@ mod tests {
         let plain = cookie_header_value("t", false);
         assert_eq!(
             plain,
-            "csrf-token=t; Path=/; SameSite=Strict; Max-Age=43200"
+            "csrf-token=t; SameSite=Strict; Path=/; Max-Age=43200"
         );
         let secure = cookie_header_value("t", true);
         assert_eq!(
             secure,
-            "__Host-csrf-token=t; Path=/; Secure; SameSite=Strict; Max-Age=43200"
+            "__Host-csrf-token=t; SameSite=Strict; Secure; Path=/; Max-Age=43200"
         );
         for c in [plain, secure] {
             let parsed = cookie::Cookie::parse(c).unwrap();
@@ -914,18 +888,5 @@ mod tests {
             assert_eq!(parsed.path(), Some("/"));
             assert_eq!(parsed.domain(), None);
         }
-    }
-
-    #[test]
-    fn lookup() {
-        assert_eq!(single_cookie(&HeaderMap::new(), "a"), CookieLookup::Absent);
-        let h = headers(&[("cookie", "a=1; b=2; a=1")]);
-        assert_eq!(single_cookie(&h, "a"), CookieLookup::One("1".into()));
-        let h = headers(&[("cookie", "a=1; b=2; a=3")]);
-        assert_eq!(single_cookie(&h, "a"), CookieLookup::Conflicting);
-        let h = headers(&[("cookie", "a=\"1\"")]);
-        assert_eq!(single_cookie(&h, "a"), CookieLookup::One("\"1\"".into()));
-        let h = headers(&[("cookie", ";;=;a")]);
-        assert_eq!(single_cookie(&h, "a"), CookieLookup::Absent);
     }
 }
