@@ -277,14 +277,14 @@ impl RateLimitKey {
         &self.0
     }
     /// Lower-case hex, 32 characters: the form shared stores use in their key names.
+    ///
+    /// ```
+    /// use secure_routes::rate_limit::RateLimitKey;
+    /// let k = RateLimitKey::from_bytes([0x0f, 0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff]);
+    /// assert_eq!(k.to_hex(), "0fa000000000000000000000000000ff");
+    /// ```
     pub fn to_hex(&self) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut s = String::with_capacity(32);
-        for b in self.0 {
-            s.push(HEX[usize::from(b >> 4)] as char);
-            s.push(HEX[usize::from(b & 0xf)] as char);
-        }
-        s
+        hex::encode(self.0)
     }
 }
 
