@@ -38,6 +38,12 @@ use tokio::sync::Semaphore;
 use crate::keys;
 
 /// A signing key and the JWK a provider publishes for it.
+///
+/// ```
+/// use secure_routes_testkit::jwks::TestKey;
+/// let k = TestKey::rsa("r1");
+/// assert_eq!((k.kid.as_str(), k.jwk["kid"].as_str()), ("r1", Some("r1")));
+/// ```
 #[derive(Clone)]
 pub struct TestKey {
     /// Its key id (`kid`), in the JWK and in the tokens it signs.
@@ -206,6 +212,18 @@ pub fn jwk_set(keys: &[&TestKey]) -> String {
 }
 
 /// What the key server answers.
+///
+/// ```
+/// use std::sync::Arc;
+/// use secure_routes_testkit::jwks::{KeyServer, Mode};
+/// use tokio::sync::Semaphore;
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let s = KeyServer::start(&[]).await;
+/// let gate = Arc::new(Semaphore::new(0));
+/// s.set_mode(Mode::Held(Arc::clone(&gate))); // requests wait until `gate.add_permits(1)`
+/// s.set_mode(Mode::Keys(r#"{"keys":[]}"#.into(), Some("max-age=5")));
+/// # });
+/// ```
 #[derive(Clone, Debug)]
 pub enum Mode {
     /// 200 with this JSON body and, optionally, this `Cache-Control`.
@@ -228,6 +246,18 @@ struct ServerState {
 }
 
 /// A key server on loopback; it runs until the test's runtime ends.
+///
+/// ```
+/// use secure_routes_testkit::jwks::{KeyServer, Mode, TestKey};
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let (old, new) = (TestKey::ec("old"), TestKey::fresh_ec("new"));
+/// let s = KeyServer::start(&[&old]).await;
+/// assert_eq!(s.url(), format!("{}/jwks.json", s.base()));
+/// s.serve(&[&old, &new]); // a rotation
+/// s.set_mode(Mode::Status(302)); // a redirect to /attacker.json, which counts its hits
+/// assert_eq!((s.hits(), s.attacker_hits()), (0, 0));
+/// # });
+/// ```
 pub struct KeyServer {
     base: String,
     state: ServerState,
