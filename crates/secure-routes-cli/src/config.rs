@@ -22,7 +22,7 @@ use secure_routes::client_ip::ForwardedHeader;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use rand::RngCore;
+use rand::Rng as _;
 
 /// Where development secrets are kept.
 pub const DEV_SECRETS_FILE: &str = "secure-routes.dev-secrets";

@@ -11,90 +11,23 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
-use axum::Router;
-use axum::extract::State;
-use axum::routing::get;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use reqwest::{Client, StatusCode};
 use secure_routes::clock::{Clock, FakeClock, SystemClock};
 use secure_routes_cli::config::Config;
 use secure_routes_cli::demo::{self, Identity, Wiring};
+// The stand-in identity provider: the testkit's key server publishes its set at `/jwks.json`
+// and at Supabase's `/auth/v1/.well-known/jwks.json`; its keys are fresh ES256 keys.
+use secure_routes_testkit::jwks::{KeyServer, TestKey};
 use serde_json::{Value, json};
 use support::Demo;
 
 const LEGACY_SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";
-
-/// A stand-in identity provider: its current key set, at both paths.
-struct Provider {
-    base: String,
-    keys: Arc<Mutex<String>>,
-}
-
-impl Provider {
-    async fn start(keys: &[&Key]) -> Provider {
-        let state = Arc::new(Mutex::new(set(keys)));
-        let serve = |State(s): State<Arc<Mutex<String>>>| async move {
-            let body = s.lock().unwrap().clone();
-            ([(http::header::CONTENT_TYPE, "application/json")], body)
-        };
-        let app = Router::new()
-            .route("/jwks.json", get(serve))
-            .route("/auth/v1/.well-known/jwks.json", get(serve))
-            .with_state(Arc::clone(&state));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Provider {
-            base: format!("http://{addr}"),
-            keys: state,
-        }
-    }
-
-    fn serve(&self, keys: &[&Key]) {
-        *self.keys.lock().unwrap() = set(keys);
-    }
-}
-
-struct Key {
-    kid: String,
-    enc: EncodingKey,
-    jwk: Value,
-}
-
-impl Key {
-    fn new(kid: &str) -> Key {
-        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
-        let pkcs8 =
-            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-                .unwrap();
-        let enc = EncodingKey::from_ec_der(pkcs8.as_ref());
-        let mut jwk = Jwk::from_encoding_key(&enc, Algorithm::ES256).unwrap();
-        jwk.common.key_id = Some(kid.to_owned());
-        Key {
-            kid: kid.to_owned(),
-            enc,
-            jwk: serde_json::to_value(jwk).unwrap(),
-        }
-    }
-
-    fn sign(&self, claims: &Value) -> String {
-        let mut h = Header::new(Algorithm::ES256);
-        h.kid = Some(self.kid.clone());
-        encode(&h, claims, &self.enc).unwrap()
-    }
-}
-
-fn set(keys: &[&Key]) -> String {
-    json!({ "keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() }).to_string()
-}
 
 /// `sub`'s claims from issuer `iss` for audience `aud`, valid for an hour from `now`.
 fn claims(sub: &str, iss: &str, aud: &str, now: Duration) -> Value {
@@ -108,8 +41,8 @@ fn bearer(token: &str) -> String {
 
 #[tokio::test]
 async fn a_rotating_jwks_authenticates_in_the_demo() {
-    let k1 = Key::new("k1");
-    let idp = Provider::start(&[&k1]).await;
+    let k1 = TestKey::fresh_ec("k1");
+    let idp = KeyServer::start(&[&k1]).await;
     let clock = FakeClock::new(Duration::from_secs(1_800_000_000));
     let now = || clock.now();
     let iss = "https://idp.test/";
@@ -124,7 +57,7 @@ async fn a_rotating_jwks_authenticates_in_the_demo() {
     let wiring = Wiring {
         clock: Some(Arc::new(clock.clone())),
         identity: Identity::Jwks {
-            url: format!("{}/jwks.json", idp.base),
+            url: format!("{}/jwks.json", idp.base()),
             issuer: Some(iss.to_owned()),
             audience: Some("api".to_owned()),
         },
@@ -153,7 +86,7 @@ async fn a_rotating_jwks_authenticates_in_the_demo() {
     assert_eq!(get(bearer(&other_api)).await, StatusCode::UNAUTHORIZED);
 
     // The provider rotates: k2 in, k1 out.
-    let k2 = Key::new("k2");
+    let k2 = TestKey::fresh_ec("k2");
     idp.serve(&[&k2]);
     let t2 = k2.sign(&claims("bob", iss, "api", now()));
     // Within the cooldown since the last fetch, an unknown `kid` fetches nothing.
@@ -177,10 +110,10 @@ async fn a_rotating_jwks_authenticates_in_the_demo() {
 
 #[tokio::test]
 async fn the_demo_binary_takes_a_jwks_url_with_issuer_and_audience() {
-    let key = Key::new("k1");
-    let idp = Provider::start(&[&key]).await;
+    let key = TestKey::fresh_ec("k1");
+    let idp = KeyServer::start(&[&key]).await;
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("{}/jwks.json", idp.base);
+    let url = format!("{}/jwks.json", idp.base());
     let d = Demo::start(
         dir.path(),
         "jwks",
@@ -237,15 +170,15 @@ fn ssr_cookie(name: &str, token: &str, n: usize) -> String {
 
 #[tokio::test]
 async fn a_supabase_ssr_cookie_authenticates_in_the_demo_binary() {
-    let key = Key::new("sb-key-1");
-    let project = Provider::start(&[&key]).await;
+    let key = TestKey::fresh_ec("sb-key-1");
+    let project = KeyServer::start(&[&key]).await;
     let dir = tempfile::tempdir().unwrap();
     let d = Demo::start_with_env(
         dir.path(),
         "supabase",
         &[
             "--supabase-url",
-            &project.base,
+            project.base(),
             "--audit",
             "jsonl:audit.jsonl",
         ],
@@ -253,7 +186,7 @@ async fn a_supabase_ssr_cookie_authenticates_in_the_demo_binary() {
     );
     let http = Client::new();
     let notes = d.url("/api/user/notes");
-    let iss = format!("{}/auth/v1", project.base);
+    let iss = format!("{}/auth/v1", project.base());
     let now = SystemClock.now();
     let user = key.sign(&claims("0b7e-user", &iss, "authenticated", now));
     // A local project's cookies are named after the host's first label, as the helpers do.

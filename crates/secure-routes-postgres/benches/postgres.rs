@@ -23,6 +23,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use secure_routes::audit::{AuditAction, AuditEvent, AuditSink};
 use secure_routes::rate_limit::{KeyHasher, Quota, RateLimitKey, RateLimitStore, Subject};
 use secure_routes_postgres::{Pool, PostgresAuditSink, PostgresStore};
+use secure_routes_testkit::percentile;
 use tokio::runtime::Runtime;
 
 const KEYS: u64 = 10_000;
@@ -140,11 +141,6 @@ where
         all.extend(t.await.expect("client task"));
     }
     (start.elapsed(), all)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(idx).copied().unwrap_or_default()
 }
 
 /// Prints one latency-pass row: checks/s, p50 and p99 over `checks` checks.

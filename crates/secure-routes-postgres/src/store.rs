@@ -173,13 +173,14 @@ impl PostgresStore {
         let remaining: i64 = row.try_get(1).map_err(pg_error)?;
         let reset_ns: i64 = row.try_get(2).map_err(pg_error)?;
         let retry_ns: Option<i64> = row.try_get(3).map_err(pg_error)?;
-        Ok(Decision {
+        Ok(Decision::from_store(
+            quota,
+            cost,
             allowed,
-            limit: quota.limit(),
-            remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
-            reset_after: from_nanos(reset_ns),
-            retry_after: retry_ns.map(from_nanos),
-        })
+            remaining,
+            from_nanos(reset_ns),
+            retry_ns.map(from_nanos),
+        ))
     }
 
     /// Opens a pooled connection and prepares the check statements on it, so the first checks

@@ -27,6 +27,7 @@ use secure_routes::rate_limit::{
     Algorithm, KeyHasher, Quota, RateLimitKey, RateLimitStore, Subject,
 };
 use secure_routes_redis::RedisStore;
+use secure_routes_testkit::percentile;
 
 const KEYS: usize = 10_000;
 const CLIENTS: [usize; 3] = [1, 16, 64];
@@ -98,11 +99,6 @@ async fn run(setup: &Arc<Setup>, target: Target, clients: usize, total: usize) -
         all.extend(t.await.expect("client task"));
     }
     all
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(idx).copied().unwrap_or_default()
 }
 
 fn bench(c: &mut Criterion) {

@@ -419,13 +419,14 @@ impl RedisStore {
         let algorithm = quota.algorithm();
         if limit == 0 {
             // Nothing fits; the core's validation rejects such quotas before they get here.
-            return Ok(Decision {
-                allowed: cost == 0,
-                limit,
-                remaining: 0,
-                reset_after: Duration::ZERO,
-                retry_after: (cost > 0).then(|| quota.window()),
-            });
+            return Ok(Decision::from_store(
+                quota,
+                cost,
+                cost == 0,
+                0,
+                Duration::ZERO,
+                None,
+            ));
         }
         if algorithm == Algorithm::SlidingWindow && limit > MAX_SLIDING_WINDOW_LIMIT {
             return Err(StoreError::Protocol(format!(
@@ -458,22 +459,17 @@ impl RedisStore {
                 reply.len()
             )));
         };
-        let allowed = allowed == 1;
-        let retry_after = (!allowed).then(|| {
-            if cost > limit {
-                // As in the core: no wait helps; back off a full window.
-                quota.window()
-            } else {
-                micros(retry_us)
-            }
-        });
-        Ok(Decision {
-            allowed,
-            limit,
-            remaining: u32::try_from(remaining.max(0)).unwrap_or(limit).min(limit),
-            reset_after: micros(reset_us),
+        // The script reports -1 for "no wait" (admitted, or a cost above the limit, where
+        // `from_store` backs off a full window as the core does).
+        let retry_after = (retry_us >= 0).then(|| micros(retry_us));
+        Ok(Decision::from_store(
+            quota,
+            cost,
+            allowed == 1,
+            remaining,
+            micros(reset_us),
             retry_after,
-        })
+        ))
     }
 }
 

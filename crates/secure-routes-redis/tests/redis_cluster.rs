@@ -22,11 +22,9 @@ fn cluster_urls() -> Option<Vec<String>> {
                 !required,
                 "REDIS_CLUSTER_URLS is unset but SECURE_ROUTES_REQUIRE_CLUSTER=1"
             );
-            // Straight to stderr: libtest would capture `eprintln!` of a passing test.
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED the Redis Cluster tests: REDIS_CLUSTER_URLS is not set (e.g. redis://127.0.0.1:7000,redis://127.0.0.1:7001,redis://127.0.0.1:7002)"
+            secure_routes_testkit::services::announce_skip(
+                "the Redis Cluster tests",
+                "REDIS_CLUSTER_URLS is not set (e.g. redis://127.0.0.1:7000,redis://127.0.0.1:7001,redis://127.0.0.1:7002)",
             );
             None
         }

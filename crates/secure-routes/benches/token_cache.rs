@@ -12,26 +12,21 @@
 use std::hint::black_box;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::Router;
-use axum::routing::get;
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt as _;
 use http::Request;
 use http::request::Parts;
-use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use secure_routes::auth::Authenticator;
 use secure_routes::auth::jwks::JwksAuthenticator;
 use secure_routes::auth::jwt::{JwtAuthenticator, JwtAuthenticatorBuilder};
+use secure_routes_testkit::jwks::{KeyServer, TestKey};
+use secure_routes_testkit::keys::{
+    EC_PRIVATE, EC_PUBLIC, ED_PRIVATE, ED_PUBLIC, RSA_PRIVATE, RSA_PUBLIC,
+};
 use serde_json::{Value, json};
 
 const SECRET: &[u8] = b"bench-secret-bench-secret-bench-secret!!";
-const RSA_PRIVATE: &str = include_str!("../tests/keys/rsa-private.pem");
-const RSA_PUBLIC: &str = include_str!("../tests/keys/rsa-public.pem");
-const EC_PRIVATE: &str = include_str!("../tests/keys/ec-private.pem");
-const EC_PUBLIC: &str = include_str!("../tests/keys/ec-public.pem");
-const ED_PRIVATE: &str = include_str!("../tests/keys/ed25519-private.pem");
-const ED_PUBLIC: &str = include_str!("../tests/keys/ed25519-public.pem");
 const ISS: &str = "https://abcdefghijklmnop.supabase.co/auth/v1";
 
 fn claims() -> Value {
@@ -137,17 +132,9 @@ fn jwks(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let key = EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap();
-    let mut jwk = Jwk::from_encoding_key(&key, Algorithm::RS256).unwrap();
-    jwk.common.key_id = Some("bench-1".into());
-    let body = json!({ "keys": [jwk] }).to_string();
-    let url = rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = Router::new().route("/jwks.json", get(move || async move { body }));
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        format!("http://{addr}/jwks.json")
-    });
+    let published = TestKey::rsa("bench-1");
+    let key = published.enc.clone();
+    let url = rt.block_on(async { KeyServer::start(&[&published]).await.url() });
     let builder = JwksAuthenticator::builder(url)
         .issuer(ISS)
         .audience("authenticated");

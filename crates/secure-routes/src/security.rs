@@ -447,7 +447,7 @@ impl SecurityBuilder {
 }
 
 fn random_secret() -> Vec<u8> {
-    use rand::RngCore;
+    use rand::Rng as _;
     let mut s = vec![0u8; 32];
     rand::rng().fill_bytes(&mut s);
     s

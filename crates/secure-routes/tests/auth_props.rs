@@ -8,7 +8,7 @@
 //!   a principal; arbitrary `Authorization` and `Cookie` values never panic and never pass.
 //! * API keys: only the configured keys pass, whatever else is presented.
 //!
-//! The PEM files under `tests/keys/` are throwaway test keys.
+//! The PEM keys (`secure_routes_testkit::keys`) are throwaway test keys.
 
 use std::time::Duration;
 
@@ -22,16 +22,13 @@ use proptest::prelude::*;
 use secure_routes::auth::api_key::ApiKeyAuthenticator;
 use secure_routes::auth::jwt::JwtAuthenticator;
 use secure_routes::auth::{AuthError, Authenticator, CredentialSource, Principal};
+use secure_routes_testkit::keys::{
+    EC_PRIVATE, EC_PUBLIC, ED_PRIVATE, ED_PUBLIC, RSA_PRIVATE, RSA_PUBLIC,
+};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
 const SECRET: &[u8] = b"auth-props-secret-auth-props-secret!";
-const RSA_PRIVATE: &str = include_str!("keys/rsa-private.pem");
-const RSA_PUBLIC: &str = include_str!("keys/rsa-public.pem");
-const EC_PRIVATE: &str = include_str!("keys/ec-private.pem");
-const EC_PUBLIC: &str = include_str!("keys/ec-public.pem");
-const ED_PRIVATE: &str = include_str!("keys/ed25519-private.pem");
-const ED_PUBLIC: &str = include_str!("keys/ed25519-public.pem");
 
 fn now() -> u64 {
     get_current_timestamp()

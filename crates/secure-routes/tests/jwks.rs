@@ -18,32 +18,22 @@
 //! Needs the `jwks` feature, which the crate's dev-dependency on itself turns on.
 #![cfg(feature = "jwks")]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
-use axum::Router;
-use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use http::{Request, StatusCode, header};
-use jsonwebtoken::jwk::Jwk;
+use http::{Request, header};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use secure_routes::auth::jwks::{JwksAuthenticator, JwksAuthenticatorBuilder, JwksError};
 use secure_routes::auth::{AuthError, Authenticator, CredentialSource, Principal};
 use secure_routes::clock::FakeClock;
+use secure_routes_testkit::jwks::{KeyServer, Mode, TestKey, jwk_set};
+use secure_routes_testkit::keys::EC_PUBLIC;
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 const T0: u64 = 1_800_000_000;
 const ISS: &str = "https://idp.test/auth/v1";
 const SECRET: &[u8] = b"legacy-hs256-secret-legacy-hs256-secret";
-const RSA_PRIVATE: &str = include_str!("keys/rsa-private.pem");
-const EC_PRIVATE: &str = include_str!("keys/ec-private.pem");
-const EC_PUBLIC: &str = include_str!("keys/ec-public.pem");
-const ED_PRIVATE: &str = include_str!("keys/ed25519-private.pem");
 const COOLDOWN: Duration = Duration::from_secs(30);
 const MAX_AGE: Duration = Duration::from_secs(600);
 /// Bound on a wait that ends in milliseconds when the code is right (real time: these tests
@@ -58,75 +48,14 @@ async fn bounded<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T 
 }
 
 // ---------------------------------------------------------------------------------------------
-// The key server.
+// The key server (`secure_routes_testkit::jwks::KeyServer`) and its keys, as this suite uses them.
 
-#[derive(Clone)]
-enum Mode {
-    /// 200 with this body and, optionally, this `Cache-Control`.
-    Keys(String, Option<&'static str>),
-    /// This status, empty body.
-    Status(u16),
-    /// 200 with a body that is not a usable key set.
-    Body(String),
-    /// Never answers.
-    Hang,
-    /// Answers 503 once the test adds a permit, not before.
-    Held(Arc<Semaphore>),
-}
-
-#[derive(Clone)]
-struct ServerState {
-    hits: Arc<AtomicUsize>,
-    attacker_hits: Arc<AtomicUsize>,
-    mode: Arc<Mutex<Mode>>,
-}
-
-struct KeyServer {
-    base: String,
-    state: ServerState,
-}
-
-impl KeyServer {
-    async fn start(keys: &[&TestKey]) -> Self {
-        let state = ServerState {
-            hits: Arc::default(),
-            attacker_hits: Arc::default(),
-            mode: Arc::new(Mutex::new(Mode::Keys(set(keys), None))),
-        };
-        let app = Router::new()
-            .route("/jwks.json", get(serve_keys))
-            .route("/attacker.json", get(serve_attacker))
-            .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self {
-            base: format!("http://{addr}"),
-            state,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("{}/jwks.json", self.base)
-    }
-
-    fn hits(&self) -> usize {
-        self.state.hits.load(Ordering::SeqCst)
-    }
-
-    fn attacker_hits(&self) -> usize {
-        self.state.attacker_hits.load(Ordering::SeqCst)
-    }
-
-    fn set_mode(&self, mode: Mode) {
-        *self.state.mode.lock().unwrap() = mode;
-    }
-
-    fn serve(&self, keys: &[&TestKey]) {
-        self.set_mode(Mode::Keys(set(keys), None));
-    }
-
+trait ServerExt {
     /// A builder for this server's set, on `clock`, with the test's cooldown and max age.
+    fn builder(&self, clock: &FakeClock) -> JwksAuthenticatorBuilder;
+}
+
+impl ServerExt for KeyServer {
     fn builder(&self, clock: &FakeClock) -> JwksAuthenticatorBuilder {
         JwksAuthenticator::builder(self.url())
             .issuer(ISS)
@@ -138,114 +67,19 @@ impl KeyServer {
     }
 }
 
-async fn serve_keys(State(s): State<ServerState>) -> Response {
-    s.hits.fetch_add(1, Ordering::SeqCst);
-    let mode = s.mode.lock().unwrap().clone();
-    match mode {
-        Mode::Keys(body, cache_control) => {
-            let mut r = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
-            if let Some(cc) = cache_control {
-                r.headers_mut()
-                    .insert(header::CACHE_CONTROL, cc.parse().unwrap());
-            }
-            r
-        }
-        Mode::Status(code) => {
-            let mut r = StatusCode::from_u16(code).unwrap().into_response();
-            if (300..400).contains(&code) {
-                r.headers_mut()
-                    .insert(header::LOCATION, "/attacker.json".parse().unwrap());
-            }
-            r
-        }
-        Mode::Body(body) => body.into_response(),
-        Mode::Hang => std::future::pending().await,
-        Mode::Held(gate) => {
-            let _permit = gate.acquire().await;
-            StatusCode::SERVICE_UNAVAILABLE.into_response()
-        }
-    }
-}
-
-async fn serve_attacker(State(s): State<ServerState>) -> Response {
-    s.attacker_hits.fetch_add(1, Ordering::SeqCst);
-    StatusCode::NOT_FOUND.into_response()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Keys and tokens.
-
-struct TestKey {
-    kid: String,
-    alg: Algorithm,
-    enc: EncodingKey,
-    jwk: Value,
-}
-
-impl TestKey {
-    fn new(kid: &str, alg: Algorithm, enc: EncodingKey) -> Self {
-        // `Jwk::from_encoding_key` uses jsonwebtoken's provider; the library installs it when
-        // an authenticator is built, a test may get here first.
-        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
-        let mut jwk = Jwk::from_encoding_key(&enc, alg).unwrap();
-        jwk.common.key_id = Some(kid.to_owned());
-        Self {
-            kid: kid.to_owned(),
-            alg,
-            enc,
-            jwk: serde_json::to_value(jwk).unwrap(),
-        }
-    }
-
-    fn rsa(kid: &str) -> Self {
-        let enc = EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap();
-        Self::new(kid, Algorithm::RS256, enc)
-    }
-
-    fn ec(kid: &str) -> Self {
-        let enc = EncodingKey::from_ec_pem(EC_PRIVATE.as_bytes()).unwrap();
-        Self::new(kid, Algorithm::ES256, enc)
-    }
-
-    fn ed(kid: &str) -> Self {
-        let enc = EncodingKey::from_ed_pem(ED_PRIVATE.as_bytes()).unwrap();
-        Self::new(kid, Algorithm::EdDSA, enc)
-    }
-
-    /// A new P-256 key, as a rotation would bring.
-    fn fresh_ec(kid: &str) -> Self {
-        let pkcs8 =
-            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-                .unwrap();
-        Self::new(
-            kid,
-            Algorithm::ES256,
-            EncodingKey::from_ec_der(pkcs8.as_ref()),
-        )
-    }
-
-    /// The same key published without `alg`, under another `kid`.
-    fn without_alg(&self, kid: &str) -> Self {
-        let mut jwk = self.jwk.clone();
-        jwk["kid"] = json!(kid);
-        jwk.as_object_mut().unwrap().remove("alg");
-        Self {
-            kid: kid.to_owned(),
-            alg: self.alg,
-            enc: self.enc.clone(),
-            jwk,
-        }
-    }
-
-    fn token(&self) -> String {
-        self.token_as(self.alg, &claims())
-    }
-
+trait TokenExt {
+    /// A token for the usual claims, with the key's own algorithm.
+    fn token(&self) -> String;
     /// A token signed by this key, with `alg` in the header.
+    fn token_as(&self, alg: Algorithm, claims: &Value) -> String;
+}
+
+impl TokenExt for TestKey {
+    fn token(&self) -> String {
+        self.sign(&claims())
+    }
     fn token_as(&self, alg: Algorithm, claims: &Value) -> String {
-        let mut h = Header::new(alg);
-        h.kid = Some(self.kid.clone());
-        encode(&h, claims, &self.enc).unwrap()
+        self.sign_as(alg, claims)
     }
 }
 
@@ -257,7 +91,7 @@ fn signed(alg: Algorithm, kid: Option<&str>, key: &EncodingKey) -> String {
 }
 
 fn set(keys: &[&TestKey]) -> String {
-    json!({ "keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() }).to_string()
+    jwk_set(keys)
 }
 
 fn claims() -> Value {
@@ -734,7 +568,7 @@ async fn embedded_and_remote_key_headers_are_ignored() {
     let server = KeyServer::start(&[&ec]).await;
     let clock = clock();
     let a = server.builder(&clock).build().unwrap();
-    let attacker_url = format!("{}/attacker.json", server.base);
+    let attacker_url = format!("{}/attacker.json", server.base());
     let with_headers = |kid: &str, signer: &TestKey| {
         let mut h = Header::new(Algorithm::ES256);
         h.kid = Some(kid.into());

@@ -40,16 +40,13 @@ use jsonwebtoken::{Algorithm, EncodingKey, get_current_timestamp};
 use secure_routes::auth::jwt::{JwtAuthenticator, MAX_TOKEN_BYTES};
 use secure_routes::auth::{AuthError, Authenticator, CredentialSource, Principal};
 use secure_routes::{AuthMode, Policy, Security};
+use secure_routes_testkit::keys::{
+    EC_PRIVATE, EC_PUBLIC, ED_PRIVATE, ED_PUBLIC, RSA_PRIVATE, RSA_PUBLIC,
+};
 use serde_json::json;
 use tower::ServiceExt;
 
 const SECRET: &[u8] = b"rfc8725-secret-rfc8725-secret-rfc8725!";
-const RSA_PRIVATE: &str = include_str!("keys/rsa-private.pem");
-const RSA_PUBLIC: &str = include_str!("keys/rsa-public.pem");
-const EC_PRIVATE: &str = include_str!("keys/ec-private.pem");
-const EC_PUBLIC: &str = include_str!("keys/ec-public.pem");
-const ED_PRIVATE: &str = include_str!("keys/ed25519-private.pem");
-const ED_PUBLIC: &str = include_str!("keys/ed25519-public.pem");
 
 /// The attacker's own P-256 key (throwaway, generated for this test with `openssl genpkey`):
 /// used to sign tokens that carry it in a `jwk` header or point at it with `jku`/`x5u`.

@@ -14,55 +14,36 @@
 //! Needs the `jwks` feature, which the crate's dev-dependency on itself turns on.
 #![cfg(feature = "jwks")]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
-use axum::Router;
-use axum::extract::State;
-use axum::routing::get;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use http::{Request, header};
-use jsonwebtoken::jwk::Jwk;
+use http::Request;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use secure_routes::auth::supabase::{SupabaseAuthenticator, SupabaseAuthenticatorBuilder};
 use secure_routes::auth::{AuthError, Authenticator, CredentialSource, Principal};
 use secure_routes::clock::FakeClock;
+// Supabase's asymmetric signing keys are ES256 by default: `TestKey::fresh_ec`.
+use secure_routes_testkit::jwks::{KeyServer, TestKey};
 use serde_json::{Value, json};
 
 const T0: u64 = 1_800_000_000;
 const LEGACY_SECRET: &str = "super-secret-jwt-token-with-at-least-32-characters-long";
 
-#[derive(Clone)]
-struct Project {
-    hits: Arc<AtomicUsize>,
-    keys: Arc<Mutex<String>>,
-}
-
-/// A stand-in for a Supabase project: only the key set endpoint.
+/// A stand-in for a Supabase project: only the key set endpoint (the testkit's key server,
+/// which also serves `/auth/v1/.well-known/jwks.json`).
 struct FakeProject {
     url: String,
-    state: Project,
+    server: KeyServer,
 }
 
 impl FakeProject {
-    async fn start(keys: &[&Key]) -> Self {
-        let state = Project {
-            hits: Arc::default(),
-            keys: Arc::new(Mutex::new(set(keys))),
-        };
-        let app = Router::new()
-            .route("/auth/v1/.well-known/jwks.json", get(jwks))
-            .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    async fn start(keys: &[&TestKey]) -> Self {
+        let server = KeyServer::start(keys).await;
         Self {
-            url: format!("http://{addr}"),
-            state,
+            url: server.base().to_owned(),
+            server,
         }
     }
 
@@ -71,11 +52,11 @@ impl FakeProject {
     }
 
     fn hits(&self) -> usize {
-        self.state.hits.load(Ordering::SeqCst)
+        self.server.hits()
     }
 
-    fn serve(&self, keys: &[&Key]) {
-        *self.state.keys.lock().unwrap() = set(keys);
+    fn serve(&self, keys: &[&TestKey]) {
+        self.server.serve(keys);
     }
 
     fn builder(&self, clock: &FakeClock) -> SupabaseAuthenticatorBuilder {
@@ -99,46 +80,6 @@ impl FakeProject {
             "user_metadata": {"role": "admin"},
         })
     }
-}
-
-async fn jwks(State(s): State<Project>) -> ([(header::HeaderName, &'static str); 1], String) {
-    s.hits.fetch_add(1, Ordering::SeqCst);
-    let body = s.keys.lock().unwrap().clone();
-    ([(header::CONTENT_TYPE, "application/json")], body)
-}
-
-struct Key {
-    kid: String,
-    enc: EncodingKey,
-    jwk: Value,
-}
-
-impl Key {
-    /// A new P-256 key: Supabase's asymmetric signing keys are ES256 by default.
-    fn new(kid: &str) -> Self {
-        let _ = jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER.install_default();
-        let pkcs8 =
-            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-                .unwrap();
-        let enc = EncodingKey::from_ec_der(pkcs8.as_ref());
-        let mut jwk = Jwk::from_encoding_key(&enc, Algorithm::ES256).unwrap();
-        jwk.common.key_id = Some(kid.to_owned());
-        Self {
-            kid: kid.to_owned(),
-            enc,
-            jwk: serde_json::to_value(jwk).unwrap(),
-        }
-    }
-
-    fn sign(&self, claims: &Value) -> String {
-        let mut h = Header::new(Algorithm::ES256);
-        h.kid = Some(self.kid.clone());
-        encode(&h, claims, &self.enc).unwrap()
-    }
-}
-
-fn set(keys: &[&Key]) -> String {
-    json!({ "keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>() }).to_string()
 }
 
 fn hs256(claims: &Value, secret: &str) -> String {
@@ -262,7 +203,7 @@ async fn one_constructor_derives_the_project_settings() {
 
 #[tokio::test]
 async fn a_users_token_authenticates_from_the_header_and_the_ssr_cookie() {
-    let key = Key::new("k1");
+    let key = TestKey::fresh_ec("k1");
     let project = FakeProject::start(&[&key]).await;
     let clock = clock();
     let a = project.builder(&clock).build().unwrap();
@@ -338,7 +279,7 @@ async fn a_users_token_authenticates_from_the_header_and_the_ssr_cookie() {
 
 #[tokio::test]
 async fn a_rotated_key_is_fetched_once_and_verifies() {
-    let old = Key::new("old");
+    let old = TestKey::fresh_ec("old");
     let project = FakeProject::start(&[&old]).await;
     let clock = clock();
     let a = project.builder(&clock).cache(100).build().unwrap();
@@ -349,7 +290,7 @@ async fn a_rotated_key_is_fetched_once_and_verifies() {
             .is_ok()
     );
 
-    let new = Key::new("new");
+    let new = TestKey::fresh_ec("new");
     project.serve(&[&old, &new]);
     // A new `kid` causes a refetch once the cooldown since the last fetch has passed.
     clock.advance(Duration::from_secs(30));
@@ -365,7 +306,7 @@ async fn a_rotated_key_is_fetched_once_and_verifies() {
 
 #[tokio::test]
 async fn the_legacy_secret_verifies_legacy_tokens_and_only_when_configured() {
-    let key = Key::new("k1");
+    let key = TestKey::fresh_ec("k1");
     let project = FakeProject::start(&[&key]).await;
     let clock = clock();
     let legacy = hs256(&project.user_claims("u1"), LEGACY_SECRET);
@@ -402,7 +343,7 @@ async fn the_legacy_secret_verifies_legacy_tokens_and_only_when_configured() {
 
 #[tokio::test]
 async fn the_projects_api_keys_are_refused_as_sessions() {
-    let key = Key::new("k1");
+    let key = TestKey::fresh_ec("k1");
     let project = FakeProject::start(&[&key]).await;
     let clock = clock();
     let a = project
@@ -424,7 +365,7 @@ async fn the_projects_api_keys_are_refused_as_sessions() {
     // Past the cooldown, a token with an unknown `kid` would make the authenticator fetch the
     // key set again: refused first, this one costs the project nothing.
     clock.advance(Duration::from_secs(30));
-    let unknown_kid = Key::new("not-in-the-set").sign(&dressed);
+    let unknown_kid = TestKey::fresh_ec("not-in-the-set").sign(&dressed);
     let tokens = [
         api_key("anon"),
         api_key("service_role"),
@@ -456,7 +397,7 @@ async fn the_projects_api_keys_are_refused_as_sessions() {
 
 #[tokio::test]
 async fn other_projects_audiences_and_shapes_are_refused() {
-    let key = Key::new("k1");
+    let key = TestKey::fresh_ec("k1");
     let project = FakeProject::start(&[&key]).await;
     let clock = clock();
     let a = project.builder(&clock).build().unwrap();

@@ -23,16 +23,13 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use secure_routes::auth::jwt::JwtAuthenticator;
 use secure_routes::auth::{AuthError, Authenticator, CredentialSource, Principal};
 use secure_routes::clock::{Clock, FakeClock};
+use secure_routes_testkit::keys::{
+    EC_PRIVATE, EC_PUBLIC, ED_PRIVATE, ED_PUBLIC, RSA_PRIVATE, RSA_PUBLIC,
+};
 use serde_json::{Value, json};
 
 const T0: u64 = 1_800_000_000;
 const SECRET: &[u8] = b"token-cache-secret-token-cache-secret";
-const RSA_PRIVATE: &str = include_str!("keys/rsa-private.pem");
-const RSA_PUBLIC: &str = include_str!("keys/rsa-public.pem");
-const EC_PRIVATE: &str = include_str!("keys/ec-private.pem");
-const EC_PUBLIC: &str = include_str!("keys/ec-public.pem");
-const ED_PRIVATE: &str = include_str!("keys/ed25519-private.pem");
-const ED_PUBLIC: &str = include_str!("keys/ed25519-public.pem");
 
 /// A [`FakeClock`] that counts its readings: the test's window on whether an answer came
 /// from the cache. A hit reads the clock once (the entry's `exp`); a successful verification

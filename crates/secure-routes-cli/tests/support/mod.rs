@@ -2,7 +2,7 @@
 //! ports, the services they share, and an isolated Postgres schema per test.
 //!
 //! Services come from `REDIS_URL` / `DATABASE_URL`. Without them a test prints a `SKIPPED`
-//! line that `cargo test` shows (see [`announce_skip`]) and passes, unless
+//! line that `cargo test` shows (`secure_routes_testkit::services`) and passes, unless
 //! `SECURE_ROUTES_REQUIRE_SERVICES=1` (CI), where that is a failure.
 
 #![allow(dead_code, unreachable_pub)]
@@ -20,30 +20,10 @@ pub const CSRF_SECRET: &str = "shared-instances-csrf-secret-0123456789";
 /// so a broken start fails the test instead of hanging it, not a speed goal.
 const START_BOUND: Duration = Duration::from_secs(60);
 
-/// `name`'s URL from the environment, or `None` after printing why the test is skipped.
+/// `var`'s URL from the environment, or `None` after printing why the test is skipped
+/// (a failure under `SECURE_ROUTES_REQUIRE_SERVICES=1`).
 pub fn service(var: &str, test: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                std::env::var("SECURE_ROUTES_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "{test}: {var} is not set but SECURE_ROUTES_REQUIRE_SERVICES=1"
-            );
-            announce_skip(test, var);
-            None
-        }
-    }
-}
-
-/// Says that `test` did not run, where `cargo test` shows it. libtest captures `eprintln!`
-/// of a passing test (the line would only appear with `--nocapture`), so a skip would look
-/// exactly like a pass; writing to the process's stderr handle directly is not captured.
-pub fn announce_skip(test: &str, var: &str) {
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: {var} is not set (see README, \"Two commands\")"
-    );
+    secure_routes_testkit::services::service_url(var, test)
 }
 
 /// A bearer token for `sub`, signed with the demos' secret.

@@ -10,17 +10,6 @@ use std::str::FromStr;
 
 use secure_routes_postgres::Pool;
 
-/// Says that `test` did not run, where `cargo test` shows it. libtest captures `eprintln!`
-/// of a passing test (the line would only appear with `--nocapture`), so a skip would look
-/// exactly like a pass; writing to the process's stderr handle directly is not captured.
-fn announce_skip(test: &str) {
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {test}: DATABASE_URL is not set (e.g. postgres://postgres@127.0.0.1:5432/test)"
-    );
-}
-
 /// A schema of its own (`sr_test_<random>`) and a pool whose connections use it.
 pub struct TestDb {
     pub pool: Pool,
@@ -31,14 +20,7 @@ pub struct TestDb {
 impl TestDb {
     /// A fresh, empty schema; `None` (after printing why) when no database is configured.
     pub async fn new(test: &str, pool_size: usize) -> Option<Self> {
-        let Ok(url) = std::env::var("DATABASE_URL") else {
-            assert!(
-                std::env::var("SECURE_ROUTES_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "{test}: DATABASE_URL is not set but SECURE_ROUTES_REQUIRE_SERVICES=1"
-            );
-            announce_skip(test);
-            return None;
-        };
+        let url = secure_routes_testkit::services::service_url("DATABASE_URL", test)?;
         let schema = format!("sr_test_{:016x}", rand::random::<u64>());
         let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await

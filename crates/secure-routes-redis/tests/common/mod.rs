@@ -9,26 +9,7 @@ use secure_routes_redis::RedisStore;
 /// `REDIS_URL`, or `None` (with a skip message) when it is unset. With
 /// `SECURE_ROUTES_REQUIRE_SERVICES=1` (CI) a missing URL is a failure, not a skip.
 pub(crate) fn redis_url(test: &str) -> Option<String> {
-    match std::env::var("REDIS_URL") {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ => {
-            let required = std::env::var("SECURE_ROUTES_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
-            assert!(
-                !required,
-                "{test}: REDIS_URL is unset but SECURE_ROUTES_REQUIRE_SERVICES=1: Redis tests must run"
-            );
-            announce_skip(test, "REDIS_URL is not set (e.g. redis://127.0.0.1:6379)");
-            None
-        }
-    }
-}
-
-/// Says that `test` did not run, where `cargo test` shows it. libtest captures `eprintln!`
-/// of a passing test (the line would only appear with `--nocapture`), so a skip would look
-/// exactly like a pass; writing to the process's stderr handle directly is not captured.
-fn announce_skip(test: &str, why: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+    secure_routes_testkit::services::service_url("REDIS_URL", test)
 }
 
 /// A fresh connection manager to `url`.

@@ -68,7 +68,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
 use http::{HeaderMap, Method};
-use rand::RngCore;
+use rand::Rng as _;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 

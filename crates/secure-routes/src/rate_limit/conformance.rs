@@ -26,6 +26,10 @@
 //!   `remaining`, `reset_after`, `retry_after`).
 //! * [`decisions_carry_the_header_fields`]: the same fields against hand-computed values, so a
 //!   store and a reference cannot agree on a wrong answer unnoticed.
+//! * [`remaining_stays_within_the_limit`]: the edges where a store's own arithmetic could
+//!   leave `0..=limit` (a limit of one, a key filled under a wider quota then checked under a
+//!   narrower one, long idle, costs far above the limit) give the reference's decision, with
+//!   `remaining` never above the limit (see [`Decision::from_store`]).
 //! * [`keys_are_isolated`]: different [`RateLimitKey`]s (other subject, other bucket) never
 //!   interfere, and the two algorithms keep separate state on one key.
 //! * [`quotas_on_one_key_share_its_state`]: the documented behaviour when one key is checked
@@ -93,6 +97,7 @@ where
     sliding_window_matches_the_algorithm(&make_store).await;
     gcra_matches_the_algorithm(&make_store).await;
     decisions_carry_the_header_fields(&make_store).await;
+    remaining_stays_within_the_limit(&make_store).await;
     keys_are_isolated(&make_store).await;
     quotas_on_one_key_share_its_state(&make_store).await;
     clock_stepping_back_admits_nothing_extra(&make_store).await;
@@ -459,6 +464,92 @@ where
         decision(false, 4, 0, 10_000, Some(10_000)),
         "{name}: gcra, cost above the limit waits a window"
     );
+}
+
+/// At the edges where a store's own arithmetic could step outside `0..=limit`, the store
+/// decides what the reference decides, and `remaining` stays within the limit of the quota
+/// the check was made under:
+///
+/// * a limit of one: zero cost on an empty key, the one unit, refusals, a cost of two;
+/// * one key filled under a wide quota, then checked under a narrow one (it holds more than
+///   the narrow limit: `remaining` is zero, not negative), then after a long idle (the full
+///   narrow limit, not the wide one);
+/// * costs far above the limit (refused with a full window's wait, nothing counted).
+///
+/// # Panics
+///
+/// On a decision that differs from the reference, or a `remaining` above the limit.
+pub async fn remaining_stays_within_the_limit<S, F, Fut>(make_store: &F)
+where
+    S: RateLimitStore,
+    F: Fn(FakeClock) -> Fut,
+    Fut: Future<Output = S>,
+{
+    for algorithm in [Algorithm::SlidingWindow, Algorithm::Gcra] {
+        let one = Quota::new(1, Duration::from_secs(1)).with_algorithm(algorithm);
+        let wide = Quota::new(10, Duration::from_secs(10)).with_algorithm(algorithm);
+        let narrow = Quota::new(2, Duration::from_secs(10)).with_algorithm(algorithm);
+        let k1 = key("route:/edges", "limit-one");
+        let k2 = key("route:/edges", "wide-then-narrow");
+        let step = |advance_ms: u64, key: RateLimitKey, quota: Quota, cost: u32| Step {
+            time: Move::Forward(Duration::from_millis(advance_ms)),
+            key,
+            quota,
+            cost,
+        };
+        let steps = [
+            step(0, k1, one, 0),
+            step(0, k1, one, 1),
+            step(0, k1, one, 1),
+            step(0, k1, one, 0),
+            step(0, k1, one, 2),
+            step(999, k1, one, 1),
+            step(1, k1, one, 1),
+            step(1_000, k1, one, u32::MAX),
+            step(0, k1, one, 0),
+            step(0, k2, wide, 8),
+            step(0, k2, narrow, 0),
+            step(0, k2, narrow, 1),
+            step(0, k2, narrow, 1_000),
+            step(1_000, k2, wide, 0),
+            step(4_000, k2, narrow, 0),
+            step(0, k2, wide, 2),
+            step(0, k2, wide, 1),
+            step(0, k2, narrow, 0),
+            step(60_000, k2, narrow, 0),
+            step(0, k2, wide, 0),
+            step(0, k2, narrow, 2),
+            step(0, k2, wide, 0),
+        ];
+        compare(
+            make_store,
+            &format!("{algorithm:?} remaining at the edges"),
+            &steps,
+        )
+        .await;
+    }
+    // `compare` checks equality with the reference; the bound itself, on the same edges.
+    let clock = FakeClock::new(START);
+    let store = make_store(clock.clone()).await;
+    let name = store.name();
+    for algorithm in [Algorithm::SlidingWindow, Algorithm::Gcra] {
+        let k = key("route:/edges/bound", &format!("{algorithm:?}"));
+        let wide = Quota::new(10, Duration::from_secs(10)).with_algorithm(algorithm);
+        let narrow = Quota::new(2, Duration::from_secs(10)).with_algorithm(algorithm);
+        for (quota, cost) in [(wide, 9), (narrow, 0), (narrow, 1), (wide, 0), (narrow, 5)] {
+            let d = acquire_ok(&store, &k, quota, cost).await;
+            assert!(
+                d.remaining <= quota.limit() && d.limit == quota.limit(),
+                "{name} {algorithm:?}: {d:?} under {quota:?}"
+            );
+        }
+        clock.advance(Duration::from_secs(3_600));
+        let d = acquire_ok(&store, &k, narrow, 0).await;
+        assert_eq!(
+            d.remaining, 2,
+            "{name} {algorithm:?}: idle key under the narrow quota"
+        );
+    }
 }
 
 /// Different keys never interfere: exhausting one subject or one bucket leaves the others

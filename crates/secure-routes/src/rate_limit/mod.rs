@@ -191,6 +191,61 @@ impl Decision {
     pub fn reset_after_secs(&self) -> u64 {
         ceil_secs(self.reset_after)
     }
+
+    /// The decision a store reports for one check of `cost` units under `quota`, from the
+    /// raw numbers its script or statement returned. Every store that computes outside the
+    /// pure algorithms (Redis, Postgres) finishes through this one function, so two stores
+    /// cannot disagree on a header:
+    ///
+    /// * `limit` is the quota's;
+    /// * `remaining` is clamped into `0..=limit`: a script computes in signed or floating
+    ///   arithmetic, and one key checked under a narrower quota than it was filled under
+    ///   holds more than that quota's limit. A header must never say less than zero or more
+    ///   than the limit;
+    /// * an admitted check has no `retry_after`. A refused one always has one: a full window
+    ///   when `cost` is above the limit (no wait helps, as in the pure algorithms), else the
+    ///   store's wait, or a full window if the store reported none (a refusal must never
+    ///   invite an immediate retry).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use secure_routes::rate_limit::{Decision, Quota};
+    /// let q = Quota::per_minute(10);
+    /// let s = Duration::from_secs;
+    /// // Admitted; the script's count went below zero: nothing remains.
+    /// let d = Decision::from_store(q, 1, true, -3, s(60), Some(s(1)));
+    /// assert_eq!((d.limit, d.remaining, d.retry_after), (10, 0, None));
+    /// // A key filled under a wider quota: never more than this quota's limit.
+    /// assert_eq!(Decision::from_store(q, 0, true, 25, s(0), None).remaining, 10);
+    /// // A cost above the limit waits a full window, whatever the store said.
+    /// let d = Decision::from_store(q, 11, false, 4, s(5), None);
+    /// assert_eq!(d.retry_after, Some(s(60)));
+    /// ```
+    pub fn from_store(
+        quota: Quota,
+        cost: u32,
+        allowed: bool,
+        remaining: i64,
+        reset_after: Duration,
+        retry_after: Option<Duration>,
+    ) -> Self {
+        let limit = quota.limit();
+        let remaining = u32::try_from(remaining.clamp(0, i64::from(limit))).unwrap_or(limit);
+        let retry_after = if allowed {
+            None
+        } else if cost > limit {
+            Some(quota.window())
+        } else {
+            Some(retry_after.unwrap_or_else(|| quota.window()))
+        };
+        Self {
+            allowed,
+            limit,
+            remaining,
+            reset_after,
+            retry_after,
+        }
+    }
 }
 
 /// Whole seconds, rounded up.
@@ -223,14 +278,14 @@ impl RateLimitKey {
         &self.0
     }
     /// Lower-case hex, 32 characters: the form shared stores use in their key names.
+    ///
+    /// ```
+    /// use secure_routes::rate_limit::RateLimitKey;
+    /// let k = RateLimitKey::from_bytes([0x0f, 0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff]);
+    /// assert_eq!(k.to_hex(), "0fa000000000000000000000000000ff");
+    /// ```
     pub fn to_hex(&self) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut s = String::with_capacity(32);
-        for b in self.0 {
-            s.push(HEX[usize::from(b >> 4)] as char);
-            s.push(HEX[usize::from(b & 0xf)] as char);
-        }
-        s
+        hex::encode(self.0)
     }
 }
 
