@@ -47,10 +47,6 @@ use std::time::Duration;
 use super::{Decision, Quota};
 use crate::clock::duration_to_nanos;
 
-/// Largest capacity reserved up front for a new log; longer logs grow on demand, so a key
-/// that is seen once costs a few bytes, not `8 × limit`.
-const INITIAL_CAPACITY: usize = 8;
-
 /// The admission times (nanoseconds since the Unix epoch) still inside the window, oldest
 /// first; one stamp per admitted unit of cost.
 ///
@@ -272,8 +268,12 @@ pub(crate) fn acquire_nanos(
     let allowed = cost <= limit && used.saturating_add(cost_n) <= limit_n;
 
     if allowed && cost > 0 {
+        // A new log gets room for exactly this request's stamps and grows (doubling) only if
+        // the key comes back: under a flood of fresh client addresses almost every key is seen
+        // once, so its single stamp costs the allocator's smallest block (32 bytes with glibc)
+        // instead of room for stamps that never come (80 bytes for 8 reserved up front).
         if log.stamps.capacity() == 0 {
-            log.stamps.reserve_exact(limit_n.min(INITIAL_CAPACITY));
+            log.stamps.reserve_exact(cost_n);
         }
         for _ in 0..cost_n {
             log.stamps.push_back(now);
