@@ -409,8 +409,14 @@ impl MemoryStoreBuilder {
     ///
     /// Live evictions are counted ([`MemoryStore::evictions`] and the metric
     /// `secure_routes_rate_limit_evictions_total`): a non-zero rate means the cap is too low
-    /// for the traffic, and evicted keys restart with a full quota. Memory per key is about
-    /// 64 bytes plus, for a sliding window, 8 bytes per admission still in the window.
+    /// for the traffic, and evicted keys restart with a full quota.
+    ///
+    /// Memory per key, measured as resident memory (`benches/memory_per_key.rs`, figures in
+    /// BENCHMARKS.md): a GCRA key costs 32 to 57 bytes and a sliding-window key holding one
+    /// stamp 120 to 190 bytes, plus 8 bytes per further admission still in its window (the log
+    /// doubles as it grows). The range is the hash tables' fill: each doubles when 7/8 full,
+    /// so it is cheapest just before and dearest just after. Full at the default cap of one
+    /// million keys, the tables have just doubled: 55 and 187 bytes per key.
     ///
     /// ```
     /// use secure_routes::rate_limit::MemoryStore;
@@ -735,6 +741,38 @@ mod tests {
             .clock(Arc::new(clock.clone()))
             .build();
         (store, clock)
+    }
+
+    #[test]
+    fn the_default_clock_starts_at_the_wall_clock_and_never_goes_back() {
+        let clock = StoreClock::monotonic();
+        let wall = duration_to_nanos(SystemClock.now());
+        let first = clock.now_nanos();
+        // Anchored on the wall clock when built (a generous bound: this is not a timing test,
+        // only a check that the anchor is the epoch-based wall time and not zero or uptime).
+        assert!(
+            first.abs_diff(wall) < 60 * 1_000_000_000,
+            "{first} vs {wall}"
+        );
+        let mut last = first;
+        for _ in 0..10_000 {
+            let now = clock.now_nanos();
+            assert!(
+                now >= last,
+                "the store's own time went back: {now} < {last}"
+            );
+            last = now;
+        }
+        // The default store uses it; an injected clock is read as it is.
+        assert!(matches!(
+            MemoryStore::new().clock,
+            StoreClock::Monotonic { .. }
+        ));
+        let fake = FakeClock::new(Duration::from_secs(5));
+        let store = MemoryStore::with_clock(Arc::new(fake.clone()));
+        assert_eq!(store.clock.now_nanos(), 5_000_000_000);
+        fake.advance(Duration::from_nanos(7));
+        assert_eq!(store.clock.now_nanos(), 5_000_000_007);
     }
 
     #[test]
