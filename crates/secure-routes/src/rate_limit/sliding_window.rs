@@ -253,6 +253,8 @@ impl Stamps {
     fn push(&mut self, t: u64, n: usize) {
         match self {
             Self::Empty if n == 1 => *self = Self::One(t),
+            // The hot path (a known key, cost 1): one push.
+            Self::Many(d) if n == 1 => d.push_back(t),
             Self::Many(d) => d.extend(std::iter::repeat_n(t, n)),
             Self::Empty | Self::One(_) => {
                 // Room for exactly what is held; it grows by doubling if the key comes back.
