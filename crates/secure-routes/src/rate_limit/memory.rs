@@ -413,10 +413,11 @@ impl MemoryStoreBuilder {
     ///
     /// Memory per key, measured as resident memory (`benches/memory_per_key.rs`, figures in
     /// BENCHMARKS.md): a GCRA key costs 32 to 57 bytes and a sliding-window key holding one
-    /// stamp 120 to 190 bytes, plus 8 bytes per further admission still in its window (the log
-    /// doubles as it grows). The range is the hash tables' fill: each doubles when 7/8 full,
-    /// so it is cheapest just before and dearest just after. Full at the default cap of one
-    /// million keys, the tables have just doubled: 55 and 187 bytes per key.
+    /// stamp (held inline) 89 to 157 bytes; a sliding log of two or more stamps moves to the
+    /// heap, 8 bytes per admission still in its window plus the allocator's overhead (the log
+    /// doubles as it grows). The range is the hash tables' fill: each doubles when 7/8 full, so
+    /// it is cheapest just before and dearest just after. Full at the default cap of one
+    /// million keys, the tables have just doubled: 55 and 157 bytes per key.
     ///
     /// ```
     /// use secure_routes::rate_limit::MemoryStore;

@@ -9,8 +9,10 @@
 //! are one step.
 //!
 //! **State.** One timestamp (nanoseconds since the Unix epoch) per admitted unit still inside
-//! the window, oldest first: at most `N` of them, so at most `8 × N` bytes per key. A stamp
-//! exactly `W` old has expired (a request at `t` frees at `t + W`, not a nanosecond later).
+//! the window, oldest first: at most `N` of them, so at most `8 × N` bytes of stamps per key
+//! (one stamp is held inline, without a heap block; what a store adds per key is its own: see
+//! `MemoryStoreBuilder::max_keys`). A stamp exactly `W` old has expired (a request at `t`
+//! frees at `t + W`, not a nanosecond later).
 //!
 //! **Clock going backwards.** Time comes from the caller (a [`Clock`](crate::clock::Clock) or
 //! the shared store's own clock), and it can step back (NTP, a failover to a skewed host). The
