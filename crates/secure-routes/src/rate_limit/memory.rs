@@ -17,8 +17,16 @@
 //!   secret, uniform and not choosable by clients, so hashing it again would buy nothing (and
 //!   an attacker cannot aim keys at one shard or bucket to degrade it). Keys built by hand with
 //!   [`RateLimitKey::from_bytes`] should be uniform too, or they only cost speed.
-//! * **Time** from the injected [`Clock`] ([`SystemClock`] by default), read once per check,
-//!   outside any lock. The algorithms deal with a clock stepping back (see their modules): a
+//! * **Time** read once per check, outside any lock. By default the store keeps its own
+//!   monotonic time: the wall clock read once, when the store is built, then advanced by a
+//!   calibrated CPU counter (the invariant TSC through `quanta`, governor's clock; the OS
+//!   monotonic clock where there is none). Why not [`SystemClock`] on every check: reading the
+//!   wall clock cost about 55 ns here against 20 ns for the counter, more than the rest of a
+//!   hot-key GCRA check. This is safe because the store's timestamps never leave the process
+//!   (decisions carry only durations), so they need to be consistent with each other, not with
+//!   the wall clock; and a wall-clock step (NTP, a VM resumed) no longer moves them at all.
+//!   An injected [`Clock`] ([`MemoryStoreBuilder::clock`]; tests use a `FakeClock`) is read
+//!   instead when given. The algorithms deal with a clock stepping back (see their modules): a
 //!   key's state never counts less because the clock went back. One limit: a state swept
 //!   because it had expired at the clock's reading is gone, so if the clock then steps back,
 //!   that key starts afresh (as in any store that forgets expired state). Deliberately, nothing
@@ -87,7 +95,7 @@ const EVICTION_FRACTION: usize = 64;
 /// assert_eq!(d.remaining, 9);
 /// ```
 pub struct MemoryStore {
-    clock: Arc<dyn Clock>,
+    clock: StoreClock,
     shards: Box<[Shard]>,
     shard_mask: usize,
     max_keys: usize,
@@ -114,7 +122,8 @@ impl Default for MemoryStore {
 }
 
 impl MemoryStore {
-    /// A store on the system clock, with the default cap ([`DEFAULT_MAX_KEYS`]).
+    /// A store on its own monotonic clock (see the [module](self)), with the default cap
+    /// ([`DEFAULT_MAX_KEYS`]).
     ///
     /// ```
     /// use secure_routes::rate_limit::MemoryStore;
@@ -164,7 +173,7 @@ impl MemoryStore {
     /// assert!(!store.acquire_now(&key, q, 1).allowed);
     /// ```
     pub fn acquire_now(&self, key: &RateLimitKey, quota: Quota, cost: u32) -> Decision {
-        let now = duration_to_nanos(self.clock.now());
+        let now = self.clock.now_nanos();
         let shard = self.shard(key);
         // Fast path: a known key, under the shard's read lock.
         let known = {
@@ -258,7 +267,7 @@ impl MemoryStore {
     /// assert!(store.is_empty());
     /// ```
     pub fn sweep(&self) -> usize {
-        let now = duration_to_nanos(self.clock.now());
+        let now = self.clock.now_nanos();
         self.shards
             .iter()
             .map(|s| write(&s.maps).sweep_expired(now))
@@ -400,8 +409,15 @@ impl MemoryStoreBuilder {
     ///
     /// Live evictions are counted ([`MemoryStore::evictions`] and the metric
     /// `secure_routes_rate_limit_evictions_total`): a non-zero rate means the cap is too low
-    /// for the traffic, and evicted keys restart with a full quota. Memory per key is about
-    /// 64 bytes plus, for a sliding window, 8 bytes per admission still in the window.
+    /// for the traffic, and evicted keys restart with a full quota.
+    ///
+    /// Memory per key, measured as resident memory (`benches/memory_per_key.rs`, figures in
+    /// BENCHMARKS.md): a GCRA key costs 32 to 57 bytes and a sliding-window key holding one
+    /// stamp (held inline) 89 to 157 bytes; a sliding log of two or more stamps moves to the
+    /// heap, 8 bytes per admission still in its window plus the allocator's overhead (the log
+    /// doubles as it grows). The range is the hash tables' fill: each doubles when 7/8 full, so
+    /// it is cheapest just before and dearest just after. Full at the default cap of one
+    /// million keys, the tables have just doubled: 55 and 157 bytes per key.
     ///
     /// ```
     /// use secure_routes::rate_limit::MemoryStore;
@@ -412,7 +428,8 @@ impl MemoryStoreBuilder {
         self
     }
 
-    /// The clock (default: [`SystemClock`]).
+    /// The clock (default: the store's own monotonic clock, the wall clock at build time
+    /// advanced by a CPU counter; see the [module](self)).
     ///
     /// ```
     /// use std::{sync::Arc, time::Duration};
@@ -470,7 +487,9 @@ impl MemoryStoreBuilder {
             })
             .collect();
         MemoryStore {
-            clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+            clock: self
+                .clock
+                .map_or_else(StoreClock::monotonic, StoreClock::Injected),
             shards,
             shard_mask: count - 1,
             max_keys,
@@ -520,6 +539,49 @@ fn write(m: &RwLock<Maps>) -> RwLockWriteGuard<'_, Maps> {
 
 fn lock(m: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Where the store reads time from.
+#[derive(Debug)]
+enum StoreClock {
+    /// The default: the wall clock when the store was built (`start_nanos`, since the epoch)
+    /// plus the counter's nanoseconds since then.
+    Monotonic {
+        counter: quanta::Clock,
+        start_raw: u64,
+        start_nanos: u64,
+    },
+    /// A clock given to the builder, read as it is.
+    Injected(Arc<dyn Clock>),
+}
+
+impl StoreClock {
+    fn monotonic() -> Self {
+        // The first `quanta::Clock` in a process calibrates the counter against the OS clock
+        // (about a millisecond; 200 ms at most); later ones reuse that calibration.
+        let counter = quanta::Clock::new();
+        let start_raw = counter.raw();
+        Self::Monotonic {
+            start_nanos: duration_to_nanos(SystemClock.now()),
+            start_raw,
+            counter,
+        }
+    }
+
+    /// Now, in nanoseconds since the epoch.
+    #[inline]
+    fn now_nanos(&self) -> u64 {
+        match self {
+            // `delta_as_nanos` is zero for a reading at or before the start (counters of two
+            // cores a few cycles apart), and the algorithms take a reading that went back.
+            Self::Monotonic {
+                counter,
+                start_raw,
+                start_nanos,
+            } => start_nanos.saturating_add(counter.delta_as_nanos(*start_raw, counter.raw())),
+            Self::Injected(clock) => duration_to_nanos(clock.now()),
+        }
+    }
 }
 
 type KeyMap<V> = HashMap<RateLimitKey, V, BuildHasherDefault<KeyPrefixHasher>>;
@@ -680,6 +742,38 @@ mod tests {
             .clock(Arc::new(clock.clone()))
             .build();
         (store, clock)
+    }
+
+    #[test]
+    fn the_default_clock_starts_at_the_wall_clock_and_never_goes_back() {
+        let clock = StoreClock::monotonic();
+        let wall = duration_to_nanos(SystemClock.now());
+        let first = clock.now_nanos();
+        // Anchored on the wall clock when built (a generous bound: this is not a timing test,
+        // only a check that the anchor is the epoch-based wall time and not zero or uptime).
+        assert!(
+            first.abs_diff(wall) < 60 * 1_000_000_000,
+            "{first} vs {wall}"
+        );
+        let mut last = first;
+        for _ in 0..10_000 {
+            let now = clock.now_nanos();
+            assert!(
+                now >= last,
+                "the store's own time went back: {now} < {last}"
+            );
+            last = now;
+        }
+        // The default store uses it; an injected clock is read as it is.
+        assert!(matches!(
+            MemoryStore::new().clock,
+            StoreClock::Monotonic { .. }
+        ));
+        let fake = FakeClock::new(Duration::from_secs(5));
+        let store = MemoryStore::with_clock(Arc::new(fake.clone()));
+        assert_eq!(store.clock.now_nanos(), 5_000_000_000);
+        fake.advance(Duration::from_nanos(7));
+        assert_eq!(store.clock.now_nanos(), 5_000_000_007);
     }
 
     #[test]

@@ -9,8 +9,10 @@
 //! are one step.
 //!
 //! **State.** One timestamp (nanoseconds since the Unix epoch) per admitted unit still inside
-//! the window, oldest first: at most `N` of them, so at most `8 × N` bytes per key. A stamp
-//! exactly `W` old has expired (a request at `t` frees at `t + W`, not a nanosecond later).
+//! the window, oldest first: at most `N` of them, so at most `8 × N` bytes of stamps per key
+//! (one stamp is held inline, without a heap block; what a store adds per key is its own: see
+//! `MemoryStoreBuilder::max_keys`). A stamp exactly `W` old has expired (a request at `t`
+//! frees at `t + W`, not a nanosecond later).
 //!
 //! **Clock going backwards.** Time comes from the caller (a [`Clock`](crate::clock::Clock) or
 //! the shared store's own clock), and it can step back (NTP, a failover to a skewed host). The
@@ -47,10 +49,6 @@ use std::time::Duration;
 use super::{Decision, Quota};
 use crate::clock::duration_to_nanos;
 
-/// Largest capacity reserved up front for a new log; longer logs grow on demand, so a key
-/// that is seen once costs a few bytes, not `8 × limit`.
-const INITIAL_CAPACITY: usize = 8;
-
 /// The admission times (nanoseconds since the Unix epoch) still inside the window, oldest
 /// first; one stamp per admitted unit of cost.
 ///
@@ -66,9 +64,9 @@ const INITIAL_CAPACITY: usize = 8;
 /// let copy = SlidingLog::from_stamps(log.stamps());
 /// assert_eq!(copy, log);
 /// ```
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct SlidingLog {
-    stamps: VecDeque<u64>,
+    stamps: Stamps,
     /// The latest time (ns) the log held or recorded stamps at: its clock never goes back past
     /// this.
     seen: u64,
@@ -87,10 +85,12 @@ impl SlidingLog {
         let mut v: Vec<u64> = stamps.into_iter().collect();
         v.sort_unstable();
         let seen = v.last().copied().unwrap_or(0);
-        Self {
-            stamps: v.into(),
-            seen,
-        }
+        let stamps = match *v {
+            [] => Stamps::Empty,
+            [one] => Stamps::One(one),
+            _ => Stamps::Many(v.into()),
+        };
+        Self { stamps, seen }
     }
 
     /// A log holding `stamps` whose own time is `seen` (as read with [`seen`](Self::seen)):
@@ -139,7 +139,11 @@ impl SlidingLog {
     /// assert_eq!(SlidingLog::default().stamps().count(), 0);
     /// ```
     pub fn stamps(&self) -> impl ExactSizeIterator<Item = u64> + '_ {
-        self.stamps.iter().copied()
+        let (front, back) = self.stamps.as_slices();
+        StampIter {
+            front: front.iter(),
+            back: back.iter(),
+        }
     }
 
     /// Number of stamps held.
@@ -159,12 +163,12 @@ impl SlidingLog {
     /// assert!(SlidingLog::default().is_empty());
     /// ```
     pub fn is_empty(&self) -> bool {
-        self.stamps.is_empty()
+        self.stamps.len() == 0
     }
 
     /// The newest stamp, if any.
     fn newest(&self) -> Option<u64> {
-        self.stamps.back().copied()
+        self.stamps.back()
     }
 
     /// Drops the stamps that have left the window ending at `now` (`stamp + window <= now`).
@@ -172,12 +176,127 @@ impl SlidingLog {
         while self
             .stamps
             .front()
-            .is_some_and(|&t| t.saturating_add(window) <= now)
+            .is_some_and(|t| t.saturating_add(window) <= now)
         {
             self.stamps.pop_front();
         }
     }
 }
+
+impl PartialEq for SlidingLog {
+    /// Equal when they hold the same stamps and the same time, however the stamps are stored.
+    fn eq(&self, other: &Self) -> bool {
+        self.seen == other.seen
+            && self.stamps.len() == other.stamps.len()
+            && self.stamps().eq(other.stamps())
+    }
+}
+
+impl Eq for SlidingLog {}
+
+/// A log's stamps, oldest first. A single stamp is held inline, without a heap block: under a
+/// flood of fresh client addresses almost every key is seen once, and a block for its one
+/// stamp would cost 32 bytes (glibc's smallest) on top of the entry. The enum is no larger
+/// than the `VecDeque` alone (its capacity field leaves room for the other variants).
+#[derive(Clone, Debug, Default)]
+enum Stamps {
+    #[default]
+    Empty,
+    One(u64),
+    /// Two or more at some point (it may have been pruned since: it keeps its block, as a key
+    /// that came back is likely to come back again).
+    Many(VecDeque<u64>),
+}
+
+impl Stamps {
+    fn len(&self) -> usize {
+        match self {
+            Self::Empty => 0,
+            Self::One(_) => 1,
+            Self::Many(d) => d.len(),
+        }
+    }
+
+    fn front(&self) -> Option<u64> {
+        match self {
+            Self::Empty => None,
+            Self::One(t) => Some(*t),
+            Self::Many(d) => d.front().copied(),
+        }
+    }
+
+    fn back(&self) -> Option<u64> {
+        match self {
+            Self::Empty => None,
+            Self::One(t) => Some(*t),
+            Self::Many(d) => d.back().copied(),
+        }
+    }
+
+    fn get(&self, i: usize) -> Option<u64> {
+        match self {
+            Self::Empty => None,
+            Self::One(t) => (i == 0).then_some(*t),
+            Self::Many(d) => d.get(i).copied(),
+        }
+    }
+
+    fn pop_front(&mut self) {
+        match self {
+            Self::Empty => {}
+            Self::One(_) => *self = Self::Empty,
+            Self::Many(d) => {
+                d.pop_front();
+            }
+        }
+    }
+
+    /// Appends `n` copies of `t` (the newest stamp so far).
+    fn push(&mut self, t: u64, n: usize) {
+        match self {
+            Self::Empty if n == 1 => *self = Self::One(t),
+            // The hot path (a known key, cost 1): one push.
+            Self::Many(d) if n == 1 => d.push_back(t),
+            Self::Many(d) => d.extend(std::iter::repeat_n(t, n)),
+            Self::Empty | Self::One(_) => {
+                // Room for exactly what is held; it grows by doubling if the key comes back.
+                let mut d = VecDeque::with_capacity(self.len().saturating_add(n));
+                d.extend(self.front());
+                d.extend(std::iter::repeat_n(t, n));
+                *self = Self::Many(d);
+            }
+        }
+    }
+
+    fn as_slices(&self) -> (&[u64], &[u64]) {
+        match self {
+            Self::Empty => (&[], &[]),
+            Self::One(t) => (std::slice::from_ref(t), &[]),
+            Self::Many(d) => d.as_slices(),
+        }
+    }
+}
+
+/// [`SlidingLog::stamps`]: the two halves of the ring, oldest first.
+struct StampIter<'a> {
+    front: std::slice::Iter<'a, u64>,
+    back: std::slice::Iter<'a, u64>,
+}
+
+impl Iterator for StampIter<'_> {
+    type Item = u64;
+
+    fn next(&mut self) -> Option<u64> {
+        self.front.next().or_else(|| self.back.next()).copied()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.front.len() + self.back.len();
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for StampIter<'_> {}
 
 /// When `log` stops mattering under `quota`: the newest stamp plus the window (zero for an
 /// empty log). From then on the log is equivalent to an empty one, so a store may delete it.
@@ -259,7 +378,7 @@ pub(crate) fn acquire_nanos(
     // recorded stays sorted. Only a log that holds (or held) stamps needs to remember the time:
     // one that never recorded anything stays equal to a fresh log, so a store need not keep it.
     let now = reading.max(log.seen);
-    if !log.stamps.is_empty() {
+    if log.stamps.len() != 0 {
         log.seen = now;
     }
     let limit = quota.limit();
@@ -272,12 +391,7 @@ pub(crate) fn acquire_nanos(
     let allowed = cost <= limit && used.saturating_add(cost_n) <= limit_n;
 
     if allowed && cost > 0 {
-        if log.stamps.capacity() == 0 {
-            log.stamps.reserve_exact(limit_n.min(INITIAL_CAPACITY));
-        }
-        for _ in 0..cost_n {
-            log.stamps.push_back(now);
-        }
+        log.stamps.push(now, cost_n);
         log.seen = now;
     }
     // Waits run from the actual reading: if the clock is behind the log's time, the wait the
@@ -297,7 +411,7 @@ pub(crate) fn acquire_nanos(
         let must_expire = held.saturating_add(cost_n).saturating_sub(limit_n);
         log.stamps
             .get(must_expire.saturating_sub(1))
-            .map_or(quota.window(), |&t| wait_until(t.saturating_add(window)))
+            .map_or(quota.window(), |t| wait_until(t.saturating_add(window)))
     });
 
     Decision {
@@ -312,6 +426,41 @@ pub(crate) fn acquire_nanos(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_stamp_is_inline_and_the_storage_does_not_change_what_a_log_is() {
+        // No larger than the deque alone, so an entry does not grow for the inline stamp.
+        assert_eq!(
+            std::mem::size_of::<Stamps>(),
+            std::mem::size_of::<VecDeque<u64>>()
+        );
+        let q = Quota::new(3, secs(10));
+        let mut log = SlidingLog::default();
+        acquire(&mut log, secs(100), q, 1);
+        assert!(matches!(log.stamps, Stamps::One(t) if t == 100 * S));
+        // A second stamp moves both to the heap, oldest first.
+        acquire(&mut log, secs(105), q, 2);
+        assert_eq!(
+            log.stamps().collect::<Vec<_>>(),
+            [100 * S, 105 * S, 105 * S]
+        );
+        assert_eq!(log.stamps().len(), 3);
+        // Pruned back to two, then compared with a log built from the same parts.
+        acquire(&mut log, secs(110), q, 0);
+        assert_eq!(log.len(), 2);
+        assert_eq!(log, SlidingLog::from_parts([105 * S, 105 * S], 110 * S));
+        assert_ne!(log, SlidingLog::from_parts([105 * S, 105 * S], 111 * S));
+        // Heap-held and inline-held single stamps are the same log.
+        let mut heap = SlidingLog::from_stamps([1, 2]);
+        heap.prune(1 + 5, 5);
+        assert!(matches!(heap.stamps, Stamps::Many(_)));
+        assert_eq!(heap, SlidingLog::from_parts([2], 2));
+        assert_eq!(SlidingLog::from_stamps([]), SlidingLog::default());
+        // A cost of several on a fresh log goes to the heap at once.
+        let mut big = SlidingLog::default();
+        acquire(&mut big, secs(1), q, 3);
+        assert_eq!(big.stamps().collect::<Vec<_>>(), [S, S, S]);
+    }
 
     const S: u64 = 1_000_000_000;
 
