@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Server CPU per request for /api/public-data (PUBLIC policy) against the same handler
-# unprotected, measured with wrk on loopback. Prints both figures and their ratio.
+# Server CPU per request over HTTP (wrk on loopback) for the same handler bare, behind PUBLIC,
+# behind the stack a user would assemble from tower_governor and tower-http layers, behind
+# AUTHENTICATED (HS256 bearer) and behind that assembled stack plus a jsonwebtoken bearer check
+# (the routes of crates/secure-routes/benches/stacks/mod.rs). The five routes are interleaved
+# in rounds in one run, so a change in machine load hits all of them alike; the figure per
+# route is the median over the rounds. Prints CPU per request and the ratios of issue 10's
+# targets.
 #
-# Usage: bench/http_cpu.sh [seconds-per-run] [connections]
+# Usage: bench/http_cpu.sh [seconds-per-run] [connections] [rounds]
 # Needs wrk (Debian package `wrk`); installs it with apt-get when missing and run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
 conns="${2:-32}"
+rounds="${3:-3}"
 addr=127.0.0.1:3999
 
 if ! command -v wrk >/dev/null; then
@@ -17,32 +23,54 @@ cargo build --release -q -p secure-routes-cli --example bench_server
 target/release/examples/bench_server "$addr" > /tmp/bench_server.log 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
-for _ in $(seq 1 50); do
+for _ in $(seq 1 100); do
     grep -q ready /tmp/bench_server.log 2>/dev/null && break
     sleep 0.1
 done
+token=$(awk '/^ready/ {print $5}' /tmp/bench_server.log)
+if [ -z "$token" ]; then cat /tmp/bench_server.log >&2; exit 1; fi
 
 tick=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 
+# One measurement: prints "<us of server CPU per request> <requests>".
 run() {
-    local path=$1
-    wrk -t1 -c"$conns" -d2s "http://$addr$path" >/dev/null # warm-up
-    local before after out reqs
+    local path=$1 auth=()
+    if [ "$2" = yes ]; then auth=(-H "Authorization: Bearer $token"); fi
+    wrk -t1 -c"$conns" -d1s "${auth[@]}" "http://$addr$path" >/dev/null # warm-up
+    local before after out reqs non2xx
     before=$(cpu_ticks)
-    out=$(wrk -t1 -c"$conns" -d"${secs}s" "http://$addr$path")
+    out=$(wrk -t1 -c"$conns" -d"${secs}s" "${auth[@]}" "http://$addr$path")
     after=$(cpu_ticks)
     reqs=$(echo "$out" | awk '/requests in/ {print $1}')
     non2xx=$(echo "$out" | awk '/Non-2xx/ {print $5}')
     if [ -n "$non2xx" ]; then echo "unexpected non-2xx answers on $path: $non2xx" >&2; exit 1; fi
     # microseconds of server CPU (user + system) per request
-    awk -v t=$((after - before)) -v hz="$tick" -v n="$reqs" 'BEGIN { printf "%.2f", t / hz * 1e6 / n }'
-    echo " $reqs"
+    awk -v t=$((after - before)) -v hz="$tick" -v n="$reqs" 'BEGIN { printf "%.2f %d\n", t / hz * 1e6 / n, n }'
 }
 
-read -r plain plain_n < <(run /plain)
-read -r prot prot_n < <(run /api/public-data)
-ratio=$(awk -v a="$prot" -v b="$plain" 'BEGIN { printf "%.2f", a / b }')
-echo "unprotected /plain:            ${plain} us CPU/request (${plain_n} requests in ${secs}s)"
-echo "PUBLIC /api/public-data:       ${prot} us CPU/request (${prot_n} requests in ${secs}s)"
-echo "ratio protected/unprotected:   ${ratio}  (target <= 1.3)"
+routes=(bare public assembled authenticated assembled-jwt)
+declare -A bearer=([bare]=no [public]=no [assembled]=no [authenticated]=yes [assembled-jwt]=yes)
+declare -A all
+for r in $(seq 1 "$rounds"); do
+    for route in "${routes[@]}"; do
+        read -r us n < <(run "/$route" "${bearer[$route]}")
+        all[$route]+="$us "
+        printf 'round %d  /%-15s %8s us CPU/request  (%d requests in %ss)\n' "$r" "$route" "$us" "$n" "$secs"
+    done
+done
+
+median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+declare -A med
+echo
+echo "median over $rounds rounds (wrk -t1 -c$conns, ${secs}s per route per round):"
+for route in "${routes[@]}"; do
+    med[$route]=$(echo "${all[$route]}" | median)
+    printf '  /%-15s %8s us CPU/request   rounds: %s\n' "$route" "${med[$route]}" "${all[$route]}"
+done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+echo
+echo "PUBLIC / bare:                        $(ratio "${med[public]}" "${med[bare]}")  (target <= 1.3)"
+echo "assembled / bare:                     $(ratio "${med[assembled]}" "${med[bare]}")"
+echo "PUBLIC / assembled:                   $(ratio "${med[public]}" "${med[assembled]}")  (target <= 0.85)"
+echo "AUTHENTICATED / assembled+JWT:        $(ratio "${med[authenticated]}" "${med[assembled-jwt]}")  (target <= 0.85)"

@@ -1,15 +1,22 @@
-//! Server for `bench/http_cpu.sh`: the demo's `/api/public-data` handler twice, once behind
-//! the PUBLIC policy (quota raised so the load generator measures the pipeline, not 429s)
-//! and once unprotected at `/plain`. One tokio worker, so CPU per request is comparable.
+//! Server for `bench/http_cpu.sh`: the demo's `/api/public-data` handler behind each route of
+//! `secure-routes/benches/stacks/mod.rs` (included by path, so the HTTP, criterion and
+//! instruction-count figures measure the same stacks): `/bare`, `/public` (PUBLIC),
+//! `/assembled` (tower_governor and tower-http layers as a user would stack them),
+//! `/authenticated` (AUTHENTICATED, HS256 bearer) and `/assembled-jwt` (the assembled stack
+//! plus a `jsonwebtoken` bearer check). Quotas are raised so the load generator measures the
+//! stacks, not 429s. One tokio worker, so CPU per request is comparable.
 //!
-//! Usage: `bench_server 127.0.0.1:3999`
+//! Usage: `bench_server 127.0.0.1:3999`; prints `ready on ADDR token TOKEN` once every route
+//! has answered a 200 in process, TOKEN being the bearer for the authenticated routes.
+
+#[path = "../../secure-routes/benches/stacks/mod.rs"]
+mod stacks;
 
 use std::net::SocketAddr;
 
-use axum::{Json, Router, routing::get};
-use secure_routes::rate_limit::Algorithm;
-use secure_routes::{Policy, Quota, Security};
+use axum::Json;
 use serde_json::{Value, json};
+use tower::ServiceExt;
 
 async fn public_data() -> Json<Value> {
     Json(json!({"data": [
@@ -29,21 +36,15 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let security = Security::builder().csrf_secret([9u8; 32]).build()?;
-        // PUBLIC, with a quota no load test reaches: every request still runs the whole
-        // pipeline including the store call and the rate-limit headers.
-        let policy = Policy::public()
-            .to_builder()
-            .rate_limit(Quota::per_second(100_000_000).with_algorithm(Algorithm::Gcra))
-            .build()?;
-        let app = Router::new()
-            .route(
-                "/api/public-data",
-                get(public_data).layer(security.layer(policy)?),
-            )
-            .route("/plain", get(public_data));
+        let app = stacks::app(public_data);
+        let token = stacks::token();
+        for (name, path, bearer) in stacks::ROUTES {
+            let req = stacks::request(path, bearer.then_some(token.as_str()));
+            let status = app.clone().oneshot(req).await?.status();
+            anyhow::ensure!(status == 200, "{name} answered {status}");
+        }
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        println!("ready on {}", listener.local_addr()?);
+        println!("ready on {} token {token}", listener.local_addr()?);
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),

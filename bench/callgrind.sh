@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Instructions per request, in process, for the same handler bare, behind PUBLIC, behind the
+# assembled tower_governor/tower-http stack, behind AUTHENTICATED (HS256 bearer, uncached) and
+# behind the assembled stack plus a jsonwebtoken bearer check: the `instructions` bench driver
+# (crates/secure-routes/benches/instructions.rs) runs under valgrind's callgrind twice per
+# route, with FEW and MANY requests; (instructions(MANY) - instructions(FEW)) / (MANY - FEW) is
+# the cost of one request with process setup and warm-up subtracted (the same for the number
+# of calls to malloc). Unlike time, instruction counts do not move with other processes' load
+# (they do move with the compiler, the dependencies' versions and the CPU features the
+# libraries detect at run time: valgrind's CPU has no SHA extensions, for one).
+#
+# Usage: bench/callgrind.sh [FEW] [MANY]        (defaults 1000 and 6000)
+# The MANY run's profile of each route stays in target/callgrind/ROUTE.out for
+# `callgrind_annotate --inclusive=yes target/callgrind/public.out | head -60`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+few="${1:-1000}"
+many="${2:-6000}"
+
+if ! command -v valgrind >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq valgrind >/dev/null
+fi
+bin=$(cargo bench -q -p secure-routes --bench instructions --no-run --message-format=json \
+    | grep -o '"executable":"[^"]*instructions-[^"]*"' | cut -d'"' -f4 | tail -1)
+if [ -z "$bin" ]; then echo "could not find the instructions bench binary" >&2; exit 1; fi
+mkdir -p target/callgrind
+
+instructions() { # route, requests, output file -> total instructions (Ir) of the run
+    valgrind --tool=callgrind --callgrind-out-file="$3" "$bin" "$1" "$2" 2>/dev/null >/dev/null
+    awk '/^(summary|totals):/ {print $2; exit}' "$3"
+}
+
+mallocs() { # calls to malloc recorded in a callgrind profile (names are compressed: the
+    # first "fn=(id) name" or "cfn=(id) name" names an id, later lines give the id alone)
+    awk '/^c?fn=\(/ {
+            id = $1; sub(/^c?fn=/, "", id)
+            if (NF > 1) { name = $0; sub(/^c?fn=\([0-9]+\) /, "", name); names[id] = name }
+            cur = ($0 ~ /^cfn=/) ? names[id] : ""
+            next
+        }
+        /^calls=/ { if (cur == "malloc") { split($1, c, "="); n += c[2] } cur = "" }
+        END { print n + 0 }' "$1"
+}
+
+declare -A per
+for route in bare_handler public assembled authenticated_hs256 assembled_jwt_hs256; do
+    a=$(instructions "$route" "$few" "target/callgrind/$route.few.out")
+    b=$(instructions "$route" "$many" "target/callgrind/$route.out")
+    per[$route]=$(awk -v a="$a" -v b="$b" -v n=$((many - few)) 'BEGIN { printf "%.0f", (b - a) / n }')
+    allocs=$(awk -v a="$(mallocs "target/callgrind/$route.few.out")" \
+        -v b="$(mallocs "target/callgrind/$route.out")" -v n=$((many - few)) \
+        'BEGIN { printf "%.1f", (b - a) / n }')
+    printf '%-22s %8s instructions/request  %5s mallocs/request   (%s requests: %s, %s requests: %s)\n' \
+        "$route" "${per[$route]}" "$allocs" "$few" "$a" "$many" "$b"
+done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+added() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", a - b }'; }
+echo
+echo "PUBLIC adds                   $(added "${per[public]}" "${per[bare_handler]}") instructions/request over bare"
+echo "assembled adds                $(added "${per[assembled]}" "${per[bare_handler]}")"
+echo "AUTHENTICATED adds            $(added "${per[authenticated_hs256]}" "${per[bare_handler]}")"
+echo "assembled+JWT adds            $(added "${per[assembled_jwt_hs256]}" "${per[bare_handler]}")"
+echo "PUBLIC / bare                 $(ratio "${per[public]}" "${per[bare_handler]}")"
+echo "PUBLIC / assembled            $(ratio "${per[public]}" "${per[assembled]}")  (the HTTP target is <= 0.85)"
+echo "AUTHENTICATED / assembled+JWT $(ratio "${per[authenticated_hs256]}" "${per[assembled_jwt_hs256]}")  (the HTTP target is <= 0.85)"
