@@ -61,13 +61,7 @@ pub const MAX_KEY_LEN: usize = 1024;
 /// assert_eq!(hash_key(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
 /// ```
 pub fn hash_key(key: &[u8]) -> String {
-    use std::fmt::Write as _;
-    Sha256::digest(key)
-        .iter()
-        .fold(String::with_capacity(64), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    hex::encode(Sha256::digest(key))
 }
 
 /// Configures an [`ApiKeyAuthenticator`]; see [`ApiKeyAuthenticator::builder`].
@@ -338,22 +332,8 @@ impl Authenticator for ApiKeyAuthenticator {
 
 /// 64 hex digits (either case) into 32 bytes.
 fn decode_hex32(s: &str) -> Option<[u8; 32]> {
-    fn nibble(b: u8) -> Option<u8> {
-        match b {
-            b'0'..=b'9' => Some(b - b'0'),
-            b'a'..=b'f' => Some(b - b'a' + 10),
-            b'A'..=b'F' => Some(b - b'A' + 10),
-            _ => None,
-        }
-    }
-    if s.len() != 64 {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (o, pair) in out.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
-        let [hi, lo] = pair else { return None };
-        *o = (nibble(*hi)? << 4) | nibble(*lo)?;
-    }
+    hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)
 }
 
