@@ -28,15 +28,22 @@ use crate::security::Shared;
 
 /// One policy with the shared state: what every request on the route reads.
 pub(crate) struct RouteState {
-    /// The policy's CORS rules, for the answers that do not pass through tower-http's layer
-    /// (preflights, rejections, a plain `OPTIONS`): see [`RouteState::cors_headers`].
+    /// The policy's CORS rules (tower-http's), asked per answer: see
+    /// [`RouteState::cors_headers`].
     pub(crate) cors: CorsLayer,
+    /// The CORS headers for an answer to a request without `Origin` (a same-origin or
+    /// non-browser client): constant per policy, computed once from `cors`.
+    pub(crate) cors_without_origin: HeaderMap,
     pub(crate) shared: Arc<Shared>,
     pub(crate) policy: Policy,
     /// `bucket:<name>` when the policy shares one budget across routes.
     pub(crate) fixed_bucket: Option<Arc<str>>,
     /// `policy:<name>`, the bucket when the layer is applied outside routing.
     pub(crate) fallback_bucket: Arc<str>,
+    /// `route:<template>` for the first route template this layer saw, formatted once: a
+    /// layer on one route (the usual `.route(path, handler.layer(..))`) then formats nothing
+    /// per request; a layer over several routes formats the others each time.
+    pub(crate) route_bucket: std::sync::OnceLock<(Box<str>, Arc<str>)>,
     /// The policy's rate-limit headers, formatted once.
     pub(crate) limit_headers: Option<LimitHeaders>,
 }

@@ -8,9 +8,9 @@
 //! and [`ClientIp`] under their former `layer::` paths, so existing imports keep working.
 //!
 //! The service is a stack, outermost first: the core checks (client, CORS preflight, method,
-//! auth, rate limit, body, CSRF token, response headers, audit), tower-http CORS (answers the
-//! preflights the core hands it, adds `Vary: Origin` and the CORS headers), tower-http's Fetch
-//! Metadata / `Origin` CSRF check, tower-http catch-panic, then the handler. Every rejection
+//! auth, rate limit, body, CSRF token, response headers and the CORS headers by tower-http's
+//! rules, audit), tower-http's Fetch Metadata / `Origin` CSRF check, tower-http catch-panic,
+//! then the handler. Every rejection
 //! is a response, never a service error, and carries a
 //! [`RejectionInfo`](crate::response::problem::RejectionInfo) in its extensions.
 //!
@@ -101,15 +101,24 @@ impl Security {
         let limit_headers = policy
             .rate_limit()
             .map(|q| LimitHeaders::new(policy.name(), q));
+        let state = RouteState {
+            cors_without_origin: http::HeaderMap::new(),
+            cors,
+            shared: self.shared.clone(),
+            policy,
+            fixed_bucket,
+            fallback_bucket,
+            route_bucket: std::sync::OnceLock::new(),
+            limit_headers,
+        };
+        // What tower-http's rules add to an answer for a request without `Origin` does not
+        // depend on the request: computed once, merged per request.
+        let cors_without_origin = state.cors_headers(&http::HeaderMap::new(), false);
         Ok(SecurityLayer {
             csrf,
             state: Arc::new(RouteState {
-                cors,
-                shared: self.shared.clone(),
-                policy,
-                fixed_bucket,
-                fallback_bucket,
-                limit_headers,
+                cors_without_origin,
+                ..state
             }),
         })
     }
@@ -166,16 +175,11 @@ impl fmt::Debug for SecurityLayer {
 impl<S: Clone> Layer<S> for SecurityLayer {
     type Service = SecurityService<S>;
 
-    /// The stack, outermost first: the pipeline (`SecurityService`), tower-http CORS (for
-    /// requests that are not a plain `OPTIONS`), tower-http's Fetch Metadata check,
+    /// The stack, outermost first: the pipeline (`SecurityService`, which also adds the CORS
+    /// response headers by tower-http's rules), tower-http's Fetch Metadata check,
     /// catch-panic, the handler.
     fn layer(&self, inner: S) -> SecurityService<S> {
         let handler = CatchPanicLayer::custom(PanicProblem).layer(inner);
-        let fetch_metadata = self.csrf.layer(handler);
-        SecurityService::new(
-            self.state.clone(),
-            self.state.cors.layer(fetch_metadata.clone()),
-            fetch_metadata,
-        )
+        SecurityService::new(self.state.clone(), self.csrf.layer(handler))
     }
 }

@@ -36,14 +36,15 @@ impl Ctx {
         self.audit(info, status, Outcome::Denied).await;
         let mut res = rejection.into_response();
         // The CORS grant too (and `Vary`), so a browser app can read why it was refused.
-        let mut request_headers = HeaderMap::new();
-        if let Some(o) = &self.origin {
-            request_headers.insert(header::ORIGIN, o.clone());
+        match &self.origin {
+            Some(o) => {
+                let mut request_headers = HeaderMap::new();
+                request_headers.insert(header::ORIGIN, o.clone());
+                let cors = self.state.cors_headers(&request_headers, false);
+                merge_cors(res.headers_mut(), &cors);
+            }
+            None => merge_cors(res.headers_mut(), &self.state.cors_without_origin),
         }
-        merge_cors(
-            res.headers_mut(),
-            self.state.cors_headers(&request_headers, false),
-        );
         self.decorate(&mut res);
         res
     }
@@ -55,7 +56,7 @@ impl Ctx {
         *res.status_mut() = http::StatusCode::NO_CONTENT;
         merge_cors(
             res.headers_mut(),
-            self.state.cors_headers(request_headers, true),
+            &self.state.cors_headers(request_headers, true),
         );
         self.decorate(&mut res);
         res
@@ -92,18 +93,18 @@ pub(crate) fn unaudited(state: &RouteState, rejection: Rejection) -> Response {
     res
 }
 
-/// Merges CORS headers into a response the way tower-http does (`Vary` appended).
-pub(crate) fn merge_cors(target: &mut HeaderMap, cors: HeaderMap) {
-    let mut last = None;
-    for (name, value) in cors {
-        if let Some(n) = name {
-            last = Some(n);
+/// Merges CORS headers into a response the way tower-http does: `Vary` appended to what the
+/// handler set, every other name replaced.
+pub(crate) fn merge_cors(target: &mut HeaderMap, cors: &HeaderMap) {
+    for name in cors.keys() {
+        let mut values = cors.get_all(name).iter();
+        if *name != header::VARY
+            && let Some(first) = values.next()
+        {
+            target.insert(name.clone(), first.clone());
         }
-        let Some(n) = &last else { continue };
-        if *n == header::VARY {
-            target.append(n.clone(), value);
-        } else {
-            target.insert(n.clone(), value);
+        for value in values {
+            target.append(name.clone(), value.clone());
         }
     }
 }

@@ -21,7 +21,6 @@ use http::request::Parts;
 use http::{Method, Request};
 use tower::{BoxError, ServiceExt as _};
 use tower_http::catch_panic::CatchPanic;
-use tower_http::cors::Cors;
 use tower_http::csrf::Csrf;
 use tower_service::Service;
 
@@ -40,20 +39,20 @@ type Inner<S> = Csrf<CatchPanic<S, PanicProblem>, CsrfProblem>;
 
 /// The service a [`SecurityLayer`](crate::SecurityLayer) produces.
 ///
-/// It holds the inner service twice: behind tower-http's CORS layer (for ordinary requests,
-/// which get the CORS response headers) and bare, for a plain `OPTIONS` the policy allows.
-/// tower-http treats every `OPTIONS` as a preflight, so a plain one sent through it would
-/// never reach the method check or the handler.
+/// The CORS response headers are added here, by tower-http's rules, rather than by wrapping
+/// the handler in tower-http's `Cors`: that layer treats every `OPTIONS` as a preflight (a
+/// plain one would never reach the method check or the handler), and it builds its headers
+/// anew for every request, while for a request without `Origin` they are a constant of the
+/// policy (see `RouteState::cors_without_origin`).
 #[derive(Clone)]
 pub struct SecurityService<S> {
     state: Arc<RouteState>,
-    cors: Cors<Inner<S>>,
-    plain: Inner<S>,
+    inner: Inner<S>,
 }
 
 impl<S> SecurityService<S> {
-    pub(crate) fn new(state: Arc<RouteState>, cors: Cors<Inner<S>>, plain: Inner<S>) -> Self {
-        Self { state, cors, plain }
+    pub(crate) fn new(state: Arc<RouteState>, inner: Inner<S>) -> Self {
+        Self { state, inner }
     }
 }
 
@@ -81,17 +80,13 @@ where
     type Future = ResponseFuture<S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.cors.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         // The clone is not ready; the one poll_ready prepared is taken (tower's usual swap).
-        let clone = self.cors.clone();
-        let cors = std::mem::replace(&mut self.cors, clone);
-        let inner = Ways {
-            cors,
-            plain: self.plain.clone(),
-        };
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
         ResponseFuture {
             inner: Box::pin(run(self.state.clone(), inner, req)),
         }
@@ -120,7 +115,7 @@ impl<E> Future for ResponseFuture<E> {
 /// The pipeline (DESIGN.md, "The pipeline"): steps 1 to 10 for one request.
 async fn run<I, ReqBody, ResBody>(
     state: Arc<RouteState>,
-    inner: Ways<I>,
+    inner: I,
     req: Request<ReqBody>,
 ) -> Result<Response, I::Error>
 where
@@ -148,8 +143,18 @@ where
     if let Some(p) = &ctx.subject {
         parts.extensions.insert(p.clone());
     }
+    // tower-http's CORS rules for this request; constant when it has no `Origin`.
+    let cors = parts
+        .headers
+        .contains_key(header::ORIGIN)
+        .then(|| state.cors_headers(&parts.headers, false));
     let (body, body_state) = LimitedBody::new(body, state.policy.max_body_bytes());
-    let mut res = inner.call(&state, Request::from_parts(parts, body)).await?;
+    let mut res = inner
+        .oneshot(Request::from_parts(parts, body))
+        .await?
+        .map(Body::new);
+    let cors = cors.as_ref().unwrap_or(&state.cors_without_origin);
+    respond::merge_cors(res.headers_mut(), cors);
     // 7, streamed: whatever the handler made of the body error, the answer is ours.
     if let Err(r) = body::check_streamed(body_state.get()) {
         return Ok(ctx.reject(r).await);
@@ -211,38 +216,5 @@ fn context(state: &Arc<RouteState>, parts: &Parts, client: Client) -> Ctx {
         subject: None,
         limit: None,
         failed_open: None,
-    }
-}
-
-/// The two ways into the inner service (see [`SecurityService`]).
-struct Ways<I> {
-    /// Ready (polled by `SecurityService::poll_ready`).
-    cors: Cors<I>,
-    /// Not polled yet.
-    plain: I,
-}
-
-impl<I> Ways<I> {
-    /// Calls the handler's stack: through tower-http's CORS layer, or bare for a plain
-    /// `OPTIONS` (with the CORS headers added here).
-    async fn call<B, ResBody>(
-        self,
-        state: &RouteState,
-        req: Request<B>,
-    ) -> Result<Response, I::Error>
-    where
-        I: Service<Request<B>, Response = http::Response<ResBody>>,
-        ResBody: http_body::Body<Data = Bytes> + Default + Send + 'static,
-        ResBody::Error: Into<BoxError>,
-    {
-        let Ways { mut cors, plain } = self;
-        if req.method() == Method::OPTIONS {
-            let cors_headers = state.cors_headers(req.headers(), false);
-            let mut res = plain.oneshot(req).await?.map(Body::new);
-            respond::merge_cors(res.headers_mut(), cors_headers);
-            Ok(res)
-        } else {
-            Ok(cors.call(req).await?.map(Body::new))
-        }
     }
 }

@@ -929,6 +929,50 @@ async fn preflight_from_an_allowed_origin_is_answered_with_the_origin_echoed() {
     assert_eq!(res.header("x-ratelimit-remaining"), Some("59"));
 }
 
+/// The CORS headers tower-http's rules give every answer, also without `Origin` (the
+/// pipeline adds them itself, with the constant set for requests without one): `Vary` is
+/// appended to the handler's own, the others replace the handler's.
+#[tokio::test]
+async fn cors_headers_without_and_with_origin_match_tower_https_rules() {
+    let h = harness(|b| b.allowed_origins([APP_ORIGIN]));
+    let handler = || async {
+        (
+            [
+                (header::VARY, "accept-encoding"),
+                (header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "false"),
+            ],
+            "ok",
+        )
+    };
+    let app = h.app("/api/x", Policy::public(), get(handler));
+    for origin in [None, Some(APP_ORIGIN), Some("https://evil.example")] {
+        let mut r = req(Method::GET, "/api/x");
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        let res = r.send(&app).await;
+        assert_eq!(res.status, 200);
+        assert!(
+            res.header_lists("vary", "accept-encoding"),
+            "{origin:?} {:?}",
+            res.headers
+        );
+        assert!(res.header_lists("vary", "origin"), "{origin:?}");
+        let credentials: Vec<_> = res
+            .headers
+            .get_all("access-control-allow-credentials")
+            .iter()
+            .collect();
+        assert_eq!(credentials, ["true"], "{origin:?}");
+        assert!(res.header_lists("access-control-expose-headers", "x-request-id"));
+        assert_eq!(
+            res.header("access-control-allow-origin"),
+            (origin == Some(APP_ORIGIN)).then_some(APP_ORIGIN),
+            "{origin:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_disallowed_origin_gets_no_cors_grant() {
     let h = harness(|b| b.allowed_origins([APP_ORIGIN]));

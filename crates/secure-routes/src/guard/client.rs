@@ -87,7 +87,17 @@ fn route_identity(state: &RouteState, parts: &Parts) -> Arc<str> {
     match parts.extensions.get::<MatchedPath>() {
         // The matched template, never the raw URL: `?x=1`, case or encoding tricks cannot
         // create a fresh bucket.
-        Some(m) => Arc::from(format!("route:{}", m.as_str())),
+        Some(m) => {
+            let template = m.as_str();
+            let (seen, bucket) = state
+                .route_bucket
+                .get_or_init(|| (template.into(), Arc::from(format!("route:{template}"))));
+            if **seen == *template {
+                bucket.clone()
+            } else {
+                Arc::from(format!("route:{template}"))
+            }
+        }
         // Applied outside routing (a whole-router `.layer`): one bucket for the policy.
         None => state.fallback_bucket.clone(),
     }

@@ -10,6 +10,7 @@
 //! [`SecurityBuilder::allowed_origins`](crate::SecurityBuilder::allowed_origins), which
 //! reports a bad origin as a [`ConfigError`](crate::ConfigError).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method, header};
@@ -57,7 +58,13 @@ pub(crate) fn layer(origins: &[HeaderValue], methods: Option<&[Method]>) -> Cors
         ],
     };
     CorsLayer::new()
-        .allow_origin(AllowOrigin::list(origins.iter().cloned()))
+        // A predicate over a shared list rather than `AllowOrigin::list`: the service clones
+        // its CORS layer on every request (tower's ready-service swap), and a list is a `Vec`
+        // copied each time; the `Arc` is one count. The same origins match either way.
+        .allow_origin({
+            let allowed: Arc<[HeaderValue]> = origins.into();
+            AllowOrigin::predicate(move |origin, _| allowed.contains(origin))
+        })
         .allow_credentials(true)
         .allow_methods(methods)
         .allow_headers([
