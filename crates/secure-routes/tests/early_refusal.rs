@@ -17,14 +17,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::routing::{get, post};
-use common::harness;
+use common::{Server, harness};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use secure_routes::serve::{ServeConfig, ServeReport, serve};
+use secure_routes::serve::ServeConfig;
 use secure_routes::{Policy, Quota};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// A liveness bound for waits, far above what the server's timers need.
 const BOUND: Duration = Duration::from_secs(20);
@@ -32,43 +30,22 @@ const BOUND: Duration = Duration::from_secs(20);
 const BIG: usize = 3 * 1024 * 1024;
 const TRIES: usize = 20;
 
-struct Server {
-    addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<std::io::Result<ServeReport>>,
-}
-
-impl Server {
-    async fn start(config: ServeConfig) -> Server {
-        let h = harness(|b| b);
-        let router = Router::new().route("/", get(|| async { "ok" }));
-        // AUTHENTICATED: a request without a credential is a 401 before its body is read.
-        // Its quota is raised so that 40 tries stay under it.
-        let auth = Policy::authenticated()
-            .to_builder()
-            .rate_limit(Quota::per_hour(1000))
-            .build()
-            .unwrap();
-        let router = h.add(router, "/auth", auth, post(echo));
-        // PUBLIC: a body over 1 MiB is a 413, before reading when it is declared.
-        let app = h.add(router, "/public", Policy::public(), post(echo));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, app, config, async {
-            let _ = stopped.await;
-        }));
-        Server { addr, stop, task }
-    }
-
-    async fn stop(self) -> ServeReport {
-        let _ = self.stop.send(());
-        tokio::time::timeout(BOUND, self.task)
-            .await
-            .expect("serve returns")
-            .unwrap()
-            .unwrap()
-    }
+/// The app under test: `/auth` refuses without a credential (401), `/public` refuses a body
+/// over 1 MiB (413), `/` answers `ok`.
+async fn start(config: ServeConfig) -> Server {
+    let h = harness(|b| b);
+    let router = Router::new().route("/", get(|| async { "ok" }));
+    // AUTHENTICATED: a request without a credential is a 401 before its body is read.
+    // Its quota is raised so that 40 tries stay under it.
+    let auth = Policy::authenticated()
+        .to_builder()
+        .rate_limit(Quota::per_hour(1000))
+        .build()
+        .unwrap();
+    let router = h.add(router, "/auth", auth, post(echo));
+    // PUBLIC: a body over 1 MiB is a 413, before reading when it is declared.
+    let app = h.add(router, "/public", Policy::public(), post(echo));
+    Server::start(app, config).await
 }
 
 async fn echo(body: Bytes) -> String {
@@ -159,7 +136,7 @@ async fn tries(addr: SocketAddr, path: &'static str, framing: Framing, status: u
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_401_before_the_body_reaches_a_client_that_writes_first() {
-    let server = Server::start(ServeConfig::default()).await;
+    let server = start(ServeConfig::default()).await;
     let error = "Authentication required";
     tries(server.addr, "/auth", Framing::Declared, 401, error).await;
     tries(server.addr, "/auth", Framing::Chunked, 401, error).await;
@@ -168,7 +145,7 @@ async fn a_401_before_the_body_reaches_a_client_that_writes_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_413_reaches_a_client_that_writes_first_declared_or_chunked() {
-    let server = Server::start(ServeConfig::default()).await;
+    let server = start(ServeConfig::default()).await;
     let error = "Request body too large";
     // Declared: refused from the header, nothing read. Chunked: refused after 1 MiB was read.
     tries(server.addr, "/public", Framing::Declared, 413, error).await;
@@ -178,7 +155,7 @@ async fn a_413_reaches_a_client_that_writes_first_declared_or_chunked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_early_refusals_are_read_and_the_connection_stays_open() {
-    let server = Server::start(ServeConfig::default()).await;
+    let server = start(ServeConfig::default()).await;
     let client = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build_http::<Full<Bytes>>();
@@ -209,7 +186,7 @@ async fn http2_early_refusals_are_read_and_the_connection_stays_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_left_over_body_is_drained_and_the_connection_kept() {
-    let server = Server::start(ServeConfig::default()).await;
+    let server = start(ServeConfig::default()).await;
     let mut conn = std::net::TcpStream::connect(server.addr).unwrap();
     conn.set_read_timeout(Some(BOUND)).unwrap();
     let small = 10 * 1024;
@@ -259,7 +236,7 @@ async fn lingering_is_cut_off_by_its_byte_cap_and_by_its_total_time() {
             },
         ),
     ] {
-        let server = Server::start(config).await;
+        let server = start(config).await;
         let addr = server.addr;
         // A sender that never stops: it declares 1 GiB and writes as fast as it can.
         let cut_off = tokio::task::spawn_blocking(move || {
@@ -294,7 +271,7 @@ async fn lingering_is_cut_off_by_its_byte_cap_and_by_its_total_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_sender_keeps_its_connection_slot_until_the_lingering_timeout() {
-    let server = Server::start(ServeConfig {
+    let server = start(ServeConfig {
         max_connections_per_ip: 1,
         lingering_timeout: Duration::from_secs(2),
         ..ServeConfig::default()

@@ -5,6 +5,8 @@
 //! work; every wait in the test is wrapped in a generous `tokio::time::timeout`, so a
 //! regression fails instead of hanging.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,11 +17,12 @@ use axum::routing::get;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use secure_routes::serve::{ServeConfig, ServeReport, serve};
+use secure_routes::serve::{ServeConfig, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{Notify, mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::{Notify, mpsc};
+
+use common::Server;
 
 /// A liveness bound for waits: far above what the server's configured timers need.
 const BOUND: Duration = Duration::from_secs(10);
@@ -28,34 +31,6 @@ async fn bounded<T>(what: &str, fut: impl Future<Output = T>) -> T {
     tokio::time::timeout(BOUND, fut)
         .await
         .unwrap_or_else(|_| panic!("{what}: not done within {BOUND:?}"))
-}
-
-struct Server {
-    addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<std::io::Result<ServeReport>>,
-}
-
-impl Server {
-    async fn start(app: Router, config: ServeConfig) -> Server {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, app, config, async {
-            let _ = stopped.await;
-        }));
-        Server { addr, stop, task }
-    }
-
-    /// Signals shutdown and returns the report (bounded: a server that waits on its
-    /// connections past the grace fails here).
-    async fn stop(self) -> ServeReport {
-        let _ = self.stop.send(());
-        bounded("serve to return", self.task)
-            .await
-            .unwrap()
-            .unwrap()
-    }
 }
 
 /// `GET /` answers `ok`; `GET /peer` answers the `ConnectInfo` address.

@@ -389,3 +389,34 @@ impl Res {
         })
     }
 }
+
+/// `secure_routes::serve` running an app on an ephemeral loopback port, for the tests that
+/// drive it over real connections.
+pub(crate) struct Server {
+    pub(crate) addr: SocketAddr,
+    pub(crate) stop: tokio::sync::oneshot::Sender<()>,
+    pub(crate) task: tokio::task::JoinHandle<std::io::Result<secure_routes::serve::ServeReport>>,
+}
+
+impl Server {
+    pub(crate) async fn start(app: Router, config: secure_routes::serve::ServeConfig) -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(secure_routes::serve::serve(listener, app, config, async {
+            let _ = stopped.await;
+        }));
+        Server { addr, stop, task }
+    }
+
+    /// Signals shutdown and returns the report (bounded: a server that waits on its
+    /// connections past its grace fails here).
+    pub(crate) async fn stop(self) -> secure_routes::serve::ServeReport {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("serve returns within 20 s of the stop signal")
+            .unwrap()
+            .unwrap()
+    }
+}
