@@ -8,9 +8,11 @@
 //!
 //! 1. percent-encoded unreserved characters (RFC 3986 §2.3: `A-Z a-z 0-9 - . _ ~`) are decoded,
 //!    and every other escape is kept with uppercase hex (§6.2.2.1);
-//! 2. an encoded `/` or `\` (`%2F`, `%5C`), a raw `\`, an encoded or raw control character,
-//!    a `?` or `#`, a byte outside visible ASCII or a broken escape is an error: no upstream
-//!    agrees with every other about what those mean;
+//! 2. an encoded `/` or `\` (`%2F`, `%5C`), a raw `\`, a `;` (raw or `%3B`: servlet path
+//!    parameters), an encoded or raw control character, a `?` or `#`, a byte outside visible
+//!    ASCII, an escape no UTF-8 text contains (`%C0`, `%C1`, `%F5`-`%FF`: overlong encodings)
+//!    or a broken escape is an error: no upstream agrees with every other about what those
+//!    mean;
 //! 3. empty segments (`//`) are dropped and dot segments resolved (RFC 3986 §5.2.4); a `..`
 //!    that would climb above the root is an error rather than being clamped, because an
 //!    upstream that clamps differently would see another path.
@@ -61,6 +63,10 @@ pub enum PathError {
     /// A `..` segment that would climb above `/`.
     #[error("a '..' segment above the root")]
     AboveRoot,
+    /// A `;`, raw or encoded: servlet containers (Tomcat, Jetty, Spring) cut path parameters
+    /// out of a segment, so `/public/..;/admin` is `/admin` to them.
+    #[error("a ';' in the path")]
+    Semicolon,
 }
 
 /// The normalized form of `raw`, a request path without its query (see the module docs).
@@ -96,6 +102,10 @@ fn decode_unreserved(raw: &str) -> Result<String, PathError> {
                 .ok_or(PathError::BadEscape)?;
                 match value {
                     b'/' | b'\\' => return Err(PathError::EncodedSeparator),
+                    b';' => return Err(PathError::Semicolon),
+                    // Never in UTF-8: 0xC0/0xC1 only start overlong encodings (`%C0%AF` is a
+                    // `/` to a lenient decoder), 0xF5.. nothing at all.
+                    0xc0 | 0xc1 | 0xf5..=0xff => return Err(PathError::InvalidCharacter),
                     v if v < 0x20 || v == 0x7f => return Err(PathError::ControlCharacter),
                     v if is_unreserved(v) => out.push(char::from(v)),
                     v => {
@@ -107,6 +117,7 @@ fn decode_unreserved(raw: &str) -> Result<String, PathError> {
             b'\\' => return Err(PathError::Backslash),
             b if b < 0x20 || b == 0x7f => return Err(PathError::ControlCharacter),
             b'?' | b'#' => return Err(PathError::InvalidCharacter),
+            b';' => return Err(PathError::Semicolon),
             0x21..=0x7e => {
                 out.push(char::from(b));
                 i += 1;
@@ -211,6 +222,12 @@ mod tests {
             ("/a?b", InvalidCharacter),
             ("/a#b", InvalidCharacter),
             ("/caf\u{e9}", InvalidCharacter),
+            ("/public/..;/admin", Semicolon),
+            ("/admin;x/users", Semicolon),
+            ("/admin%3bx", Semicolon),
+            ("/%c0%af", InvalidCharacter),
+            ("/%C1%9C", InvalidCharacter),
+            ("/%ff", InvalidCharacter),
             ("/..", AboveRoot),
             ("/a/../..", AboveRoot),
             ("/%2e%2e/etc", AboveRoot),

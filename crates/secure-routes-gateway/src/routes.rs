@@ -135,8 +135,22 @@ impl Pattern {
                 )));
             }
         }
-        let literal = segments.iter().all(|s| matches!(s, Segment::Literal(_)));
-        if literal && crate::path::normalize(source).as_deref() != Ok(source) {
+        // Every literal must be spelled as a normalized path spells it, or the pattern could
+        // never match one and its route would silently fall to the default policy.
+        let literals = segments.iter().fold(String::new(), |mut s, segment| {
+            s.push('/');
+            s.push_str(match segment {
+                Segment::Literal(l) => l,
+                Segment::One | Segment::Rest => "p",
+            });
+            s
+        });
+        let literals = if literals.is_empty() {
+            "/".to_owned()
+        } else {
+            literals
+        };
+        if crate::path::normalize(&literals).as_deref() != Ok(literals.as_str()) {
             return Err(fail(format!("{source:?} is not a normalized path")));
         }
         let literal_prefix = source.find('{').unwrap_or(source.len());
@@ -211,6 +225,20 @@ impl Pattern {
         pieces.next().is_none()
     }
 
+    /// Whether every path `other` matches, this pattern matches too.
+    fn covers(&self, other: &Pattern) -> bool {
+        let (mut a, mut b) = (self.segments.iter(), other.segments.iter());
+        loop {
+            match (a.next(), b.next()) {
+                (Some(Segment::Rest), _) | (None, None) => return true,
+                // `{x}` takes exactly one segment: not the zero or more of `{*r}`.
+                (Some(Segment::One), Some(Segment::One | Segment::Literal(_))) => {}
+                (Some(Segment::Literal(x)), Some(Segment::Literal(y))) if x == y => {}
+                _ => return false,
+            }
+        }
+    }
+
     /// Whether some path matches both patterns.
     fn overlaps(&self, other: &Pattern) -> bool {
         let (mut a, mut b) = (self.segments.iter(), other.segments.iter());
@@ -275,10 +303,28 @@ impl RouteTable {
             }
             for &j in &ranked {
                 let Some(q) = &patterns[j] else { continue };
-                if p.literal_prefix == q.literal_prefix
-                    && p.parameters() == q.parameters()
-                    && p.overlaps(q)
-                {
+                if p.literal_prefix != q.literal_prefix || !p.overlaps(q) {
+                    continue;
+                }
+                // With the same literal prefix the one with fewer parameters ranks first; if
+                // it matches every path the other does, the other can never be chosen (a
+                // protected `/t/{id}/admin/{*rest}` behind a public `/t/{*rest}`).
+                let (first, second, first_i, second_i) = if p.parameters() < q.parameters() {
+                    (p, q, i, j)
+                } else {
+                    (q, p, j, i)
+                };
+                if first.parameters() != second.parameters() && first.covers(second) {
+                    errors.push(RouteError {
+                        route: second_i,
+                        message: format!(
+                            "{:?} is never used: route {first_i} ({:?}) ranks first (same literal \
+                             prefix, fewer parameters) and matches every path it does",
+                            second.source, first.source
+                        ),
+                    });
+                }
+                if p.parameters() == q.parameters() {
                     errors.push(RouteError {
                         route: i,
                         message: format!(
@@ -393,6 +439,39 @@ mod tests {
         .unwrap_err();
         let routes: Vec<usize> = errors.iter().map(|e| e.route).collect();
         assert_eq!(routes, vec![4, 5, 6, 7, 8, 9, 10, 1, 3], "{errors:#?}");
+    }
+
+    #[test]
+    fn a_route_that_a_broader_one_always_takes_is_an_error() {
+        for (protected, broad) in [
+            ("/tenants/{id}/admin/{*rest}", "/tenants/{*rest}"),
+            ("/{tenant}/admin/{*r}", "/{*r}"),
+            ("/t/{a}/{b}", "/t/{*r}"),
+        ] {
+            let errors = RouteTable::new([protected, broad]).unwrap_err();
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(errors[0].route, 0, "{errors:?}");
+            assert!(errors[0].message.contains("never used"), "{errors:?}");
+        }
+        // Partly overlapping is fine: each keeps the paths where it is the most specific.
+        let t = RouteTable::new(["/t/{id}/{*rest}", "/t/{id}/admin"]).unwrap();
+        assert_eq!(t.find("/t/1/admin"), Some(1));
+        assert_eq!(t.find("/t/1/other"), Some(0));
+        assert_eq!(t.find("/t/1"), Some(0));
+    }
+
+    #[test]
+    fn a_pattern_must_be_spelled_as_a_normalized_path() {
+        for bad in [
+            "/%61dmin/{*rest}",
+            "/q/%e2%82%ac/{x}",
+            "/a b/{x}",
+            "/a;b/{x}",
+            "/{x}/../y",
+        ] {
+            assert!(Pattern::parse(bad).is_err(), "{bad}");
+        }
+        assert!(Pattern::parse("/q/%E2%82%AC/{x}").is_ok());
     }
 
     #[test]
