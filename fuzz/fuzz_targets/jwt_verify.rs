@@ -18,7 +18,7 @@ use secure_routes::auth::{AuthError, Authenticator, CredentialSource, Principal}
 
 /// The valid tokens in `fuzz/seeds/jwt_verify` are HS256 tokens signed with this secret.
 const SECRET: &[u8] = b"fuzz-secret-fuzz-secret-fuzz-secret!";
-const EC_PUBLIC: &str = include_str!("../../crates/secure-routes/tests/keys/ec-public.pem");
+const EC_PUBLIC: &str = include_str!("../../crates/secure-routes-testkit/keys/ec-public.pem");
 
 static HS: LazyLock<JwtAuthenticator> = LazyLock::new(|| {
     JwtAuthenticator::builder()

@@ -63,16 +63,18 @@
 //! request body was not read to the end:
 //!
 //! * a declared remainder of at most [`drain_max_bytes`](ServeConfig::drain_max_bytes)
-//!   (64 KiB) without `Expect: 100-continue` is read and discarded first (each read bounded by
-//!   [`lingering_timeout`](ServeConfig::lingering_timeout)), and the connection stays open
-//!   for the next request;
+//!   (64 KiB) without `Expect: 100-continue` is read and discarded first (within
+//!   [`lingering_timeout`](ServeConfig::lingering_timeout) in all), and the connection stays
+//!   open for the next request (this also applies to a handler that answers without reading
+//!   a small body);
 //! * otherwise the response carries `Connection: close`; after it is sent the server closes its
 //!   sending side (the client reads the whole response and end-of-file) and reads and
 //!   discards what the client still sends, until the client closes, or
 //!   [`lingering_timeout`](ServeConfig::lingering_timeout) (5 s) passes without a byte, or
 //!   [`lingering_time`](ServeConfig::lingering_time) (30 s) in all, or
 //!   [`lingering_max_bytes`](ServeConfig::lingering_max_bytes) (16 MiB) were discarded: this
-//!   is nginx's lingering close. A lingering connection keeps its place in the connection caps,
+//!   is nginx's lingering close. One connection spends at most `lingering_timeout` draining
+//!   and then `lingering_time` lingering. A lingering connection keeps its place in the connection caps,
 //!   so lingering cannot be used to open more connections than they allow, and the shutdown
 //!   grace bounds it like any connection.
 //!
@@ -235,9 +237,12 @@ pub struct ServeConfig {
     /// even if the client is still sending (its answer may then be lost to a reset).
     pub lingering_max_bytes: u64,
     /// A left-over HTTP/1 body whose declared remainder (`Content-Length`) is at most this
-    /// (64 KiB) is read and discarded before the response goes out, and the connection stays
-    /// open for the next request. Larger, chunked, or announced with `Expect: 100-continue`:
-    /// the response carries `Connection: close` and the connection lingers. Zero never drains.
+    /// (64 KiB) is read and discarded before the response goes out (within
+    /// [`lingering_timeout`](Self::lingering_timeout) in all), and the connection stays open
+    /// for the next request. This holds for any response whose handler left the body unread,
+    /// not only refusals. Larger, chunked, announced with `Expect: 100-continue`, or not done
+    /// in time: the response carries `Connection: close` and the connection lingers. Zero
+    /// never drains.
     pub drain_max_bytes: u64,
 }
 
@@ -653,14 +658,13 @@ impl EarlyAnswers {
     }
 }
 
-/// Reads `body` to its end within the lingering bounds. `true` when it ended cleanly.
+/// Reads `body` to its end within [`lingering_timeout`](ServeConfig::lingering_timeout) in
+/// all (not per read: the answer waits meanwhile). `true` when it ended cleanly.
 async fn drain(mut body: Incoming, lingering: Lingering) -> bool {
     use http_body_util::BodyExt;
-    let deadline = Instant::now() + lingering.time;
+    let deadline = Instant::now() + lingering.timeout;
     loop {
-        let wait = lingering
-            .timeout
-            .min(deadline.saturating_duration_since(Instant::now()));
+        let wait = deadline.saturating_duration_since(Instant::now());
         if wait.is_zero() {
             return false;
         }

@@ -24,7 +24,7 @@
 //! exposes exactly one value, and only the key holder could have signed the token.
 //!
 //! (Four cases were first written as `#[ignore]`d known gaps; the verifier now refuses them.) Each says why and
-//! what the fix is. The PEM keys are throwaway test keys (see `tests/keys/README.md`).
+//! what the fix is. The PEM keys are throwaway test keys (see `crates/secure-routes-testkit/keys/README.md`).
 
 use std::time::Duration;
 
