@@ -5,6 +5,12 @@
 //! [`FakeClock::advance`] instead of sleeping, and so that a shared store can substitute its
 //! own clock (Redis `TIME`, Postgres `now()`) where instance clocks would skew.
 //!
+//! One exception by default: a [`MemoryStore`](crate::rate_limit::MemoryStore) built without
+//! an injected clock keeps its own monotonic time (the wall clock read once at build, then a
+//! TSC counter), because reading the system clock on every check cost as much as the rest of
+//! the hot-key check; its times never leave the process. Inject a `Clock` (as tests do) and it
+//! reads that instead.
+//!
 //! Audit event timestamps (and their UUIDv7 ids) are not decisions: [`AuditEvent::new`]
 //! stamps the system's UTC time, so the trail says when something happened even under a
 //! test's fake clock.
