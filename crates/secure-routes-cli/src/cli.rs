@@ -11,13 +11,14 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use secure_routes::serve::ServeConfig;
+use secure_routes_gateway::config::GatewayConfig;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
@@ -174,6 +175,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check a gateway config file: prints every problem with its TOML key and line; exit
+    /// status 0 when there is none, 1 otherwise.
+    Check {
+        /// The gateway's config file (secure-routes.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Print each route's effective policy from a gateway config file (methods, auth,
+    /// limit, body limit, CSRF, failure mode, mode), the default last.
+    Routes {
+        /// The gateway's config file (secure-routes.toml).
+        #[arg(long)]
+        config: PathBuf,
+        /// A JSON array, one object per route.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Parses the process arguments and runs the command.
@@ -297,7 +315,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{out}");
             Ok(())
         }
+        Command::Check { config } => {
+            let gateway = load_gateway_config(&config)?;
+            println!(
+                "{}: ok ({} routes)",
+                config.display(),
+                gateway.routes().len()
+            );
+            Ok(())
+        }
+        Command::Routes { config, json } => {
+            let gateway = load_gateway_config(&config)?;
+            if json {
+                println!("{}", gateway.describe_json());
+            } else {
+                print!("{}", gateway.describe());
+            }
+            Ok(())
+        }
     }
+}
+
+/// Reads and checks a gateway config file; the error lists every problem, one per line.
+fn load_gateway_config(path: &Path) -> anyhow::Result<GatewayConfig> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    GatewayConfig::parse(&text).map_err(|problems| {
+        let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
+        anyhow::anyhow!(
+            "{} has {} problem(s):\n{}",
+            path.display(),
+            problems.len(),
+            list.join("\n")
+        )
+    })
 }
 
 /// Whether log lines carry ANSI colour: only on a terminal, and never with a non-empty

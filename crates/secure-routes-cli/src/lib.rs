@@ -1,4 +1,5 @@
-//! The `secure-routes` command line: `demo`, `token` and `audit`.
+//! The `secure-routes` command line: `demo`, `token`, `audit`, and for the gateway's config
+//! file (the gateway itself is being built) `check` and `routes`.
 //!
 //! ## Layout
 //!

@@ -5,6 +5,8 @@
 //! * [`path`]: one normalized request path (percent-decoding of unreserved characters, `//`
 //!   collapsed, dot segments resolved; encoded `/` and `\` refused). The gateway matches on
 //!   it and forwards it, so the gateway and the upstream cannot disagree about the route.
+//! * [`config`]: the `secure-routes.toml` file, checked whole (unknown keys are errors), into
+//!   one effective policy per route: what `secure-routes check` and `routes` print.
 //! * [`routes`]: route patterns (`/exact`, `{name}`, `{*rest}`) and the table that picks the
 //!   most specific one, with ties refused when the table is built.
 //!
@@ -17,5 +19,6 @@
 //! assert_eq!(table.find(&path), Some(0));
 //! ```
 
+pub mod config;
 pub mod path;
 pub mod routes;

@@ -1,0 +1,796 @@
+//! The gateway's configuration file (`secure-routes.toml`, issue 11's contract): parsed,
+//! checked whole, and turned into one effective [`Policy`] per route.
+//!
+//! Unknown keys are errors: a misspelt `rate_limt` must not silently drop a protection. Every
+//! problem is reported at once, each with its TOML key (`routes[2].rate_limit`) and, where the
+//! file says, its line, so `secure-routes check` can print them all. The file never holds a
+//! secret (they come from the environment); it names where stores live, which identity
+//! provider signs tokens, and the routes.
+//!
+//! Keys beside a route's `preset` override the preset's values. [`GatewayConfig::routes`] is
+//! what `secure-routes routes` prints and what the gateway enforces.
+//!
+//! ```
+//! use secure_routes_gateway::config::GatewayConfig;
+//!
+//! let config = GatewayConfig::parse(r#"
+//! upstream = "http://127.0.0.1:3000"
+//!
+//! [[routes]]
+//! path = "/api/sensitive-operation"
+//! preset = "strict"
+//! methods = ["POST"]
+//! rate_limit = "5/hour"
+//! "#).unwrap();
+//! let route = &config.routes()[0];
+//! assert_eq!(route.policy.rate_limit().unwrap().limit(), 5);
+//! assert_eq!(config.table().find("/api/sensitive-operation"), Some(0));
+//!
+//! let problems = GatewayConfig::parse("upstream = \"http://x\"\n[[routes]]\npath = \"/a\"\nrate_limt = \"1/day\"\n")
+//!     .unwrap_err();
+//! assert!(problems[0].to_string().contains("line 4"));
+//! ```
+
+use std::fmt;
+use std::ops::Range;
+use std::time::Duration;
+
+use http::Method;
+use secure_routes::{AuthMode, CsrfMode, FailureMode, Policy, Quota};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::routes::RouteTable;
+
+/// One problem in a configuration file.
+///
+/// ```
+/// use secure_routes_gateway::config::Problem;
+/// let p = Problem { key: "routes[0].auth".into(), line: Some(7), message: "unknown".into() };
+/// assert_eq!(p.to_string(), "routes[0].auth (line 7): unknown");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The TOML key, as a path (`routes[2].rate_limit`); empty when the file does not parse.
+    pub key: String,
+    /// The 1-based line, where known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.key.is_empty(), self.line) {
+            (false, Some(l)) => write!(f, "{} (line {l}): {}", self.key, self.message),
+            (false, None) => write!(f, "{}: {}", self.key, self.message),
+            (true, Some(l)) => write!(f, "line {l}: {}", self.message),
+            (true, None) => f.write_str(&self.message),
+        }
+    }
+}
+
+/// Whether a route's decisions are enforced or only recorded.
+///
+/// ```
+/// use secure_routes_gateway::config::Mode;
+/// assert_eq!(Mode::DryRun.as_str(), "dry-run");
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Mode {
+    /// Refusals are answered.
+    #[default]
+    Enforce,
+    /// Every decision is computed and audited (`would_deny`); the request is forwarded.
+    DryRun,
+}
+
+impl Mode {
+    /// The config file's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::DryRun => "dry-run",
+        }
+    }
+}
+
+/// One route's effective settings.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Route {
+    /// The path pattern (`/api/user/{*rest}`); `None` for the default route.
+    pub path: Option<String>,
+    /// The effective policy: the preset with the route's overrides.
+    pub policy: Policy,
+    /// Enforce or dry-run.
+    pub mode: Mode,
+    /// Whether credentials are removed before forwarding.
+    pub strip_credentials: bool,
+}
+
+/// A checked configuration file.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// `listen` (default `127.0.0.1:8080`).
+    pub listen: String,
+    /// `upstream`: where requests go.
+    pub upstream: String,
+    /// `upstream_timeout` (default 30 s).
+    pub upstream_timeout: Duration,
+    routes: Vec<Route>,
+    default: Route,
+    table: RouteTable,
+}
+
+impl GatewayConfig {
+    /// Parses and checks `text`, reporting every problem at once.
+    pub fn parse(text: &str) -> Result<GatewayConfig, Vec<Problem>> {
+        // The 1-based line a byte offset is on.
+        let line = |span: Range<usize>| {
+            let start = span.start.min(text.len());
+            Some(
+                text.as_bytes()[..start]
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count()
+                    + 1,
+            )
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            vec![Problem {
+                key: String::new(),
+                line: e.span().and_then(line),
+                message: e.message().trim().to_owned(),
+            }]
+        })?;
+        let mut problems = Vec::new();
+        let mut problem = |key: String, span: Option<Range<usize>>, message: String| {
+            problems.push(Problem {
+                key,
+                line: span.and_then(line),
+                message,
+            });
+        };
+        if !raw.upstream.get_ref().starts_with("http://")
+            && !raw.upstream.get_ref().starts_with("https://")
+        {
+            problem(
+                "upstream".into(),
+                Some(raw.upstream.span()),
+                "must be an http:// or https:// URL".into(),
+            );
+        }
+        let upstream_timeout = match &raw.upstream_timeout {
+            None => Duration::from_secs(30),
+            Some(t) => parse_duration(t.get_ref()).unwrap_or_else(|e| {
+                problem("upstream_timeout".into(), Some(t.span()), e);
+                Duration::from_secs(30)
+            }),
+        };
+        if let Some(identity) = &raw.identity {
+            let sources = [
+                identity.jwt.unwrap_or(false),
+                identity.jwks.is_some(),
+                identity.supabase_url.is_some(),
+            ];
+            if sources.iter().filter(|s| **s).count() > 1 {
+                problem(
+                    "identity".into(),
+                    None,
+                    "at most one of jwt, jwks and supabase_url".into(),
+                );
+            }
+        }
+        let mut routes = Vec::new();
+        for (i, r) in raw.routes.iter().enumerate() {
+            let key = format!("routes[{i}]");
+            match route(r, &key, &mut problem) {
+                Some(policy) => routes.push(Route {
+                    path: Some(r.path.get_ref().clone()),
+                    policy,
+                    mode: mode(r, &key, &mut problem),
+                    strip_credentials: r.strip_credentials.unwrap_or(false),
+                }),
+                None => routes.push(Route {
+                    path: Some(r.path.get_ref().clone()),
+                    policy: Policy::public(),
+                    mode: Mode::Enforce,
+                    strip_credentials: false,
+                }),
+            }
+        }
+        let default = match &raw.default {
+            Some(d) => {
+                if !d.path.get_ref().is_empty() {
+                    problem(
+                        "default.path".into(),
+                        Some(d.path.span()),
+                        "[default] has no path: it is every path no route matches".into(),
+                    );
+                }
+                let policy = route(d, "default", &mut problem).unwrap_or_else(Policy::public);
+                Route {
+                    path: None,
+                    policy,
+                    mode: mode(d, "default", &mut problem),
+                    strip_credentials: d.strip_credentials.unwrap_or(false),
+                }
+            }
+            None => Route {
+                path: None,
+                policy: Policy::public(),
+                mode: Mode::Enforce,
+                strip_credentials: false,
+            },
+        };
+        if raw.routes.is_empty() {
+            problem(
+                "routes".into(),
+                None,
+                "at least one [[routes]] is required".into(),
+            );
+        }
+        let table = RouteTable::new(raw.routes.iter().map(|r| r.path.get_ref().as_str()));
+        let table = match table {
+            Ok(t) => Some(t),
+            Err(errors) => {
+                for e in errors {
+                    let span = raw.routes.get(e.route).map(|r| r.path.span());
+                    problem(format!("routes[{}].path", e.route), span, e.message);
+                }
+                None
+            }
+        };
+        for (i, r) in raw.routes.iter().enumerate() {
+            if r.path.get_ref().starts_with("/_secure-routes/")
+                || r.path.get_ref() == "/_secure-routes"
+            {
+                problem(
+                    format!("routes[{i}].path"),
+                    Some(r.path.span()),
+                    "/_secure-routes/ is reserved for the gateway's own endpoints".into(),
+                );
+            }
+        }
+        match table {
+            Some(table) if problems.is_empty() => Ok(GatewayConfig {
+                listen: raw
+                    .listen
+                    .map_or_else(|| "127.0.0.1:8080".to_owned(), Spanned::into_inner),
+                upstream: raw.upstream.into_inner(),
+                upstream_timeout,
+                routes,
+                default,
+                table,
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    /// The routes in the file's order.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The route for every path no route matches (`[default]`, PUBLIC when absent).
+    pub fn default_route(&self) -> &Route {
+        &self.default
+    }
+
+    /// The route table over [`routes`](Self::routes) (indexes into it).
+    pub fn table(&self) -> &RouteTable {
+        &self.table
+    }
+
+    /// Each route's effective policy as one line per route (what `secure-routes routes`
+    /// prints), the default last.
+    ///
+    /// ```
+    /// use secure_routes_gateway::config::GatewayConfig;
+    /// let c = GatewayConfig::parse("upstream = \"http://u\"\n[[routes]]\npath = \"/a\"\npreset = \"authenticated\"\n").unwrap();
+    /// let text = c.describe();
+    /// assert!(text.contains("/a"));
+    /// assert!(text.contains("auth=required"));
+    /// ```
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for r in self.routes.iter().chain(std::iter::once(&self.default)) {
+            let d = describe(r);
+            out.push_str(&format!(
+                "{:<32} methods={} auth={} limit={} body={} csrf={} fail={} mode={}\n",
+                r.path.as_deref().unwrap_or("(default)"),
+                d.methods,
+                d.auth,
+                d.limit,
+                d.body,
+                d.csrf,
+                d.fail,
+                d.mode
+            ));
+        }
+        out
+    }
+
+    /// [`describe`](Self::describe) as JSON: an array of objects with `path` (null for the
+    /// default), `methods`, `auth`, `rate_limit`, `max_body`, `csrf`, `failure_mode`, `mode`.
+    ///
+    /// ```
+    /// use secure_routes_gateway::config::GatewayConfig;
+    /// let c = GatewayConfig::parse("upstream = \"http://u\"\n[[routes]]\npath = \"/a\"\n").unwrap();
+    /// let v = c.describe_json();
+    /// assert_eq!(v[0]["path"], "/a");
+    /// assert!(v[1]["path"].is_null());
+    /// ```
+    pub fn describe_json(&self) -> serde_json::Value {
+        serde_json::Value::Array(
+            self.routes
+                .iter()
+                .chain(std::iter::once(&self.default))
+                .map(|r| {
+                    let d = describe(r);
+                    serde_json::json!({
+                        "path": r.path,
+                        "methods": d.methods,
+                        "auth": d.auth,
+                        "rate_limit": d.limit,
+                        "max_body": d.body,
+                        "csrf": d.csrf,
+                        "failure_mode": d.fail,
+                        "mode": d.mode,
+                    })
+                })
+                .collect(),
+        )
+    }
+}
+
+struct Described {
+    methods: String,
+    auth: &'static str,
+    limit: String,
+    body: String,
+    csrf: &'static str,
+    fail: &'static str,
+    mode: &'static str,
+}
+
+fn describe(r: &Route) -> Described {
+    let p = &r.policy;
+    Described {
+        methods: p.methods().map_or_else(
+            || "any".to_owned(),
+            |m| m.iter().map(Method::as_str).collect::<Vec<_>>().join(","),
+        ),
+        auth: match p.auth() {
+            AuthMode::Off => "off",
+            AuthMode::Optional => "optional",
+            AuthMode::Required => "required",
+        },
+        limit: p.rate_limit().map_or_else(
+            || "none".to_owned(),
+            |q| format!("{}/{}s", q.limit(), q.window().as_secs()),
+        ),
+        body: p
+            .max_body_bytes()
+            .map_or_else(|| "unlimited".to_owned(), |b| b.to_string()),
+        csrf: match p.csrf() {
+            CsrfMode::Off => "off",
+            CsrfMode::Auto => "auto",
+            CsrfMode::Always => "always",
+        },
+        fail: match p.failure_mode() {
+            FailureMode::Open => "open",
+            FailureMode::Closed => "closed",
+        },
+        mode: r.mode.as_str(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<Spanned<String>>,
+    upstream: Spanned<String>,
+    #[serde(default)]
+    #[allow(
+        dead_code,
+        reason = "checked by the gateway's Security builder (issue 11)"
+    )]
+    trusted_proxies: Vec<String>,
+    #[serde(default)]
+    #[allow(
+        dead_code,
+        reason = "checked by the gateway's Security builder (issue 11)"
+    )]
+    allowed_origins: Vec<String>,
+    upstream_timeout: Option<Spanned<String>>,
+    #[allow(dead_code, reason = "opened by the gateway (issue 11)")]
+    stores: Option<RawStores>,
+    identity: Option<RawIdentity>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+    default: Option<RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code, reason = "opened by the gateway (issue 11)")]
+struct RawStores {
+    limits: Option<String>,
+    audit: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code, reason = "used by the gateway's identity wiring (issue 11)")]
+struct RawIdentity {
+    jwt: Option<bool>,
+    jwks: Option<String>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    supabase_url: Option<String>,
+    session_cookie: Option<String>,
+}
+
+/// A `[[routes]]` entry, or `[default]` (whose `path` is absent).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    #[serde(default = "root_path")]
+    path: Spanned<String>,
+    preset: Option<Spanned<String>>,
+    methods: Option<Spanned<Vec<String>>>,
+    auth: Option<Spanned<String>>,
+    csrf: Option<Spanned<String>>,
+    rate_limit: Option<Spanned<String>>,
+    max_body: Option<Spanned<String>>,
+    failure_mode: Option<Spanned<String>>,
+    require_role: Option<Spanned<String>>,
+    mode: Option<Spanned<String>>,
+    strip_credentials: Option<bool>,
+}
+
+fn root_path() -> Spanned<String> {
+    Spanned::new(0..0, String::new())
+}
+
+type Report<'a> = dyn FnMut(String, Option<Range<usize>>, String) + 'a;
+
+fn mode(r: &RawRoute, key: &str, problem: &mut Report<'_>) -> Mode {
+    match r.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+        None | Some(("enforce", _)) => Mode::Enforce,
+        Some(("dry-run", _)) => Mode::DryRun,
+        Some((other, span)) => {
+            problem(
+                format!("{key}.mode"),
+                Some(span),
+                format!("{other:?}: expected enforce or dry-run"),
+            );
+            Mode::Enforce
+        }
+    }
+}
+
+/// The effective policy of one route: its preset, then its overrides. `None` after a problem.
+fn route(r: &RawRoute, key: &str, problem: &mut Report<'_>) -> Option<Policy> {
+    let mut failed = false;
+    let mut fail = |field: &str, span: Range<usize>, message: String| {
+        failed = true;
+        problem(format!("{key}.{field}"), Some(span), message);
+    };
+    let preset = match r.preset.as_ref().map(|p| (p.get_ref().as_str(), p.span())) {
+        None | Some(("public", _)) => Policy::public(),
+        Some(("authenticated", _)) => Policy::authenticated(),
+        Some(("strict", _)) => Policy::strict(),
+        Some((other, span)) => {
+            fail(
+                "preset",
+                span,
+                format!("{other:?}: expected public, authenticated or strict"),
+            );
+            Policy::public()
+        }
+    };
+    let name = policy_name(r.path.get_ref());
+    let mut b = preset.to_builder().name(name);
+    if let Some(m) = &r.methods {
+        let mut methods = Vec::new();
+        for s in m.get_ref() {
+            match Method::from_bytes(s.as_bytes()) {
+                Ok(method) if s.bytes().all(|c| c.is_ascii_uppercase()) => methods.push(method),
+                _ => fail(
+                    "methods",
+                    m.span(),
+                    format!("{s:?} is not an upper-case HTTP method"),
+                ),
+            }
+        }
+        b = b.methods(methods);
+    }
+    if let Some(a) = &r.auth {
+        match a.get_ref().as_str() {
+            "off" => b = b.auth(AuthMode::Off),
+            "optional" => b = b.auth(AuthMode::Optional),
+            "required" => b = b.auth(AuthMode::Required),
+            other => fail(
+                "auth",
+                a.span(),
+                format!("{other:?}: expected off, optional or required"),
+            ),
+        }
+    }
+    if let Some(c) = &r.csrf {
+        match c.get_ref().as_str() {
+            "off" => b = b.csrf(CsrfMode::Off),
+            "auto" => b = b.csrf(CsrfMode::Auto),
+            "always" => b = b.csrf(CsrfMode::Always),
+            other => fail(
+                "csrf",
+                c.span(),
+                format!("{other:?}: expected off, auto or always"),
+            ),
+        }
+    }
+    if let Some(q) = &r.rate_limit {
+        match parse_rate(q.get_ref()) {
+            Ok(quota) => b = b.rate_limit(quota),
+            Err(e) => fail("rate_limit", q.span(), e),
+        }
+    }
+    if let Some(size) = &r.max_body {
+        match parse_size(size.get_ref()) {
+            Ok(bytes) => b = b.max_body_bytes(bytes),
+            Err(e) => fail("max_body", size.span(), e),
+        }
+    }
+    if let Some(f) = &r.failure_mode {
+        match f.get_ref().as_str() {
+            "open" => b = b.failure_mode(FailureMode::Open),
+            "closed" => b = b.failure_mode(FailureMode::Closed),
+            other => fail(
+                "failure_mode",
+                f.span(),
+                format!("{other:?}: expected open or closed"),
+            ),
+        }
+    }
+    if let Some(role) = &r.require_role {
+        b = b.require_role(role.get_ref().clone());
+    }
+    let built = b.build();
+    if failed {
+        return None;
+    }
+    match built {
+        Ok(p) => Some(p),
+        Err(e) => {
+            for message in e.problems() {
+                problem(key.to_owned(), Some(r.path.span()), message.clone());
+            }
+            None
+        }
+    }
+}
+
+/// A policy name for a route pattern (names are what the `RateLimit-Policy` header shows:
+/// letters, digits, `-`, `_`, `.`): `/api/user/{*rest}` is `api_user_rest`; `default` for
+/// `[default]`, `root` for `/`.
+fn policy_name(path: &str) -> String {
+    if path.is_empty() {
+        return "default".to_owned();
+    }
+    let mut name = String::new();
+    for c in path.trim_start_matches('/').chars() {
+        if c.is_ascii_alphanumeric() || matches!(c, '-' | '.') {
+            name.push(c);
+        } else if !name.ends_with('_') && !matches!(c, '{' | '}' | '*') {
+            name.push('_');
+        }
+    }
+    let name = name.trim_matches('_');
+    match name {
+        "" => "root".to_owned(),
+        n => n.chars().take(64).collect(),
+    }
+}
+
+/// `N/second`, `N/minute`, `N/hour` or `N/day`, N at least 1.
+///
+/// ```
+/// use secure_routes_gateway::config::parse_rate;
+/// assert_eq!(parse_rate("5/hour").unwrap().limit(), 5);
+/// assert!(parse_rate("0/hour").is_err());
+/// assert!(parse_rate("5 per hour").is_err());
+/// ```
+pub fn parse_rate(s: &str) -> Result<Quota, String> {
+    let bad = || format!("{s:?}: expected N/second, N/minute, N/hour or N/day (N at least 1)");
+    let (n, unit) = s.split_once('/').ok_or_else(bad)?;
+    let n: u32 = n.trim().parse().map_err(|_| bad())?;
+    if n == 0 {
+        return Err(bad());
+    }
+    Ok(match unit.trim() {
+        "second" => Quota::per_second(n),
+        "minute" => Quota::per_minute(n),
+        "hour" => Quota::per_hour(n),
+        "day" => Quota::per_day(n),
+        _ => return Err(bad()),
+    })
+}
+
+/// A size: bytes, or with `KiB`, `MiB` or `GiB` (`100KiB`).
+///
+/// ```
+/// use secure_routes_gateway::config::parse_size;
+/// assert_eq!(parse_size("100KiB").unwrap(), 102_400);
+/// assert_eq!(parse_size("512").unwrap(), 512);
+/// assert!(parse_size("1MB").is_err());
+/// ```
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || format!("{s:?}: expected a number of bytes, or N KiB, MiB or GiB");
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let n: u64 = t[..digits].parse().map_err(|_| bad())?;
+    let factor = match t[digits..].trim() {
+        "" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(factor).ok_or_else(bad)
+}
+
+/// `30s`, `10m`, `1h`, `2d`, or milliseconds as `500ms`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?}: expected a duration such as 500ms, 30s, 10m, 1h or 2d");
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let n: u64 = t[..digits].parse().map_err(|_| bad())?;
+    let secs = match &t[digits..] {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(secs).map(Duration::from_secs).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+listen = "127.0.0.1:8080"
+upstream = "http://127.0.0.1:3000"
+trusted_proxies = ["10.0.0.0/8"]
+allowed_origins = ["https://app.example.com"]
+upstream_timeout = "30s"
+
+[stores]
+limits = "memory"
+audit = "sqlite:./secure-routes.db"
+
+[identity]
+jwt = true
+issuer = "https://issuer.example/"
+audience = "api"
+session_cookie = "sr-session"
+
+[[routes]]
+path = "/api/public-data"
+preset = "public"
+
+[[routes]]
+path = "/api/user/{*rest}"
+preset = "authenticated"
+
+[[routes]]
+path = "/api/sensitive-operation"
+methods = ["POST"]
+auth = "required"
+csrf = "auto"
+rate_limit = "5/hour"
+max_body = "100KiB"
+failure_mode = "closed"
+require_role = "admin"
+mode = "enforce"
+
+[default]
+preset = "public"
+"#;
+
+    #[test]
+    fn the_contracts_example_parses_into_effective_policies() {
+        let c = GatewayConfig::parse(FULL).unwrap();
+        assert_eq!(c.routes().len(), 3);
+        let s = &c.routes()[2].policy;
+        assert_eq!(s.methods(), Some(&[Method::POST][..]));
+        assert_eq!(s.auth(), AuthMode::Required);
+        assert_eq!(s.csrf(), CsrfMode::Auto);
+        assert_eq!(s.rate_limit(), Some(Quota::per_hour(5)));
+        assert_eq!(s.max_body_bytes(), Some(100 * 1024));
+        assert_eq!(s.failure_mode(), FailureMode::Closed);
+        assert_eq!(s.requirements().len(), 1);
+        assert_eq!(c.routes()[1].policy.auth(), AuthMode::Required);
+        assert_eq!(c.table().find("/api/user/notes"), Some(1));
+        assert_eq!(c.upstream_timeout, Duration::from_secs(30));
+        let json = c.describe_json();
+        assert_eq!(json[2]["rate_limit"], "5/3600s");
+        assert_eq!(json[2]["max_body"], "102400");
+        assert_eq!(json[3]["path"], serde_json::Value::Null);
+        assert_eq!(c.routes()[1].policy.name(), "api_user_rest");
+        assert_eq!(c.default_route().policy.name(), "default");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key_and_line() {
+        let text = "upstream = \"ftp://x\"\n\
+                    [[routes]]\n\
+                    path = \"/a\"\n\
+                    preset = \"lax\"\n\
+                    rate_limit = \"0/hour\"\n\
+                    [[routes]]\n\
+                    path = \"/a\"\n\
+                    auth = \"maybe\"\n\
+                    max_body = \"1MB\"\n\
+                    [[routes]]\n\
+                    path = \"/_secure-routes/metrics\"\n";
+        let problems = GatewayConfig::parse(text).unwrap_err();
+        let got: Vec<(String, Option<usize>)> =
+            problems.iter().map(|p| (p.key.clone(), p.line)).collect();
+        for want in [
+            ("upstream".to_owned(), Some(1)),
+            ("routes[0].preset".to_owned(), Some(4)),
+            ("routes[0].rate_limit".to_owned(), Some(5)),
+            ("routes[1].auth".to_owned(), Some(8)),
+            ("routes[1].max_body".to_owned(), Some(9)),
+            ("routes[1].path".to_owned(), Some(7)),
+            ("routes[2].path".to_owned(), Some(11)),
+        ] {
+            assert!(got.contains(&want), "{want:?} missing from {problems:#?}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_their_line() {
+        for (text, line) in [
+            (
+                "upstream = \"http://x\"\n[[routes]]\npath = \"/a\"\nrate_limt = \"1/day\"\n",
+                4,
+            ),
+            (
+                "upstream = \"http://x\"\nupstraem = \"http://y\"\n[[routes]]\npath = \"/a\"\n",
+                2,
+            ),
+            (
+                "upstream = \"http://x\"\n[stores]\nlimit = \"memory\"\n[[routes]]\npath = \"/a\"\n",
+                3,
+            ),
+        ] {
+            let problems = GatewayConfig::parse(text).unwrap_err();
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].line, Some(line), "{problems:?}");
+            assert!(
+                problems[0].message.contains("unknown field"),
+                "{problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_upstream_routes_and_two_identities_are_errors() {
+        assert!(GatewayConfig::parse("[[routes]]\npath = \"/a\"\n").is_err());
+        let p = GatewayConfig::parse("upstream = \"http://x\"\n").unwrap_err();
+        assert_eq!(p[0].key, "routes");
+        let p = GatewayConfig::parse(
+            "upstream = \"http://x\"\n[identity]\njwt = true\njwks = \"https://i/jwks.json\"\n[[routes]]\npath = \"/a\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(p[0].key, "identity");
+    }
+}
