@@ -169,6 +169,25 @@ impl GatewayConfig {
                 Duration::from_secs(30)
             }),
         };
+        // The library's own checks, one list at a time so each problem gets its key. The
+        // secret is a placeholder: the real one comes from the environment at start.
+        for (key, list) in [
+            ("trusted_proxies", &raw.trusted_proxies),
+            ("allowed_origins", &raw.allowed_origins),
+        ] {
+            let Some(list) = list else { continue };
+            let builder = secure_routes::Security::builder().csrf_secret([0u8; 32]);
+            let builder = if key == "trusted_proxies" {
+                builder.trusted_proxies(list.get_ref())
+            } else {
+                builder.allowed_origins(list.get_ref())
+            };
+            if let Err(e) = builder.build() {
+                for message in e.problems() {
+                    problem(key.into(), Some(list.span()), message.clone());
+                }
+            }
+        }
         if let Some(identity) = &raw.identity {
             let sources = [
                 identity.jwt.unwrap_or(false),
@@ -393,18 +412,8 @@ fn describe(r: &Route) -> Described {
 struct RawConfig {
     listen: Option<Spanned<String>>,
     upstream: Spanned<String>,
-    #[serde(default)]
-    #[allow(
-        dead_code,
-        reason = "checked by the gateway's Security builder (issue 11)"
-    )]
-    trusted_proxies: Vec<String>,
-    #[serde(default)]
-    #[allow(
-        dead_code,
-        reason = "checked by the gateway's Security builder (issue 11)"
-    )]
-    allowed_origins: Vec<String>,
+    trusted_proxies: Option<Spanned<Vec<String>>>,
+    allowed_origins: Option<Spanned<Vec<String>>>,
     upstream_timeout: Option<Spanned<String>>,
     #[allow(dead_code, reason = "opened by the gateway (issue 11)")]
     stores: Option<RawStores>,
@@ -566,8 +575,10 @@ fn route(r: &RawRoute, key: &str, problem: &mut Report<'_>) -> Option<Policy> {
     match built {
         Ok(p) => Some(p),
         Err(e) => {
+            // `[default]` has no path to point at.
+            let span = (!r.path.get_ref().is_empty()).then(|| r.path.span());
             for message in e.problems() {
-                problem(key.to_owned(), Some(r.path.span()), message.clone());
+                problem(key.to_owned(), span.clone(), message.clone());
             }
             None
         }
@@ -780,6 +791,21 @@ preset = "public"
                 "{problems:?}"
             );
         }
+    }
+
+    #[test]
+    fn bad_proxies_and_origins_are_reported_under_their_keys() {
+        let p = GatewayConfig::parse(
+            "upstream = \"http://x\"\ntrusted_proxies = [\"10.0.0.0/33\"]\n\
+             allowed_origins = [\"*\"]\n[[routes]]\npath = \"/a\"\n",
+        )
+        .unwrap_err();
+        let keys: Vec<(&str, Option<usize>)> = p.iter().map(|p| (p.key.as_str(), p.line)).collect();
+        assert_eq!(
+            keys,
+            [("trusted_proxies", Some(2)), ("allowed_origins", Some(3))],
+            "{p:?}"
+        );
     }
 
     #[test]
