@@ -9,72 +9,20 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
+use secure_routes_testkit::http1::{Framing, assert_closing_problem, write_whole_body_then_read};
 use support::Demo;
 
 const TRIES: usize = 20;
 const BOUND: Duration = Duration::from_secs(20);
 
-/// Writes `POST path` with a body of `len` bytes (declared or chunked) whole, then reads the
-/// response to the end. The error is what the client saw instead of an answer.
-fn post_then_read(base: &str, path: &str, len: usize, chunked: bool, client: &str) -> String {
+/// `POST path` with a body of `len` bytes written whole before reading, from `client`.
+fn post_then_read(base: &str, path: &str, len: usize, framing: Framing, client: &str) -> String {
     let addr = base.trim_start_matches("http://");
-    let mut conn = TcpStream::connect(addr).unwrap();
-    conn.set_read_timeout(Some(BOUND)).unwrap();
-    conn.set_write_timeout(Some(BOUND)).unwrap();
-    let framing = if chunked {
-        "Transfer-Encoding: chunked".to_owned()
-    } else {
-        format!("Content-Length: {len}")
-    };
-    let sent = (|| -> std::io::Result<String> {
-        conn.write_all(
-            format!(
-                "POST {path} HTTP/1.1\r\nHost: {addr}\r\nX-Forwarded-For: {client}\r\n\
-                 Content-Type: application/json\r\n{framing}\r\n\r\n"
-            )
-            .as_bytes(),
-        )?;
-        let chunk = vec![b' '; 64 * 1024];
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(chunk.len());
-            if chunked {
-                conn.write_all(format!("{n:x}\r\n").as_bytes())?;
-            }
-            conn.write_all(&chunk[..n])?;
-            if chunked {
-                conn.write_all(b"\r\n")?;
-            }
-            left -= n;
-        }
-        if chunked {
-            conn.write_all(b"0\r\n\r\n")?;
-        }
-        let mut response = Vec::new();
-        conn.read_to_end(&mut response)?;
-        Ok(String::from_utf8_lossy(&response).into_owned())
-    })();
-    sent.unwrap_or_else(|e| panic!("POST {path} ({len} bytes, chunked {chunked}): {e}"))
-}
-
-fn assert_problem(response: &str, status: u16, error: &str) {
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no complete head: {response:?}"));
-    assert!(
-        head.starts_with(&format!("HTTP/1.1 {status} ")),
-        "{head}\n\n{body}"
-    );
-    assert!(
-        head.to_ascii_lowercase().contains("\r\nconnection: close"),
-        "{head}"
-    );
-    let problem: serde_json::Value = serde_json::from_str(body).expect("problem+json");
-    assert_eq!(problem["error"], error);
+    let headers = format!("X-Forwarded-For: {client}\r\nContent-Type: application/json\r\n");
+    write_whole_body_then_read(addr, path, &headers, len, framing, BOUND)
+        .unwrap_or_else(|e| panic!("POST {path} ({len} bytes, {framing:?}): {e}"))
 }
 
 #[test]
@@ -92,17 +40,23 @@ fn early_refusals_reach_a_client_that_writes_its_whole_body_first() {
         client += 1;
         format!("198.51.100.{}", client % 250 + 1)
     };
-    for chunked in [false, true] {
+    for framing in [Framing::Declared, Framing::Chunked] {
         for _ in 0..TRIES {
-            let r = post_then_read(&demo.base, "/api/user/notes", big, chunked, &next_client());
-            assert_problem(&r, 401, "Authentication required");
-            let r = post_then_read(&demo.base, "/api/public-data", big, chunked, &next_client());
-            assert_problem(&r, 413, "Request body too large");
+            let r = post_then_read(&demo.base, "/api/user/notes", big, framing, &next_client());
+            assert_closing_problem(&r, 401, "Authentication required");
+            let r = post_then_read(&demo.base, "/api/public-data", big, framing, &next_client());
+            assert_closing_problem(&r, 413, "Request body too large");
         }
     }
     for _ in 0..TRIES {
-        let r = post_then_read(&demo.base, "/api/strict", 600 * 1024, false, &next_client());
-        assert_problem(&r, 401, "Authentication required");
+        let r = post_then_read(
+            &demo.base,
+            "/api/strict",
+            600 * 1024,
+            Framing::Declared,
+            &next_client(),
+        );
+        assert_closing_problem(&r, 401, "Authentication required");
     }
     demo.stop();
 }

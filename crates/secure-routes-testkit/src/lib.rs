@@ -6,12 +6,15 @@
 //!   demand);
 //! * [`services`]: the rule for tests that need PostgreSQL or Redis: skip visibly when the URL
 //!   is not set, fail under `SECURE_ROUTES_REQUIRE_SERVICES=1` (CI);
+//! * [`http1`]: a raw HTTP/1.1 client that writes its whole body before reading (the
+//!   early-refusal tests);
 //! * [`percentile`]: the latency percentile the store benches print.
 //!
 //! Dev-only (`publish = false`), and free of `secure-routes` types on purpose: the core crate
 //! dev-depends on this crate, and a dependency back would build a second, incompatible copy
 //! of the core.
 
+pub mod http1;
 pub mod jwks;
 pub mod keys;
 pub mod services;

@@ -23,6 +23,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use secure_routes::serve::ServeConfig;
 use secure_routes::{Policy, Quota};
+use secure_routes_testkit::http1::{Framing, assert_closing_problem, write_whole_body_then_read};
 
 /// A liveness bound for waits, far above what the server's timers need.
 const BOUND: Duration = Duration::from_secs(20);
@@ -52,85 +53,16 @@ async fn echo(body: Bytes) -> String {
     body.len().to_string()
 }
 
-/// How a body goes on the wire.
-#[derive(Clone, Copy, Debug)]
-enum Framing {
-    Declared,
-    Chunked,
-}
-
-/// An HTTP/1.1 POST written whole before anything is read, the way Python's `http.client`
-/// sends. Returns the raw response, or the I/O error the client saw.
-fn write_all_then_read(
-    addr: SocketAddr,
-    path: &str,
-    body_len: usize,
-    framing: Framing,
-) -> std::io::Result<String> {
-    let mut conn = std::net::TcpStream::connect(addr)?;
-    conn.set_read_timeout(Some(BOUND))?;
-    conn.set_write_timeout(Some(BOUND))?;
-    let framing_header = match framing {
-        Framing::Declared => format!("Content-Length: {body_len}"),
-        Framing::Chunked => "Transfer-Encoding: chunked".to_owned(),
-    };
-    conn.write_all(
-        format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n\
-             {framing_header}\r\n\r\n"
-        )
-        .as_bytes(),
-    )?;
-    let chunk = vec![b'a'; 64 * 1024];
-    let mut left = body_len;
-    while left > 0 {
-        let n = left.min(chunk.len());
-        match framing {
-            Framing::Declared => conn.write_all(&chunk[..n])?,
-            Framing::Chunked => {
-                conn.write_all(format!("{n:x}\r\n").as_bytes())?;
-                conn.write_all(&chunk[..n])?;
-                conn.write_all(b"\r\n")?;
-            }
-        }
-        left -= n;
-    }
-    if let Framing::Chunked = framing {
-        conn.write_all(b"0\r\n\r\n")?;
-    }
-    let mut response = Vec::new();
-    conn.read_to_end(&mut response)?;
-    Ok(String::from_utf8_lossy(&response).into_owned())
-}
-
-/// Asserts a raw HTTP/1.1 response: its status, a problem+json body naming `error`, and
-/// `Connection: close` (the server closes after an unread body).
-fn assert_refusal(response: &str, status: u16, error: &str) {
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no complete head: {response:?}"));
-    assert!(
-        head.starts_with(&format!("HTTP/1.1 {status} ")),
-        "status: {head}"
-    );
-    let head = head.to_ascii_lowercase();
-    assert!(head.contains("\r\nconnection: close"), "{head}");
-    assert!(
-        head.contains("content-type: application/problem+json"),
-        "{head}"
-    );
-    let problem: serde_json::Value = serde_json::from_str(body).expect("problem+json body");
-    assert_eq!(problem["error"], error, "{body}");
-}
-
 async fn tries(addr: SocketAddr, path: &'static str, framing: Framing, status: u16, error: &str) {
     for i in 0..TRIES {
-        let response =
-            tokio::task::spawn_blocking(move || write_all_then_read(addr, path, BIG, framing))
-                .await
-                .unwrap()
-                .unwrap_or_else(|e| panic!("try {i} to {path} ({framing:?}): {e}"));
-        assert_refusal(&response, status, error);
+        let response = tokio::task::spawn_blocking(move || {
+            let content_type = "Content-Type: application/octet-stream\r\n";
+            write_whole_body_then_read(&addr.to_string(), path, content_type, BIG, framing, BOUND)
+        })
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("try {i} to {path} ({framing:?}): {e}"));
+        assert_closing_problem(&response, status, error);
     }
 }
 
@@ -337,7 +269,7 @@ async fn a_stalled_sender_keeps_its_connection_slot_until_the_lingering_timeout(
     .await
     .unwrap();
     let (stalled, response) = got;
-    assert_refusal(&response, 401, "Authentication required");
+    assert_closing_problem(&response, 401, "Authentication required");
 
     // While it lingers the connection still holds the only slot for this address: the next
     // connection is closed without an answer.
