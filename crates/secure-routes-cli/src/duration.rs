@@ -9,30 +9,6 @@
 //! assert!(parse("").is_err());
 //! ```
 
-use std::time::Duration;
-
-/// Parses `<n><unit>`; a bare number means seconds.
-pub fn parse(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 10m, 1h, 2d"))?;
-    let millis_per_unit = match unit {
-        "ms" => 1,
-        "" | "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => {
-            return Err(format!(
-                "invalid duration unit in {s:?}: use ms, s, m, h or d"
-            ));
-        }
-    };
-    n.checked_mul(millis_per_unit)
-        .filter(|&ms| ms > 0)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("duration {s:?} must be positive and reasonable"))
-}
+/// Parses `<n><unit>`; a bare number means seconds. The gateway's config file reads its
+/// durations with the same function.
+pub use secure_routes_gateway::config::parse_duration as parse;

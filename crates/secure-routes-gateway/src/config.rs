@@ -654,21 +654,40 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(factor).ok_or_else(bad)
 }
 
-/// `30s`, `10m`, `1h`, `2d`, or milliseconds as `500ms`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?}: expected a duration such as 500ms, 30s, 10m, 1h or 2d");
-    let t = s.trim();
-    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let n: u64 = t[..digits].parse().map_err(|_| bad())?;
-    let secs = match &t[digits..] {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(bad()),
+/// A positive duration: an integer and a unit (`ms`, `s`, `m`, `h`, `d`); a bare number
+/// means seconds. The CLI's flags (`secure_routes_cli::duration`) parse with it too.
+///
+/// ```
+/// use std::time::Duration;
+/// use secure_routes_gateway::config::parse_duration;
+/// assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+/// assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+/// assert!(parse_duration("0s").is_err());
+/// assert!(parse_duration("1y").is_err());
+/// ```
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 10m, 1h, 2d"))?;
+    let millis_per_unit = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "invalid duration unit in {s:?}: use ms, s, m, h or d"
+            ));
+        }
     };
-    n.checked_mul(secs).map(Duration::from_secs).ok_or_else(bad)
+    n.checked_mul(millis_per_unit)
+        .filter(|&ms| ms > 0)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("duration {s:?} must be positive and reasonable"))
 }
 
 #[cfg(test)]
