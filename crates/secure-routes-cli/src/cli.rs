@@ -539,20 +539,7 @@ mod tests {
     #[test]
     fn demo_help_lists_every_environment_variable_it_reads() {
         let text = help(&["demo"]);
-        for var in [
-            "SECURE_ROUTES_JWT_SECRET",
-            "CSRF_SECRET",
-            "SECURE_ROUTES_ENV",
-            "SECURE_ROUTES_TRUSTED_PROXIES",
-            "SECURE_ROUTES_CLIENT_IP_HEADER",
-            "SECURE_ROUTES_ALLOWED_ORIGINS",
-            "PUBLIC_BASE_URL",
-            "SECURE_ROUTES_LIMITS",
-            "SECURE_ROUTES_AUDIT",
-            "SUPABASE_JWT_SECRET",
-            "RUST_LOG",
-            "NO_COLOR",
-        ] {
+        for var in crate::config::ENVIRONMENT {
             assert!(
                 text.contains(var),
                 "demo --help does not mention {var}:\n{text}"

@@ -24,6 +24,28 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use rand::Rng as _;
 
+/// Every environment variable the `secure-routes` binary reads (the config above, `RUST_LOG`
+/// and `NO_COLOR` for the logs): `demo --help` lists each, and tests that start the binary
+/// clear each so the caller's environment cannot leak in.
+///
+/// ```
+/// assert!(secure_routes_cli::config::ENVIRONMENT.contains(&"CSRF_SECRET"));
+/// ```
+pub const ENVIRONMENT: &[&str] = &[
+    "SECURE_ROUTES_JWT_SECRET",
+    "CSRF_SECRET",
+    "SECURE_ROUTES_ENV",
+    "SECURE_ROUTES_TRUSTED_PROXIES",
+    "SECURE_ROUTES_CLIENT_IP_HEADER",
+    "SECURE_ROUTES_ALLOWED_ORIGINS",
+    "PUBLIC_BASE_URL",
+    "SECURE_ROUTES_LIMITS",
+    "SECURE_ROUTES_AUDIT",
+    "SUPABASE_JWT_SECRET",
+    "RUST_LOG",
+    "NO_COLOR",
+];
+
 /// Where development secrets are kept.
 pub const DEV_SECRETS_FILE: &str = "secure-routes.dev-secrets";
 

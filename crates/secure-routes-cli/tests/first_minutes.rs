@@ -24,20 +24,7 @@ const BOUND: Duration = Duration::from_secs(60);
 fn command(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_secure-routes"));
     c.args(args).current_dir(dir);
-    for var in [
-        "SECURE_ROUTES_JWT_SECRET",
-        "CSRF_SECRET",
-        "SECURE_ROUTES_ENV",
-        "SECURE_ROUTES_TRUSTED_PROXIES",
-        "SECURE_ROUTES_CLIENT_IP_HEADER",
-        "SECURE_ROUTES_ALLOWED_ORIGINS",
-        "PUBLIC_BASE_URL",
-        "SECURE_ROUTES_LIMITS",
-        "SECURE_ROUTES_AUDIT",
-        "SUPABASE_JWT_SECRET",
-        "NO_COLOR",
-        "RUST_LOG",
-    ] {
+    for var in secure_routes_cli::config::ENVIRONMENT {
         c.env_remove(var);
     }
     c.envs(env.iter().copied());
