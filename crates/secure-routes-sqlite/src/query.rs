@@ -116,9 +116,7 @@ pub fn count(path: impl AsRef<Path>) -> Result<u64, Error> {
 }
 
 fn parse_outcome(s: &str) -> Option<Outcome> {
-    [Outcome::Denied, Outcome::Allowed, Outcome::Error]
-        .into_iter()
-        .find(|o| o.as_str() == s)
+    Outcome::ALL.iter().copied().find(|o| o.as_str() == s)
 }
 
 /// Rebuilds an event from a row. Stored text is returned as stored: it was escaped and

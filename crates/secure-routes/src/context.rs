@@ -46,7 +46,19 @@ pub(crate) struct RouteState {
     pub(crate) route_bucket: std::sync::OnceLock<(Box<str>, Arc<str>)>,
     /// The policy's rate-limit headers, formatted once.
     pub(crate) limit_headers: Option<LimitHeaders>,
+    /// Dry-run only: tower-http's Fetch Metadata check on its own, asked with a stand-in
+    /// request (the real one goes through a bypassed copy), so its refusal is recorded
+    /// without being answered.
+    pub(crate) fetch_probe: Option<FetchProbe>,
 }
+
+/// tower-http's Fetch Metadata check around a service that always passes; its answer carries
+/// a [`RejectionInfo`] when the check refuses.
+pub(crate) type FetchProbe = tower::util::BoxCloneSyncService<
+    Request<()>,
+    http::Response<tower_http::body::UnsyncBoxBody<bytes::Bytes, tower::BoxError>>,
+    std::convert::Infallible,
+>;
 
 impl RouteState {
     /// The CORS response headers tower-http would add, for an answer that does not pass

@@ -55,7 +55,10 @@
 use std::fmt;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::Method;
+use tower::BoxError;
+use tower_http::body::UnsyncBoxBody;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::csrf::CsrfLayer;
 use tower_layer::Layer;
@@ -91,7 +94,11 @@ impl Security {
             .csrf_layer
             .clone()
             .with_rejection_response(CsrfProblem);
-        if policy.csrf() == CsrfMode::Off {
+        // Dry-run: the real check runs on a stand-in request (recorded as `would_deny`), the
+        // request itself goes through a bypassed copy.
+        let fetch_probe = (policy.is_dry_run() && policy.csrf() != CsrfMode::Off)
+            .then(|| tower::util::BoxCloneSyncService::new(csrf.clone().layer(Pass)));
+        if policy.csrf() == CsrfMode::Off || policy.is_dry_run() {
             csrf = csrf.with_insecure_bypass(|_: &Method, _: &http::Uri| true);
         }
         let fixed_bucket = policy
@@ -110,6 +117,7 @@ impl Security {
             fallback_bucket,
             route_bucket: std::sync::OnceLock::new(),
             limit_headers,
+            fetch_probe,
         };
         // What tower-http's rules add to an answer for a request without `Origin` does not
         // depend on the request: computed once, merged per request.
@@ -154,6 +162,27 @@ impl Security {
     /// ```
     pub fn not_found_with(&self, policy: Policy) -> Result<SecurityService<NotFound>, ConfigError> {
         Ok(self.layer(policy)?.layer(NotFound))
+    }
+}
+
+/// The service behind a dry-run policy's Fetch Metadata probe: every request passes.
+#[derive(Clone, Copy)]
+struct Pass;
+
+impl tower_service::Service<http::Request<()>> for Pass {
+    type Response = http::Response<UnsyncBoxBody<Bytes, BoxError>>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Request<()>) -> Self::Future {
+        std::future::ready(Ok(http::Response::new(UnsyncBoxBody::default())))
     }
 }
 

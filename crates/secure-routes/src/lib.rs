@@ -125,4 +125,5 @@ pub use error::{ConfigError, StoreError};
 pub use layer::{SecurityLayer, SecurityService};
 pub use policy::{AuthMode, CsrfMode, FailureMode, Policy, PolicyBuilder};
 pub use rate_limit::Quota;
+pub use request_id::RequestId;
 pub use security::{Security, SecurityBuilder};

@@ -92,6 +92,7 @@ pub struct Policy {
     pub(crate) store_timeout: Duration,
     pub(crate) headers: SecurityHeaders,
     pub(crate) requirements: Vec<Requirement>,
+    pub(crate) dry_run: bool,
 }
 
 impl Policy {
@@ -113,6 +114,7 @@ impl Policy {
                 store_timeout: DEFAULT_STORE_TIMEOUT,
                 headers: SecurityHeaders::default(),
                 requirements: Vec::new(),
+                dry_run: false,
             },
             failure_mode_set: false,
         }
@@ -253,6 +255,10 @@ impl Policy {
     pub fn security_headers(&self) -> &SecurityHeaders {
         &self.headers
     }
+    /// Whether refusals are only recorded (see [`PolicyBuilder::dry_run`]).
+    pub fn is_dry_run(&self) -> bool {
+        self.dry_run
+    }
 }
 
 /// Builds a [`Policy`]; see [`Policy::builder`].
@@ -348,6 +354,21 @@ impl PolicyBuilder {
     /// Sets the store call timeout (default 50 ms).
     pub fn store_timeout(mut self, timeout: Duration) -> Self {
         self.policy.store_timeout = timeout;
+        self
+    }
+    /// Dry-run: every check still runs and every refusal it would answer is audited with
+    /// outcome [`would_deny`](crate::audit::Outcome::WouldDeny) (and counted), but the request
+    /// goes on to the handler. For trying a policy on live traffic before enforcing it. Two
+    /// checks are not evaluated in dry-run, because they act on the body as it streams: a
+    /// body without a declared length that grows past the limit (a declared `Content-Length`
+    /// over it is recorded) is passed whole.
+    ///
+    /// ```
+    /// let p = secure_routes::Policy::strict().to_builder().dry_run(true).build().unwrap();
+    /// assert!(p.is_dry_run());
+    /// ```
+    pub fn dry_run(mut self, on: bool) -> Self {
+        self.policy.dry_run = on;
         self
     }
     /// Sets or replaces one response security header.

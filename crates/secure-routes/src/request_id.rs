@@ -10,6 +10,20 @@ use http::{HeaderName, HeaderValue};
 /// The request-id header.
 pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The request's id, in the request extensions the handler sees: the `x-request-id` its
+/// answer carries and its audit events record. A gateway forwards it; an application logs it.
+///
+/// ```
+/// use axum::{Extension, Router, routing::get};
+/// use secure_routes::RequestId;
+/// async fn id(Extension(RequestId(id)): Extension<RequestId>) -> String {
+///     id.to_str().unwrap_or_default().to_owned()
+/// }
+/// let _app: Router = Router::new().route("/id", get(id));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestId(pub HeaderValue);
+
 /// Whether an incoming request id is short and plain enough to keep.
 pub(crate) fn plain_request_id(v: &HeaderValue) -> bool {
     (1..=64).contains(&v.len())

@@ -579,7 +579,7 @@ async fn connection(
     // In a block of its own, so the connection (and with it the stream) is dropped before
     // the lingering close takes the stream back.
     let closed = {
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let mut conn = std::pin::pin!(conn);
         let mut watchdog = std::pin::pin!(watchdog(activity_rx, timeouts));
         let mut linger = std::pin::pin!(tokio::time::sleep(Duration::ZERO));

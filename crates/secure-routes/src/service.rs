@@ -30,6 +30,7 @@ use crate::guard::body::LimitedBody;
 use crate::guard::client::Client;
 use crate::guard::{auth, authz, body, client, csrf, method, rate_limit};
 use crate::rate_limit::BoxFuture;
+use crate::request_id::RequestId;
 use crate::respond::{self, CsrfProblem, PanicProblem};
 use crate::response::problem::{Rejection, RejectionInfo};
 
@@ -136,19 +137,27 @@ where
         return Ok(ctx.preflight(&parts.headers));
     }
     // 4 to 8b: method, authentication, rate limit, authorization, declared body, CSRF token.
-    if let Err(r) = checks(&state, &mut ctx, &parts).await {
+    if state.policy.is_dry_run() {
+        dry_run_checks(&state, &mut ctx, &parts).await;
+    } else if let Err(r) = checks(&state, &mut ctx, &parts).await {
         return Ok(ctx.reject(r).await);
     }
     // 8a + 9: Fetch Metadata check (tower-http), catch-panic, the handler.
     if let Some(p) = &ctx.subject {
         parts.extensions.insert(p.clone());
     }
+    parts.extensions.insert(RequestId(ctx.request_id.clone()));
     // tower-http's CORS rules for this request; constant when it has no `Origin`.
     let cors = parts
         .headers
         .contains_key(header::ORIGIN)
         .then(|| state.cors_headers(&parts.headers, false));
-    let (body, body_state) = LimitedBody::new(body, state.policy.max_body_bytes());
+    // Dry-run passes the body whole (see `PolicyBuilder::dry_run`).
+    let limit = state
+        .policy
+        .max_body_bytes()
+        .filter(|_| !state.policy.is_dry_run());
+    let (body, body_state) = LimitedBody::new(body, limit);
     let mut res = inner
         .oneshot(Request::from_parts(parts, body))
         .await?
@@ -191,6 +200,53 @@ async fn checks(state: &RouteState, ctx: &mut Ctx, parts: &Parts) -> Result<(), 
         &parts.headers,
         ctx.csrf_binding(),
     )
+}
+
+/// Steps 4 to 8b for a dry-run policy: every step runs, each refusal is audited as
+/// `would_deny` and none is answered; the request goes on (as the principal when
+/// authentication passed, anonymous otherwise). The Fetch Metadata check, which runs inside
+/// the stack for an enforced policy, is asked here on a stand-in request.
+async fn dry_run_checks(state: &RouteState, ctx: &mut Ctx, parts: &Parts) {
+    let policy = &state.policy;
+    let mut refusals = Vec::new();
+    refusals.extend(method::check(policy.methods(), &parts.method).err());
+    match auth::authenticate(state, parts, &ctx.route, ctx.ip).await {
+        Ok(subject) => ctx.subject = subject,
+        Err(r) => refusals.push(r),
+    }
+    match rate_limit::check(state, &ctx.route, ctx.ip, ctx.subject.as_ref()).await {
+        Ok(limited) => (ctx.limit, ctx.failed_open) = (limited.decision, limited.failed_open),
+        Err(r) => refusals.push(r),
+    }
+    refusals.extend(authz::check(policy, ctx.subject.as_ref()).err());
+    refusals.extend(body::check(policy.max_body_bytes(), &parts.headers).err());
+    let shared = &state.shared;
+    refusals.extend(
+        csrf::check(
+            &shared.csrf,
+            shared.csrf_cookie_name(),
+            &parts.method,
+            &parts.headers,
+            ctx.csrf_binding(),
+        )
+        .err(),
+    );
+    for r in refusals {
+        let status = r.info().kind.status().as_u16();
+        ctx.audit(r.audit_info(), status, Outcome::WouldDeny).await;
+    }
+    if let Some(probe) = &state.fetch_probe {
+        let mut stand_in = Request::new(());
+        *stand_in.method_mut() = parts.method.clone();
+        *stand_in.uri_mut() = parts.uri.clone();
+        *stand_in.headers_mut() = parts.headers.clone();
+        if let Ok(res) = probe.clone().oneshot(stand_in).await
+            && let Some(info) = res.extensions().get::<RejectionInfo>().copied()
+        {
+            let status = res.status().as_u16();
+            ctx.audit(info, status, Outcome::WouldDeny).await;
+        }
+    }
 }
 
 /// A CORS preflight (Fetch standard): `OPTIONS` with `Access-Control-Request-Method`. A plain

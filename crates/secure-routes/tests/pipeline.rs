@@ -1329,3 +1329,85 @@ async fn optional_auth_passes_anonymous_callers_but_refuses_bad_credentials() {
         .await;
     res.assert_problem(401, "Authentication required");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Dry-run and the request id the handler sees
+// ---------------------------------------------------------------------------------------------
+
+async fn whoami_or_anon(p: Option<Extension<Principal>>) -> String {
+    p.map_or_else(
+        || "anonymous".to_owned(),
+        |Extension(p)| p.subject().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn dry_run_records_every_refusal_as_would_deny_and_calls_the_handler() {
+    let h = harness(|b| b);
+    let policy = Policy::strict()
+        .to_builder()
+        .name("trial")
+        .methods([Method::POST])
+        .rate_limit(Quota::per_minute(1))
+        .max_body_bytes(10)
+        .dry_run(true)
+        .build()
+        .unwrap();
+    let app = h.app("/api/op", policy, get(whoami_or_anon).post(whoami_or_anon));
+
+    // A GET (method), no credential (auth, whose failure also spends the client's quota of
+    // 1, so the rate limit refuses too), a declared body over the limit: each check would
+    // refuse, none does.
+    let res = req(Method::GET, "/api/op")
+        .header("content-length", "11")
+        .header("sec-fetch-site", "cross-site")
+        .send(&app)
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.text(), "anonymous");
+    // Alice has her own quota; Fetch Metadata would refuse the cross-site POST.
+    let res = req(Method::POST, "/api/op")
+        .bearer("alice")
+        .header("sec-fetch-site", "cross-site")
+        .send(&app)
+        .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    assert_eq!(res.text(), "alice");
+
+    let events = h.events().await;
+    assert!(
+        events.iter().all(|e| e.outcome == Outcome::WouldDeny),
+        "{events:#?}"
+    );
+    // The GET is a safe method (no CSRF checks) and the bearer is not an ambient credential
+    // (no CSRF token needed). The trail's order follows the audit writer's batches, so it is
+    // compared as a set.
+    let mut got: Vec<_> = trail(&events)
+        .into_iter()
+        .map(|(a, s, r)| (a.as_str(), s, r))
+        .collect();
+    got.sort();
+    let mut want = vec![
+        ("invalid_input", 405, "method_not_allowed"),
+        ("unauthorized_access", 401, "missing_credential"),
+        ("invalid_input", 413, "declared_length"),
+        ("rate_limit_exceeded", 429, "quota_exhausted"),
+        ("csrf_validation_failed", 403, "cross_site_fetch"),
+    ];
+    want.sort();
+    assert_eq!(got, want, "{events:#?}");
+}
+
+#[tokio::test]
+async fn the_handler_sees_the_request_id_its_answer_carries() {
+    async fn id(
+        Extension(secure_routes::RequestId(id)): Extension<secure_routes::RequestId>,
+    ) -> String {
+        id.to_str().unwrap().to_owned()
+    }
+    let h = harness(|b| b);
+    let app = h.app("/api/id", Policy::public(), get(id));
+    let res = req(Method::GET, "/api/id").send(&app).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(Some(res.text().as_str()), res.header("x-request-id"));
+}

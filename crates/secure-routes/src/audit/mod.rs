@@ -64,6 +64,8 @@ pub enum AuditAction {
     AuthenticatorFailure,
     /// The handler panicked (500).
     InternalError,
+    /// The gateway's upstream failed: unreachable (502) or too slow (504).
+    UpstreamFailure,
 }
 
 impl AuditAction {
@@ -81,6 +83,7 @@ impl AuditAction {
         AuditAction::StoreFailure,
         AuditAction::AuthenticatorFailure,
         AuditAction::InternalError,
+        AuditAction::UpstreamFailure,
     ];
 
     /// The `snake_case` name stored in the `action` column.
@@ -95,6 +98,7 @@ impl AuditAction {
             AuditAction::StoreFailure => "store_failure",
             AuditAction::AuthenticatorFailure => "authenticator_failure",
             AuditAction::InternalError => "internal_error",
+            AuditAction::UpstreamFailure => "upstream_failure",
         }
     }
 
@@ -120,15 +124,32 @@ pub enum Outcome {
     Allowed,
     /// Something failed on our side.
     Error,
+    /// A dry-run policy would have refused the request; it was let through
+    /// ([`PolicyBuilder::dry_run`](crate::PolicyBuilder::dry_run)).
+    WouldDeny,
 }
 
 impl Outcome {
+    /// Every outcome, for parsers (a slice: a new outcome is not a breaking change).
+    ///
+    /// ```
+    /// use secure_routes::audit::Outcome;
+    /// assert!(Outcome::ALL.iter().any(|o| o.as_str() == "would_deny"));
+    /// ```
+    pub const ALL: &'static [Outcome] = &[
+        Outcome::Denied,
+        Outcome::Allowed,
+        Outcome::Error,
+        Outcome::WouldDeny,
+    ];
+
     /// The `snake_case` name.
     pub const fn as_str(&self) -> &'static str {
         match self {
             Outcome::Denied => "denied",
             Outcome::Allowed => "allowed",
             Outcome::Error => "error",
+            Outcome::WouldDeny => "would_deny",
         }
     }
 }

@@ -166,6 +166,14 @@ reasons! {
     HandlerPanicked => "handler_panicked",
     /// No route matches the path (404).
     NotFound => "not_found",
+    // The gateway (`secure-routes serve`).
+    /// The path cannot be normalized safely: an encoded `/` or `\`, a dot segment above the
+    /// root, a control character (400).
+    BadPath => "bad_path",
+    /// The upstream could not be reached: connection refused, reset, DNS (502).
+    UpstreamUnreachable => "upstream_unreachable",
+    /// The upstream did not answer within the gateway's `upstream_timeout` (504).
+    UpstreamTimeout => "upstream_timeout",
 }
 
 impl From<&'static str> for Reason {

@@ -73,7 +73,7 @@ impl TracingSink {
             };
         }
         match e.outcome {
-            Outcome::Denied => audit_event!(info),
+            Outcome::Denied | Outcome::WouldDeny => audit_event!(info),
             Outcome::Allowed | Outcome::Error => audit_event!(warn),
         }
     }

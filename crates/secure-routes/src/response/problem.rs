@@ -47,6 +47,10 @@ pub enum RejectionKind {
     NotFound,
     /// 500: the handler panicked.
     Internal,
+    /// 502: the gateway's upstream could not be reached.
+    BadGateway,
+    /// 504: the gateway's upstream did not answer in time.
+    GatewayTimeout,
 }
 
 impl RejectionKind {
@@ -64,6 +68,8 @@ impl RejectionKind {
             }
             RejectionKind::NotFound => StatusCode::NOT_FOUND,
             RejectionKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            RejectionKind::BadGateway => StatusCode::BAD_GATEWAY,
+            RejectionKind::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -82,6 +88,8 @@ impl RejectionKind {
             }
             RejectionKind::NotFound => "Not found",
             RejectionKind::Internal => "Internal server error",
+            RejectionKind::BadGateway => "Upstream unavailable",
+            RejectionKind::GatewayTimeout => "Upstream timeout",
         }
     }
 
@@ -98,6 +106,8 @@ impl RejectionKind {
             RejectionKind::Unavailable | RejectionKind::AuthUnavailable => "Service Unavailable",
             RejectionKind::NotFound => "Not Found",
             RejectionKind::Internal => "Internal Server Error",
+            RejectionKind::BadGateway => "Bad Gateway",
+            RejectionKind::GatewayTimeout => "Gateway Timeout",
         }
     }
 
@@ -116,6 +126,8 @@ impl RejectionKind {
             }
             RejectionKind::NotFound => "urn:secure-routes:problem:not-found",
             RejectionKind::Internal => "urn:secure-routes:problem:internal",
+            RejectionKind::BadGateway => "urn:secure-routes:problem:bad-gateway",
+            RejectionKind::GatewayTimeout => "urn:secure-routes:problem:gateway-timeout",
         }
     }
 
@@ -133,6 +145,9 @@ impl RejectionKind {
             RejectionKind::Unavailable => AuditAction::StoreFailure,
             RejectionKind::AuthUnavailable => AuditAction::AuthenticatorFailure,
             RejectionKind::Internal => AuditAction::InternalError,
+            RejectionKind::BadGateway | RejectionKind::GatewayTimeout => {
+                AuditAction::UpstreamFailure
+            }
         }
     }
 
@@ -150,6 +165,8 @@ impl RejectionKind {
             }
             RejectionKind::NotFound => "No route matches this path.",
             RejectionKind::Internal => "The server failed to handle this request.",
+            RejectionKind::BadGateway => "The upstream service could not be reached.",
+            RejectionKind::GatewayTimeout => "The upstream service did not answer in time.",
         }
     }
 }
