@@ -225,6 +225,10 @@ impl GatewayMetrics {
     /// upkeep.abort();
     /// # });
     /// ```
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime (as `tokio::spawn` does).
     pub fn spawn_upkeep(&self, every: Duration) -> tokio::task::JoinHandle<()> {
         let handle = self.handle.clone();
         tokio::spawn(async move {
@@ -442,9 +446,16 @@ pub fn admin_authorized(headers: &HeaderMap, token: &str) -> bool {
 /// assert!(text.contains("secure_routes_store_call_seconds_count{store=\"memory\",outcome=\"allowed\"} 1"));
 /// assert!(text.contains("secure_routes_store_call_seconds_count{store=\"memory\",outcome=\"denied\"} 1"));
 /// ```
-#[derive(Debug)]
 pub struct TimedStore<S: ?Sized = dyn RateLimitStore> {
     inner: Arc<S>,
+}
+
+impl<S: RateLimitStore + ?Sized> std::fmt::Debug for TimedStore<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TimedStore")
+            .field("store", &self.inner.name())
+            .finish()
+    }
 }
 
 impl<S: RateLimitStore> TimedStore<S> {
