@@ -32,6 +32,7 @@
 //! ```
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Duration;
 
@@ -41,6 +42,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::routes::RouteTable;
+
+/// `listen` when the file does not say.
+const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
 /// One problem in a configuration file.
 ///
@@ -119,6 +123,10 @@ pub struct GatewayConfig {
     pub upstream: String,
     /// `upstream_timeout` (default 30 s).
     pub upstream_timeout: Duration,
+    /// `metrics_listen`: a second address serving only the metrics text, for a scraper on a
+    /// private network (none by default: metrics are then at `/_secure-routes/metrics` behind
+    /// the admin token).
+    pub metrics_listen: Option<SocketAddr>,
     routes: Vec<Route>,
     default: Route,
     table: RouteTable,
@@ -169,6 +177,19 @@ impl GatewayConfig {
                 Duration::from_secs(30)
             }),
         };
+        let metrics_listen = raw.metrics_listen.as_ref().and_then(|m| {
+            let listen = raw.listen.as_ref().map_or(DEFAULT_LISTEN, |l| l.get_ref());
+            let message = match m.get_ref().parse::<SocketAddr>() {
+                Err(_) => format!(
+                    "{:?}: expected an IP address and port, such as \"127.0.0.1:9090\"",
+                    m.get_ref()
+                ),
+                Ok(a) if listen.parse() == Ok(a) => format!("must differ from listen ({listen})"),
+                Ok(a) => return Some(a),
+            };
+            problem("metrics_listen".into(), Some(m.span()), message);
+            None
+        });
         // The library's own checks, one list at a time so each problem gets its key. The
         // secret is a placeholder: the real one comes from the environment at start.
         for (key, list) in [
@@ -277,9 +298,10 @@ impl GatewayConfig {
             Some(table) if problems.is_empty() => Ok(GatewayConfig {
                 listen: raw
                     .listen
-                    .map_or_else(|| "127.0.0.1:8080".to_owned(), Spanned::into_inner),
+                    .map_or_else(|| DEFAULT_LISTEN.to_owned(), Spanned::into_inner),
                 upstream: raw.upstream.into_inner(),
                 upstream_timeout,
+                metrics_listen,
                 routes,
                 default,
                 table,
@@ -415,6 +437,7 @@ struct RawConfig {
     trusted_proxies: Option<Spanned<Vec<String>>>,
     allowed_origins: Option<Spanned<Vec<String>>>,
     upstream_timeout: Option<Spanned<String>>,
+    metrics_listen: Option<Spanned<String>>,
     #[allow(dead_code, reason = "opened by the gateway (issue 11)")]
     stores: Option<RawStores>,
     identity: Option<RawIdentity>,
@@ -700,6 +723,7 @@ upstream = "http://127.0.0.1:3000"
 trusted_proxies = ["10.0.0.0/8"]
 allowed_origins = ["https://app.example.com"]
 upstream_timeout = "30s"
+metrics_listen = "127.0.0.1:9090"
 
 [stores]
 limits = "memory"
@@ -749,6 +773,10 @@ preset = "public"
         assert_eq!(c.routes()[1].policy.auth(), AuthMode::Required);
         assert_eq!(c.table().find("/api/user/notes"), Some(1));
         assert_eq!(c.upstream_timeout, Duration::from_secs(30));
+        assert_eq!(
+            c.metrics_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9090)))
+        );
         let json = c.describe_json();
         assert_eq!(json[2]["rate_limit"], "5/3600s");
         assert_eq!(json[2]["max_body"], "102400");
@@ -825,6 +853,35 @@ preset = "public"
             [("trusted_proxies", Some(2)), ("allowed_origins", Some(3))],
             "{p:?}"
         );
+    }
+
+    #[test]
+    fn metrics_listen_is_optional_and_must_be_another_socket_address() {
+        let routes = "[[routes]]\npath = \"/a\"\n";
+        let c = GatewayConfig::parse(&format!("upstream = \"http://x\"\n{routes}")).unwrap();
+        assert_eq!(c.metrics_listen, None);
+        let c = GatewayConfig::parse(&format!(
+            "upstream = \"http://x\"\nmetrics_listen = \"[::1]:9090\"\n{routes}"
+        ))
+        .unwrap();
+        assert_eq!(c.metrics_listen, Some("[::1]:9090".parse().unwrap()));
+        let same = GatewayConfig::parse(&format!(
+            "upstream = \"http://x\"\nmetrics_listen = \"127.0.0.1:8080\"\n{routes}"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            same[0].key, "metrics_listen",
+            "the default listen: {same:?}"
+        );
+        for bad in ["localhost:9090", "127.0.0.1", ":9090", "127.0.0.1:8081"] {
+            let p = GatewayConfig::parse(&format!(
+                "upstream = \"http://x\"\nlisten = \"127.0.0.1:8081\"\nmetrics_listen = \"{bad}\"\n{routes}"
+            ))
+            .unwrap_err();
+            let keys: Vec<(&str, Option<usize>)> =
+                p.iter().map(|p| (p.key.as_str(), p.line)).collect();
+            assert_eq!(keys, [("metrics_listen", Some(3))], "{bad}: {p:?}");
+        }
     }
 
     #[test]

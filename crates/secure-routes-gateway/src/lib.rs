@@ -9,6 +9,9 @@
 //!   one effective policy per route: what `secure-routes check` and `routes` print.
 //! * [`routes`]: route patterns (`/exact`, `{name}`, `{*rest}`) and the table that picks the
 //!   most specific one, with ties refused when the table is built.
+//! * [`metrics`]: the Prometheus recorder and text, the admin-token check for
+//!   `/_secure-routes/metrics`, and what the proxy records (store call and upstream latency,
+//!   upstream statuses, requests in flight, passed requests).
 //!
 //! ```
 //! use secure_routes_gateway::{path::normalize, routes::RouteTable};
@@ -20,5 +23,6 @@
 //! ```
 
 pub mod config;
+pub mod metrics;
 pub mod path;
 pub mod routes;

@@ -166,10 +166,15 @@ impl Ctx {
     }
 
     /// Records one decision: a metric, and an audit event (to the writer, else `tracing`).
+    ///
+    /// The metric's labels are all bounded (the policy names come from the configuration,
+    /// outcome and reason from fixed lists): never a client address or a path, which would
+    /// let a client create series at will.
     pub(crate) async fn audit(&self, info: RejectionInfo, status: u16, outcome: Outcome) {
         metrics::counter!(
             "secure_routes_decisions_total",
             "policy" => self.state.policy.name().to_owned(),
+            "outcome" => outcome.as_str(),
             "reason" => info.reason.as_str(),
         )
         .increment(1);
