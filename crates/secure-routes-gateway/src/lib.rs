@@ -7,6 +7,9 @@
 //!   it and forwards it, so the gateway and the upstream cannot disagree about the route.
 //! * [`config`]: the `secure-routes.toml` file, checked whole (unknown keys are errors), into
 //!   one effective policy per route: what `secure-routes check` and `routes` print.
+//! * [`identity`]: what the upstream learns about the caller: forged `X-Secure-Routes-*`
+//!   headers removed, credentials stripped where a route asks, the identity headers and a
+//!   60-second ES256 assertion the upstream verifies against the gateway's JWK Set.
 //! * [`routes`]: route patterns (`/exact`, `{name}`, `{*rest}`) and the table that picks the
 //!   most specific one, with ties refused when the table is built.
 //!
@@ -20,5 +23,6 @@
 //! ```
 
 pub mod config;
+pub mod identity;
 pub mod path;
 pub mod routes;
