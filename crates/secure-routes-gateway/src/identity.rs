@@ -212,6 +212,27 @@ impl CookieNames {
         self.is_credential_bytes(name.as_bytes())
     }
 
+    /// Whether the raw bytes before a pair's `=` name a credential as any reader would trim
+    /// them: the `cookie` crate (the core's reader, and Rust upstreams) trims Unicode
+    /// whitespace after UTF-8 decoding; Node decodes header bytes as Latin-1 and JavaScript's
+    /// `trim` also removes the no-break space `0xA0` (and `0x0B`-`0x0D`, which `http` already
+    /// refuses in a header value). A name any of them would read as a credential is one.
+    fn names_credential(&self, raw: &[u8]) -> bool {
+        let js_space = |b: &u8| matches!(b, b'\t'..=b'\r' | b' ' | 0xA0);
+        let start = raw.iter().position(|b| !js_space(b)).unwrap_or(raw.len());
+        let end = raw
+            .iter()
+            .rposition(|b| !js_space(b))
+            .map_or(start, |e| e + 1);
+        let latin1 = &raw[start..end.max(start)];
+        if !latin1.is_empty() && self.is_credential_bytes(latin1) {
+            return true;
+        }
+        let text = String::from_utf8_lossy(raw);
+        let unicode = text.trim();
+        !unicode.is_empty() && self.is_credential(unicode)
+    }
+
     fn is_credential_bytes(&self, name: &[u8]) -> bool {
         self.names.iter().any(|n| base_or_chunk(name, n.as_bytes())) || is_supabase_session(name)
     }
@@ -246,9 +267,10 @@ fn is_supabase_session(name: &[u8]) -> bool {
 /// headers and cannot replay the caller's credentials elsewhere.
 ///
 /// Cookie lines are untrusted bytes: they are split on `;` and each pair's name is what comes
-/// before the first `=`, trimmed of spaces and tabs, as browsers and the `cookie` crates read
-/// it; nothing is decoded and nothing panics. A pair without `=` is kept (it is no credential
-/// of ours).
+/// before the first `=`; a pair goes when its name is a credential as any common reader trims
+/// it (the `cookie` crate the core reads with, JavaScript's `trim` over Latin-1 in Node), so
+/// `"\u{a0}sr-session=..."` goes too. Nothing is decoded and nothing panics. A pair without `=`
+/// is kept (it is no credential of ours); kept pairs lose only surrounding spaces and tabs.
 ///
 /// ```
 /// use http::{HeaderMap, HeaderValue};
@@ -297,14 +319,11 @@ fn without_credentials(line: &HeaderValue, names: &CookieNames) -> Option<Header
         if pair.is_empty() {
             continue;
         }
-        let name = match pair.iter().position(|&b| b == b'=') {
-            Some(eq) => {
-                let (s, e) = trim(&pair[..eq]);
-                &pair[s..e]
-            }
-            None => &[][..],
-        };
-        if !name.is_empty() && names.is_credential_bytes(name) {
+        let credential = pair
+            .iter()
+            .position(|&b| b == b'=')
+            .is_some_and(|eq| names.names_credential(&pair[..eq]));
+        if credential {
             changed = true;
             continue;
         }
@@ -321,7 +340,9 @@ fn without_credentials(line: &HeaderValue, names: &CookieNames) -> Option<Header
     }
     // Only bytes of a valid value and "; ": always valid. Were it not, dropping the line is the
     // safe side (a credential must not reach the upstream).
-    HeaderValue::from_bytes(&out).ok()
+    let mut value = HeaderValue::from_bytes(&out).ok()?;
+    value.set_sensitive(line.is_sensitive());
+    Some(value)
 }
 
 /// Bytes percent-encoded in identity header values: controls (which would end or split a
@@ -389,7 +410,12 @@ pub fn set_identity(
     };
     set_or_remove(headers, ROLES, roles);
     set_or_remove(headers, REQUEST_ID, encoded(request_id));
-    set_or_remove(headers, ASSERTION, HeaderValue::from_str(assertion).ok());
+    // Sensitive: HTTP/2 never indexes it in HPACK tables and `Debug` does not print it.
+    let assertion = HeaderValue::from_str(assertion).ok().map(|mut v| {
+        v.set_sensitive(true);
+        v
+    });
+    set_or_remove(headers, ASSERTION, assertion);
 }
 
 fn set_or_remove(headers: &mut HeaderMap, name: HeaderName, value: Option<HeaderValue>) {
@@ -741,6 +767,16 @@ mod tests {
             COOKIE,
             HeaderValue::from_static("untouched=1;  spacing=kept "),
         );
+        // Whitespace other readers trim: a UTF-8 no-break space (the cookie crate) and a
+        // Latin-1 one, 0xA0 (JavaScript's trim in Node).
+        h.append(
+            COOKIE,
+            HeaderValue::from_bytes("\u{a0}sr-session=a; a=1".as_bytes()).unwrap(),
+        );
+        h.append(
+            COOKIE,
+            HeaderValue::from_bytes(b"\xa0sr-session=b; \xa0sb-p-auth-token=c\xa0").unwrap(),
+        );
         h.append("accept", HeaderValue::from_static("*/*"));
         strip_credentials(&mut h, &names);
         assert!(h.get(AUTHORIZATION).is_none());
@@ -751,6 +787,7 @@ mod tests {
                 "sr-session2=keep; SR-SESSION=keep; sb-abcd-auth-token-code-verifier=keep",
                 // A line with nothing to strip is passed on byte for byte.
                 "untouched=1;  spacing=kept ",
+                "a=1",
             ]
         );
         assert!(h.contains_key("accept"));
@@ -807,6 +844,7 @@ mod tests {
         assert_eq!(h[ROLES], "admin,ed%20itor,50%25,ops");
         assert_eq!(h[REQUEST_ID], "r%7F1");
         assert_eq!(h[ASSERTION], "h.p.s");
+        assert!(h[ASSERTION].is_sensitive());
         // A value that is not a header value is left out rather than passed on half-set.
         set_identity(&mut h, None, "r2", "bad\nassertion");
         assert!(h.get(SUBJECT).is_none() && h.get(ROLES).is_none());
@@ -869,7 +907,7 @@ mod tests {
             "[ -~\t\u{80}-\u{ff}]{0,6}",
         ];
         proptest::collection::vec(piece, 0..8).prop_filter_map("not a header value", |parts| {
-            HeaderValue::from_str(&parts.concat()).ok()
+            HeaderValue::from_bytes(parts.concat().as_bytes()).ok()
         })
     }
 
@@ -884,13 +922,12 @@ mod tests {
                 h.append(COOKIE, l.clone());
             }
             strip_credentials(&mut h, &names);
+            // The core's own reader (the cookie crate, as `cookies::single_cookie` uses it)
+            // finds no credential in what is left.
             for line in h.get_all(COOKIE) {
-                for pair in line.as_bytes().split(|&b| b == b';') {
-                    let name = pair.split(|&b| b == b'=').next().unwrap_or_default();
-                    let name = String::from_utf8_lossy(name);
-                    let name = name.trim_matches([' ', '\t']);
-                    // A pair without '=' has no name (RFC 6265bis: the value alone).
-                    prop_assert!(!pair.contains(&b'=') || !names.is_credential(name), "{line:?}");
+                let text = String::from_utf8_lossy(line.as_bytes());
+                for c in cookie::Cookie::split_parse(text).flatten() {
+                    prop_assert!(!names.is_credential(c.name()), "{line:?}");
                 }
             }
         }
