@@ -7,8 +7,16 @@
 //!   it and forwards it, so the gateway and the upstream cannot disagree about the route.
 //! * [`config`]: the `secure-routes.toml` file, checked whole (unknown keys are errors), into
 //!   one effective policy per route: what `secure-routes check` and `routes` print.
+//! * [`identity`]: what the upstream learns about the caller: forged `X-Secure-Routes-*`
+//!   headers removed, credentials stripped where a route asks, the identity headers and a
+//!   60-second ES256 assertion the upstream verifies against the gateway's JWK Set.
 //! * [`routes`]: route patterns (`/exact`, `{name}`, `{*rest}`) and the table that picks the
 //!   most specific one, with ties refused when the table is built.
+//! * [`proxy`]: the reverse proxy behind each route's pipeline: pooled keep-alive upstream,
+//!   streamed bodies, hop-by-hop headers removed, `X-Forwarded-*`/`Forwarded`, 502/504,
+//!   upgrades (WebSocket) passed through.
+//! * [`gateway`]: the router that normalizes, matches and dispatches, the reserved
+//!   `/_secure-routes/` endpoints, and reload.
 //! * [`metrics`]: the Prometheus recorder and text, the admin-token check for
 //!   `/_secure-routes/metrics`, and what the proxy records (store call and upstream latency,
 //!   upstream statuses, requests in flight, passed requests).
@@ -23,6 +31,7 @@
 //! ```
 
 pub mod config;
+pub mod identity;
 pub mod metrics;
 pub mod path;
 pub mod routes;

@@ -154,9 +154,7 @@ impl fmt::Debug for Requirement {
     }
 }
 
-/// Whether `principal` has `role`: the claim `role` equals it, or the array claim `roles`
-/// contains it, at the top level or under `app_metadata` (never `user_metadata`: users can
-/// write that themselves).
+/// Whether `principal` has `role`: it is one of [`roles`].
 ///
 /// ```
 /// use secure_routes::authz::has_role;
@@ -168,17 +166,39 @@ impl fmt::Debug for Requirement {
 /// assert!(!has_role(&p(serde_json::json!({"user_metadata": {"role": "admin"}})), "admin"));
 /// ```
 pub fn has_role(principal: &Principal, role: &str) -> bool {
-    let in_map = |m: &serde_json::Map<String, Value>| {
-        m.get("role").and_then(Value::as_str) == Some(role)
-            || m.get("roles")
-                .and_then(Value::as_array)
-                .is_some_and(|rs| rs.iter().any(|r| r.as_str() == Some(role)))
-    };
-    in_map(principal.claims())
-        || principal
-            .claim("app_metadata")
-            .and_then(Value::as_object)
-            .is_some_and(in_map)
+    roles(principal).any(|r| r == role)
+}
+
+/// Every role `principal` has, the one rule [`has_role`] and the gateway's identity headers
+/// share: the string claim `role` and the strings in the array claim `roles`, at the top level
+/// and then under `app_metadata` (never `user_metadata`: users can write that themselves).
+/// In claim order; a role named in two places is listed twice, non-strings are skipped.
+///
+/// ```
+/// use secure_routes::authz::roles;
+/// use secure_routes::auth::{CredentialSource, Principal};
+/// let claims = serde_json::json!({
+///     "role": "authenticated",
+///     "roles": ["editor", 7],
+///     "app_metadata": {"roles": ["admin"]},
+///     "user_metadata": {"role": "owner"},
+/// });
+/// let p = Principal::new("a", CredentialSource::Header)
+///     .with_claims(claims.as_object().unwrap().clone());
+/// assert_eq!(roles(&p).collect::<Vec<_>>(), ["authenticated", "editor", "admin"]);
+/// ```
+pub fn roles(principal: &Principal) -> impl Iterator<Item = &str> {
+    fn in_map(m: &serde_json::Map<String, Value>) -> impl Iterator<Item = &str> {
+        let role = m.get("role").and_then(Value::as_str);
+        let listed = m
+            .get("roles")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten();
+        role.into_iter().chain(listed.filter_map(Value::as_str))
+    }
+    let app = principal.claim("app_metadata").and_then(Value::as_object);
+    in_map(principal.claims()).chain(app.into_iter().flat_map(in_map))
 }
 
 #[cfg(test)]
@@ -225,6 +245,23 @@ mod tests {
                 "{claims}"
             );
         }
+    }
+
+    #[test]
+    fn roles_lists_what_has_role_accepts() {
+        let p = principal(serde_json::json!({
+            "role": ["not", "a", "string"],
+            "roles": ["a", null, "b"],
+            "app_metadata": {"role": "c", "roles": "not an array"},
+            "user_metadata": {"roles": ["forged"]},
+        }));
+        let listed: Vec<&str> = roles(&p).collect();
+        assert_eq!(listed, ["a", "b", "c"]);
+        for r in ["a", "b", "c"] {
+            assert!(has_role(&p, r), "{r}");
+        }
+        assert!(!has_role(&p, "forged"));
+        assert_eq!(roles(&principal(serde_json::json!({}))).count(), 0);
     }
 
     #[test]

@@ -1,0 +1,72 @@
+//! What identity to the upstream costs per proxied request: signing one assertion, and the
+//! header work around it. `cargo bench -p secure-routes-gateway --bench assertion`.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue};
+use secure_routes::auth::{CredentialSource, Principal};
+use secure_routes_gateway::identity::{
+    Assertion, AssertionSigner, CookieNames, set_identity, strip_credentials, strip_incoming,
+};
+
+fn principal() -> Principal {
+    let claims = serde_json::json!({
+        "role": "authenticated",
+        "app_metadata": {"roles": ["admin"]},
+        "email": "alice@example.com",
+    });
+    Principal::new(
+        "8f14e45f-ceea-467f-a0e6-7c0d2b5a0b1e",
+        CredentialSource::Header,
+    )
+    .with_claims(claims.as_object().cloned().unwrap_or_default())
+}
+
+fn browser_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for (k, v) in [
+        ("host", "app.example.com"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0",
+        ),
+        ("accept", "application/json"),
+        ("accept-language", "en-GB,en;q=0.5"),
+        ("authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig"),
+        ("cookie", "theme=dark; sr-session=eyJ.x.y; csrf=abc"),
+        ("x-secure-routes-subject", "forged"),
+    ] {
+        h.append(k, HeaderValue::from_static(v));
+    }
+    h
+}
+
+fn bench(c: &mut Criterion) {
+    let signer = AssertionSigner::generate().expect("key");
+    let p = principal();
+    let assertion = Assertion {
+        audience: "http://127.0.0.1:3000",
+        principal: Some(&p),
+        request_id: "0192f0c1-7a51-7c3e-9f2a-1b2c3d4e5f60",
+    };
+    c.bench_function("assertion_sign", |b| {
+        b.iter(|| signer.sign(black_box(&assertion)).expect("sign"))
+    });
+    let names = CookieNames::new(["sr-session"]);
+    let jwt = signer.sign(&assertion).expect("sign");
+    c.bench_function("identity_headers", |b| {
+        b.iter_batched_ref(
+            browser_headers,
+            |h| {
+                strip_incoming(h);
+                strip_credentials(h, &names);
+                set_identity(h, Some(&p), assertion.request_id, &jwt);
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
