@@ -11,20 +11,19 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use secure_routes::serve::ServeConfig;
-use secure_routes_gateway::config::GatewayConfig;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::demo::{DemoOptions, Identity, Wiring};
 use crate::stores::{self, AuditLocation, LimitsLocation};
-use crate::{audit_cmd, demo, duration, token};
+use crate::{audit_cmd, demo, duration, gateway_cmd, token};
 
 /// What the binary is, as `secure-routes --help` shows it.
 pub const ABOUT: &str = "secure-routes: security middleware demo, token minting and audit log \
@@ -175,6 +174,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the gateway: the config file's per-route policies in front of its upstream.
+    /// Secrets from the environment (as for demo, plus SECURE_ROUTES_ADMIN_TOKEN and
+    /// SECURE_ROUTES_ASSERTION_KEY); SIGHUP reloads the routes, SIGTERM drains and stops.
+    Serve {
+        /// The gateway's config file (secure-routes.toml).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Check a gateway config file: prints every problem with its TOML key and line; exit
     /// status 0 when there is none, 1 otherwise.
     Check {
@@ -315,8 +322,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{out}");
             Ok(())
         }
+        Command::Serve { config } => {
+            let shutdown = shutdown_signal();
+            gateway_cmd::run(config, shutdown).await
+        }
         Command::Check { config } => {
-            let gateway = load_gateway_config(&config)?;
+            let gateway = gateway_cmd::load(&config)?;
             println!(
                 "{}: ok ({} routes)",
                 config.display(),
@@ -325,7 +336,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Routes { config, json } => {
-            let gateway = load_gateway_config(&config)?;
+            let gateway = gateway_cmd::load(&config)?;
             if json {
                 println!("{}", gateway.describe_json());
             } else {
@@ -334,21 +345,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// Reads and checks a gateway config file; the error lists every problem, one per line.
-fn load_gateway_config(path: &Path) -> anyhow::Result<GatewayConfig> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-    GatewayConfig::parse(&text).map_err(|problems| {
-        let list: Vec<String> = problems.iter().map(|p| format!("  {p}")).collect();
-        anyhow::anyhow!(
-            "{} has {} problem(s):\n{}",
-            path.display(),
-            problems.len(),
-            list.join("\n")
-        )
-    })
 }
 
 /// Whether log lines carry ANSI colour: only on a terminal, and never with a non-empty
@@ -380,7 +376,7 @@ fn parse_listen_addr(s: &str) -> Result<String, String> {
 
 /// Resolves `addr` and listens on the first of its addresses that can be bound (the order is
 /// the resolver's: `localhost` is usually 127.0.0.1, then ::1). An error names the address.
-async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
+pub(crate) async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
     let resolved: Vec<SocketAddr> = tokio::net::lookup_host(addr)
         .await
         .with_context(|| format!("cannot resolve --addr {addr}"))?
@@ -473,7 +469,7 @@ fn audit_location(
 /// called, not when the future is first polled: called before the banner, a signal sent as
 /// soon as the banner is out (a script's `kill %1`) stops the demo gracefully, flushing the
 /// audit log, instead of killing it with the default action.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

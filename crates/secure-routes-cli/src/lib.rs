@@ -22,5 +22,6 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod duration;
+pub mod gateway_cmd;
 pub mod stores;
 pub mod token;

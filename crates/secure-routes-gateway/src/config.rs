@@ -114,6 +114,35 @@ pub struct Route {
     pub strip_credentials: bool,
 }
 
+/// `[stores]`: where limits and the audit trail live, as the demo's `--limits` and `--audit`
+/// locations (checked when the gateway opens them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stores {
+    /// `limits` (`None`: in memory).
+    pub limits: Option<String>,
+    /// `audit` (`None`: the demo's default SQLite file).
+    pub audit: Option<String>,
+}
+
+/// `[identity]`: whose credentials the gateway accepts; at most one source.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Identity {
+    /// HS256 tokens signed with `SECURE_ROUTES_JWT_SECRET`.
+    pub jwt: bool,
+    /// A JWKS URL.
+    pub jwks: Option<String>,
+    /// The `iss` a JWKS token must carry.
+    pub issuer: Option<String>,
+    /// The `aud` a JWKS token must carry.
+    pub audience: Option<String>,
+    /// A Supabase project URL.
+    pub supabase_url: Option<String>,
+    /// The session cookie carrying a token (HS256 and JWKS sources); default `sr-session`.
+    pub session_cookie: Option<String>,
+}
+
 /// A checked configuration file.
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
@@ -127,6 +156,14 @@ pub struct GatewayConfig {
     /// private network (none by default: metrics are then at `/_secure-routes/metrics` behind
     /// the admin token).
     pub metrics_listen: Option<SocketAddr>,
+    /// `trusted_proxies`: CIDRs (or addresses) whose forwarding headers are believed.
+    pub trusted_proxies: Vec<String>,
+    /// `allowed_origins`: cross-origin callers allowed by CORS and the CSRF origin check.
+    pub allowed_origins: Vec<String>,
+    /// `[stores]`.
+    pub stores: Stores,
+    /// `[identity]`.
+    pub identity: Identity,
     routes: Vec<Route>,
     default: Route,
     table: RouteTable,
@@ -226,11 +263,12 @@ impl GatewayConfig {
         let mut routes = Vec::new();
         for (i, r) in raw.routes.iter().enumerate() {
             let key = format!("routes[{i}]");
+            let m = mode(r, &key, &mut problem);
             match route(r, &key, &mut problem) {
                 Some(policy) => routes.push(Route {
                     path: Some(r.path.get_ref().clone()),
-                    policy,
-                    mode: mode(r, &key, &mut problem),
+                    policy: with_mode(policy, m),
+                    mode: m,
                     strip_credentials: r.strip_credentials.unwrap_or(false),
                 }),
                 None => routes.push(Route {
@@ -250,11 +288,12 @@ impl GatewayConfig {
                         "[default] has no path: it is every path no route matches".into(),
                     );
                 }
+                let m = mode(d, "default", &mut problem);
                 let policy = route(d, "default", &mut problem).unwrap_or_else(Policy::public);
                 Route {
                     path: None,
-                    policy,
-                    mode: mode(d, "default", &mut problem),
+                    policy: with_mode(policy, m),
+                    mode: m,
                     strip_credentials: d.strip_credentials.unwrap_or(false),
                 }
             }
@@ -302,6 +341,32 @@ impl GatewayConfig {
                 upstream: raw.upstream.into_inner(),
                 upstream_timeout,
                 metrics_listen,
+                trusted_proxies: raw
+                    .trusted_proxies
+                    .map(Spanned::into_inner)
+                    .unwrap_or_default(),
+                allowed_origins: raw
+                    .allowed_origins
+                    .map(Spanned::into_inner)
+                    .unwrap_or_default(),
+                stores: raw
+                    .stores
+                    .map(|s| Stores {
+                        limits: s.limits,
+                        audit: s.audit,
+                    })
+                    .unwrap_or_default(),
+                identity: raw
+                    .identity
+                    .map(|i| Identity {
+                        jwt: i.jwt.unwrap_or(false),
+                        jwks: i.jwks,
+                        issuer: i.issuer,
+                        audience: i.audience,
+                        supabase_url: i.supabase_url,
+                        session_cookie: i.session_cookie,
+                    })
+                    .unwrap_or_default(),
                 routes,
                 default,
                 table,
@@ -438,7 +503,6 @@ struct RawConfig {
     allowed_origins: Option<Spanned<Vec<String>>>,
     upstream_timeout: Option<Spanned<String>>,
     metrics_listen: Option<Spanned<String>>,
-    #[allow(dead_code, reason = "opened by the gateway (issue 11)")]
     stores: Option<RawStores>,
     identity: Option<RawIdentity>,
     #[serde(default)]
@@ -448,7 +512,6 @@ struct RawConfig {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code, reason = "opened by the gateway (issue 11)")]
 struct RawStores {
     limits: Option<String>,
     audit: Option<String>,
@@ -456,7 +519,6 @@ struct RawStores {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code, reason = "used by the gateway's identity wiring (issue 11)")]
 struct RawIdentity {
     jwt: Option<bool>,
     jwks: Option<String>,
@@ -486,6 +548,17 @@ struct RawRoute {
 
 fn root_path() -> Spanned<String> {
     Spanned::new(0..0, String::new())
+}
+
+/// `policy` enforced or in dry-run as `mode` says.
+fn with_mode(policy: Policy, mode: Mode) -> Policy {
+    if mode == Mode::DryRun {
+        // Dry-run changes nothing `build` checks, so this cannot fail; if it ever did, the
+        // policy would stay enforced (the safe side).
+        policy.to_builder().dry_run(true).build().unwrap_or(policy)
+    } else {
+        policy
+    }
 }
 
 type Report<'a> = dyn FnMut(String, Option<Range<usize>>, String) + 'a;

@@ -31,7 +31,9 @@
 //! ```
 
 pub mod config;
+pub mod gateway;
 pub mod identity;
 pub mod metrics;
 pub mod path;
+pub mod proxy;
 pub mod routes;

@@ -146,6 +146,17 @@ impl Security {
         (token, value)
     }
 
+    /// Whether an authenticator is configured (policies that authenticate need one).
+    ///
+    /// ```
+    /// use secure_routes::Security;
+    /// let security = Security::builder().csrf_secret([7u8; 32]).build().unwrap();
+    /// assert!(!security.has_authenticator());
+    /// ```
+    pub fn has_authenticator(&self) -> bool {
+        self.shared.authenticator.is_some()
+    }
+
     /// The audit writer, if one is configured.
     pub fn audit(&self) -> Option<&AuditWriter> {
         self.shared.audit.as_ref()

@@ -63,6 +63,9 @@ pub struct Wiring {
     /// Longest wait for one rate-limit store call on every route (none: the policies' own,
     /// 50 ms by default); past it the route's failure mode applies.
     pub store_timeout: Option<Duration>,
+    /// The cookie a session token may come in (HS256 and JWKS identities; none: the demo's
+    /// `sr-session`).
+    pub session_cookie: Option<String>,
 }
 
 impl std::fmt::Debug for Wiring {
@@ -74,6 +77,7 @@ impl std::fmt::Debug for Wiring {
             .field("secure_cookies", &self.secure_cookies)
             .field("store_timeout", &self.store_timeout)
             .field("identity", &self.identity)
+            .field("session_cookie", &self.session_cookie)
             .finish()
     }
 }
@@ -191,6 +195,7 @@ pub async fn run(
         secure_cookies: options.secure_cookies,
         store_timeout: options.store_timeout,
         identity: options.identity.clone(),
+        session_cookie: None,
     };
     let served = async {
         let app = router(config, &wiring)?;

@@ -126,13 +126,13 @@ impl Identity {
 }
 
 /// A JWKS-backed authenticator's key refresh, run once at start so a wrong URL shows at once.
-pub(super) enum Prefetch {
+pub(crate) enum Prefetch {
     Jwks(JwksAuthenticator),
     Supabase(SupabaseAuthenticator),
 }
 
 impl Prefetch {
-    pub(super) async fn run(self) {
+    pub(crate) async fn run(self) {
         let (what, result): (&str, Result<usize, JwksError>) = match &self {
             Self::Jwks(a) => ("JWKS", a.refresh().await),
             Self::Supabase(a) => ("Supabase", a.refresh().await),
@@ -147,7 +147,7 @@ impl Prefetch {
 }
 
 /// The authenticator for `identity`, and the key refresh to run at start, if any.
-pub(super) fn authenticator(
+pub(crate) fn authenticator(
     config: &Config,
     wiring: &Wiring,
 ) -> anyhow::Result<(Arc<dyn Authenticator>, Option<Prefetch>)> {
@@ -156,7 +156,7 @@ pub(super) fn authenticator(
         Identity::DemoSecret => {
             let mut b = JwtAuthenticator::builder()
                 .hs256(&config.jwt_secret)
-                .cookie(SESSION_COOKIE);
+                .cookie(wiring.session_cookie.as_deref().unwrap_or(SESSION_COOKIE));
             if let Some(c) = clock {
                 b = b.clock(c);
             }
@@ -168,7 +168,7 @@ pub(super) fn authenticator(
             audience,
         } => {
             let mut b = JwksAuthenticator::builder(url)
-                .cookie(SESSION_COOKIE)
+                .cookie(wiring.session_cookie.as_deref().unwrap_or(SESSION_COOKIE))
                 .cache(TOKEN_CACHE);
             if let Some(i) = issuer {
                 b = b.issuer(i);

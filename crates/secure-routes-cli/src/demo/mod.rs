@@ -37,6 +37,7 @@ mod options;
 
 pub use app::{Wiring, router, run, security, sensitive_policy, serve};
 pub use banner::banner;
+pub(crate) use identity::authenticator;
 pub use identity::{Identity, TOKEN_CACHE};
 pub use options::DemoOptions;
 
