@@ -11,18 +11,15 @@ use anyhow::Context as _;
 use secure_routes::Security;
 use secure_routes::audit::{AuditConfig, AuditWriter};
 use secure_routes::serve::ServeConfig;
-use secure_routes_gateway::config::{GatewayConfig, Identity as IdentityConfig};
+use secure_routes_gateway::config::{GatewayConfig, Identity as IdentityConfig, TlsFiles};
 use secure_routes_gateway::gateway::{GatewayHandle, GatewayParts, gateway};
-use secure_routes_gateway::identity::{AssertionSigner, CookieNames};
+use secure_routes_gateway::identity::{AssertionSigner, CookieNames, KEY_ENV};
 use secure_routes_gateway::metrics::{GatewayMetrics, TimedStore};
 
 use crate::config::Config;
 use crate::demo::{self, DemoOptions, Identity, SESSION_COOKIE, Wiring};
 use crate::stores::{self, AuditLocation, LimitsLocation};
 
-/// The environment variable holding the gateway's assertion key (PKCS#8 PEM), so several
-/// instances sign with one key; without it each process makes its own at start.
-pub const ASSERTION_KEY_VAR: &str = "SECURE_ROUTES_ASSERTION_KEY";
 /// The environment variable holding the admin token (`/_secure-routes/metrics`).
 pub const ADMIN_TOKEN_VAR: &str = "SECURE_ROUTES_ADMIN_TOKEN";
 
@@ -54,6 +51,11 @@ pub fn load(path: &Path) -> anyhow::Result<GatewayConfig> {
         if let Err(e) = identity(&c.identity, None) {
             problems.push(format!("identity: {e}"));
         }
+        if let Some(files) = &c.tls
+            && let Err(e) = tls_config(files)
+        {
+            problems.push(format!("tls_cert/tls_key: {e:#}"));
+        }
     }
     match config {
         Some(c) if problems.is_empty() => Ok(c),
@@ -67,6 +69,30 @@ pub fn load(path: &Path) -> anyhow::Result<GatewayConfig> {
             )
         }
     }
+}
+
+/// The TLS listener's rustls configuration from the PEM files: the certificate chain and
+/// private key, ALPN `h2` then `http/1.1` (so browsers get HTTP/2).
+fn tls_config(files: &TlsFiles) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&files.cert)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .with_context(|| format!("reading certificates from {}", files.cert.display()))?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "{} holds no certificate",
+        files.cert.display()
+    );
+    // The error never includes the key's bytes, only where it came from.
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .with_context(|| format!("reading the private key from {}", files.key.display()))?;
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("the certificate and key do not form a valid pair")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// The store locations of `[stores]` (defaults: memory limits, the demo's SQLite audit file).
@@ -122,11 +148,12 @@ pub async fn run(
     config.allowed_origins.clone_from(&file.allowed_origins);
     let (limits, audit) = locations(&file)?;
     let identity = identity(&file.identity, std::env::var("SUPABASE_JWT_SECRET").ok())?;
-    let signer = match std::env::var(ASSERTION_KEY_VAR) {
+    let signer = match std::env::var(KEY_ENV) {
         Ok(pem) if !pem.trim().is_empty() => AssertionSigner::from_pem(&pem)
-            .with_context(|| format!("{ASSERTION_KEY_VAR} is not a PKCS#8 P-256 key"))?,
+            .with_context(|| format!("{KEY_ENV} is not a P-256 key in PEM (PKCS#8 or SEC1)"))?,
         _ => AssertionSigner::generate()?,
     };
+    let tls = file.tls.as_ref().map(tls_config).transpose()?;
     let admin_token = std::env::var(ADMIN_TOKEN_VAR)
         .ok()
         .filter(|t| !t.is_empty())
@@ -155,6 +182,8 @@ pub async fn run(
                 audit: Some(writer.clone()),
                 limits: Some(Arc::new(TimedStore::from_arc(Arc::clone(&stores.limits)))),
                 session_cookie: Some(session_cookie.clone()),
+                // Over TLS the CSRF cookie is `__Host-` and `Secure`, and HSTS is sent.
+                secure_cookies: tls.is_some(),
                 ..Wiring::default()
             },
             identity,
@@ -163,17 +192,54 @@ pub async fn run(
         parts.signer = Arc::new(signer);
         parts.cookie_names = Arc::new(CookieNames::new([session_cookie]));
         parts.admin_token = admin_token;
-        parts.metrics = Some(metrics);
+        parts.metrics = Some(metrics.clone());
+        parts.https = tls.is_some();
+        let metrics = Some(metrics);
         let (router, handle) = gateway(&file, parts).context("invalid configuration")?;
         let addr = listener.local_addr()?;
         println!(
-            "secure-routes gateway on http://{addr} -> {} ({} routes; audit {audit}, limits {})",
+            "secure-routes gateway listening on {}://{addr} -> {} ({} routes; audit {audit}, limits {})",
+            if tls.is_some() { "https" } else { "http" },
             file.upstream,
             file.routes().len(),
             stores.limits.name()
         );
-        reload_on_hangup(path.clone(), handle);
-        secure_routes::serve::serve(listener, router, ServeConfig::default(), shutdown).await?;
+        reload_on_hangup(path.clone(), handle, file.clone());
+        // One stop signal for the gateway and the metrics listener.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let metrics_server = match (file.metrics_listen, metrics) {
+            (Some(at), Some(m)) => {
+                let l = crate::cli::bind(&at.to_string()).await?;
+                println!("metrics served at http://{}/metrics", l.local_addr()?);
+                Some(tokio::spawn(secure_routes::serve::serve(
+                    l,
+                    metrics_router(m),
+                    ServeConfig::default(),
+                    stopped(stop_rx.clone()),
+                )))
+            }
+            _ => None,
+        };
+        let stop = stopped(stop_rx);
+        match tls {
+            Some(tls) => {
+                secure_routes::serve::serve_tls(listener, router, ServeConfig::default(), tls, stop)
+                    .await?
+            }
+            None => {
+                secure_routes::serve::serve(listener, router, ServeConfig::default(), stop).await?
+            }
+        };
+        if let Some(m) = metrics_server {
+            m.await??;
+        }
         anyhow::Ok(())
     }
     .await;
@@ -181,6 +247,26 @@ pub async fn run(
     writer.shutdown().await;
     drop(stores);
     served
+}
+
+/// The `metrics_listen` address's only endpoint: `GET /metrics`, the Prometheus text, without
+/// the admin token (the address is meant to be reachable only by the scraper).
+fn metrics_router(metrics: GatewayMetrics) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let text = metrics.render();
+            async move {
+                (
+                    [(
+                        http::header::CONTENT_TYPE,
+                        secure_routes_gateway::metrics::CONTENT_TYPE,
+                    )],
+                    text,
+                )
+            }
+        }),
+    )
 }
 
 /// The gateway's [`Security`]: the demo's wiring, with an authenticator only when the file
@@ -195,7 +281,8 @@ fn security(
         .trusted_proxies(&config.trusted_proxies)
         .client_ip_header(config.client_ip_header)
         .allowed_origins(&config.allowed_origins)
-        .development(!config.production);
+        .development(!config.production)
+        .https(wiring.secure_cookies);
     if let Some(identity) = identity {
         let wiring = Wiring {
             identity,
@@ -218,7 +305,7 @@ fn security(
 
 /// On SIGHUP: re-reads the file and swaps the routes; a bad file keeps the running ones and
 /// logs every problem. Settings that need a restart are named when they changed.
-fn reload_on_hangup(path: PathBuf, handle: GatewayHandle) {
+fn reload_on_hangup(path: PathBuf, handle: GatewayHandle, running: GatewayConfig) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -228,18 +315,20 @@ fn reload_on_hangup(path: PathBuf, handle: GatewayHandle) {
         };
         tokio::spawn(async move {
             while hangups.recv().await.is_some() {
-                reload(&path, &handle);
+                reload(&path, &handle, &running);
             }
         });
     }
     #[cfg(not(unix))]
     {
-        let _ = (path, handle);
+        let _ = (path, handle, running);
     }
 }
 
-/// One reload (see [`reload_on_hangup`]).
-fn reload(path: &Path, handle: &GatewayHandle) {
+/// One reload (see [`reload_on_hangup`]). `running` is the file the process started with:
+/// what lives in the shared state (listen, stores, identity, proxies, origins, metrics
+/// address) keeps its start-up value, and a change to it is named in the log.
+fn reload(path: &Path, handle: &GatewayHandle, running: &GatewayConfig) {
     let file = match load(path) {
         Ok(f) => f,
         Err(e) => {
@@ -247,11 +336,42 @@ fn reload(path: &Path, handle: &GatewayHandle) {
             return;
         }
     };
-    match handle.reload(&file) {
-        Ok(()) => tracing::info!(
-            routes = file.routes().len(),
-            "configuration reloaded (listen, stores, identity, trusted_proxies and allowed_origins need a restart)"
-        ),
+    // The proxy's list of trusted proxies must stay the pipeline's (which keeps its start-up
+    // value): otherwise the forwarded headers and the audited client address would disagree.
+    let mut effective = file.clone();
+    effective
+        .trusted_proxies
+        .clone_from(&running.trusted_proxies);
+    match handle.reload(&effective) {
+        Ok(()) => {
+            tracing::info!(routes = file.routes().len(), "configuration reloaded");
+            let changed: Vec<&str> = [
+                ("listen", file.listen != running.listen),
+                ("stores", file.stores != running.stores),
+                ("identity", file.identity != running.identity),
+                (
+                    "trusted_proxies",
+                    file.trusted_proxies != running.trusted_proxies,
+                ),
+                (
+                    "allowed_origins",
+                    file.allowed_origins != running.allowed_origins,
+                ),
+                (
+                    "metrics_listen",
+                    file.metrics_listen != running.metrics_listen,
+                ),
+            ]
+            .into_iter()
+            .filter_map(|(k, c)| c.then_some(k))
+            .collect();
+            if !changed.is_empty() {
+                tracing::warn!(
+                    "changed settings that need a restart, still on their start-up values: {}",
+                    changed.join(", ")
+                );
+            }
+        }
         Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),
     }
 }

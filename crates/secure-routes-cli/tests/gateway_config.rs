@@ -25,6 +25,9 @@ fn run(args: &[&str], config: &str) -> (i32, String, String) {
 const GOOD: &str = r#"
 upstream = "http://127.0.0.1:3000"
 
+[identity]
+jwt = true
+
 [[routes]]
 path = "/api/public-data"
 preset = "public"

@@ -16,6 +16,9 @@
 //! let config = GatewayConfig::parse(r#"
 //! upstream = "http://127.0.0.1:3000"
 //!
+//! [identity]
+//! jwt = true
+//!
 //! [[routes]]
 //! path = "/api/sensitive-operation"
 //! preset = "strict"
@@ -114,6 +117,16 @@ pub struct Route {
     pub strip_credentials: bool,
 }
 
+/// `tls_cert` / `tls_key`: the TLS listener's PEM files (read when the gateway starts).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TlsFiles {
+    /// The certificate chain (PEM), leaf first.
+    pub cert: std::path::PathBuf,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+}
+
 /// `[stores]`: where limits and the audit trail live, as the demo's `--limits` and `--audit`
 /// locations (checked when the gateway opens them).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -156,6 +169,9 @@ pub struct GatewayConfig {
     /// private network (none by default: metrics are then at `/_secure-routes/metrics` behind
     /// the admin token).
     pub metrics_listen: Option<SocketAddr>,
+    /// `tls_cert` and `tls_key`: PEM files (certificate chain, private key) for a TLS
+    /// listener; both or neither.
+    pub tls: Option<TlsFiles>,
     /// `trusted_proxies`: CIDRs (or addresses) whose forwarding headers are believed.
     pub trusted_proxies: Vec<String>,
     /// `allowed_origins`: cross-origin callers allowed by CORS and the CSRF origin check.
@@ -213,6 +229,29 @@ impl GatewayConfig {
                 problem("upstream_timeout".into(), Some(t.span()), e);
                 Duration::from_secs(30)
             }),
+        };
+        let tls = match (&raw.tls_cert, &raw.tls_key) {
+            (Some(c), Some(k)) => Some(TlsFiles {
+                cert: c.get_ref().into(),
+                key: k.get_ref().into(),
+            }),
+            (None, None) => None,
+            (Some(c), None) => {
+                problem(
+                    "tls_key".into(),
+                    Some(c.span()),
+                    "tls_cert needs tls_key (both or neither)".into(),
+                );
+                None
+            }
+            (None, Some(k)) => {
+                problem(
+                    "tls_cert".into(),
+                    Some(k.span()),
+                    "tls_key needs tls_cert (both or neither)".into(),
+                );
+                None
+            }
         };
         let metrics_listen = raw.metrics_listen.as_ref().and_then(|m| {
             let listen = raw.listen.as_ref().map_or(DEFAULT_LISTEN, |l| l.get_ref());
@@ -279,6 +318,22 @@ impl GatewayConfig {
                 }),
             }
         }
+        // A route that authenticates needs someone to ask: `serve` would refuse to start, so
+        // `check` says so first.
+        let has_identity = raw.identity.as_ref().is_some_and(|i| {
+            i.jwt.unwrap_or(false) || i.jwks.is_some() || i.supabase_url.is_some()
+        });
+        if !has_identity {
+            for (i, (r, built)) in raw.routes.iter().zip(&routes).enumerate() {
+                if built.policy.auth() != secure_routes::AuthMode::Off {
+                    problem(
+                        format!("routes[{i}]"),
+                        Some(r.path.span()),
+                        "authenticates callers, but [identity] names no source (jwt, jwks or supabase_url)".into(),
+                    );
+                }
+            }
+        }
         let default = match &raw.default {
             Some(d) => {
                 if !d.path.get_ref().is_empty() {
@@ -304,6 +359,14 @@ impl GatewayConfig {
                 strip_credentials: false,
             },
         };
+        if !has_identity && default.policy.auth() != secure_routes::AuthMode::Off {
+            problem(
+                "default".into(),
+                None,
+                "authenticates callers, but [identity] names no source (jwt, jwks or supabase_url)"
+                    .into(),
+            );
+        }
         if raw.routes.is_empty() {
             problem(
                 "routes".into(),
@@ -341,6 +404,7 @@ impl GatewayConfig {
                 upstream: raw.upstream.into_inner(),
                 upstream_timeout,
                 metrics_listen,
+                tls,
                 trusted_proxies: raw
                     .trusted_proxies
                     .map(Spanned::into_inner)
@@ -395,7 +459,9 @@ impl GatewayConfig {
     ///
     /// ```
     /// use secure_routes_gateway::config::GatewayConfig;
-    /// let c = GatewayConfig::parse("upstream = \"http://u\"\n[[routes]]\npath = \"/a\"\npreset = \"authenticated\"\n").unwrap();
+    /// let c = GatewayConfig::parse(
+    ///     "upstream = \"http://u\"\n[identity]\njwt = true\n[[routes]]\npath = \"/a\"\npreset = \"authenticated\"\n",
+    /// ).unwrap();
     /// let text = c.describe();
     /// assert!(text.contains("/a"));
     /// assert!(text.contains("auth=required"));
@@ -503,6 +569,8 @@ struct RawConfig {
     allowed_origins: Option<Spanned<Vec<String>>>,
     upstream_timeout: Option<Spanned<String>>,
     metrics_listen: Option<Spanned<String>>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
     stores: Option<RawStores>,
     identity: Option<RawIdentity>,
     #[serde(default)]
@@ -788,6 +856,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_route_that_authenticates_needs_an_identity_source() {
+        let text = "upstream = \"http://x\"\n[[routes]]\npath = \"/a\"\npreset = \"authenticated\"\n[[routes]]\npath = \"/b\"\n[default]\nauth = \"optional\"\n";
+        let problems = super::GatewayConfig::parse(text).unwrap_err();
+        let keys: Vec<_> = problems.iter().map(|p| (p.key.as_str(), p.line)).collect();
+        assert_eq!(
+            keys,
+            [("routes[0]", Some(3)), ("default", None)],
+            "{problems:?}"
+        );
+        let fixed = format!("{text}[identity]\njwt = true\n");
+        assert!(super::GatewayConfig::parse(&fixed).is_ok());
+    }
+
     use super::*;
 
     const FULL: &str = r#"

@@ -368,6 +368,7 @@ impl Forward {
                 host.as_ref(),
             );
         }
+        join_cookie_lines(&mut headers);
         identity::strip_incoming(&mut headers);
         if self.identity.strip_credentials {
             identity::strip_credentials(&mut headers, &self.identity.cookie_names);
@@ -451,6 +452,28 @@ impl Forward {
         }
         remove_hop_by_hop(res.headers_mut());
         res.map(Body::new)
+    }
+}
+
+/// Joins several `Cookie` fields into one with `"; "`: an HTTP/2 client may send one field per
+/// cookie (RFC 9113 8.2.3), but an HTTP/1.1 upstream expects one field (RFC 6265 5.4).
+fn join_cookie_lines(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    match HeaderValue::from_bytes(&joined) {
+        Ok(v) => {
+            headers.insert(header::COOKIE, v);
+        }
+        Err(_) => {
+            headers.remove(header::COOKIE);
+        }
     }
 }
 
@@ -680,6 +703,17 @@ mod tests {
             Some(&host),
         );
         assert_eq!(m["forwarded"], "for=10.0.0.1;proto=http");
+    }
+
+    #[test]
+    fn cookie_fields_are_joined_into_one() {
+        let mut m = h(&[("cookie", "a=1"), ("cookie", "b=2"), ("x", "y")]);
+        join_cookie_lines(&mut m);
+        assert_eq!(m.get_all("cookie").iter().count(), 1);
+        assert_eq!(m["cookie"], "a=1; b=2");
+        let mut one = h(&[("cookie", "a=1")]);
+        join_cookie_lines(&mut one);
+        assert_eq!(one["cookie"], "a=1");
     }
 
     #[test]

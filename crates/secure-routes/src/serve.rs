@@ -383,7 +383,64 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<ServeReport> {
-    serve_on(listener, app, config, shutdown).await
+    serve_on(listener, Plain, app, config, shutdown).await
+}
+
+/// [`serve`] over TLS (feature `tls`): each accepted connection completes its TLS handshake
+/// (within [`ServeConfig::header_read_timeout`], which also bounds a handshake that stalls)
+/// before its first request; every limit of [`serve`] applies as before, the caps counting
+/// connections from their accept. HTTP/2 is served to clients that offer `h2` by ALPN when
+/// `tls` lists it (`tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()]`).
+///
+/// ```no_run
+/// # async fn run(tls: std::sync::Arc<rustls::ServerConfig>) -> std::io::Result<()> {
+/// use axum::{Router, routing::get};
+/// use secure_routes::serve::{ServeConfig, serve_tls};
+/// let app = Router::new().route("/", get(|| async { "hello" }));
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8443").await?;
+/// serve_tls(listener, app, ServeConfig::default(), tls, std::future::pending()).await?;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "tls")]
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    config: ServeConfig,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<ServeReport> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    serve_on(listener, Tls(acceptor), app, config, shutdown).await
+}
+
+/// What turns an accepted TCP stream into the stream HTTP is served on.
+trait Handshake: Clone + Send + Sync + 'static {
+    type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn handshake(&self, tcp: TcpStream) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+/// Plain TCP: no handshake.
+#[derive(Clone, Copy)]
+struct Plain;
+
+impl Handshake for Plain {
+    type Stream = TcpStream;
+    fn handshake(&self, tcp: TcpStream) -> impl Future<Output = io::Result<TcpStream>> + Send {
+        std::future::ready(Ok(tcp))
+    }
+}
+
+/// TLS with rustls.
+#[cfg(feature = "tls")]
+#[derive(Clone)]
+struct Tls(tokio_rustls::TlsAcceptor);
+
+#[cfg(feature = "tls")]
+impl Handshake for Tls {
+    type Stream = tokio_rustls::server::TlsStream<TcpStream>;
+    fn handshake(&self, tcp: TcpStream) -> impl Future<Output = io::Result<Self::Stream>> + Send {
+        self.0.accept(tcp)
+    }
 }
 
 /// Where connections come from: a [`TcpListener`], or in tests one that fails on purpose.
@@ -397,8 +454,9 @@ impl Accept for TcpListener {
     }
 }
 
-async fn serve_on(
+async fn serve_on<H: Handshake>(
     mut listener: impl Accept,
+    handshake: H,
     app: Router,
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -437,7 +495,8 @@ async fn serve_on(
                 Ok((stream, peer)) => match slots.acquire(peer.ip()) {
                     Ok(slot) => {
                         report.connections_served += 1;
-                        conns.spawn(connection(
+                        conns.spawn(handshake_then_serve(
+                            handshake.clone(),
                             Arc::clone(&builder),
                             stream,
                             peer,
@@ -536,17 +595,47 @@ enum Closed {
     TimedOut,
 }
 
-async fn connection(
+/// Completes the connection's handshake (none for plain TCP) within the header-read timeout,
+/// then serves it. A handshake that fails or stalls closes the connection; its slot is held
+/// until then, so a flood of stalled handshakes meets the caps like stalled requests do.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one call site, each argument distinct"
+)]
+async fn handshake_then_serve<H: Handshake>(
+    handshake: H,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    stream: TcpStream,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    timeouts: Timeouts,
+    stop: watch::Receiver<bool>,
+    slot: Slot,
+) -> Closed {
+    // Small responses go out at once rather than after Nagle's delay.
+    let _ = tcp.set_nodelay(true);
+    match tokio::time::timeout(timeouts.header, handshake.handshake(tcp)).await {
+        Ok(Ok(stream)) => connection(builder, stream, peer, app, timeouts, stop, slot).await,
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %peer, error = %e, "handshake failed");
+            Closed::Normally
+        }
+        Err(_) => Closed::TimedOut,
+    }
+}
+
+async fn connection<S>(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    stream: S,
     peer: SocketAddr,
     app: Router,
     timeouts: Timeouts,
     mut stop: watch::Receiver<bool>,
     _slot: Slot,
-) -> Closed {
-    // Small responses go out at once rather than after Nagle's delay.
-    let _ = stream.set_nodelay(true);
+) -> Closed
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (activity_tx, activity_rx) = watch::channel(Activity::default());
     let activity_tx = Arc::new(activity_tx);
     let early = Arc::new(EarlyAnswers {
@@ -679,7 +768,10 @@ async fn drain(mut body: Incoming, lingering: Lingering) -> bool {
 /// nginx's lingering close: stop sending (the client reads the response and end-of-file),
 /// then read and discard what the client still sends, within the bounds, so that closing
 /// does not meet unread data and turn into a reset that destroys the response.
-async fn lingering_close(mut stream: TcpStream, lingering: Lingering) {
+async fn lingering_close<S>(mut stream: S, lingering: Lingering)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let _ = stream.shutdown().await;
     let deadline = Instant::now() + lingering.time;
@@ -789,13 +881,13 @@ impl Drop for WatchedBody {
 
 /// The connection's socket, given back to the connection task when hyper drops it, so the
 /// task can close it lingering.
-struct ReturningStream {
-    stream: Option<TcpStream>,
-    back: Option<oneshot::Sender<TcpStream>>,
+struct ReturningStream<S> {
+    stream: Option<S>,
+    back: Option<oneshot::Sender<S>>,
 }
 
-impl ReturningStream {
-    fn new(stream: TcpStream) -> (Self, oneshot::Receiver<TcpStream>) {
+impl<S: Unpin> ReturningStream<S> {
+    fn new(stream: S) -> (Self, oneshot::Receiver<S>) {
         let (tx, rx) = oneshot::channel();
         (
             Self {
@@ -806,8 +898,8 @@ impl ReturningStream {
         )
     }
 
-    fn stream(self: Pin<&mut Self>) -> Pin<&mut TcpStream> {
-        // Present from `new` until `drop`; `TcpStream` is `Unpin`.
+    fn stream(self: Pin<&mut Self>) -> Pin<&mut S> {
+        // Present from `new` until `drop`; the stream is `Unpin`.
         Pin::new(
             self.get_mut()
                 .stream
@@ -817,7 +909,7 @@ impl ReturningStream {
     }
 }
 
-impl Drop for ReturningStream {
+impl<S> Drop for ReturningStream<S> {
     fn drop(&mut self) {
         if let (Some(stream), Some(back)) = (self.stream.take(), self.back.take()) {
             // The task may be gone (aborted at the shutdown deadline): then the stream closes.
@@ -826,7 +918,7 @@ impl Drop for ReturningStream {
     }
 }
 
-impl tokio::io::AsyncRead for ReturningStream {
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for ReturningStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -836,7 +928,7 @@ impl tokio::io::AsyncRead for ReturningStream {
     }
 }
 
-impl tokio::io::AsyncWrite for ReturningStream {
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for ReturningStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -1139,6 +1231,7 @@ mod tests {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve_on(
             Failing { inner, failures: 3 },
+            Plain,
             app,
             ServeConfig::default(),
             async {
