@@ -1,5 +1,6 @@
 //! What identity to the upstream costs per proxied request: signing one assertion, and the
-//! header work around it. `cargo bench -p secure-routes-gateway --bench assertion`.
+//! header work around it, and jsonwebtoken's `encode` as the baseline for signing.
+//! `cargo bench -p secure-routes-gateway --bench assertion`.
 
 use std::hint::black_box;
 
@@ -52,6 +53,21 @@ fn bench(c: &mut Criterion) {
     };
     c.bench_function("assertion_sign", |b| {
         b.iter(|| signer.sign(black_box(&assertion)).expect("sign"))
+    });
+    // Baseline for the choice to keep the parsed key pair: jsonwebtoken::encode with the same
+    // key and claims re-parses (and checks) the PKCS#8 key on every call.
+    let pem = signer.to_pkcs8_pem();
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).expect("pem");
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(signer.kid().to_owned());
+    let claims = serde_json::json!({
+        "iss": "secure-routes", "aud": assertion.audience, "sub": p.subject(),
+        "roles": ["authenticated", "admin"], "rid": assertion.request_id,
+        "iat": 1_800_000_000u64, "nbf": 1_800_000_000u64, "exp": 1_800_000_060u64,
+        "jti": "0192f0c1-7a51-7c3e-9f2a-1b2c3d4e5f61",
+    });
+    c.bench_function("jsonwebtoken_encode_baseline", |b| {
+        b.iter(|| jsonwebtoken::encode(&header, black_box(&claims), &key).expect("encode"))
     });
     let names = CookieNames::new(["sr-session"]);
     let jwt = signer.sign(&assertion).expect("sign");
