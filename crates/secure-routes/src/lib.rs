@@ -19,6 +19,7 @@
 //! * [`client_ip`]: the client address behind trusted proxies, [`ClientIp`].
 //! * [`auth`]: the [`auth::Authenticator`] trait, [`Principal`], JWT and API-key authenticators.
 //! * [`rate_limit`]: quotas, the store trait, the algorithms and the memory store.
+//! * [`bans`]: escalating bans for repeat violators, the ban store trait.
 //! * [`audit`]: audit events, sinks and the batching writer.
 //! * [`response`]: problem bodies (RFC 9457), security headers, CORS.
 //! * [`clock`]: injectable time.
@@ -99,6 +100,7 @@
 pub mod audit;
 pub mod auth;
 pub mod authz;
+pub mod bans;
 pub mod client_ip;
 pub mod clock;
 mod context;

@@ -66,6 +66,11 @@ pub enum AuditAction {
     InternalError,
     /// The gateway's upstream failed: unreachable (502) or too slow (504).
     UpstreamFailure,
+    /// A client was banned for repeated violations (see [`bans`](crate::bans)), or a banned
+    /// client was refused (403, reason `banned`).
+    IpBanned,
+    /// A ban was lifted by an operator.
+    BanLifted,
 }
 
 impl AuditAction {
@@ -84,6 +89,8 @@ impl AuditAction {
         AuditAction::AuthenticatorFailure,
         AuditAction::InternalError,
         AuditAction::UpstreamFailure,
+        AuditAction::IpBanned,
+        AuditAction::BanLifted,
     ];
 
     /// The `snake_case` name stored in the `action` column.
@@ -99,6 +106,8 @@ impl AuditAction {
             AuditAction::AuthenticatorFailure => "authenticator_failure",
             AuditAction::InternalError => "internal_error",
             AuditAction::UpstreamFailure => "upstream_failure",
+            AuditAction::IpBanned => "ip_banned",
+            AuditAction::BanLifted => "ban_lifted",
         }
     }
 

@@ -174,6 +174,13 @@ reasons! {
     UpstreamUnreachable => "upstream_unreachable",
     /// The upstream did not answer within the gateway's `upstream_timeout` (504).
     UpstreamTimeout => "upstream_timeout",
+    // Step 2, bans.
+    /// The client (address or subject) is banned (403 with `Retry-After`).
+    Banned => "banned",
+    /// This refusal's strike reached the ban threshold: the event that records a new ban.
+    BanIssued => "ban_issued",
+    /// An operator lifted the ban.
+    BanLifted => "ban_lifted",
 }
 
 impl From<&'static str> for Reason {

@@ -65,7 +65,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Rw
 use super::gcra::{self, GcraState};
 use super::sliding_window::{self, SlidingLog};
 use super::{Algorithm, BoxFuture, Decision, Quota, RateLimitKey, RateLimitStore, StoreError};
+use crate::bans::{Ban, BanKey, BanPolicy, BanStore, MemoryBans, StrikeOutcome};
 use crate::clock::{Clock, SystemClock, duration_to_nanos};
+use std::time::Duration;
 
 /// Default cap on the number of keys held: one million.
 pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
@@ -101,6 +103,8 @@ pub struct MemoryStore {
     max_keys: usize,
     sweep_every: u32,
     evictions: AtomicU64,
+    /// The bans this store keeps (it is a [`BanStore`] too).
+    bans: MemoryBans,
 }
 
 impl fmt::Debug for MemoryStore {
@@ -495,7 +499,65 @@ impl MemoryStoreBuilder {
             max_keys,
             sweep_every: self.sweep_every.max(1),
             evictions: AtomicU64::new(0),
+            bans: MemoryBans::new(),
         }
+    }
+}
+
+/// The memory store keeps bans too (in a [`MemoryBans`]), so the default limits store is also
+/// the ban store: one process, nothing shared.
+///
+/// ```
+/// use std::time::Duration;
+/// use secure_routes::bans::{BanKey, BanStore};
+/// use secure_routes::rate_limit::MemoryStore;
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let store = MemoryStore::new();
+/// let key = BanKey::subject("mallory");
+/// let now = Duration::from_secs(1_000);
+/// store.add(&key, now + Duration::from_secs(60), "manual").await.unwrap();
+/// assert_eq!(store.check(&key, now).await.unwrap().unwrap().reason, "manual");
+/// assert_eq!(BanStore::name(&store), "memory");
+/// # });
+/// ```
+impl BanStore for MemoryStore {
+    fn strike<'a>(
+        &'a self,
+        key: &'a BanKey,
+        weight: u32,
+        policy: &'a BanPolicy,
+        now: Duration,
+    ) -> BoxFuture<'a, Result<StrikeOutcome, StoreError>> {
+        self.bans.strike(key, weight, policy, now)
+    }
+
+    fn check<'a>(
+        &'a self,
+        key: &'a BanKey,
+        now: Duration,
+    ) -> BoxFuture<'a, Result<Option<Ban>, StoreError>> {
+        self.bans.check(key, now)
+    }
+
+    fn list(&self, now: Duration) -> BoxFuture<'_, Result<Vec<Ban>, StoreError>> {
+        self.bans.list(now)
+    }
+
+    fn lift<'a>(&'a self, key: &'a BanKey) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.bans.lift(key)
+    }
+
+    fn add<'a>(
+        &'a self,
+        key: &'a BanKey,
+        until: Duration,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<Ban, StoreError>> {
+        self.bans.add(key, until, reason)
+    }
+
+    fn name(&self) -> &'static str {
+        "memory"
     }
 }
 

@@ -51,6 +51,10 @@ pub enum RejectionKind {
     BadGateway,
     /// 504: the gateway's upstream did not answer in time.
     GatewayTimeout,
+    /// 403: the client is banned for repeated violations (step 2; see
+    /// [`bans`](crate::bans)). Answered with `Retry-After`, audited as
+    /// [`AuditAction::IpBanned`].
+    Banned,
 }
 
 impl RejectionKind {
@@ -60,7 +64,9 @@ impl RejectionKind {
             RejectionKind::InvalidInput => StatusCode::BAD_REQUEST,
             RejectionKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             RejectionKind::Unauthorized => StatusCode::UNAUTHORIZED,
-            RejectionKind::Forbidden | RejectionKind::CsrfFailed => StatusCode::FORBIDDEN,
+            RejectionKind::Forbidden | RejectionKind::CsrfFailed | RejectionKind::Banned => {
+                StatusCode::FORBIDDEN
+            }
             RejectionKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             RejectionKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RejectionKind::Unavailable | RejectionKind::AuthUnavailable => {
@@ -90,6 +96,7 @@ impl RejectionKind {
             RejectionKind::Internal => "Internal server error",
             RejectionKind::BadGateway => "Upstream unavailable",
             RejectionKind::GatewayTimeout => "Upstream timeout",
+            RejectionKind::Banned => "Access temporarily blocked",
         }
     }
 
@@ -108,6 +115,7 @@ impl RejectionKind {
             RejectionKind::Internal => "Internal Server Error",
             RejectionKind::BadGateway => "Bad Gateway",
             RejectionKind::GatewayTimeout => "Gateway Timeout",
+            RejectionKind::Banned => "Forbidden",
         }
     }
 
@@ -128,6 +136,7 @@ impl RejectionKind {
             RejectionKind::Internal => "urn:secure-routes:problem:internal",
             RejectionKind::BadGateway => "urn:secure-routes:problem:bad-gateway",
             RejectionKind::GatewayTimeout => "urn:secure-routes:problem:gateway-timeout",
+            RejectionKind::Banned => "urn:secure-routes:problem:banned",
         }
     }
 
@@ -148,6 +157,7 @@ impl RejectionKind {
             RejectionKind::BadGateway | RejectionKind::GatewayTimeout => {
                 AuditAction::UpstreamFailure
             }
+            RejectionKind::Banned => AuditAction::IpBanned,
         }
     }
 
@@ -167,6 +177,9 @@ impl RejectionKind {
             RejectionKind::Internal => "The server failed to handle this request.",
             RejectionKind::BadGateway => "The upstream service could not be reached.",
             RejectionKind::GatewayTimeout => "The upstream service did not answer in time.",
+            RejectionKind::Banned => {
+                "Too many refused requests from this client. Retry after the time given."
+            }
         }
     }
 }
@@ -218,6 +231,23 @@ impl Rejection {
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"api\""),
         )
+    }
+
+    /// 403 `urn:secure-routes:problem:banned` ("Access temporarily blocked") with
+    /// `Retry-After` in whole seconds, rounded up (RFC 9110 §10.2.3), and `retryAfter` in the
+    /// body: the answer to a banned client (pipeline step 2).
+    ///
+    /// ```
+    /// use axum::response::IntoResponse;
+    /// use secure_routes::response::problem::Rejection;
+    /// let res = Rejection::banned(899).into_response();
+    /// assert_eq!(res.status(), 403);
+    /// assert_eq!(res.headers()["retry-after"], "899");
+    /// ```
+    pub fn banned(retry_after_secs: u64) -> Self {
+        Self::new(RejectionKind::Banned, Reason::Banned)
+            .with_header(header::RETRY_AFTER, HeaderValue::from(retry_after_secs))
+            .with_member("retryAfter", Value::from(retry_after_secs))
     }
 
     /// Replaces the client-facing `detail`.
