@@ -77,6 +77,7 @@
 //! # });
 //! ```
 
+mod bans;
 mod query;
 mod row;
 mod schema;

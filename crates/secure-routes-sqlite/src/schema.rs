@@ -66,6 +66,19 @@ const MIGRATIONS: &[&str] = &[
     // flood into a few rows; see `secure_routes::audit::AuditEvent::count`). Rows written
     // before it stand for one each.
     "ALTER TABLE audit_logs ADD COLUMN count INTEGER NOT NULL DEFAULT 1;",
+    // Version 4: bans (see bans.rs and `secure_routes::bans`). One row per key with points
+    // or history; times are milliseconds since the Unix epoch. Keys are readable
+    // (`ip:203.0.113.7`, `sub:alice`): operators list and lift bans by name.
+    "CREATE TABLE bans (
+        key         TEXT    PRIMARY KEY NOT NULL,
+        log         TEXT    NOT NULL DEFAULT '',  -- strikes in the window: 'ms:weight,...'
+        level       INTEGER NOT NULL DEFAULT 0,   -- bans in a row (the escalation)
+        last_ban    INTEGER NOT NULL DEFAULT 0,   -- when the last ban was issued
+        until       INTEGER NOT NULL DEFAULT 0,   -- when the current ban ends
+        reason      TEXT    NOT NULL DEFAULT '',
+        expires_at  INTEGER NOT NULL              -- from then on the row equals a fresh key
+    );
+    CREATE INDEX idx_bans_until ON bans(until);",
 ];
 
 /// The first version with `audit_logs.count`.
@@ -74,7 +87,7 @@ pub(crate) const COUNT_VERSION: i64 = 3;
 /// The schema version this build creates and reads.
 ///
 /// ```
-/// assert_eq!(secure_routes_sqlite::SCHEMA_VERSION, 3);
+/// assert_eq!(secure_routes_sqlite::SCHEMA_VERSION, 4);
 /// ```
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use secure_routes::bans::{Ban, BanKey, BanPolicy, BanStore, StrikeOutcome};
 use secure_routes::clock::{Clock, SystemClock};
 use secure_routes::rate_limit::gcra::{self, GcraState};
 use secure_routes::rate_limit::sliding_window::{self, SlidingLog};
@@ -20,7 +21,8 @@ use secure_routes::rate_limit::{
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Error, schema};
+use crate::bans::{BanAnswer, BanOp};
+use crate::{Error, bans, schema};
 
 /// How long the writer waits for another connection's write lock (an audit sink sharing the
 /// file, a checkpoint) before the batch fails with a [`StoreError`]. A few times the core's
@@ -70,12 +72,17 @@ enum Request {
     Len {
         reply: Reply<u64>,
     },
+    Ban {
+        op: BanOp,
+        reply: Reply<BanAnswer>,
+    },
 }
 
 /// What one request of a batch produced, sent once the batch has committed.
 enum Answer {
     Decision(Result<Decision, StoreError>),
     Count(u64),
+    Ban(Result<BanAnswer, StoreError>),
     /// The caller stopped waiting before the thread got to its check: not run, not counted.
     Abandoned,
 }
@@ -138,6 +145,7 @@ impl std::fmt::Debug for Request {
             Request::Check { .. } => "Check",
             Request::Sweep { .. } => "Sweep",
             Request::Len { .. } => "Len",
+            Request::Ban { .. } => "Ban",
         })
     }
 }
@@ -326,6 +334,127 @@ impl RateLimitStore for SqliteStore {
     }
 }
 
+impl SqliteStore {
+    async fn ban(&self, op: BanOp) -> Result<BanAnswer, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::Ban { op, reply })?;
+        receive(answer).await
+    }
+}
+
+fn unexpected() -> StoreError {
+    StoreError::Protocol("unexpected answer from the SQLite thread".into())
+}
+
+/// Bans live in the same file as the rate limits (table `bans`), run on the same writer
+/// thread: each operation is one read-decide-write of the key's row inside the thread's
+/// `IMMEDIATE` transaction, so it is exact within a process and across processes sharing the
+/// file (SQLite's write lock serialises their transactions). Expired rows are deleted by
+/// [`SqliteStore::sweep`].
+///
+/// ```
+/// use std::time::Duration;
+/// use secure_routes::bans::{BanKey, BanPolicy, BanStore, StrikeOutcome};
+/// use secure_routes_sqlite::SqliteStore;
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = SqliteStore::open(dir.path().join("limits.db")).unwrap();
+/// let key = BanKey::subject("mallory");
+/// let now = Duration::from_secs(1_700_000_000);
+/// let out = store.strike(&key, 50, &BanPolicy::default(), now).await.unwrap();
+/// assert!(matches!(out, StrikeOutcome::Banned { new: true, .. }));
+/// drop(store);
+/// // Another process opening the file sees the ban.
+/// let store = SqliteStore::open(dir.path().join("limits.db")).unwrap();
+/// assert_eq!(store.list(now).await.unwrap().len(), 1);
+/// # });
+/// ```
+impl BanStore for SqliteStore {
+    fn strike<'a>(
+        &'a self,
+        key: &'a BanKey,
+        weight: u32,
+        policy: &'a BanPolicy,
+        now: Duration,
+    ) -> BoxFuture<'a, Result<StrikeOutcome, StoreError>> {
+        Box::pin(async move {
+            if policy.exempts(key) {
+                return Ok(StrikeOutcome::Exempt);
+            }
+            let op = BanOp::Strike {
+                key: key.clone(),
+                weight,
+                policy: Box::new(policy.clone()),
+                now,
+            };
+            match self.ban(op).await? {
+                BanAnswer::Strike(out) => Ok(out),
+                _ => Err(unexpected()),
+            }
+        })
+    }
+
+    fn check<'a>(
+        &'a self,
+        key: &'a BanKey,
+        now: Duration,
+    ) -> BoxFuture<'a, Result<Option<Ban>, StoreError>> {
+        Box::pin(async move {
+            match self
+                .ban(BanOp::Check {
+                    key: key.clone(),
+                    now,
+                })
+                .await?
+            {
+                BanAnswer::Check(ban) => Ok(ban),
+                _ => Err(unexpected()),
+            }
+        })
+    }
+
+    fn list(&self, now: Duration) -> BoxFuture<'_, Result<Vec<Ban>, StoreError>> {
+        Box::pin(async move {
+            match self.ban(BanOp::List { now }).await? {
+                BanAnswer::List(bans) => Ok(bans),
+                _ => Err(unexpected()),
+            }
+        })
+    }
+
+    fn lift<'a>(&'a self, key: &'a BanKey) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async move {
+            match self.ban(BanOp::Lift { key: key.clone() }).await? {
+                BanAnswer::Lift(held) => Ok(held),
+                _ => Err(unexpected()),
+            }
+        })
+    }
+
+    fn add<'a>(
+        &'a self,
+        key: &'a BanKey,
+        until: Duration,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<Ban, StoreError>> {
+        Box::pin(async move {
+            let op = BanOp::Add {
+                key: key.clone(),
+                until,
+                reason: reason.to_owned(),
+            };
+            match self.ban(op).await? {
+                BanAnswer::Add(ban) => Ok(ban),
+                _ => Err(unexpected()),
+            }
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+}
+
 /// The writer thread: takes every request already waiting (up to [`MAX_BATCH`]), runs them
 /// in one transaction, answers them once it has committed, sweeps now and then. Ends when
 /// every sender is gone and the queue is empty.
@@ -391,7 +520,17 @@ fn run_batch(
             }
             Request::Sweep { .. } => {
                 let now = nanos(clock.now());
-                Answer::Count(tx.prepare_cached(SWEEP_ALL_SQL)?.execute([now])? as u64)
+                let limits = tx.prepare_cached(SWEEP_ALL_SQL)?.execute([now])? as u64;
+                Answer::Count(limits + bans::sweep(&tx, clock.now())?)
+            }
+            Request::Ban { op, reply } => {
+                // As for checks: a caller that gave up acts on no answer, so its strike must
+                // not count.
+                if reply.is_closed() {
+                    Answer::Abandoned
+                } else {
+                    Answer::Ban(bans::run(&tx, op)?)
+                }
             }
             Request::Len { .. } => {
                 Answer::Count(tx.query_row("SELECT count(*) FROM rate_limits", [], |r| {
@@ -410,6 +549,13 @@ fn reply(request: Request, answer: Result<Answer, StoreError>) {
         Request::Check { reply, .. } => {
             let _ = reply.send(match answer {
                 Ok(Answer::Decision(d)) => d,
+                Ok(_) => return,
+                Err(e) => Err(e),
+            });
+        }
+        Request::Ban { reply, .. } => {
+            let _ = reply.send(match answer {
+                Ok(Answer::Ban(b)) => b,
                 Ok(_) => return,
                 Err(e) => Err(e),
             });
