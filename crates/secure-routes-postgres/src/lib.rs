@@ -81,6 +81,7 @@
 //! ```
 
 mod audit;
+mod bans;
 mod migrate;
 mod store;
 

@@ -28,12 +28,13 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "audit_count",
         include_str!("migrations/0003_audit_count.sql"),
     ),
+    (4, "bans", include_str!("migrations/0004_bans.sql")),
 ];
 
 /// The schema version this build creates and reads: the number of embedded migrations.
 ///
 /// ```
-/// assert_eq!(secure_routes_postgres::SCHEMA_VERSION, 3);
+/// assert_eq!(secure_routes_postgres::SCHEMA_VERSION, 4);
 /// ```
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 

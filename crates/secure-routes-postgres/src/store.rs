@@ -342,7 +342,7 @@ fn from_nanos(n: i64) -> Duration {
     Duration::from_nanos(u64::try_from(n).unwrap_or(0))
 }
 
-fn pool_error(e: PoolError) -> StoreError {
+pub(crate) fn pool_error(e: PoolError) -> StoreError {
     match e {
         PoolError::Timeout(_) => StoreError::Timeout,
         PoolError::Backend(e) => pg_error(e),
@@ -352,7 +352,7 @@ fn pool_error(e: PoolError) -> StoreError {
 
 /// SQL errors (the server answered) are protocol errors; the rest (I/O, closed connection)
 /// mean the store is unavailable.
-fn pg_error(e: tokio_postgres::Error) -> StoreError {
+pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     if e.as_db_error().is_some() {
         StoreError::Protocol(e.to_string())
     } else {

@@ -12,6 +12,9 @@
 //!   ([`RedisStore::connect_cluster`]); both reconnect by themselves.
 //! * `SLIDING_WINDOW` / `GCRA` (private): the two Lua scripts, one per algorithm.
 //! * [`key_name`]: how a [`RateLimitKey`] becomes a Redis key.
+//! * `bans` (private): [`RedisStore`] as a [`BanStore`](secure_routes::bans::BanStore), one
+//!   script per write, every ban key under the hash tag `{bans}` ([`ban_key_name`],
+//!   [`ban_index_name`]).
 //!
 //! # Decisions
 //!
@@ -61,8 +64,12 @@
 //! # Ok(()) }
 //! ```
 
+mod bans;
+
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use bans::{ban_index_name, ban_key_name};
 
 pub use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 pub use redis::cluster_async::ClusterConnection;

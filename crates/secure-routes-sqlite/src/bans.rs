@@ -45,6 +45,7 @@ pub(crate) enum BanOp {
         key: BanKey,
         until: Duration,
         reason: String,
+        now: Duration,
     },
 }
 
@@ -116,12 +117,17 @@ pub(crate) fn run(
         BanOp::Lift { key } => Ok(BanAnswer::Lift(
             tx.prepare_cached(DELETE_SQL)?.execute([key.as_str()])? > 0,
         )),
-        BanOp::Add { key, until, reason } => {
+        BanOp::Add {
+            key,
+            until,
+            reason,
+            now,
+        } => {
             let mut state = match load(tx, key)? {
                 Ok(s) => s.unwrap_or_default(),
                 Err(e) => return Ok(Err(e)),
             };
-            let ban = state.add(key, duration_ms(*until), reason);
+            let ban = state.add(key, duration_ms(*until), reason, duration_ms(*now));
             store(tx, key, &state)?;
             Ok(BanAnswer::Add(ban))
         }

@@ -436,12 +436,14 @@ impl BanStore for SqliteStore {
         key: &'a BanKey,
         until: Duration,
         reason: &'a str,
+        now: Duration,
     ) -> BoxFuture<'a, Result<Ban, StoreError>> {
         Box::pin(async move {
             let op = BanOp::Add {
                 key: key.clone(),
                 until,
                 reason: reason.to_owned(),
+                now,
             };
             match self.ban(op).await? {
                 BanAnswer::Add(ban) => Ok(ban),

@@ -38,6 +38,13 @@ impl TestDb {
         Some(Self { pool, schema, url })
     }
 
+    /// Another pool on the same schema (another instance's connections).
+    pub fn pool_like(&self) -> Result<Pool, secure_routes_postgres::Error> {
+        let mut config = tokio_postgres::Config::from_str(&self.url).expect("parse DATABASE_URL");
+        config.options(format!("-c search_path={}", self.schema));
+        secure_routes_postgres::pool_from_config(config, 4)
+    }
+
     /// A fresh schema with the migrations applied.
     pub async fn migrated(test: &str, pool_size: usize) -> Option<Self> {
         let db = Self::new(test, pool_size).await?;

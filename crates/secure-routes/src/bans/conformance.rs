@@ -340,7 +340,7 @@ where
     let b = BanKey::parse("ip:2001:db8:1:2::/64").expect("key");
     let c = BanKey::subject("carol");
     let added = store
-        .add(&a, now + 60 * MIN, "manual")
+        .add(&a, now + 60 * MIN, "manual", now)
         .await
         .unwrap_or_else(|e| panic!("{name}: add failed: {e}"));
     assert_eq!(
@@ -354,7 +354,7 @@ where
         "{name}: add"
     );
     store
-        .add(&b, now + 120 * MIN, "abuse report #7")
+        .add(&b, now + 120 * MIN, "abuse report #7", now)
         .await
         .unwrap_or_else(|e| panic!("{name}: add failed: {e}"));
     ban_now(&store, &c, &p, now).await;
@@ -388,7 +388,7 @@ where
     );
     // `add` over an automatic ban keeps its escalation.
     let ban = store
-        .add(&c, now + 180 * MIN, "extended")
+        .add(&c, now + 180 * MIN, "extended", now)
         .await
         .unwrap_or_else(|e| panic!("{name}: add failed: {e}"));
     assert_eq!(

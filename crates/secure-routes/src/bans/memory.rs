@@ -165,12 +165,15 @@ impl BanStore for MemoryBans {
         key: &'a BanKey,
         until: Duration,
         reason: &'a str,
+        now: Duration,
     ) -> BoxFuture<'a, Result<Ban, StoreError>> {
         let ban = self.write(|t| {
-            t.keys
-                .entry(key.clone())
-                .or_default()
-                .add(key, duration_ms(until), reason)
+            t.keys.entry(key.clone()).or_default().add(
+                key,
+                duration_ms(until),
+                reason,
+                duration_ms(now),
+            )
         });
         Box::pin(async move { Ok(ban) })
     }

@@ -552,7 +552,7 @@ pub enum StrikeOutcome {
 /// let store: Box<dyn BanStore> = Box::new(MemoryBans::new());
 /// let key = BanKey::parse("198.51.100.4").unwrap();
 /// let now = Duration::from_secs(1_000);
-/// store.add(&key, now + Duration::from_secs(3600), "manual").await.unwrap();
+/// store.add(&key, now + Duration::from_secs(3600), "manual", now).await.unwrap();
 /// assert_eq!(store.list(now).await.unwrap().len(), 1);
 /// assert!(store.lift(&key).await.unwrap());
 /// assert!(store.check(&key, now).await.unwrap().is_none());
@@ -585,12 +585,13 @@ pub trait BanStore: Send + Sync + 'static {
     fn lift<'a>(&'a self, key: &'a BanKey) -> BoxFuture<'a, Result<bool, StoreError>>;
 
     /// Bans `key` until `until` with `reason` (replacing the end of a ban in force), keeping
-    /// its escalation history.
+    /// its escalation history; `now` tells whether that history has expired.
     fn add<'a>(
         &'a self,
         key: &'a BanKey,
         until: Duration,
         reason: &'a str,
+        now: Duration,
     ) -> BoxFuture<'a, Result<Ban, StoreError>>;
 
     /// A short name for logs and metrics (`"memory"`, `"sqlite"`, ...).
@@ -679,7 +680,10 @@ impl BanState {
     }
 
     /// Bans until `until_ms` with `reason` (see [`BanStore::add`]).
-    pub fn add(&mut self, key: &BanKey, until_ms: u64, reason: &str) -> Ban {
+    pub fn add(&mut self, key: &BanKey, until_ms: u64, reason: &str, now_ms: u64) -> Ban {
+        if self.expires <= now_ms {
+            *self = Self::default();
+        }
         self.until = until_ms;
         self.reason = reason.to_owned();
         self.expires = self.expires.max(until_ms);

@@ -515,7 +515,7 @@ impl MemoryStoreBuilder {
 /// let store = MemoryStore::new();
 /// let key = BanKey::subject("mallory");
 /// let now = Duration::from_secs(1_000);
-/// store.add(&key, now + Duration::from_secs(60), "manual").await.unwrap();
+/// store.add(&key, now + Duration::from_secs(60), "manual", now).await.unwrap();
 /// assert_eq!(store.check(&key, now).await.unwrap().unwrap().reason, "manual");
 /// assert_eq!(BanStore::name(&store), "memory");
 /// # });
@@ -552,8 +552,9 @@ impl BanStore for MemoryStore {
         key: &'a BanKey,
         until: Duration,
         reason: &'a str,
+        now: Duration,
     ) -> BoxFuture<'a, Result<Ban, StoreError>> {
-        self.bans.add(key, until, reason)
+        self.bans.add(key, until, reason, now)
     }
 
     fn name(&self) -> &'static str {
