@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::demo::{DemoOptions, Identity, Wiring};
 use crate::stores::{self, AuditLocation, LimitsLocation};
-use crate::{audit_cmd, demo, duration, gateway_cmd, token};
+use crate::{audit_cmd, bans_cmd, demo, duration, gateway_cmd, token};
 
 /// What the binary is, as `secure-routes --help` shows it.
 pub const ABOUT: &str = "secure-routes: security middleware demo, token minting and audit log \
@@ -174,6 +174,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Read and change the bans in a shared limits store (the one the servers use).
+    Bans {
+        /// What to do.
+        #[command(subcommand)]
+        command: BansCommand,
+    },
     /// Run the gateway: the config file's per-route policies in front of its upstream.
     /// Secrets from the environment (as for demo, plus SECURE_ROUTES_ADMIN_TOKEN and
     /// SECURE_ROUTES_ASSERTION_KEY); SIGHUP reloads the routes, SIGTERM drains and stops.
@@ -198,6 +204,44 @@ pub enum Command {
         /// A JSON array, one object per route.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `secure-routes bans ...`.
+#[derive(Debug, Subcommand)]
+pub enum BansCommand {
+    /// List the bans in force, soonest end first.
+    List {
+        /// Limits store holding the bans: sqlite:PATH, redis://HOST[:PORT][/DB] or
+        /// postgres://USER@HOST/DB (memory is per process: refused).
+        #[arg(long, env = "SECURE_ROUTES_LIMITS")]
+        limits: LimitsLocation,
+        /// One JSON object per line: key, until (RFC 3339), strikes, reason.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift a ban (and forget the key's history): KEY is ip:ADDRESS, ip:IPV6/64, sub:SUBJECT
+    /// or an address.
+    Lift {
+        /// The banned key, as `bans list` prints it.
+        key: String,
+        /// Limits store holding the bans (see `bans list`).
+        #[arg(long, env = "SECURE_ROUTES_LIMITS")]
+        limits: LimitsLocation,
+    },
+    /// Ban an address (IPv6 by its /64, as the servers key it) or a key for a while.
+    Add {
+        /// The address (or ip:… / sub:… key) to ban.
+        ip: String,
+        /// How long: 30m, 1h, 2d.
+        #[arg(long = "for", value_name = "DURATION", value_parser = duration::parse)]
+        length: Duration,
+        /// Why (shown by `bans list`).
+        #[arg(long, default_value = "manual")]
+        reason: String,
+        /// Limits store holding the bans (see `bans list`).
+        #[arg(long, env = "SECURE_ROUTES_LIMITS")]
+        limits: LimitsLocation,
     },
 }
 
@@ -319,6 +363,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let audit = audit_location(audit, db)?;
             let out = audit_cmd::list(&audit, action.as_deref(), since, limit, json).await?;
+            print!("{out}");
+            Ok(())
+        }
+        Command::Bans { command } => {
+            let out = match command {
+                BansCommand::List { limits, json } => {
+                    let store = bans_cmd::open(&limits).await?;
+                    bans_cmd::list(&*store, bans_cmd::now(), json).await?
+                }
+                BansCommand::Lift { key, limits } => {
+                    let store = bans_cmd::open(&limits).await?;
+                    bans_cmd::lift(&*store, &key).await?
+                }
+                BansCommand::Add {
+                    ip,
+                    length,
+                    reason,
+                    limits,
+                } => {
+                    let store = bans_cmd::open(&limits).await?;
+                    bans_cmd::add(&*store, &ip, length, &reason, bans_cmd::now()).await?
+                }
+            };
             print!("{out}");
             Ok(())
         }

@@ -11,6 +11,7 @@
 //! * [`stores`]: the `--limits` / `--audit` locations (memory, SQLite, Redis, Postgres,
 //!   JSON lines), opened and migrated.
 //! * [`audit_cmd`]: lists audit events from any audit location.
+//! * [`bans_cmd`]: lists, lifts and adds bans in a shared limits store.
 //! * [`duration`]: `30s`, `10m`, `1h`, `2d`.
 //!
 //! ```
@@ -18,6 +19,7 @@
 //! ```
 
 pub mod audit_cmd;
+pub mod bans_cmd;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -307,7 +307,9 @@ impl BanPolicyBuilder {
         self.policy.history = history;
         self
     }
-    /// Never ban addresses in `cidr` (`10.0.0.0/8`, `2001:db8::/32`, or one address).
+    /// Never ban addresses in `cidr` (`10.0.0.0/8`, `2001:db8::/32`, or one IPv4 address).
+    /// An IPv6 client is keyed by its /64, so allow IPv6 by a /64 or a wider network: the
+    /// check is on the /64's first address.
     pub fn allow(mut self, cidr: &str) -> Self {
         match parse_cidr(cidr) {
             Some(net) => self.policy.allow.push(net),
