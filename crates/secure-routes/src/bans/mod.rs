@@ -259,8 +259,7 @@ impl BanPolicy {
     pub fn ban_length(&self, n: u32) -> Duration {
         let doublings = n.saturating_sub(1).min(63);
         let ms = duration_ms(self.first)
-            .checked_mul(1u64 << doublings)
-            .unwrap_or(u64::MAX)
+            .saturating_mul(1u64 << doublings)
             .min(duration_ms(self.max));
         Duration::from_millis(ms)
     }

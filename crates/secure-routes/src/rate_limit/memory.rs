@@ -1065,6 +1065,6 @@ mod tests {
         assert!(!second.allowed);
         assert_eq!(second.retry_after, Some(Duration::from_secs(60)));
         assert!(!store.acquire_now(&k, q, 1).allowed);
-        assert_eq!(store.name(), "memory");
+        assert_eq!(RateLimitStore::name(&store), "memory");
     }
 }
