@@ -10,7 +10,7 @@
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! use secure_routes_cli::{bans_cmd, stores::LimitsLocation};
-//! let err = bans_cmd::open(&LimitsLocation::Memory).await.unwrap_err();
+//! let Err(err) = bans_cmd::open(&LimitsLocation::Memory).await else { panic!("opened") };
 //! assert!(err.to_string().contains("per process"));
 //! # });
 //! ```
@@ -94,13 +94,13 @@ pub async fn list(store: &dyn BanStore, now: Duration, json: bool) -> anyhow::Re
     let mut out = String::new();
     if json {
         for ban in &bans {
-            let line = serde_json::json!({
-                "key": ban.key.as_str(),
-                "until": rfc3339(ban.until)?,
-                "strikes": ban.strikes,
-                "reason": ban.reason,
-            });
-            writeln!(out, "{line}")?;
+            let line = JsonBan {
+                key: ban.key.as_str(),
+                until: rfc3339(ban.until)?,
+                strikes: ban.strikes,
+                reason: &ban.reason,
+            };
+            writeln!(out, "{}", serde_json::to_string(&line)?)?;
         }
         return Ok(out);
     }
@@ -123,6 +123,15 @@ pub async fn list(store: &dyn BanStore, now: Duration, json: bool) -> anyhow::Re
         )?;
     }
     Ok(out)
+}
+
+/// One line of `list --json`, fields in the documented order.
+#[derive(serde::Serialize)]
+struct JsonBan<'a> {
+    key: &'a str,
+    until: String,
+    strikes: u32,
+    reason: &'a str,
 }
 
 /// Lifts the ban on `key` (`ip:…`, `sub:…` or a bare address) and forgets its history.

@@ -211,7 +211,8 @@ impl PostgresStore {
 /// let key = BanKey::subject("mallory");
 /// let now = Duration::from_secs(1_700_000_000);
 /// store.strike(&key, 50, &BanPolicy::default(), now).await?;
-/// assert!(store.check(&key, now).await?.is_some());
+/// // `PostgresStore::check` is the rate-limit check: name the trait.
+/// assert!(BanStore::check(&store, &key, now).await?.is_some());
 /// # Ok(()) }
 /// ```
 impl BanStore for PostgresStore {
