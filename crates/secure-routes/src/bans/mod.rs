@@ -52,6 +52,7 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+mod front;
 mod memory;
 
 use std::fmt;
@@ -63,6 +64,7 @@ use ipnet::IpNet;
 pub use crate::error::{ConfigError, StoreError};
 pub use crate::rate_limit::BoxFuture;
 use crate::response::problem::RejectionKind;
+pub use front::Bans;
 pub use memory::{MAX_KEYS, MemoryBans, sort_bans};
 
 /// The reason stored with a ban issued by reaching the threshold.
