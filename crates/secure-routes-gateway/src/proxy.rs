@@ -358,6 +358,9 @@ impl Forward {
         remove_hop_by_hop(&mut headers);
         // The client that reached us, not what it claims.
         headers.remove(header::HOST);
+        // `100-continue` was this hop's business: the server answered it when the body was
+        // first read, and the body streams on to the upstream without waiting again.
+        headers.remove(header::EXPECT);
         if let Some(peer) = peer {
             let trusted = self.upstream.trusted(peer);
             set_forwarded(
