@@ -45,13 +45,21 @@ export default function Notes() {
 
   async function add(event) {
     event.preventDefault();
-    const csrfFetch = await loadCsrfFetch();
-    const res = await csrfFetch('/api/user/notes', {
-      method: 'POST',
-      headers: { 'Content-Type': 'application/json' },
-      body: JSON.stringify({ text }),
-    });
-    const body = await res.json();
+    let res;
+    let body;
+    try {
+      const csrfFetch = await loadCsrfFetch();
+      res = await csrfFetch('/api/user/notes', {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ text }),
+      });
+      body = await res.json();
+    } catch (e) {
+      // The script or the token endpoint could not be reached (CsrfTokenError): nothing was sent.
+      setStatus(`not sent: ${e.message}`);
+      return;
+    }
     if (res.ok) {
       setNotes(body.notes);
       setText('');
