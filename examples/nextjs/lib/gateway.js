@@ -34,6 +34,21 @@ function audience() {
 }
 
 /**
+ * `X-Secure-Routes-Subject`, decoded: the gateway percent-encodes what a header cannot carry
+ * (control characters, space, `%`, `,`), so ordinary subjects (UUIDs, e-mail addresses) arrive
+ * as they are. Null when absent (an anonymous caller) or not validly encoded.
+ */
+export function subjectHeader(request) {
+  const header = request.headers.get('x-secure-routes-subject');
+  if (header === null) return null;
+  try {
+    return decodeURIComponent(header);
+  } catch {
+    return null;
+  }
+}
+
+/**
  * Verifies the gateway's assertion on `request` and returns who the gateway says the caller
  * is: `{ subject, roles, requestId }` (`subject` is null for an anonymous caller). Throws a
  * jose error when the assertion is missing, expired, for another audience or not signed by
@@ -50,8 +65,7 @@ export async function verifyGateway(request) {
   });
   // The plain headers are a convenience; the signed claims are what counts. A subject header
   // that disagrees with them means something rewrote the request on its way from the gateway.
-  const header = request.headers.get('x-secure-routes-subject');
-  if ((header ?? undefined) !== payload.sub) {
+  if ((subjectHeader(request) ?? undefined) !== payload.sub) {
     throw new errors.JWTClaimValidationFailed('X-Secure-Routes-Subject does not match the assertion', payload, 'sub', 'check_failed');
   }
   return {

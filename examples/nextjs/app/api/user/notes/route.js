@@ -2,7 +2,7 @@
 // preset: bearer token or session cookie, CSRF for cookie sessions) and names them in
 // X-Secure-Routes-Subject; withGateway has checked that header against the signed assertion.
 import { NextResponse } from 'next/server';
-import { withGateway } from '@/lib/gateway';
+import { subjectHeader, withGateway } from '@/lib/gateway';
 
 export const dynamic = 'force-dynamic';
 
@@ -14,7 +14,7 @@ function unauthorized() {
 }
 
 export const GET = withGateway(async (request, identity) => {
-  const subject = request.headers.get('x-secure-routes-subject');
+  const subject = subjectHeader(request);
   if (!subject) return unauthorized(); // the gateway's route lets no anonymous caller here
   return NextResponse.json({
     subject,
@@ -24,7 +24,7 @@ export const GET = withGateway(async (request, identity) => {
 });
 
 export const POST = withGateway(async (request, identity) => {
-  const subject = request.headers.get('x-secure-routes-subject');
+  const subject = subjectHeader(request);
   if (!subject) return unauthorized();
   let text;
   try {
