@@ -26,7 +26,8 @@ export default function Notes() {
     } else {
       setSubject(null);
       setNotes([]);
-      setStatus(`${res.status}: ${body.error}`);
+      // 401: not signed in yet, which the line above the form says.
+      setStatus(res.status === 401 ? '' : `${res.status}: ${body.error}`);
     }
   }
 
