@@ -1,9 +1,10 @@
 //! Issue 11 part 8: a real Next.js app (`examples/nextjs`) behind `secure-routes serve`, the
 //! README's "Protect a Next.js app" steps, asserted.
 //!
-//! The app is copied under the cargo target directory, installed from the npm registry with
-//! `npm ci` (npm's own cache, `~/.npm`, makes a second run fast), built with `next build` and
-//! started with `next start` on a free port; the gateway runs the example's own
+//! The app is copied under the cargo target directory (`target/tmp/nextjs-example`),
+//! installed from the npm registry with `npm ci` (again only when `package-lock.json` changed;
+//! npm's own cache, `~/.npm`, serves a reinstall), built with `next build` and started with
+//! `next start` on a free port; the gateway runs the example's own
 //! `secure-routes.toml` with only `listen`, `upstream` and the audit location changed. Then the
 //! seed's walkthrough goes through the gateway: 401 without a token, 200 with one and the app
 //! reading `X-Secure-Routes-Subject` after verifying the gateway's assertion, the app's own
@@ -71,21 +72,38 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Copies the app's sources (not `node_modules/` or `.next/`) into a fresh `to`.
-fn copy_app(from: &Path, to: &Path) {
-    if to.exists() {
-        std::fs::remove_dir_all(to).expect("remove the previous copy");
-    }
+/// What an earlier run built and installed, kept in the copy: deleting `node_modules/`
+/// (360 MB of small files) took longer than installing it.
+const KEPT: [&str; 2] = ["node_modules", ".next"];
+
+/// Makes `to` a copy of the app's sources, keeping [`KEPT`] from an earlier run.
+fn sync_app(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("create the app copy");
+    for entry in std::fs::read_dir(to).expect("read the app copy") {
+        let entry = entry.unwrap();
+        if KEPT.iter().any(|k| entry.file_name() == *k) {
+            continue;
+        }
+        if entry.file_type().unwrap().is_dir() {
+            std::fs::remove_dir_all(entry.path()).expect("remove a stale directory");
+        } else {
+            std::fs::remove_file(entry.path()).expect("remove a stale file");
+        }
+    }
+    copy_sources(from, to);
+}
+
+fn copy_sources(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create a directory");
     for entry in std::fs::read_dir(from).expect("read examples/nextjs") {
         let entry = entry.unwrap();
         let name = entry.file_name();
-        if name == "node_modules" || name == ".next" || name == "secure-routes.db" {
+        if KEPT.iter().any(|k| name == *k) || name == "secure-routes.db" || name == "jar" {
             continue;
         }
         let target = to.join(&name);
         if entry.file_type().unwrap().is_dir() {
-            copy_app(&entry.path(), &target);
+            copy_sources(&entry.path(), &target);
         } else {
             std::fs::copy(entry.path(), &target).expect("copy an app file");
         }
@@ -271,20 +289,26 @@ async fn json_of(res: reqwest::Response) -> (StatusCode, Value) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs serve"]
 async fn nextjs_app_behind_the_gateway() {
     if !node_available() {
         return;
     }
     let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("nextjs-example");
     let app_dir = work.join("app");
-    copy_app(&example_dir(), &app_dir);
+    sync_app(&example_dir(), &app_dir);
 
-    // README: `npm ci`, then `npx next build`.
-    let mut npm = Command::new("npm");
-    npm.args(["ci", "--prefer-offline", "--no-audit", "--no-fund"])
-        .current_dir(&app_dir);
-    run(npm, "npm ci", &work.join("npm-ci.log"), INSTALL_BOUND);
+    // README: `npm ci`, then `npx next build`. `npm ci` starts by deleting node_modules, so
+    // it runs only when this lock file was not the last one installed here (a stamp written
+    // after a successful install, inside node_modules).
+    let lock = std::fs::read(app_dir.join("package-lock.json")).expect("package-lock.json");
+    let stamp = app_dir.join("node_modules/.secure-routes-test-installed-lock");
+    if std::fs::read(&stamp).ok().as_deref() != Some(lock.as_slice()) {
+        let mut npm = Command::new("npm");
+        npm.args(["ci", "--prefer-offline", "--no-audit", "--no-fund"])
+            .current_dir(&app_dir);
+        run(npm, "npm ci", &work.join("npm-ci.log"), INSTALL_BOUND);
+        std::fs::write(&stamp, &lock).expect("write the install stamp");
+    }
     let next_bin = app_dir.join("node_modules/next/dist/bin/next");
     let mut build = Command::new("node");
     build
