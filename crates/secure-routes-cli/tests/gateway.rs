@@ -710,6 +710,67 @@ async fn websockets_echo_through_a_public_route_and_need_a_token_on_an_authentic
 }
 
 #[tokio::test]
+async fn an_h2c_upgrade_cannot_open_a_tunnel_past_the_routes() {
+    // h2c smuggling: a client asks a public route to upgrade to h2c; an upstream that speaks
+    // h2c answers 101, and if the gateway joined the two connections, every later HTTP/2
+    // request on that tunnel would reach the upstream with no route's checks at all
+    // (authentication, limits, paths). The gateway must not pass this upgrade on.
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    upstream.on("/", Behaviour::H2cUpgrade);
+    let gw = Gateway::start(dir.path(), &config(&upstream, ""), &[]).await;
+
+    let mut conn = TcpStream::connect(gw.addr).await.unwrap();
+    conn.write_all(
+        format!(
+            "GET /api/public-data HTTP/1.1\r\nHost: {}\r\n\
+             Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+             HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n",
+            gw.addr
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    // The head, byte by byte, so nothing after it is consumed.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let byte = tokio::time::timeout(BOUND, conn.read_u8())
+            .await
+            .expect("an answer")
+            .expect("read");
+        head.push(byte);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    if head.starts_with("HTTP/1.1 101") {
+        // Show what the tunnel gives: an unauthenticated request on an authenticated route.
+        let (mut sender, tunnel) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(conn))
+            .await
+            .expect("HTTP/2 through the tunnel");
+        tokio::spawn(tunnel);
+        let req = http::Request::get(format!("http://{}/api/user/secret", gw.addr))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let status = sender.send_request(req).await.map(|r| r.status());
+        panic!(
+            "the gateway passed an h2c upgrade on; through the tunnel GET /api/user/secret \
+             without a token got {status:?}, the upstream saw {:?}",
+            upstream
+                .records()
+                .iter()
+                .map(|r| &r.path_and_query)
+                .collect::<Vec<_>>()
+        );
+    }
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // Forwarded as a plain request: no upgrade reached the upstream.
+    let r = &upstream.records_for("/api/public-data")[0];
+    assert_eq!(r.header("upgrade"), None, "{r:?}");
+    assert!(upstream.records_for("/api/user/secret").is_empty());
+}
+
+#[tokio::test]
 async fn a_dry_run_route_forwards_what_it_would_refuse_and_audits_would_deny() {
     let dir = tempfile::tempdir().unwrap();
     let upstream = Upstream::start().await;

@@ -87,6 +87,10 @@ pub enum Behaviour {
     Hold,
     /// Accepts a WebSocket upgrade and echoes every text and binary message.
     WebSocketEcho,
+    /// Accepts `Upgrade: h2c` as an HTTP/2-capable server does (RFC 7540 3.2) and then serves
+    /// HTTP/2 on the connection, recording each request and answering [`Behaviour::Json`].
+    /// (Requests without the upgrade get the JSON answer.)
+    H2cUpgrade,
 }
 
 struct State {
@@ -230,6 +234,15 @@ async fn handle(state: Arc<State>, mut req: Request<Incoming>) -> Response<ResBo
         record(&state, recorded);
         return websocket_echo(&mut req);
     }
+    if let Behaviour::H2cUpgrade = chosen
+        && req
+            .headers()
+            .get(header::UPGRADE)
+            .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"h2c"))
+    {
+        record(&state, recorded);
+        return h2c_upgrade(&state, &mut req);
+    }
     // Count the body frame by frame: nothing is kept, so a 50 MB upload costs no memory here.
     let mut body = req.into_body();
     loop {
@@ -254,7 +267,9 @@ async fn handle(state: Arc<State>, mut req: Request<Incoming>) -> Response<ResBo
         return status(StatusCode::BAD_REQUEST);
     }
     match chosen {
-        Behaviour::Json | Behaviour::WebSocketEcho => json(&path_and_query, body_len),
+        Behaviour::Json | Behaviour::WebSocketEcho | Behaviour::H2cUpgrade => {
+            json(&path_and_query, body_len)
+        }
         Behaviour::Download { bytes } => Response::builder()
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .body(Zeros::new(bytes).boxed())
@@ -321,6 +336,46 @@ fn websocket_echo(req: &mut Request<Incoming>) -> Response<ResBody> {
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, "websocket")
         .header("sec-websocket-accept", accept)
+        .body(full(""))
+        .unwrap()
+}
+
+/// `101 Switching Protocols` to h2c, then HTTP/2 on the upgraded connection: whatever the
+/// client asks there is recorded and answered, as a real h2c-capable server would.
+fn h2c_upgrade(state: &Arc<State>, req: &mut Request<Incoming>) -> Response<ResBody> {
+    let upgrade = hyper::upgrade::on(req);
+    let state = Arc::clone(state);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let state = Arc::clone(&state);
+            async move {
+                let path_and_query = req
+                    .uri()
+                    .path_and_query()
+                    .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
+                record(
+                    &state,
+                    Recorded {
+                        method: req.method().clone(),
+                        path_and_query: path_and_query.clone(),
+                        version: req.version(),
+                        headers: req.headers().clone(),
+                        body_len: 0,
+                        body_end: BodyEnd::Complete,
+                    },
+                );
+                Ok::<_, Infallible>(json(&path_and_query, 0))
+            }
+        });
+        let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(upgraded, service)
+            .await;
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "h2c")
         .body(full(""))
         .unwrap()
 }
