@@ -342,6 +342,23 @@ max_body = "1KiB"
     let body: Value = serde_json::from_slice(&res.body).unwrap();
     assert_eq!(body["type"], "urn:secure-routes:problem:invalid-input");
 
+    // Encoded dot segments climb out of the public route before routing, not after: this is
+    // the authenticated route, whatever the upstream would make of the escapes.
+    for sneaky in [
+        "/api/public-data/%2e%2e/user/x",
+        "/api/public-data/.%2E/user/x",
+    ] {
+        let res = raw(
+            gw.addr,
+            &format!(
+                "GET {sneaky} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
+                gw.addr
+            ),
+        )
+        .await;
+        assert_eq!(res.status, 401, "{sneaky}: {res:?}");
+    }
+
     assert!(
         upstream.records().is_empty(),
         "refused requests reached the upstream: {:?}",
