@@ -21,7 +21,9 @@
 //!   and audited (`upstream_failure`) by the pipeline like any refusal from inside the stack.
 //! * **Upgrades** (WebSocket and any `Upgrade`) are forwarded after the route's checks; on the
 //!   upstream's `101` the two connections are joined and bytes flow both ways until either
-//!   side closes.
+//!   side closes. Except `h2c`: after it the tunnel carries HTTP/2 requests straight to the
+//!   upstream, past every route's checks (h2c smuggling), so a request naming it is forwarded
+//!   as a plain request without the upgrade (RFC 9113 3.1 deprecated the h2c upgrade anyway).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -481,6 +483,8 @@ fn join_cookie_lines(headers: &mut HeaderMap) {
 }
 
 /// The protocol a request asks to upgrade to (`Connection: upgrade` with `Upgrade`), if any.
+/// Never `h2c` (see the [module docs](self)): an upgrade offering it anywhere in its list is
+/// no upgrade, since the upstream could pick it.
 fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     let asks = headers
         .get_all(header::CONNECTION)
@@ -488,7 +492,21 @@ fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| headers.get(header::UPGRADE).cloned())
+    // Unreadable bytes count as h2c: what the upstream would make of them is unknown.
+    let offers_h2c = headers.get_all(header::UPGRADE).iter().any(|v| {
+        v.to_str().map_or(true, |v| {
+            v.split(',').any(|p| {
+                p.trim()
+                    .split('/')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("h2c")
+            })
+        })
+    });
+    (asks && !offers_h2c)
+        .then(|| headers.get(header::UPGRADE).cloned())
         .flatten()
 }
 
@@ -717,6 +735,31 @@ mod tests {
         let mut one = h(&[("cookie", "a=1")]);
         join_cookie_lines(&mut one);
         assert_eq!(one["cookie"], "a=1");
+    }
+
+    #[test]
+    fn an_h2c_upgrade_is_never_an_upgrade() {
+        for offer in ["h2c", "H2C", "websocket, h2c", "h2c/1.0", " h2c "] {
+            assert!(
+                upgrade_protocol(&h(&[
+                    ("connection", "Upgrade, HTTP2-Settings"),
+                    ("upgrade", offer)
+                ]))
+                .is_none(),
+                "{offer}"
+            );
+        }
+        // In a second Upgrade field too.
+        assert!(
+            upgrade_protocol(&h(&[
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("upgrade", "h2c")
+            ]))
+            .is_none()
+        );
+        // Not a prefix match: a protocol merely starting with the letters is still upgraded.
+        assert!(upgrade_protocol(&h(&[("connection", "upgrade"), ("upgrade", "h2cx")])).is_some());
     }
 
     #[test]
