@@ -142,6 +142,7 @@ pub async fn run(
     path: PathBuf,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let hangups = hangups();
     let file = load(&path)?;
     let mut config = Config::from_env()?;
     config.trusted_proxies.clone_from(&file.trusted_proxies);
@@ -204,7 +205,7 @@ pub async fn run(
             file.routes().len(),
             stores.limits.name()
         );
-        reload_on_hangup(path.clone(), handle, file.clone());
+        reload_on_hangup(hangups, path.clone(), handle, file.clone());
         // One stop signal for the gateway and the metrics listener.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -303,13 +304,33 @@ fn security(
     Ok(b.build()?)
 }
 
+/// The SIGHUP stream, installed first thing in [`run`]: a SIGHUP during start-up (opening
+/// stores, binding) would otherwise kill the process with the default action.
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = ();
+
+#[cfg(unix)]
+fn hangups() -> Hangups {
+    use tokio::signal::unix::{SignalKind, signal};
+    signal(SignalKind::hangup()).ok()
+}
+
+#[cfg(not(unix))]
+fn hangups() -> Hangups {}
+
 /// On SIGHUP: re-reads the file and swaps the routes; a bad file keeps the running ones and
 /// logs every problem. Settings that need a restart are named when they changed.
-fn reload_on_hangup(path: PathBuf, handle: GatewayHandle, running: GatewayConfig) {
+fn reload_on_hangup(
+    hangups: Hangups,
+    path: PathBuf,
+    handle: GatewayHandle,
+    running: GatewayConfig,
+) {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        let Some(mut hangups) = hangups else {
             tracing::warn!("cannot listen for SIGHUP: reload needs a restart");
             return;
         };
@@ -321,7 +342,7 @@ fn reload_on_hangup(path: PathBuf, handle: GatewayHandle, running: GatewayConfig
     }
     #[cfg(not(unix))]
     {
-        let _ = (path, handle, running);
+        let _ = (hangups, path, handle, running);
     }
 }
 
