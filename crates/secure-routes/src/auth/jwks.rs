@@ -81,8 +81,8 @@ use sha2::{Digest, Sha256};
 
 use super::claims::{Claims, PINNED};
 use super::verify::{
-    ClaimOptions, ClaimRules, Hooks, KeySpec, Verified, alg_name, check_key, claim_option_methods,
-    parse_header,
+    ClaimOptions, ClaimRules, HmacKey, Hooks, KeySpec, Verified, alg_name, check_key,
+    claim_option_methods, parse_header,
 };
 use super::{AuthError, Authenticator, BoxFuture, Principal};
 use crate::error::ConfigError;
@@ -339,7 +339,13 @@ impl JwksAuthenticatorBuilder {
             return Err(ConfigError::new("jwks: no usable URL"));
         };
         let rules = self.claims.build();
-        let hmac = hmac.map(|(alg, key, _)| (alg, key, rules.validation(alg)));
+        // Only an HMAC secret gets here (`hs256`): keyed once.
+        let hmac = match (hmac, self.hmac.as_slice()) {
+            (Some((alg, _, _)), [KeySpec::Hmac(_, secret)]) => {
+                Some((alg, HmacKey::new(alg, secret)))
+            }
+            _ => None,
+        };
         let validations = ALLOWED.map(|alg| (alg, rules.validation(alg)));
         Ok(JwksAuthenticator {
             inner: Arc::new(Inner {
@@ -453,7 +459,8 @@ struct Inner {
     url: Uri,
     client: HttpClient,
     rules: ClaimRules,
-    hmac: Option<(Algorithm, DecodingKey, Validation)>,
+    /// The configured HMAC secret, keyed once (verified without jsonwebtoken).
+    hmac: Option<(Algorithm, HmacKey)>,
     validations: [(Algorithm, Validation); ALLOWED.len()],
     cooldown: Duration,
     max_age: Duration,
@@ -636,15 +643,15 @@ impl Inner {
     async fn verify_token(&self, token: &str) -> Result<(Verified, u64), AuthError> {
         self.rules.precheck(token)?;
         let header = parse_header(token)?;
-        let Some(name) = header.alg.as_deref() else {
+        let Some(name) = header.alg else {
             return Err(AuthError::Invalid("wrong_algorithm"));
         };
-        if let Some((alg, key, validation)) = &self.hmac
+        if let Some((alg, key)) = &self.hmac
             && name == alg_name(*alg)
         {
             // The configured shared secret, and only it: never a JWKS key for an HMAC token.
             // It never rotates, so its verifications stay usable whatever the key set does.
-            return Ok((self.rules.decode(token, key, validation)?, PINNED));
+            return Ok((self.rules.decode_hmac(token, &header, key)?, PINNED));
         }
         let Some((alg, validation)) = self.validations.iter().find(|(a, _)| alg_name(*a) == name)
         else {
