@@ -108,6 +108,8 @@ pub mod fallback;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod guard;
+#[cfg(feature = "jwks")]
+mod http_client;
 pub mod layer;
 pub mod policy;
 pub mod rate_limit;
