@@ -96,6 +96,8 @@
 //! [tower]: https://docs.rs/tower
 //! [axum]: https://docs.rs/axum
 
+#[cfg(feature = "alerts")]
+pub mod alerts;
 pub mod audit;
 pub mod auth;
 pub mod authz;
@@ -108,7 +110,7 @@ pub mod fallback;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod guard;
-#[cfg(feature = "jwks")]
+#[cfg(any(feature = "jwks", feature = "alerts"))]
 mod http_client;
 pub mod layer;
 pub mod policy;
