@@ -68,8 +68,8 @@ pub enum AuditAction {
     InternalError,
     /// The gateway's upstream failed: unreachable (502) or too slow (504).
     UpstreamFailure,
-    /// An alert rule fired ([`alerts`](crate::alerts), feature `alerts`): the metadata names
-    /// the rule, its key, the count and the window.
+    /// An alert rule fired (the `alerts` module, feature `alerts`): the reason is the rule's
+    /// name, the metadata names the rule, its key, the count and the window.
     AlertTriggered,
 }
 

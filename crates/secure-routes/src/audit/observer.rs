@@ -4,8 +4,8 @@
 //! written when the window ends (up to 10 s later), so anything reading the sink sees a flood
 //! late and in lumps. An observer registered in [`AuditConfig::observers`] is called by
 //! [`AuditWriter::record`] with each event, synchronously, before it is folded or queued:
-//! it sees every occurrence at once, in order. Alerts
-//! ([`AlertEngine`](crate::alerts::AlertEngine), feature `alerts`) count events this way.
+//! it sees every occurrence at once, in order. Alerts (`alerts::AlertEngine`, feature
+//! `alerts`) count events this way.
 //!
 //! An observer runs on the request path of every refused request, so it must be cheap and
 //! must never block (no I/O, no waiting on a lock held across I/O): hand slow work to a task
