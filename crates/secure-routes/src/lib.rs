@@ -20,6 +20,7 @@
 //! * [`auth`]: the [`auth::Authenticator`] trait, [`Principal`], JWT and API-key authenticators.
 //! * [`rate_limit`]: quotas, the store trait, the algorithms and the memory store.
 //! * [`audit`]: audit events, sinks and the batching writer.
+//! * `alerts` (feature `alerts`): alert rules over the audit trail, signed webhooks.
 //! * [`response`]: problem bodies (RFC 9457), security headers, CORS.
 //! * [`clock`]: injectable time.
 //! * `serve` (feature `server`): serving a router with header-read and idle timeouts,
