@@ -20,6 +20,7 @@
 //! * [`auth`]: the [`auth::Authenticator`] trait, [`Principal`], JWT and API-key authenticators.
 //! * [`rate_limit`]: quotas, the store trait, the algorithms and the memory store.
 //! * [`audit`]: audit events, sinks and the batching writer.
+//! * `alerts` (feature `alerts`): alert rules over the audit trail, signed webhooks.
 //! * [`response`]: problem bodies (RFC 9457), security headers, CORS.
 //! * [`clock`]: injectable time.
 //! * `serve` (feature `server`): serving a router with header-read and idle timeouts,
@@ -96,6 +97,8 @@
 //! [tower]: https://docs.rs/tower
 //! [axum]: https://docs.rs/axum
 
+#[cfg(feature = "alerts")]
+pub mod alerts;
 pub mod audit;
 pub mod auth;
 pub mod authz;
@@ -108,6 +111,8 @@ pub mod fallback;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod guard;
+#[cfg(any(feature = "jwks", feature = "alerts"))]
+mod http_client;
 pub mod layer;
 pub mod policy;
 pub mod rate_limit;

@@ -67,10 +67,6 @@ use http::Uri;
 use http::request::Parts;
 use http_body::Body as _;
 use http_body_util::{BodyExt as _, Empty, LengthLimitError, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::{
     AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse,
 };
@@ -397,48 +393,10 @@ fn check_url(raw: &str, problems: &mut Vec<String>) -> Option<Uri> {
     (problems.len() == before).then(|| uri.clone())
 }
 
-/// The fetcher's HTTP client.
-type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+/// The fetcher's HTTP client (shared with the alert webhooks: `crate::http_client`).
+type HttpClient = crate::http_client::HttpClient<Empty<Bytes>>;
 
-/// hyper with rustls on the aws-lc-rs provider jsonwebtoken already uses, with the Mozilla root
-/// store compiled in (so it works in minimal containers without a system CA bundle). It follows
-/// no redirects (hyper never does) and keeps no idle connection (one fetch in minutes gains
-/// nothing from one).
-fn http_client(timeout: Duration, https_only: bool) -> Result<HttpClient, String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
-    let https = if https_only {
-        https.https_only()
-    } else {
-        https.https_or_http()
-    };
-    let connector = https.enable_http1().wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build(connector))
-}
-
-/// An error and its sources, for the log (never contains a token: only the fetch's errors).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+use crate::http_client::{error_chain, http_client};
 
 /// Verifies JWTs against the keys of a remote JWK set; build it with
 /// [`JwksAuthenticator::builder`]. Cloning is cheap and shares the keys, the fetch state and
