@@ -891,3 +891,74 @@ async fn metrics_need_the_admin_token_and_count_upstream_responses() {
             .all(|r| !r.path().starts_with("/_secure-routes"))
     );
 }
+
+/// `[[alerts]]` through `serve` (issue 12 part 2's contract): a flood of bad tokens fires the
+/// rule once, at its threshold, with a signed webhook; the rest of the flood is in cooldown.
+#[tokio::test]
+async fn an_alert_rule_fires_one_signed_webhook_for_a_flood_of_bad_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let alerts = format!(
+        r#"
+[[alerts]]
+name = "auth-failures"
+action = "unauthorized_access"
+count = 3
+within = "1m"
+per = "ip"
+webhook = "{}/hook"
+cooldown = "10m"
+"#,
+        upstream.origin()
+    );
+    let secret = "webhook-secret-for-the-gateway-tests-0123456789";
+    let body = config(&upstream, &alerts);
+    let mut gw = Gateway::start(
+        dir.path(),
+        &body,
+        &[("SECURE_ROUTES_WEBHOOK_SECRET", secret)],
+    )
+    .await;
+    let http = client();
+    for _ in 0..6 {
+        let res = http
+            .get(gw.url("/api/user/me"))
+            .header("authorization", "Bearer not-a-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401);
+    }
+    let hook = upstream
+        .wait_for(BOUND, |r| r.path() == "/hook")
+        .await
+        .expect("the webhook was called");
+    assert_eq!(hook.method, http::Method::POST);
+    let signature = hook
+        .header("x-secure-routes-signature")
+        .expect("signed")
+        .to_owned();
+    assert!(
+        signature.starts_with("t=") && signature.contains(",v1="),
+        "{signature}"
+    );
+    gw.stop().await;
+    // Stopped: every queued alert has been delivered or dropped, none is still coming.
+    assert_eq!(
+        upstream.records_for("/hook").len(),
+        1,
+        "one alert for the flood, the rest in cooldown"
+    );
+    let rows = gw.audit_rows();
+    assert_eq!(
+        rows.iter()
+            .filter(|r| r.action == "alert_triggered")
+            .count(),
+        1,
+        "{rows:?}"
+    );
+    assert!(
+        upstream.records_for("/api/user/me").is_empty(),
+        "no refused request reached the upstream"
+    );
+}
