@@ -26,6 +26,8 @@
 # Usage: bench/proxy.sh [seconds-per-run] [connections] [rounds] [rate]
 #        (defaults 10, 32, 3, 2000; RATE requests/s for the latency runs, over 16 connections)
 # Needs nginx and wrk (Debian packages); installs them with apt-get when missing (as root).
+# KEEP=1 keeps the temporary directory (configs, logs); DEBUG=1 prints when each latency run
+# starts and how many connections its target holds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
