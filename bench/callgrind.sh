@@ -10,7 +10,9 @@
 # libraries detect at run time: valgrind's CPU has no SHA extensions, for one).
 #
 # Usage: bench/callgrind.sh [FEW] [MANY]        (defaults 1000 and 6000)
-# The MANY run's profile of each route stays in target/callgrind/ROUTE.out for
+# INSTRUCTIONS_BIN=path runs a driver built before (a before/after comparison: build the
+# `instructions` bench on the old commit, copy the binary aside, run both with the same script).
+# The MANY run's profile of each route stays in target/callgrind/ROUTE.out (CALLGRIND_OUT=dir: there) for
 # `callgrind_annotate --inclusive=yes target/callgrind/public.out | head -60`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,10 +22,14 @@ many="${2:-6000}"
 if ! command -v valgrind >/dev/null; then
     apt-get update -qq && apt-get install -y -qq valgrind >/dev/null
 fi
-bin=$(cargo bench -q -p secure-routes --bench instructions --no-run --message-format=json \
-    | grep -o '"executable":"[^"]*instructions-[^"]*"' | cut -d'"' -f4 | tail -1)
+bin="${INSTRUCTIONS_BIN:-}"
+if [ -z "$bin" ]; then
+    bin=$(cargo bench -q -p secure-routes --bench instructions --no-run --message-format=json \
+        | grep -o '"executable":"[^"]*instructions-[^"]*"' | cut -d'"' -f4 | tail -1)
+fi
 if [ -z "$bin" ]; then echo "could not find the instructions bench binary" >&2; exit 1; fi
-mkdir -p target/callgrind
+out="${CALLGRIND_OUT:-target/callgrind}"
+mkdir -p "$out"
 
 instructions() { # route, requests, output file -> total instructions (Ir) of the run
     valgrind --tool=callgrind --callgrind-out-file="$3" "$bin" "$1" "$2" 2>/dev/null >/dev/null
@@ -44,11 +50,11 @@ mallocs() { # calls to malloc recorded in a callgrind profile (names are compres
 
 declare -A per
 for route in bare_handler public assembled authenticated_hs256 assembled_jwt_hs256; do
-    a=$(instructions "$route" "$few" "target/callgrind/$route.few.out")
-    b=$(instructions "$route" "$many" "target/callgrind/$route.out")
+    a=$(instructions "$route" "$few" "$out/$route.few.out")
+    b=$(instructions "$route" "$many" "$out/$route.out")
     per[$route]=$(awk -v a="$a" -v b="$b" -v n=$((many - few)) 'BEGIN { printf "%.0f", (b - a) / n }')
-    allocs=$(awk -v a="$(mallocs "target/callgrind/$route.few.out")" \
-        -v b="$(mallocs "target/callgrind/$route.out")" -v n=$((many - few)) \
+    allocs=$(awk -v a="$(mallocs "$out/$route.few.out")" \
+        -v b="$(mallocs "$out/$route.out")" -v n=$((many - few)) \
         'BEGIN { printf "%.1f", (b - a) / n }')
     printf '%-22s %8s instructions/request  %5s mallocs/request   (%s requests: %s, %s requests: %s)\n' \
         "$route" "${per[$route]}" "$allocs" "$few" "$a" "$many" "$b"

@@ -9,6 +9,8 @@
 #
 # Usage: bench/http_cpu.sh [seconds-per-run] [connections] [rounds]
 # Needs wrk (Debian package `wrk`); installs it with apt-get when missing and run as root.
+# BENCH_SERVER=path runs a server built before (a before/after comparison: build the
+# `bench_server` example on the old commit and copy it aside).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
@@ -19,8 +21,12 @@ addr=127.0.0.1:3999
 if ! command -v wrk >/dev/null; then
     apt-get update -qq && apt-get install -y -qq wrk >/dev/null
 fi
-cargo build --release -q -p secure-routes-cli --example bench_server
-target/release/examples/bench_server "$addr" > /tmp/bench_server.log 2>&1 &
+server="${BENCH_SERVER:-}"
+if [ -z "$server" ]; then
+    cargo build --release -q -p secure-routes-cli --example bench_server
+    server=target/release/examples/bench_server
+fi
+"$server" "$addr" > /tmp/bench_server.log 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do

@@ -53,6 +53,24 @@ Environment:
   NO_COLOR                       set: no colour in logs (logs are never coloured when stderr
                                  is not a terminal)";
 
+/// Every environment variable `secure-routes serve` reads, shown by `secure-routes serve --help`.
+/// The config file holds everything else, and never a secret.
+pub const SERVE_ENVIRONMENT: &str = "\
+Environment:
+  SECURE_ROUTES_JWT_SECRET       HS256 secret for tokens ([identity] jwt = true; 32+ bytes)
+  CSRF_SECRET                    CSRF signing secret (32+ bytes); instances sharing a store
+                                 must share it
+    Without these two, development secrets are generated once into
+    ./secure-routes.dev-secrets, as for demo.
+  SECURE_ROUTES_ENV              `production` refuses to start without the secrets above
+  SUPABASE_JWT_SECRET            with [identity] supabase_url: the legacy HS256 secret
+  SECURE_ROUTES_ADMIN_TOKEN      bearer token for /_secure-routes/metrics (unset: closed)
+  SECURE_ROUTES_ASSERTION_KEY    P-256 key (PEM) signing X-Secure-Routes-Assertion; instances
+                                 behind one load balancer must share it (unset: one per process)
+  SECURE_ROUTES_WEBHOOK_SECRET   signs the [[alerts]] webhooks (32+ bytes; needed with alerts)
+  RUST_LOG                       log filter
+  NO_COLOR                       set: no colour in logs";
+
 /// Where `secure-routes token` takes its secret from, shown by `secure-routes token --help`.
 pub const TOKEN_SECRETS: &str = "\
 Secrets:
@@ -181,8 +199,9 @@ pub enum Command {
         command: BansCommand,
     },
     /// Run the gateway: the config file's per-route policies in front of its upstream.
-    /// Secrets from the environment (as for demo, plus SECURE_ROUTES_ADMIN_TOKEN and
-    /// SECURE_ROUTES_ASSERTION_KEY); SIGHUP reloads the routes, SIGTERM drains and stops.
+    /// Secrets from the environment (below); SIGHUP reloads the routes, SIGTERM drains and
+    /// stops.
+    #[command(after_help = SERVE_ENVIRONMENT)]
     Serve {
         /// The gateway's config file (secure-routes.toml).
         #[arg(long)]
@@ -597,16 +616,27 @@ mod tests {
         );
     }
 
-    /// Every variable the demo reads (grep the CLI and config for `env(`, `env =` and
-    /// `std::env::var`) appears in `demo --help`.
+    /// Every variable the binary reads (grep the CLI and config for `env(`, `env =` and
+    /// `std::env::var`) appears in `demo --help` or `serve --help`, and the gateway's own in
+    /// `serve --help`.
     #[test]
-    fn demo_help_lists_every_environment_variable_it_reads() {
-        let text = help(&["demo"]);
+    fn demo_and_serve_help_list_every_environment_variable_they_read() {
+        let demo = help(&["demo"]);
+        let serve = help(&["serve"]);
         for var in crate::config::ENVIRONMENT {
             assert!(
-                text.contains(var),
-                "demo --help does not mention {var}:\n{text}"
+                demo.contains(var) || serve.contains(var),
+                "neither demo --help nor serve --help mentions {var}:\n{demo}\n{serve}"
             );
+        }
+        for var in [
+            "SECURE_ROUTES_JWT_SECRET",
+            "CSRF_SECRET",
+            "SECURE_ROUTES_ADMIN_TOKEN",
+            "SECURE_ROUTES_ASSERTION_KEY",
+            "SECURE_ROUTES_WEBHOOK_SECRET",
+        ] {
+            assert!(serve.contains(var), "serve --help lacks {var}:\n{serve}");
         }
     }
 

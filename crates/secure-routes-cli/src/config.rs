@@ -25,8 +25,9 @@ use anyhow::{Context, bail};
 use rand::Rng as _;
 
 /// Every environment variable the `secure-routes` binary reads (the config above, `RUST_LOG`
-/// and `NO_COLOR` for the logs): `demo --help` lists each, and tests that start the binary
-/// clear each so the caller's environment cannot leak in.
+/// and `NO_COLOR` for the logs, the gateway's secrets): `demo --help` or `serve --help` lists
+/// each, and tests that start the binary clear each so the caller's environment cannot leak
+/// in.
 ///
 /// ```
 /// assert!(secure_routes_cli::config::ENVIRONMENT.contains(&"CSRF_SECRET"));
@@ -42,6 +43,9 @@ pub const ENVIRONMENT: &[&str] = &[
     "SECURE_ROUTES_LIMITS",
     "SECURE_ROUTES_AUDIT",
     "SUPABASE_JWT_SECRET",
+    "SECURE_ROUTES_ADMIN_TOKEN",
+    "SECURE_ROUTES_ASSERTION_KEY",
+    "SECURE_ROUTES_WEBHOOK_SECRET",
     "RUST_LOG",
     "NO_COLOR",
 ];

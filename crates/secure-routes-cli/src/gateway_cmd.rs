@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use secure_routes::Security;
-use secure_routes::audit::{AuditConfig, AuditWriter};
+use secure_routes::alerts::AlertEngine;
+use secure_routes::audit::{AuditConfig, AuditObserver, AuditWriter};
 use secure_routes::serve::ServeConfig;
 use secure_routes_gateway::config::{GatewayConfig, Identity as IdentityConfig, TlsFiles};
 use secure_routes_gateway::gateway::{GatewayHandle, GatewayParts, gateway};
@@ -137,11 +138,34 @@ fn identity(
     })
 }
 
+/// The environment variable holding the alert webhooks' signing secret.
+const WEBHOOK_SECRET_VAR: &str = "SECURE_ROUTES_WEBHOOK_SECRET";
+
+/// The alert engine for the file's `[[alerts]]` (`None` without rules).
+fn alert_engine(file: &GatewayConfig) -> anyhow::Result<Option<AlertEngine>> {
+    if file.alerts.is_empty() {
+        return Ok(None);
+    }
+    let secret = std::env::var(WEBHOOK_SECRET_VAR)
+        .ok()
+        .filter(|s| !s.is_empty())
+        .with_context(|| {
+            format!("[[alerts]] needs {WEBHOOK_SECRET_VAR} (32 bytes or more) to sign its webhooks")
+        })?;
+    let engine = AlertEngine::builder()
+        .rules(file.alerts.iter().cloned())
+        .secret(secret)
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Some(engine))
+}
+
 /// Runs the gateway for the file at `path` until SIGINT/SIGTERM.
 pub async fn run(
     path: PathBuf,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let hangups = hangups();
     let file = load(&path)?;
     let mut config = Config::from_env()?;
     config.trusted_proxies.clone_from(&file.trusted_proxies);
@@ -160,6 +184,7 @@ pub async fn run(
         .map(Arc::<str>::from);
     let metrics = GatewayMetrics::install().context("installing the metrics recorder")?;
     metrics.spawn_upkeep(Duration::from_secs(5));
+    let alerts = alert_engine(&file)?;
 
     let listener = crate::cli::bind(&file.listen).await?;
     let stores = stores::open(&limits, &audit).await?;
@@ -167,6 +192,10 @@ pub async fn run(
         Arc::clone(&stores.audit),
         AuditConfig {
             spill_path: audit.spill_path(),
+            observers: alerts
+                .iter()
+                .map(|a| Arc::new(a.clone()) as Arc<dyn AuditObserver>)
+                .collect(),
             ..AuditConfig::default()
         },
     );
@@ -204,7 +233,7 @@ pub async fn run(
             file.routes().len(),
             stores.limits.name()
         );
-        reload_on_hangup(path.clone(), handle, file.clone());
+        reload_on_hangup(hangups, path.clone(), handle, file.clone());
         // One stop signal for the gateway and the metrics listener.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -245,6 +274,10 @@ pub async fn run(
     .await;
     // Always: events recorded so far reach the store (or the spill file).
     writer.shutdown().await;
+    // Queued alerts get a bounded chance to reach their webhooks.
+    if let Some(a) = &alerts {
+        let _ = tokio::time::timeout(Duration::from_secs(10), a.shutdown()).await;
+    }
     drop(stores);
     served
 }
@@ -303,13 +336,33 @@ fn security(
     Ok(b.build()?)
 }
 
+/// The SIGHUP stream, installed first thing in [`run`]: a SIGHUP during start-up (opening
+/// stores, binding) would otherwise kill the process with the default action.
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = ();
+
+#[cfg(unix)]
+fn hangups() -> Hangups {
+    use tokio::signal::unix::{SignalKind, signal};
+    signal(SignalKind::hangup()).ok()
+}
+
+#[cfg(not(unix))]
+fn hangups() -> Hangups {}
+
 /// On SIGHUP: re-reads the file and swaps the routes; a bad file keeps the running ones and
 /// logs every problem. Settings that need a restart are named when they changed.
-fn reload_on_hangup(path: PathBuf, handle: GatewayHandle, running: GatewayConfig) {
+fn reload_on_hangup(
+    hangups: Hangups,
+    path: PathBuf,
+    handle: GatewayHandle,
+    running: GatewayConfig,
+) {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        let Some(mut hangups) = hangups else {
             tracing::warn!("cannot listen for SIGHUP: reload needs a restart");
             return;
         };
@@ -321,7 +374,7 @@ fn reload_on_hangup(path: PathBuf, handle: GatewayHandle, running: GatewayConfig
     }
     #[cfg(not(unix))]
     {
-        let _ = (path, handle, running);
+        let _ = (hangups, path, handle, running);
     }
 }
 

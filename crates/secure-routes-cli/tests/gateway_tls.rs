@@ -100,6 +100,16 @@ async fn the_gateway_serves_tls_with_secure_cookies_and_its_proxy_answers() {
     assert!(lower.contains("; secure"), "{csrf}");
     assert!(lower.contains("strict-transport-security:"), "{csrf}");
 
+    // The browser helper, embedded in the binary.
+    let js = get(&gateway, "/_secure-routes/csrf-fetch.js").await;
+    assert!(js.starts_with("HTTP/1.1 200"), "{js}");
+    assert!(
+        js.to_ascii_lowercase()
+            .contains("content-type: text/javascript"),
+        "{js}"
+    );
+    assert!(js.contains("export"), "{js}");
+
     // Forwarded through the proxy: the upstream is down, the answer is a 502 problem.
     let proxied = get(&gateway, "/api/x").await;
     assert!(proxied.starts_with("HTTP/1.1 502"), "{proxied}");

@@ -477,7 +477,17 @@ async fn a_redis_outage_is_answered_per_policy_and_recovered_from() {
     let demo = Demo::start(
         dir.path(),
         "redis-outage",
-        &["--limits", &redis.url(), "--audit", "sqlite:audit.db"],
+        // A store call slower than the 50 ms default on a loaded CI machine would be a
+        // fail-closed 503 while the store is up. While it is down the timeout is what answers,
+        // so it stays well inside ANSWER_BOUND.
+        &[
+            "--limits",
+            &redis.url(),
+            "--audit",
+            "sqlite:audit.db",
+            "--store-timeout",
+            "250ms",
+        ],
     );
     let seen = through_an_outage(&demo, &mut redis, || {}).await;
 
@@ -511,7 +521,15 @@ async fn a_postgres_outage_loses_no_audit_event_and_is_recovered_from() {
     let demo = Demo::start(
         dir.path(),
         "postgres-outage",
-        &["--limits", &url, "--audit", &url],
+        // As for Redis: the healthy phases must not time out on a loaded machine.
+        &[
+            "--limits",
+            &url,
+            "--audit",
+            &url,
+            "--store-timeout",
+            "250ms",
+        ],
     );
     let spill = dir.path().join("secure-routes-audit-spill.jsonl");
     // Keep the server down until the writer has given up on a batch and spilled it, so the

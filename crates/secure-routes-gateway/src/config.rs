@@ -7,6 +7,9 @@
 //! secret (they come from the environment); it names where stores live, which identity
 //! provider signs tokens, and the routes.
 //!
+//! `[[alerts]]` entries are the library's [`AlertRule`]s (`name`, `action`, `count`, `within`,
+//! `per` = ip | subject | route, `webhook`, optional `outcome` and `cooldown`, default 10m).
+//!
 //! Keys beside a route's `preset` override the preset's values. [`GatewayConfig::routes`] is
 //! what `secure-routes routes` prints and what the gateway enforces.
 //!
@@ -40,6 +43,8 @@ use std::ops::Range;
 use std::time::Duration;
 
 use http::Method;
+use secure_routes::alerts::{AlertRule, MAX_COUNT, Per};
+use secure_routes::audit::{AuditAction, Outcome};
 use secure_routes::{AuthMode, CsrfMode, FailureMode, Policy, Quota};
 use serde::Deserialize;
 use toml::Spanned;
@@ -180,6 +185,9 @@ pub struct GatewayConfig {
     pub stores: Stores,
     /// `[identity]`.
     pub identity: Identity,
+    /// `[[alerts]]`: alert rules, in the file's order (the signing secret comes from
+    /// `SECURE_ROUTES_WEBHOOK_SECRET` when the gateway starts).
+    pub alerts: Vec<AlertRule>,
     routes: Vec<Route>,
     default: Route,
     table: RouteTable,
@@ -374,6 +382,23 @@ impl GatewayConfig {
                 "at least one [[routes]] is required".into(),
             );
         }
+        let mut alerts = Vec::new();
+        for (i, a) in raw.alerts.iter().enumerate() {
+            let key = format!("alerts[{i}]");
+            if raw.alerts[..i]
+                .iter()
+                .any(|b| b.name.get_ref() == a.name.get_ref())
+            {
+                problem(
+                    format!("{key}.name"),
+                    Some(a.name.span()),
+                    format!("{:?} names an earlier rule too", a.name.get_ref()),
+                );
+            }
+            if let Some(rule) = alert(a, &key, &mut problem) {
+                alerts.push(rule);
+            }
+        }
         let table = RouteTable::new(raw.routes.iter().map(|r| r.path.get_ref().as_str()));
         let table = match table {
             Ok(t) => Some(t),
@@ -431,6 +456,7 @@ impl GatewayConfig {
                         session_cookie: i.session_cookie,
                     })
                     .unwrap_or_default(),
+                alerts,
                 routes,
                 default,
                 table,
@@ -576,6 +602,22 @@ struct RawConfig {
     #[serde(default)]
     routes: Vec<RawRoute>,
     default: Option<RawRoute>,
+    #[serde(default)]
+    alerts: Vec<RawAlert>,
+}
+
+/// An `[[alerts]]` entry.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlert {
+    name: Spanned<String>,
+    action: Spanned<String>,
+    outcome: Option<Spanned<String>>,
+    count: Spanned<i64>,
+    within: Spanned<String>,
+    per: Spanned<String>,
+    webhook: Spanned<String>,
+    cooldown: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -743,6 +785,106 @@ fn route(r: &RawRoute, key: &str, problem: &mut Report<'_>) -> Option<Policy> {
             let span = (!r.path.get_ref().is_empty()).then(|| r.path.span());
             for message in e.problems() {
                 problem(key.to_owned(), span.clone(), message.clone());
+            }
+            None
+        }
+    }
+}
+
+/// One `[[alerts]]` rule, every problem under its key. `None` after a problem.
+fn alert(a: &RawAlert, key: &str, problem: &mut Report<'_>) -> Option<AlertRule> {
+    // Fields already reported here, so the builder's own "required" for them is not repeated.
+    let mut failed: Vec<&'static str> = Vec::new();
+    let mut fail = |field: &'static str, span: Range<usize>, message: String| {
+        failed.push(field);
+        problem(format!("{key}.{field}"), Some(span), message);
+    };
+    let mut b = AlertRule::builder(a.name.get_ref().clone());
+    match AuditAction::parse(a.action.get_ref()) {
+        Some(action) => b = b.action(action),
+        None => fail(
+            "action",
+            a.action.span(),
+            format!(
+                "{:?}: expected an audit action ({})",
+                a.action.get_ref(),
+                AuditAction::ALL
+                    .iter()
+                    .filter(|a| **a != AuditAction::AlertTriggered)
+                    .map(AuditAction::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+    }
+    if let Some(o) = &a.outcome {
+        match Outcome::ALL.iter().find(|x| x.as_str() == o.get_ref()) {
+            Some(outcome) => b = b.outcome(*outcome),
+            None => fail(
+                "outcome",
+                o.span(),
+                format!(
+                    "{:?}: expected denied, allowed, error or would_deny",
+                    o.get_ref()
+                ),
+            ),
+        }
+    }
+    match u32::try_from(*a.count.get_ref()) {
+        Ok(n) if (1..=MAX_COUNT).contains(&n) => b = b.count(n),
+        _ => fail(
+            "count",
+            a.count.span(),
+            format!(
+                "{}: expected a whole number from 1 to {MAX_COUNT}",
+                a.count.get_ref()
+            ),
+        ),
+    }
+    match parse_duration(a.within.get_ref()) {
+        Ok(d) => b = b.within(d),
+        Err(e) => fail("within", a.within.span(), e),
+    }
+    match Per::parse(a.per.get_ref()) {
+        Some(per) => b = b.per(per),
+        None => fail(
+            "per",
+            a.per.span(),
+            format!("{:?}: expected ip, subject or route", a.per.get_ref()),
+        ),
+    }
+    b = b.webhook(a.webhook.get_ref().clone());
+    if let Some(c) = &a.cooldown {
+        match parse_duration(c.get_ref()) {
+            Ok(d) => b = b.cooldown(d),
+            Err(e) => fail("cooldown", c.span(), e),
+        }
+    }
+    match b.build() {
+        Ok(rule) if failed.is_empty() => Some(rule),
+        Ok(_) => None,
+        Err(e) => {
+            // The library starts each problem with its field's name.
+            for message in e.problems() {
+                let (field, text) = message.split_once(": ").unwrap_or(("", message));
+                if failed.contains(&field) {
+                    continue;
+                }
+                let span = match field {
+                    "name" => a.name.span(),
+                    "action" => a.action.span(),
+                    "count" => a.count.span(),
+                    "within" => a.within.span(),
+                    "webhook" => a.webhook.span(),
+                    "cooldown" => a.cooldown.as_ref().map_or(a.name.span(), Spanned::span),
+                    _ => a.name.span(),
+                };
+                let key = if field.is_empty() {
+                    key.to_owned()
+                } else {
+                    format!("{key}.{field}")
+                };
+                problem(key, Some(span), text.to_owned());
             }
             None
         }
@@ -1049,5 +1191,95 @@ preset = "public"
         )
         .unwrap_err();
         assert_eq!(p[0].key, "identity");
+    }
+
+    #[test]
+    fn alerts_parse_as_the_contract_writes_them() {
+        use secure_routes::alerts::Per;
+        use secure_routes::audit::{AuditAction, Outcome};
+        use std::time::Duration;
+        let c = GatewayConfig::parse(
+            r#"
+upstream = "http://127.0.0.1:3000"
+
+[[routes]]
+path = "/api/{*rest}"
+
+[[alerts]]
+name = "auth-failures"
+action = "unauthorized_access"     # any audit action
+count = 5
+within = "1m"
+per = "ip"                         # ip | subject | route
+webhook = "http://127.0.0.1:9000/hook"
+cooldown = "10m"
+
+[[alerts]]
+name = "csrf-dry-run"
+action = "csrf_validation_failed"
+outcome = "would_deny"
+count = 20
+within = "5m"
+per = "route"
+webhook = "https://hooks.example.com/services/T/B/secret"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.alerts.len(), 2);
+        let a = &c.alerts[0];
+        assert_eq!(a.name(), "auth-failures");
+        assert_eq!(a.action(), AuditAction::UnauthorizedAccess);
+        assert_eq!(a.outcome(), None);
+        assert_eq!((a.count(), a.within()), (5, Duration::from_secs(60)));
+        assert_eq!(a.per(), Per::Ip);
+        assert_eq!(a.webhook().to_string(), "http://127.0.0.1:9000/hook");
+        assert_eq!(a.cooldown(), Duration::from_secs(600));
+        let b = &c.alerts[1];
+        assert_eq!(b.outcome(), Some(Outcome::WouldDeny));
+        assert_eq!(b.per(), Per::Route);
+        assert_eq!(b.cooldown(), Duration::from_secs(600), "the default");
+        // A file without alerts has none.
+        let none = GatewayConfig::parse("upstream = \"http://x\"\n[[routes]]\npath = \"/a\"\n");
+        assert!(none.unwrap().alerts.is_empty());
+    }
+
+    #[test]
+    fn alert_problems_carry_their_key_and_line() {
+        let text = "upstream = \"http://x\"\n[[routes]]\npath = \"/a\"\n\
+            [[alerts]]\nname = \"a\"\naction = \"nope\"\ncount = 0\nwithin = \"1y\"\nper = \"country\"\nwebhook = \"ftp://h/\"\noutcome = \"maybe\"\ncooldown = \"x\"\n\
+            [[alerts]]\nname = \"bad name\"\naction = \"alert_triggered\"\ncount = 2\nwithin = \"1m\"\nper = \"ip\"\nwebhook = \"https://user:pw@h/\"\n\
+            [[alerts]]\nname = \"dup\"\naction = \"authz_fail\"\ncount = 1\nwithin = \"1m\"\nper = \"subject\"\nwebhook = \"http://h/\"\n\
+            [[alerts]]\nname = \"dup\"\naction = \"authz_fail\"\ncount = 1\nwithin = \"1m\"\nper = \"subject\"\nwebhook = \"http://h/\"\n";
+        let problems = GatewayConfig::parse(text).unwrap_err();
+        let got: Vec<(String, Option<usize>)> =
+            problems.iter().map(|p| (p.key.clone(), p.line)).collect();
+        for want in [
+            ("alerts[0].action", 6),
+            ("alerts[0].outcome", 11),
+            ("alerts[0].count", 7),
+            ("alerts[0].within", 8),
+            ("alerts[0].per", 9),
+            ("alerts[0].cooldown", 12),
+            ("alerts[0].webhook", 10),
+            ("alerts[1].name", 14),
+            ("alerts[1].action", 15),
+            ("alerts[1].webhook", 19),
+            ("alerts[3].name", 28),
+        ] {
+            assert!(
+                got.contains(&(want.0.to_owned(), Some(want.1))),
+                "{want:?} missing from {problems:#?}"
+            );
+        }
+        // The URL (which may hold a secret) is never echoed.
+        assert!(problems.iter().all(|p| !p.message.contains("pw")));
+        // Unknown keys are errors, with their line.
+        let p = GatewayConfig::parse(
+            "upstream = \"http://x\"\n[[routes]]\npath = \"/a\"\n[[alerts]]\nname = \"a\"\naction = \"authz_fail\"\ncount = 1\nwithin = \"1m\"\nper = \"ip\"\nwebhook = \"http://h/\"\nthreshold = 3\n",
+        )
+        .unwrap_err();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].line, Some(11), "{p:?}");
+        assert!(p[0].message.contains("unknown field"), "{p:?}");
     }
 }

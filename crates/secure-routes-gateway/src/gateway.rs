@@ -371,7 +371,9 @@ impl Service<Request<Body>> for Dispatch {
                     }
                 }
                 // After normalizing: `/%5Fsecure-routes/metrics` is the reserved path too.
-                if normalized.starts_with(RESERVED_PREFIX) {
+                if normalized.starts_with(RESERVED_PREFIX)
+                    || normalized == RESERVED_PREFIX.trim_end_matches('/')
+                {
                     routes.internal.clone()
                 } else {
                     match routes.table.find(&normalized) {

@@ -113,6 +113,18 @@ const COUNTERS: &[(&str, &str)] = &[
         "secure_routes_connections_refused_total",
         "Connections closed at accept, by reason (a cap was reached).",
     ),
+    (
+        "secure_routes_alerts_fired_total",
+        "Alert rules fired (each an alert_triggered audit event), by rule.",
+    ),
+    (
+        "secure_routes_webhook_failures_total",
+        "Alerts whose webhook was not delivered after every attempt (or refused with a 4xx), by rule.",
+    ),
+    (
+        "secure_routes_alerts_dropped_total",
+        "Alerts dropped before delivery (webhook queue full, or the engine stopping), by rule.",
+    ),
 ];
 
 /// The gateway's Prometheus recorder: installed once per process, rendered on each scrape.

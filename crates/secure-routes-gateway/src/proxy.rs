@@ -19,9 +19,13 @@
 //! * **Failures** are answers, not dropped connections: the upstream unreachable is a 502 and
 //!   no response head within `upstream_timeout` is a 504, both `application/problem+json`
 //!   and audited (`upstream_failure`) by the pipeline like any refusal from inside the stack.
+//!   Once the head is sent, a body that stalls for `upstream_timeout` between two reads aborts
+//!   the client's response (nginx's `proxy_read_timeout`).
 //! * **Upgrades** (WebSocket and any `Upgrade`) are forwarded after the route's checks; on the
 //!   upstream's `101` the two connections are joined and bytes flow both ways until either
-//!   side closes.
+//!   side closes. Except `h2c`: after it the tunnel carries HTTP/2 requests straight to the
+//!   upstream, past every route's checks (h2c smuggling), so a request naming it is forwarded
+//!   as a plain request without the upgrade (RFC 9113 3.1 deprecated the h2c upgrade anyway).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -358,6 +362,9 @@ impl Forward {
         remove_hop_by_hop(&mut headers);
         // The client that reached us, not what it claims.
         headers.remove(header::HOST);
+        // `100-continue` was this hop's business: the server answered it when the body was
+        // first read, and the body streams on to the upstream without waiting again.
+        headers.remove(header::EXPECT);
         if let Some(peer) = peer {
             let trusted = self.upstream.trusted(peer);
             set_forwarded(
@@ -451,7 +458,74 @@ impl Forward {
             return Response::from_parts(head, Body::empty());
         }
         remove_hop_by_hop(res.headers_mut());
-        res.map(Body::new)
+        res.map(|body| Body::new(IdleTimeoutBody::new(body, timeout)))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An upstream response body that fails when no bytes arrive for `idle` (nginx's
+    /// `proxy_read_timeout`): an upstream that stalls after its head would otherwise hold the
+    /// client, and a connection slot, forever. The failure aborts the client's response
+    /// (never a short body passed off as complete).
+    struct IdleTimeoutBody<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        sleep: tokio::time::Sleep,
+        idle: Duration,
+    }
+}
+
+impl<B> IdleTimeoutBody<B> {
+    fn new(inner: B, idle: Duration) -> Self {
+        Self {
+            inner,
+            sleep: tokio::time::sleep(idle),
+            idle,
+        }
+    }
+}
+
+/// The error an [`IdleTimeoutBody`] ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent no body bytes for {0:?}")]
+struct UpstreamStalled(Duration);
+
+impl<B> http_body::Body for IdleTimeoutBody<B>
+where
+    B: http_body::Body,
+    B::Error: Into<tower::BoxError>,
+{
+    type Data = B::Data;
+    type Error = tower::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, Self::Error>>> {
+        let mut this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = tokio::time::Instant::now() + *this.idle;
+                this.sleep.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.sleep.poll(cx) {
+                Poll::Ready(()) => {
+                    tracing::warn!(idle = ?this.idle, "upstream body stalled; response aborted");
+                    Poll::Ready(Some(Err(Box::new(UpstreamStalled(*this.idle)))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -478,6 +552,8 @@ fn join_cookie_lines(headers: &mut HeaderMap) {
 }
 
 /// The protocol a request asks to upgrade to (`Connection: upgrade` with `Upgrade`), if any.
+/// Never `h2c` (see the [module docs](self)): an upgrade offering it anywhere in its list is
+/// no upgrade, since the upstream could pick it.
 fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
     let asks = headers
         .get_all(header::CONNECTION)
@@ -485,7 +561,21 @@ fn upgrade_protocol(headers: &HeaderMap) -> Option<HeaderValue> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| headers.get(header::UPGRADE).cloned())
+    // Unreadable bytes count as h2c: what the upstream would make of them is unknown.
+    let offers_h2c = headers.get_all(header::UPGRADE).iter().any(|v| {
+        v.to_str().map_or(true, |v| {
+            v.split(',').any(|p| {
+                p.trim()
+                    .split('/')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("h2c")
+            })
+        })
+    });
+    (asks && !offers_h2c)
+        .then(|| headers.get(header::UPGRADE).cloned())
         .flatten()
 }
 
@@ -705,6 +795,41 @@ mod tests {
         assert_eq!(m["forwarded"], "for=10.0.0.1;proto=http");
     }
 
+    /// A body whose frames come from a channel, as a slow upstream sends them.
+    struct Frames(tokio::sync::mpsc::Receiver<bytes::Bytes>);
+
+    impl http_body::Body for Frames {
+        type Data = bytes::Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Infallible>>> {
+            self.0
+                .poll_recv(cx)
+                .map(|b| b.map(|b| Ok(http_body::Frame::data(b))))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_upstream_body_fails_after_the_idle_time_and_a_live_one_does_not() {
+        use http_body_util::BodyExt as _;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut body = Box::pin(IdleTimeoutBody::new(Frames(rx), Duration::from_secs(30)));
+        tx.send(bytes::Bytes::from_static(b"a")).await.unwrap();
+        assert!(body.frame().await.unwrap().is_ok());
+        tokio::time::advance(Duration::from_secs(29)).await;
+        tx.send(bytes::Bytes::from_static(b"b")).await.unwrap();
+        assert!(body.frame().await.unwrap().is_ok(), "29 s idle is in time");
+        // Nothing more: the paused clock runs to the deadline and the read fails, a full idle
+        // time after the last frame (the timer restarts with each one).
+        let waiting = tokio::time::Instant::now();
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.is::<UpstreamStalled>(), "{err}");
+        assert_eq!(waiting.elapsed(), Duration::from_secs(30));
+        drop(tx);
+    }
+
     #[test]
     fn cookie_fields_are_joined_into_one() {
         let mut m = h(&[("cookie", "a=1"), ("cookie", "b=2"), ("x", "y")]);
@@ -714,6 +839,31 @@ mod tests {
         let mut one = h(&[("cookie", "a=1")]);
         join_cookie_lines(&mut one);
         assert_eq!(one["cookie"], "a=1");
+    }
+
+    #[test]
+    fn an_h2c_upgrade_is_never_an_upgrade() {
+        for offer in ["h2c", "H2C", "websocket, h2c", "h2c/1.0", " h2c "] {
+            assert!(
+                upgrade_protocol(&h(&[
+                    ("connection", "Upgrade, HTTP2-Settings"),
+                    ("upgrade", offer)
+                ]))
+                .is_none(),
+                "{offer}"
+            );
+        }
+        // In a second Upgrade field too.
+        assert!(
+            upgrade_protocol(&h(&[
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("upgrade", "h2c")
+            ]))
+            .is_none()
+        );
+        // Not a prefix match: a protocol merely starting with the letters is still upgraded.
+        assert!(upgrade_protocol(&h(&[("connection", "upgrade"), ("upgrade", "h2cx")])).is_some());
     }
 
     #[test]

@@ -63,7 +63,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::csrf::CsrfLayer;
 use tower_layer::Layer;
 
-use crate::context::RouteState;
+use crate::context::{Decoration, RouteState};
 use crate::error::ConfigError;
 use crate::fallback::NotFound;
 use crate::policy::{AuthMode, CsrfMode, FailureMode, Policy};
@@ -108,7 +108,9 @@ impl Security {
         let limit_headers = policy
             .rate_limit()
             .map(|q| LimitHeaders::new(policy.name(), q));
+        let decoration = Decoration::new(&policy, self.shared.https, limit_headers.as_ref());
         let state = RouteState {
+            decoration,
             cors_without_origin: http::HeaderMap::new(),
             cors,
             shared: self.shared.clone(),

@@ -21,6 +21,7 @@
 //! * [`rate_limit`]: quotas, the store trait, the algorithms and the memory store.
 //! * [`bans`]: escalating bans for repeat violators, the ban store trait.
 //! * [`audit`]: audit events, sinks and the batching writer.
+//! * `alerts` (feature `alerts`): alert rules over the audit trail, signed webhooks.
 //! * [`response`]: problem bodies (RFC 9457), security headers, CORS.
 //! * [`clock`]: injectable time.
 //! * `serve` (feature `server`): serving a router with header-read and idle timeouts,
@@ -97,6 +98,8 @@
 //! [tower]: https://docs.rs/tower
 //! [axum]: https://docs.rs/axum
 
+#[cfg(feature = "alerts")]
+pub mod alerts;
 pub mod audit;
 pub mod auth;
 pub mod authz;
@@ -110,6 +113,8 @@ pub mod fallback;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod guard;
+#[cfg(any(feature = "jwks", feature = "alerts"))]
+mod http_client;
 pub mod layer;
 pub mod policy;
 pub mod rate_limit;

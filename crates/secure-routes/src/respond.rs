@@ -10,7 +10,7 @@
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, header};
+use http::{HeaderMap, HeaderName, HeaderValue, header};
 use http_body_util::BodyExt;
 use tower::BoxError;
 use tower_http::body::UnsyncBoxBody;
@@ -19,6 +19,7 @@ use tower_http::csrf::{ProtectionError, ProtectionErrorKind, ResponseForProtecti
 
 use crate::audit::{Outcome, Reason, sanitize};
 use crate::context::{Ctx, RouteState};
+use crate::rate_limit::headers::{LimitHeaders, RATELIMIT};
 use crate::request_id::{X_REQUEST_ID, fresh_request_id};
 use crate::response::problem::{Rejection, RejectionKind};
 
@@ -63,17 +64,50 @@ impl Ctx {
     }
 
     /// Step 10: security headers, rate-limit headers, no-store when authenticated, request id.
+    ///
+    /// The headers that never change on the route come from a copy of
+    /// [`Decoration`](crate::context::Decoration), with the response's own put over them
+    /// (a security header the handler set wins, as `SecurityHeaders::apply` has it); then
+    /// the rate-limit numbers of this decision. The rate-limit headers are added only with a
+    /// decision and when the response has no `RateLimit` of its own, and replace any the
+    /// response had.
     pub(crate) fn decorate(&self, res: &mut Response) {
         let shared = &self.state.shared;
+        let decoration = &self.state.decoration;
         let h = res.headers_mut();
-        // Room for everything below at once: growing the map step by step rehashes it twice.
-        h.reserve(16);
-        self.state.policy.security_headers().apply(h, shared.https);
         // Both come from the policy's quota: a decision exists only on a rate-limited route.
-        if let (Some(decision), Some(limit_headers)) = (&self.limit, &self.state.limit_headers)
-            && !h.contains_key("ratelimit")
-        {
-            limit_headers.apply(h, decision, shared.clock.now());
+        let limit = match (&self.limit, &self.state.limit_headers) {
+            (Some(decision), Some(limit_headers)) if !h.contains_key(RATELIMIT) => {
+                Some((decision, limit_headers))
+            }
+            _ => None,
+        };
+        let (template, constant_copied) = match (limit, &decoration.limited) {
+            (Some(_), Some(limited)) => (limited, true),
+            _ => (&decoration.base, false),
+        };
+        let own = std::mem::replace(h, template.clone());
+        let mut constant_overridden = false;
+        let mut last: Option<HeaderName> = None;
+        for (name, value) in own {
+            match name {
+                Some(name) => {
+                    constant_overridden |= LimitHeaders::is_constant(&name);
+                    h.insert(&name, value);
+                    last = Some(name);
+                }
+                None => {
+                    if let Some(name) = &last {
+                        h.append(name, value);
+                    }
+                }
+            }
+        }
+        if let Some((decision, limit_headers)) = limit {
+            if constant_overridden || !constant_copied {
+                limit_headers.apply_constant(h);
+            }
+            limit_headers.apply_varying(h, decision, shared.clock.now());
         }
         if self.subject.is_some() {
             // Authenticated answers are per-user: no shared cache may keep them.

@@ -162,8 +162,6 @@ where
         .oneshot(Request::from_parts(parts, body))
         .await?
         .map(Body::new);
-    let cors = cors.as_ref().unwrap_or(&state.cors_without_origin);
-    respond::merge_cors(res.headers_mut(), cors);
     // 7, streamed: whatever the handler made of the body error, the answer is ours.
     if let Err(r) = body::check_streamed(body_state.get()) {
         return Ok(ctx.reject(r).await);
@@ -176,8 +174,11 @@ where
     if let Some(info) = res.extensions().get::<RejectionInfo>().copied() {
         ctx.audit(info, status, Outcome::Denied).await;
     }
-    // 10. Response headers.
+    // 10. Response headers, then the CORS headers (names step 10 never sets; merged into the
+    // decorated map, which has room for them, instead of growing the handler's).
     ctx.decorate(&mut res);
+    let cors = cors.as_ref().unwrap_or(&state.cors_without_origin);
+    respond::merge_cors(res.headers_mut(), cors);
     Ok(res)
 }
 

@@ -888,6 +888,61 @@ async fn a_policy_can_override_and_remove_security_headers() {
     assert_eq!(res.header("x-xss-protection"), Some("0"));
 }
 
+/// A handler that sets headers of its own: a security header, one header twice, the
+/// pipeline's `X-RateLimit-Limit` (and, with `own_ratelimit`, a `RateLimit` of its own).
+async fn own_headers(own_ratelimit: bool) -> axum::response::Response {
+    let mut res = axum::response::Response::new(Body::from("ok"));
+    let h = res.headers_mut();
+    h.insert(
+        header::X_FRAME_OPTIONS,
+        HeaderValue::from_static("SAMEORIGIN"),
+    );
+    h.append("x-twice", HeaderValue::from_static("one"));
+    h.append("x-twice", HeaderValue::from_static("two"));
+    h.insert("x-ratelimit-limit", HeaderValue::from_static("999"));
+    if own_ratelimit {
+        h.insert("ratelimit", HeaderValue::from_static("\"own\";r=1;t=1"));
+    }
+    res
+}
+
+#[tokio::test]
+async fn the_handlers_headers_survive_decoration_but_the_rate_limit_headers_are_ours() {
+    let h = harness(|b| b);
+    let app = h.app(
+        "/own",
+        limited("own3", Quota::per_minute(3)),
+        get(|| own_headers(false)),
+    );
+    let res = req(Method::GET, "/own").send(&app).await;
+    assert_eq!(res.status, 200);
+    // The handler's security header wins; the defaults it did not set are added.
+    assert_eq!(res.header("x-frame-options"), Some("SAMEORIGIN"));
+    assert_eq!(res.header("x-content-type-options"), Some("nosniff"));
+    let twice: Vec<_> = res.headers.get_all("x-twice").iter().collect();
+    assert_eq!(twice, ["one", "two"]);
+    // The rate-limit headers replace the handler's.
+    assert_eq!(res.header("x-ratelimit-limit"), Some("3"));
+    assert_eq!(res.header("ratelimit-policy"), Some("\"own3\";q=3;w=60"));
+    assert_eq!(res.header("x-ratelimit-remaining"), Some("2"));
+    assert!(res.header("x-request-id").is_some());
+
+    // A handler that answers with a `RateLimit` of its own keeps all of its own: the
+    // pipeline adds none.
+    let app = h.app(
+        "/own-limit",
+        limited("own4", Quota::per_minute(3)),
+        get(|| own_headers(true)),
+    );
+    let res = req(Method::GET, "/own-limit").send(&app).await;
+    assert_eq!(res.header("ratelimit"), Some("\"own\";r=1;t=1"));
+    assert_eq!(res.header("x-ratelimit-limit"), Some("999"));
+    assert_eq!(res.header("ratelimit-policy"), None);
+    assert_eq!(res.header("x-ratelimit-remaining"), None);
+    assert_eq!(res.header("x-frame-options"), Some("SAMEORIGIN"));
+    assert_eq!(res.header("x-xss-protection"), Some("0"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // CORS (3 and 10)
 // ---------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@
 //! ```
 
 mod fold;
+pub mod observer;
 mod reason;
 pub mod sinks;
 pub mod writer;
@@ -36,6 +37,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use crate::rate_limit::BoxFuture;
+pub use observer::{AuditObserver, Emitted};
 pub use reason::Reason;
 pub use writer::{
     AuditConfig, AuditStats, AuditWriter, NoRuntime, ReplayError, ReplayReport, replay_spill,
@@ -66,6 +68,9 @@ pub enum AuditAction {
     InternalError,
     /// The gateway's upstream failed: unreachable (502) or too slow (504).
     UpstreamFailure,
+    /// An alert rule fired (the `alerts` module, feature `alerts`): the reason is the rule's
+    /// name, the metadata names the rule, its key, the count and the window.
+    AlertTriggered,
     /// A client was banned for repeated violations (see [`bans`](crate::bans)), or a banned
     /// client was refused (403, reason `banned`).
     IpBanned,
@@ -89,6 +94,7 @@ impl AuditAction {
         AuditAction::AuthenticatorFailure,
         AuditAction::InternalError,
         AuditAction::UpstreamFailure,
+        AuditAction::AlertTriggered,
         AuditAction::IpBanned,
         AuditAction::BanLifted,
     ];
@@ -106,6 +112,7 @@ impl AuditAction {
             AuditAction::AuthenticatorFailure => "authenticator_failure",
             AuditAction::InternalError => "internal_error",
             AuditAction::UpstreamFailure => "upstream_failure",
+            AuditAction::AlertTriggered => "alert_triggered",
             AuditAction::IpBanned => "ip_banned",
             AuditAction::BanLifted => "ban_lifted",
         }

@@ -69,6 +69,7 @@ use futures_util::FutureExt;
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::fold::{Admit, FoldTable};
+use super::observer::{AuditObserver, observe_all};
 use super::{AuditError, AuditEvent, AuditSink};
 use crate::clock::{Clock, SystemClock};
 
@@ -118,6 +119,9 @@ pub struct AuditConfig {
     /// The clock fold windows are measured with (default [`SystemClock`]; tests inject a
     /// [`FakeClock`](crate::clock::FakeClock)).
     pub clock: Arc<dyn Clock>,
+    /// Called with every recorded event before it is folded or queued (default none), such
+    /// as the alert engine; see [`observer`](super::observer).
+    pub observers: Vec<Arc<dyn AuditObserver>>,
 }
 
 impl Default for AuditConfig {
@@ -135,6 +139,7 @@ impl Default for AuditConfig {
             fold_window: Duration::from_secs(10),
             fold_max_keys: 10_000,
             clock: Arc::new(SystemClock),
+            observers: Vec::new(),
         }
     }
 }
@@ -718,7 +723,33 @@ impl AuditWriter {
     /// this waits for one at most `block_timeout` more (10 ms at least) without blocking the
     /// runtime thread, and a spill that takes longer finishes in the background. Never fails
     /// and never drops the event silently.
+    ///
+    /// Every [`AuditConfig::observers`] entry sees the event first, before folding; events
+    /// they emit are recorded right after it (see [`observer`](super::observer)).
     pub async fn record(&self, event: AuditEvent) {
+        let observers = &self.inner.shared.config.observers;
+        if observers.is_empty() {
+            return self.record_observed(event).await;
+        }
+        let emitted = observe_all(observers, &event).into_events();
+        self.record_observed(event).await;
+        for e in emitted {
+            // Shown to the observers (a live view sees alerts too), but what they emit in
+            // answer is dropped: no observer can start a loop.
+            let replies = observe_all(observers, &e);
+            if !replies.is_empty() {
+                tracing::debug!(
+                    target: "secure_routes::audit",
+                    dropped = replies.len(),
+                    "events emitted in answer to an emitted event are not recorded"
+                );
+            }
+            self.record_observed(e).await;
+        }
+    }
+
+    /// [`record`](Self::record) after the observers.
+    async fn record_observed(&self, event: AuditEvent) {
         let shared = &self.inner.shared;
         Shared::add(&shared.counters.recorded, metric::RECORDED, 1);
         match shared.folds.admit(event) {

@@ -67,10 +67,6 @@ use http::Uri;
 use http::request::Parts;
 use http_body::Body as _;
 use http_body_util::{BodyExt as _, Empty, LengthLimitError, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::jwk::{
     AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations, PublicKeyUse,
 };
@@ -81,8 +77,8 @@ use sha2::{Digest, Sha256};
 
 use super::claims::{Claims, PINNED};
 use super::verify::{
-    ClaimOptions, ClaimRules, Hooks, KeySpec, Verified, alg_name, check_key, claim_option_methods,
-    parse_header,
+    ClaimOptions, ClaimRules, HmacKey, Hooks, KeySpec, Verified, alg_name, check_key,
+    claim_option_methods, parse_header,
 };
 use super::{AuthError, Authenticator, BoxFuture, Principal};
 use crate::error::ConfigError;
@@ -339,7 +335,13 @@ impl JwksAuthenticatorBuilder {
             return Err(ConfigError::new("jwks: no usable URL"));
         };
         let rules = self.claims.build();
-        let hmac = hmac.map(|(alg, key, _)| (alg, key, rules.validation(alg)));
+        // Only an HMAC secret gets here (`hs256`): keyed once.
+        let hmac = match (hmac, self.hmac.as_slice()) {
+            (Some((alg, _, _)), [KeySpec::Hmac(_, secret)]) => {
+                Some((alg, HmacKey::new(alg, secret)))
+            }
+            _ => None,
+        };
         let validations = ALLOWED.map(|alg| (alg, rules.validation(alg)));
         Ok(JwksAuthenticator {
             inner: Arc::new(Inner {
@@ -391,48 +393,10 @@ fn check_url(raw: &str, problems: &mut Vec<String>) -> Option<Uri> {
     (problems.len() == before).then(|| uri.clone())
 }
 
-/// The fetcher's HTTP client.
-type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
+/// The fetcher's HTTP client (shared with the alert webhooks: `crate::http_client`).
+type HttpClient = crate::http_client::HttpClient<Empty<Bytes>>;
 
-/// hyper with rustls on the aws-lc-rs provider jsonwebtoken already uses, with the Mozilla root
-/// store compiled in (so it works in minimal containers without a system CA bundle). It follows
-/// no redirects (hyper never does) and keeps no idle connection (one fetch in minutes gains
-/// nothing from one).
-fn http_client(timeout: Duration, https_only: bool) -> Result<HttpClient, String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
-    let https = if https_only {
-        https.https_only()
-    } else {
-        https.https_or_http()
-    };
-    let connector = https.enable_http1().wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build(connector))
-}
-
-/// An error and its sources, for the log (never contains a token: only the fetch's errors).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+use crate::http_client::{error_chain, http_client};
 
 /// Verifies JWTs against the keys of a remote JWK set; build it with
 /// [`JwksAuthenticator::builder`]. Cloning is cheap and shares the keys, the fetch state and
@@ -453,7 +417,8 @@ struct Inner {
     url: Uri,
     client: HttpClient,
     rules: ClaimRules,
-    hmac: Option<(Algorithm, DecodingKey, Validation)>,
+    /// The configured HMAC secret, keyed once (verified without jsonwebtoken).
+    hmac: Option<(Algorithm, HmacKey)>,
     validations: [(Algorithm, Validation); ALLOWED.len()],
     cooldown: Duration,
     max_age: Duration,
@@ -636,15 +601,15 @@ impl Inner {
     async fn verify_token(&self, token: &str) -> Result<(Verified, u64), AuthError> {
         self.rules.precheck(token)?;
         let header = parse_header(token)?;
-        let Some(name) = header.alg.as_deref() else {
+        let Some(name) = header.alg else {
             return Err(AuthError::Invalid("wrong_algorithm"));
         };
-        if let Some((alg, key, validation)) = &self.hmac
+        if let Some((alg, key)) = &self.hmac
             && name == alg_name(*alg)
         {
             // The configured shared secret, and only it: never a JWKS key for an HMAC token.
             // It never rotates, so its verifications stay usable whatever the key set does.
-            return Ok((self.rules.decode(token, key, validation)?, PINNED));
+            return Ok((self.rules.decode_hmac(token, &header, key)?, PINNED));
         }
         let Some((alg, validation)) = self.validations.iter().find(|(a, _)| alg_name(*a) == name)
         else {

@@ -60,8 +60,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 
 use super::claims::{Claims, PINNED};
 use super::verify::{
-    ClaimOptions, ClaimRules, KeySpec, Verified, alg_name, check_key, claim_option_methods,
-    parse_header,
+    ClaimOptions, ClaimRules, HmacKey, KeySpec, Verified, alg_name, check_key,
+    claim_option_methods, parse_header,
 };
 use super::{AuthError, Authenticator, BoxFuture, Principal};
 use crate::error::ConfigError;
@@ -211,10 +211,15 @@ impl JwtAuthenticatorBuilder {
         let Some((alg, decoding, encoding)) = key else {
             return Err(ConfigError::new("jwt: no usable key"));
         };
+        let hmac = match self.keys.as_slice() {
+            [KeySpec::Hmac(alg, secret)] => Some(HmacKey::new(*alg, secret)),
+            _ => None,
+        };
         let rules = self.claims.build();
         Ok(JwtAuthenticator {
             alg,
             decoding,
+            hmac,
             encoding,
             validation: rules.validation(alg),
             rules,
@@ -232,6 +237,8 @@ impl JwtAuthenticatorBuilder {
 pub struct JwtAuthenticator {
     alg: Algorithm,
     decoding: DecodingKey,
+    /// The HMAC secret keyed once (HS256/384/512): verified without jsonwebtoken.
+    hmac: Option<HmacKey>,
     encoding: Option<EncodingKey>,
     validation: Validation,
     rules: ClaimRules,
@@ -313,10 +320,13 @@ impl JwtAuthenticator {
     /// algorithm fail before the library sees the token.
     fn verify_token(&self, token: &str) -> Result<Verified, AuthError> {
         let header = parse_header(token)?;
-        if header.alg.as_deref() != Some(alg_name(self.alg)) {
+        if header.alg != Some(alg_name(self.alg)) {
             return Err(AuthError::Invalid("wrong_algorithm"));
         }
-        self.rules.decode(token, &self.decoding, &self.validation)
+        match &self.hmac {
+            Some(key) => self.rules.decode_hmac(token, &header, key),
+            None => self.rules.decode(token, &self.decoding, &self.validation),
+        }
     }
 
     /// Mints a token for `sub`, valid for `ttl` from now (by the configured clock), carrying

@@ -389,16 +389,84 @@ impl ClaimRules {
     ) -> Result<Verified, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, key, validation)
             .map_err(|e| AuthError::Invalid(reason(e.kind())))?;
-        self.check_shapes(&data.claims)?;
-        let exp = self.check_time(&data.claims)?;
-        let subject = match data.claims.get("sub") {
+        self.finish(data.claims)
+    }
+
+    /// [`decode`](Self::decode) for an HMAC key, without jsonwebtoken: the same checks in the
+    /// same order, with the HMAC keyed once ([`HmacKey`]), the header read once (by
+    /// [`parse_header`], whose `well_formed` says what the library's own read would have
+    /// said) and the claims read once. jsonwebtoken reads the header twice, keys a new HMAC
+    /// and reads the claims twice for every token (issue 10 part 7; DESIGN.md, "JWT").
+    ///
+    /// The caller has pinned the algorithm: `header.alg` is `key`'s.
+    pub(crate) fn decode_hmac(
+        &self,
+        token: &str,
+        header: &TokenHeader,
+        key: &HmacKey,
+    ) -> Result<Verified, AuthError> {
+        const MALFORMED: AuthError = AuthError::Invalid("malformed");
+        if !header.well_formed {
+            return Err(MALFORMED);
+        }
+        // `parse_header` saw exactly three segments.
+        let (message, signature) = token.rsplit_once('.').ok_or(MALFORMED)?;
+        let (_, payload) = message.split_once('.').ok_or(MALFORMED)?;
+        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| MALFORMED)?;
+        // Constant time (aws-lc's HMAC_verify compares with CRYPTO_memcmp): a timing
+        // difference would let an attacker find a valid MAC byte by byte.
+        aws_lc_rs::hmac::verify(&key.0, message.as_bytes(), &signature)
+            .map_err(|_| AuthError::Invalid("bad_signature"))?;
+        let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| MALFORMED)?;
+        let claims = serde_json::from_slice::<StrictClaims>(&payload)
+            .map_err(|_| MALFORMED)?
+            .0;
+        self.library_rules(&claims)?;
+        self.finish(claims)
+    }
+
+    /// The claim rules jsonwebtoken applies with [`validation`](Self::validation)'s settings,
+    /// for [`decode_hmac`](Self::decode_hmac): the required claims (`exp`, `sub`, and `iss` /
+    /// `aud` when configured) present in a readable shape, then `iss` and `aud` against the
+    /// configured values (any one in common), an `aud` refused when none is configured.
+    fn library_rules(&self, claims: &Claims) -> Result<(), AuthError> {
+        let iss = StrOrSet::of(claims.get("iss"));
+        let aud = StrOrSet::of(claims.get("aud"));
+        if claims.get("exp").and_then(numeric).is_none() {
+            return Err(AuthError::Invalid("missing_exp"));
+        }
+        if !matches!(claims.get("sub"), Some(Value::String(_))) {
+            return Err(AuthError::Invalid("missing_sub"));
+        }
+        if !self.issuers.is_empty() && !iss.parsed() {
+            return Err(AuthError::Invalid("missing_iss"));
+        }
+        if !self.audiences.is_empty() && !aud.parsed() {
+            return Err(AuthError::Invalid("missing_aud"));
+        }
+        if !self.issuers.is_empty() && !iss.meets(&self.issuers) {
+            return Err(AuthError::Invalid("bad_issuer"));
+        }
+        // RFC 7519 §4.1.3: an audience the recipient cannot identify itself with, refused.
+        if aud.parsed() && (self.audiences.is_empty() || !aud.meets(&self.audiences)) {
+            return Err(AuthError::Invalid("bad_audience"));
+        }
+        Ok(())
+    }
+
+    /// The rules after the library's (or [`library_rules`](Self::library_rules)): shapes,
+    /// time, a non-empty subject.
+    fn finish(&self, claims: Claims) -> Result<Verified, AuthError> {
+        self.check_shapes(&claims)?;
+        let exp = self.check_time(&claims)?;
+        let subject = match claims.get("sub") {
             Some(Value::String(s)) if !s.is_empty() => Arc::from(s.as_str()),
             _ => return Err(AuthError::Invalid("missing_sub")),
         };
         Ok(Verified {
             subject,
             exp,
-            claims: data.claims,
+            claims,
         })
     }
 
@@ -510,20 +578,25 @@ impl ClaimRules {
     }
 }
 
-/// RFC 7519 NumericDate as jsonwebtoken reads it: a non-negative integer, or a finite
+/// A number as jsonwebtoken reads `exp` and `nbf`: a non-negative integer, or a finite
 /// non-negative float (rounded). Anything else (a string, a negative number) is `None`.
-fn numeric_date(v: &Value) -> Option<u64> {
-    let n = match v.as_u64() {
-        Some(n) => n,
+fn numeric(v: &Value) -> Option<u64> {
+    match v.as_u64() {
+        Some(n) => Some(n),
         None => {
             let f = v.as_f64()?;
             // `as` saturates; the bounds keep the rounding meaningful.
             if !(f.is_finite() && f >= 0.0 && f < u64::MAX as f64) {
                 return None;
             }
-            f.round() as u64
+            Some(f.round() as u64)
         }
-    };
+    }
+}
+
+/// RFC 7519 NumericDate as jsonwebtoken reads it ([`numeric`]), bounded.
+fn numeric_date(v: &Value) -> Option<u64> {
+    let n = numeric(v)?;
     // Past 9999-12-31T23:59:59Z a date is a forged "never expires", and time arithmetic on
     // it (cache lifetimes) would overflow: refused as a malformed claim.
     (n <= MAX_NUMERIC_DATE).then_some(n)
@@ -536,15 +609,23 @@ const MAX_NUMERIC_DATE: u64 = 253_402_300_799;
 /// a key named or embedded by the token itself would let the token choose who vouches for it
 /// (RFC 8725 §3.10).
 pub(crate) struct TokenHeader {
-    /// `alg`, if it is a string.
-    pub(crate) alg: Option<String>,
+    /// `alg`, if it is the exact name of an algorithm jsonwebtoken knows (every other value,
+    /// `none` included, could never match a pinned or allowed algorithm).
+    pub(crate) alg: Option<&'static str>,
     /// `kid`, if it is a string.
     #[cfg_attr(not(feature = "jwks"), allow(dead_code))]
     pub(crate) kid: Option<String>,
+    /// Whether jsonwebtoken's own read of the header (its `Header` type) would succeed: `alg`
+    /// a known algorithm, each registered member it types of that type, none twice.
+    /// [`ClaimRules::decode_hmac`] refuses the token where the library would have.
+    pub(crate) well_formed: bool,
 }
 
 /// Size and shape checks, then our own look at the header before the library's: a `crit`
 /// header is refused because we understand no extension (RFC 7515 §4.1.11).
+///
+/// One pass over the JSON (issue 10 part 7): no map is built, only the members read here are
+/// kept; the others are checked for the shape jsonwebtoken gives them, or skipped.
 pub(crate) fn parse_header(token: &str) -> Result<TokenHeader, AuthError> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(AuthError::Invalid("oversized"));
@@ -561,30 +642,327 @@ pub(crate) fn parse_header(token: &str) -> Result<TokenHeader, AuthError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(header)
         .map_err(|_| AuthError::Invalid("malformed"))?;
-    let mut header: Claims =
+    let header: RawHeader =
         serde_json::from_slice(&bytes).map_err(|_| AuthError::Invalid("malformed"))?;
-    if header.contains_key("crit") {
+    if header.crit {
         return Err(AuthError::Invalid("unsupported_header"));
     }
     // RFC 8725 §3.11: a JWT typed for another purpose (a security event, a logout token)
     // must not pass as an access token. Absent, `JWT` and `at+jwt` (RFC 9068) are accepted.
-    match header.get("typ") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(t))
+    match header.typ {
+        Shape::Null => {}
+        Shape::Str(t)
             if ["jwt", "at+jwt", "application/jwt", "application/at+jwt"]
                 .iter()
                 .any(|ok| t.eq_ignore_ascii_case(ok)) => {}
-        Some(Value::String(_)) => return Err(AuthError::Invalid("wrong_type")),
-        Some(_) => return Err(AuthError::Invalid("malformed")),
+        Shape::Str(_) => return Err(AuthError::Invalid("wrong_type")),
+        Shape::StrArray | Shape::Other => return Err(AuthError::Invalid("malformed")),
     }
-    let string = |v: Option<Value>| match v {
-        Some(Value::String(s)) => Some(s),
-        _ => None,
-    };
     Ok(TokenHeader {
-        alg: string(header.remove("alg")),
-        kid: string(header.remove("kid")),
+        alg: header.alg,
+        kid: header.kid,
+        well_formed: header.well_formed,
     })
+}
+
+/// The header as [`parse_header`] reads it. A member given twice: the last one counts (as
+/// in a JSON map), and the header is not `well_formed` (jsonwebtoken refuses it).
+struct RawHeader {
+    alg: Option<&'static str>,
+    kid: Option<String>,
+    /// `typ`; `Null` when absent.
+    typ: Shape<'static>,
+    /// `crit` is present, whatever its value (`null` included).
+    crit: bool,
+    well_formed: bool,
+}
+
+/// The members jsonwebtoken's `Header` types, each of them a string or `null` unless named
+/// below (`alg`: a known algorithm; `x5c`: an array of strings; `jwk`: a JWK; `crit`: refused
+/// before this matters).
+const HEADER_MEMBERS: [&str; 15] = [
+    "typ", "alg", "cty", "jku", "jwk", "kid", "x5u", "x5c", "x5t", "x5t#S256", "crit", "enc",
+    "zip", "url", "nonce",
+];
+
+/// The algorithm names jsonwebtoken reads (its `Algorithm`'s serde names).
+const ALGORITHMS: [&str; 12] = [
+    "HS256", "HS384", "HS512", "ES256", "ES384", "RS256", "RS384", "RS512", "PS256", "PS384",
+    "PS512", "EdDSA",
+];
+
+impl<'de> serde::Deserialize<'de> for RawHeader {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(RawHeaderVisitor)
+    }
+}
+
+struct RawHeaderVisitor;
+
+impl<'de> serde::de::Visitor<'de> for RawHeaderVisitor {
+    type Value = RawHeader;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JOSE header object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawHeader, A::Error> {
+        let mut h = RawHeader {
+            alg: None,
+            kid: None,
+            typ: Shape::Null,
+            crit: false,
+            well_formed: true,
+        };
+        let mut seen = 0u16;
+        let mut alg_known = false;
+        while let Some(MemberName(name)) = map.next_key()? {
+            let Some(i) = HEADER_MEMBERS.iter().position(|m| *m == name) else {
+                // Read, not skipped: serde_json's skipping has no depth limit, its reading
+                // does (128), and a header nested deeper is refused as the library refuses it.
+                map.next_value::<Shape<'_>>()?;
+                continue;
+            };
+            if seen & (1 << i) != 0 {
+                h.well_formed = false;
+            }
+            seen |= 1 << i;
+            match &*name {
+                "alg" => {
+                    let v: Shape<'_> = map.next_value()?;
+                    h.alg = match v {
+                        Shape::Str(s) => ALGORITHMS.iter().copied().find(|a| *a == s),
+                        _ => None,
+                    };
+                    alg_known = h.alg.is_some();
+                }
+                "kid" => match map.next_value()? {
+                    Shape::Str(s) => h.kid = Some(s.into_owned()),
+                    Shape::Null => h.kid = None,
+                    Shape::StrArray | Shape::Other => {
+                        h.kid = None;
+                        h.well_formed = false;
+                    }
+                },
+                "typ" => {
+                    h.typ = match map.next_value()? {
+                        Shape::Str(s) => Shape::Str(Cow::Owned(s.into_owned())),
+                        Shape::Null => Shape::Null,
+                        Shape::StrArray => Shape::StrArray,
+                        Shape::Other => Shape::Other,
+                    };
+                }
+                "crit" => {
+                    map.next_value::<Shape<'_>>()?;
+                    h.crit = true;
+                }
+                "x5c" => {
+                    let v: Shape<'_> = map.next_value()?;
+                    h.well_formed &= matches!(v, Shape::StrArray | Shape::Null);
+                }
+                "jwk" => {
+                    // Rare, and never used (RFC 8725 §3.10): only whether the library could
+                    // read it.
+                    let v: Value = map.next_value()?;
+                    h.well_formed &=
+                        v.is_null() || serde_json::from_value::<jsonwebtoken::jwk::Jwk>(v).is_ok();
+                }
+                _ => {
+                    let v: Shape<'_> = map.next_value()?;
+                    h.well_formed &= matches!(v, Shape::Str(_) | Shape::Null);
+                }
+            }
+        }
+        h.well_formed &= alg_known;
+        Ok(h)
+    }
+}
+
+/// A JSON object member's name, borrowed from the input when it has no escapes.
+struct MemberName<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for MemberName<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Shape::deserialize(d)? {
+            Shape::Str(s) => Ok(MemberName(s)),
+            _ => Err(serde::de::Error::custom("a member name is a string")),
+        }
+    }
+}
+
+/// The shape of a JSON value, keeping only a string's text.
+enum Shape<'de> {
+    Null,
+    Str(Cow<'de, str>),
+    /// An array whose elements are all strings (the empty one too).
+    StrArray,
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Shape<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ShapeVisitor)
+    }
+}
+
+struct ShapeVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ShapeVisitor {
+    type Value = Shape<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Shape<'de>, E> {
+        Ok(Shape::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Shape<'de>, E> {
+        Ok(Shape::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Shape<'de>, E> {
+        Ok(Shape::Str(Cow::Owned(v)))
+    }
+    fn visit_unit<E>(self) -> Result<Shape<'de>, E> {
+        Ok(Shape::Null)
+    }
+    fn visit_none<E>(self) -> Result<Shape<'de>, E> {
+        Ok(Shape::Null)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Shape<'de>, E> {
+        Ok(Shape::Other)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Shape<'de>, E> {
+        Ok(Shape::Other)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Shape<'de>, E> {
+        Ok(Shape::Other)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Shape<'de>, E> {
+        Ok(Shape::Other)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Shape<'de>, A::Error> {
+        let mut strings = true;
+        while let Some(e) = seq.next_element::<Shape<'de>>()? {
+            strings &= matches!(e, Shape::Str(_));
+        }
+        Ok(if strings {
+            Shape::StrArray
+        } else {
+            Shape::Other
+        })
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Shape<'de>, A::Error> {
+        // Read (not skipped) for serde_json's depth limit, as in `RawHeaderVisitor`.
+        while map.next_entry::<Shape<'de>, Shape<'de>>()?.is_some() {}
+        Ok(Shape::Other)
+    }
+}
+
+/// A token's claims, refused where jsonwebtoken cannot read them: one of the members the
+/// library reads (`exp`, `nbf`, `sub`, `iss`, `aud`) given twice, or one its reader stops
+/// on (serde_json leaves a `sub` that is an array or object unread, and an `exp` or `nbf`
+/// that is a non-empty one half read, so the rest of the claims set no longer parses).
+/// Another repeated member: the last one counts.
+struct StrictClaims(Claims);
+
+/// Whether jsonwebtoken's read of the claims set fails on this member (see [`StrictClaims`]).
+fn unreadable_claim(name: &str, value: &Value) -> bool {
+    match (name, value) {
+        ("sub", Value::Array(_) | Value::Object(_)) => true,
+        ("exp" | "nbf", Value::Array(a)) => !a.is_empty(),
+        ("exp" | "nbf", Value::Object(o)) => !o.is_empty(),
+        _ => false,
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for StrictClaims {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_map(StrictClaimsVisitor)
+    }
+}
+
+struct StrictClaimsVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictClaimsVisitor {
+    type Value = StrictClaims;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JWT claims object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<StrictClaims, A::Error> {
+        let mut claims = Claims::new();
+        while let Some((name, value)) = map.next_entry::<String, Value>()? {
+            let read = matches!(name.as_str(), "exp" | "nbf" | "sub" | "iss" | "aud");
+            if read && unreadable_claim(&name, &value) {
+                return Err(serde::de::Error::custom("a claim jsonwebtoken cannot read"));
+            }
+            if claims.insert(name, value).is_some() && read {
+                return Err(serde::de::Error::custom("a claim given twice"));
+            }
+        }
+        Ok(StrictClaims(claims))
+    }
+}
+
+/// `iss` or `aud` as jsonwebtoken reads it: absent (or `null`), one string, a set of strings,
+/// or unreadable.
+enum StrOrSet<'c> {
+    Absent,
+    One(&'c str),
+    Set(&'c [Value]),
+    Unreadable,
+}
+
+impl<'c> StrOrSet<'c> {
+    fn of(v: Option<&'c Value>) -> Self {
+        match v {
+            None | Some(Value::Null) => Self::Absent,
+            Some(Value::String(s)) => Self::One(s),
+            Some(Value::Array(a)) if a.iter().all(Value::is_string) => Self::Set(a),
+            Some(_) => Self::Unreadable,
+        }
+    }
+
+    /// Present and readable.
+    fn parsed(&self) -> bool {
+        matches!(self, Self::One(_) | Self::Set(_))
+    }
+
+    /// At least one value in common with `accepted` (an absent or unreadable claim passes
+    /// here: the required-claim check is the one that refuses it).
+    fn meets(&self, accepted: &[String]) -> bool {
+        match self {
+            Self::One(s) => accepted.iter().any(|a| a == s),
+            Self::Set(values) => values
+                .iter()
+                .any(|v| v.as_str().is_some_and(|s| accepted.iter().any(|a| a == s))),
+            Self::Absent | Self::Unreadable => true,
+        }
+    }
+}
+
+/// An HMAC secret keyed once, for [`ClaimRules::decode_hmac`].
+pub(crate) struct HmacKey(aws_lc_rs::hmac::Key);
+
+impl HmacKey {
+    /// The key for `alg` (HS256, HS384 or HS512; another falls back to HS256, which
+    /// `check_key` never builds).
+    pub(crate) fn new(alg: Algorithm, secret: &[u8]) -> Self {
+        use aws_lc_rs::hmac;
+        let algorithm = match alg {
+            Algorithm::HS384 => hmac::HMAC_SHA384,
+            Algorithm::HS512 => hmac::HMAC_SHA512,
+            _ => hmac::HMAC_SHA256,
+        };
+        Self(hmac::Key::new(algorithm, secret))
+    }
+}
+
+impl std::fmt::Debug for HmacKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HmacKey(..)")
+    }
 }
 
 /// The name of `alg` as it appears in a token header.
@@ -780,6 +1158,196 @@ mod tests {
             (json!([5]), None),
         ] {
             assert_eq!(numeric_date(&v), want, "{v}");
+        }
+    }
+}
+
+/// `decode_hmac` against jsonwebtoken (`decode`) on tokens built from the members whose
+/// reading differs most between JSON readers: both must give the same answer.
+#[cfg(test)]
+mod same_as_jsonwebtoken {
+    use super::*;
+    use crate::clock::FakeClock;
+    use proptest::prelude::*;
+
+    const SECRET: &[u8] = b"differential-secret-differential!";
+    const NOW: u64 = 1_700_000_000;
+
+    fn rules(configured: bool) -> ClaimRules {
+        let mut o = ClaimOptions {
+            clock: Some(Arc::new(FakeClock::new(Duration::from_secs(NOW)))),
+            ..ClaimOptions::default()
+        };
+        if configured {
+            o.issuers = vec!["i".into()];
+            o.audiences = vec!["a".into()];
+        }
+        o.build()
+    }
+
+    fn sign(header: &str, claims: &str) -> String {
+        use aws_lc_rs::hmac;
+        let message = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(claims)
+        );
+        let key = hmac::Key::new(hmac::HMAC_SHA256, SECRET);
+        let tag = hmac::sign(&key, message.as_bytes());
+        format!("{message}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()))
+    }
+
+    /// The answer as a comparable value. jsonwebtoken checks its required claims in a hash
+    /// set's order, so which missing claim it names first is random: `missing_*` compares as
+    /// one.
+    fn answer(r: Result<Verified, AuthError>) -> Answer {
+        match r {
+            Ok(v) => Ok((v.subject.to_string(), v.exp, v.claims)),
+            Err(AuthError::Invalid(m)) if m.starts_with("missing_") => Err("missing_*"),
+            Err(AuthError::Invalid(m)) => Err(m),
+            Err(_) => Err("other"),
+        }
+    }
+
+    type Answer = Result<(String, u64, Claims), &'static str>;
+
+    fn both(rules: &ClaimRules, token: &str) -> (Answer, Answer) {
+        let pinned = || {
+            let h = parse_header(token)?;
+            if h.alg != Some("HS256") {
+                return Err(AuthError::Invalid("wrong_algorithm"));
+            }
+            Ok(h)
+        };
+        let library = pinned().and_then(|_| {
+            rules.decode(
+                token,
+                &DecodingKey::from_secret(SECRET),
+                &rules.validation(Algorithm::HS256),
+            )
+        });
+        let ours = pinned()
+            .and_then(|h| rules.decode_hmac(token, &h, &HmacKey::new(Algorithm::HS256, SECRET)));
+        (answer(library), answer(ours))
+    }
+
+    fn header_member() -> impl Strategy<Value = String> {
+        let values = |name: &'static str, vs: &'static [&'static str]| {
+            prop::sample::select(vs).prop_map(move |v| format!("\"{name}\":{v}"))
+        };
+        prop_oneof![
+            values("alg", &["\"HS256\"", "\"none\"", "\"HS384\"", "5", "null"]),
+            values(
+                "typ",
+                &[
+                    "\"JWT\"",
+                    "\"at+jwt\"",
+                    "\"secevent+jwt\"",
+                    "5",
+                    "null",
+                    "[]"
+                ]
+            ),
+            values("kid", &["\"k\"", "5", "null", "[\"k\"]"]),
+            values("x5c", &["[\"a\"]", "[1]", "\"a\"", "null", "[]"]),
+            values(
+                "jwk",
+                &["{}", "{\"kty\":\"oct\",\"k\":\"AA\"}", "5", "null"]
+            ),
+            values("cty", &["\"x\"", "1", "null", "{}"]),
+            values("crit", &["null", "[\"b64\"]"]),
+            values("x5t#S256", &["\"x\"", "true"]),
+            values("zzz", &["[[1]]", "{}", "{\"a\":[1,{}]}", "\"\\u0041\""]),
+            values("\\u0061lg", &["\"HS256\"", "\"none\""]),
+        ]
+    }
+
+    fn claim_member() -> impl Strategy<Value = String> {
+        let values = |name: &'static str, vs: &'static [&'static str]| {
+            prop::sample::select(vs).prop_map(move |v| format!("\"{name}\":{v}"))
+        };
+        prop_oneof![
+            values(
+                "sub",
+                &["\"s\"", "\"\"", "5", "{}", "[]", "null", "\"\\u0073\""]
+            ),
+            values(
+                "exp",
+                &[
+                    "1700000100",
+                    "1699990000",
+                    "1700000100.4",
+                    "\"5\"",
+                    "[]",
+                    "[1]",
+                    "{}",
+                    "{\"a\":1}",
+                    "null",
+                    "-1",
+                    "true"
+                ]
+            ),
+            values(
+                "nbf",
+                &[
+                    "1700000100",
+                    "1600000000",
+                    "[]",
+                    "[1]",
+                    "{}",
+                    "null",
+                    "\"x\""
+                ]
+            ),
+            values(
+                "iss",
+                &[
+                    "\"i\"", "[\"i\"]", "[\"x\"]", "[1]", "5", "null", "[]", "{}"
+                ]
+            ),
+            values(
+                "aud",
+                &[
+                    "\"a\"",
+                    "[\"a\",\"b\"]",
+                    "[\"x\"]",
+                    "[1]",
+                    "5",
+                    "null",
+                    "[]",
+                    "{}"
+                ]
+            ),
+            values("other", &["[[[]]]", "{\"x\":null}", "1"]),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn decode_hmac_answers_as_jsonwebtoken_does(
+            alg_first in any::<bool>(),
+            header in prop::collection::vec(header_member(), 0..5),
+            valid in any::<bool>(),
+            claims in prop::collection::vec(claim_member(), 0..7),
+            configured in any::<bool>(),
+        ) {
+            let mut header = header;
+            if alg_first {
+                header.insert(0, "\"alg\":\"HS256\"".to_owned());
+            }
+            let mut claims = claims;
+            if valid {
+                claims.splice(0..0, ["\"sub\":\"s\"", "\"exp\":1700000100", "\"iss\":\"i\"", "\"aud\":\"a\""].map(str::to_owned));
+            }
+            let token = sign(&format!("{{{}}}", header.join(",")), &format!("{{{}}}", claims.join(",")));
+            let rules = rules(configured);
+            let (library, ours) = both(&rules, &token);
+            prop_assert_eq!(library, ours, "{}", token);
+            // A forged signature: refused alike.
+            let forged = format!("{}AAAA", token.trim_end_matches(|c| c != '.'));
+            let (library, ours) = both(&rules, &forged);
+            prop_assert_eq!(library, ours, "{}", forged);
         }
     }
 }

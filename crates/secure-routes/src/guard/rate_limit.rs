@@ -171,10 +171,20 @@ async fn call_store(
     // Inside the async block, so a store that panics before returning its future is caught
     // too.
     let call = AssertUnwindSafe(async { shared.store.acquire(key, quota, 1).await }).catch_unwind();
-    match tokio::time::timeout(timeout, call).await {
-        Err(_) => Err(StoreFailure::Timeout),
-        Ok(Err(panic)) => Err(StoreFailure::Panicked(panic_message(&*panic))),
-        Ok(Ok(Err(e))) => Err(StoreFailure::Error(e)),
-        Ok(Ok(Ok(d))) => Ok(d),
+    let mut call = std::pin::pin!(call);
+    // A store that answers on its first poll (the memory store always does) needs no timer:
+    // arming one reads the clock and sets up a timer entry for every request. A store that
+    // is not ready is polled again under the timeout, with the task's own waker.
+    let answer = match (&mut call).now_or_never() {
+        Some(answer) => answer,
+        None => match tokio::time::timeout(timeout, call).await {
+            Err(_) => return Err(StoreFailure::Timeout),
+            Ok(answer) => answer,
+        },
+    };
+    match answer {
+        Err(panic) => Err(StoreFailure::Panicked(panic_message(&*panic))),
+        Ok(Err(e)) => Err(StoreFailure::Error(e)),
+        Ok(Ok(d)) => Ok(d),
     }
 }

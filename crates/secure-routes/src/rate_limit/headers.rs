@@ -31,7 +31,7 @@ use crate::audit::Reason;
 use crate::rate_limit::{Decision, Quota, ceil_secs};
 use crate::response::problem::{Rejection, RejectionKind};
 
-const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 const X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
@@ -55,6 +55,10 @@ pub fn apply_headers(
 pub(crate) struct LimitHeaders {
     /// `RateLimit-Policy`, constant for the policy.
     policy: Option<HeaderValue>,
+    /// `X-RateLimit-Limit` for the quota's limit: every decision of the built-in stores
+    /// (`Decision::from_store`) carries it; a store that reports another limit gets its own.
+    limit: HeaderValue,
+    quota_limit: u32,
     /// `"name";r=`, the start of `RateLimit`.
     ratelimit_prefix: Box<str>,
 }
@@ -68,23 +72,56 @@ impl LimitHeaders {
         );
         Self {
             policy: HeaderValue::from_str(&policy).ok(),
+            limit: HeaderValue::from(quota.limit()),
+            quota_limit: quota.limit(),
             ratelimit_prefix: format!("\"{name}\";r=").into(),
         }
     }
 
+    /// Every rate-limit header for `decision`.
     pub(crate) fn apply(&self, headers: &mut HeaderMap, decision: &Decision, now: Duration) {
-        use std::fmt::Write as _;
-        let reset = decision.reset_after_secs();
+        self.apply_constant(headers);
+        self.apply_varying(headers, decision, now);
+    }
+
+    /// The headers that are the same for every decision: `RateLimit-Policy` and
+    /// `X-RateLimit-Limit` (the quota's).
+    pub(crate) fn apply_constant(&self, headers: &mut HeaderMap) {
         if let Some(p) = &self.policy {
             headers.insert(RATELIMIT_POLICY, p.clone());
         }
-        let mut ratelimit = String::with_capacity(self.ratelimit_prefix.len() + 24);
-        ratelimit.push_str(&self.ratelimit_prefix);
-        let _ = write!(ratelimit, "{};t={reset}", decision.remaining);
-        if let Ok(v) = HeaderValue::from_str(&ratelimit) {
+        headers.insert(X_LIMIT, self.limit.clone());
+    }
+
+    /// Whether `name` is one of the headers [`apply_constant`](Self::apply_constant) sets.
+    pub(crate) fn is_constant(name: &HeaderName) -> bool {
+        *name == RATELIMIT_POLICY || *name == X_LIMIT
+    }
+
+    /// The headers of this decision: `RateLimit`, `X-RateLimit-Remaining` and `-Reset`,
+    /// `Retry-After` on a refusal, and `X-RateLimit-Limit` when the store reported a limit
+    /// other than the quota's. Integers are written with `itoa`, not `fmt`.
+    pub(crate) fn apply_varying(
+        &self,
+        headers: &mut HeaderMap,
+        decision: &Decision,
+        now: Duration,
+    ) {
+        let reset = decision.reset_after_secs();
+        if decision.limit != self.quota_limit {
+            headers.insert(X_LIMIT, HeaderValue::from(decision.limit));
+        }
+        let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let (r, t) = (r.format(decision.remaining), t.format(reset));
+        let mut ratelimit =
+            bytes::BytesMut::with_capacity(self.ratelimit_prefix.len() + r.len() + 3 + t.len());
+        ratelimit.extend_from_slice(self.ratelimit_prefix.as_bytes());
+        ratelimit.extend_from_slice(r.as_bytes());
+        ratelimit.extend_from_slice(b";t=");
+        ratelimit.extend_from_slice(t.as_bytes());
+        if let Ok(v) = HeaderValue::from_maybe_shared(ratelimit.freeze()) {
             headers.insert(RATELIMIT, v);
         }
-        headers.insert(X_LIMIT, HeaderValue::from(decision.limit));
         headers.insert(X_REMAINING, HeaderValue::from(decision.remaining));
         headers.insert(
             X_RESET,

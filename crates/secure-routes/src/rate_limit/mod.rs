@@ -36,8 +36,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
+use aws_lc_rs::hmac;
 
 pub use crate::error::StoreError;
 pub use memory::MemoryStore;
@@ -328,9 +327,13 @@ impl Subject {
 /// Instances that share a store must share the secret, or they will count the same client
 /// under different keys. The hash keeps raw IPs and user ids out of the store; the secret
 /// stops anyone with store access from confirming a guessed IP.
+///
+/// The HMAC is aws-lc's, keyed once (each key starts from a copy of the keyed state, so the
+/// secret is hashed once per hasher, not per request); its SHA-256 is assembly on every x86
+/// CPU, where the `sha2` crate falls back to portable code without the SHA extensions.
 #[derive(Clone)]
 pub struct KeyHasher {
-    mac: Hmac<Sha256>,
+    key: hmac::Key,
 }
 
 impl fmt::Debug for KeyHasher {
@@ -342,14 +345,14 @@ impl fmt::Debug for KeyHasher {
 impl KeyHasher {
     /// A hasher keyed with `secret` (any length; HMAC accepts every key size).
     pub fn new(secret: &[u8]) -> Self {
-        let mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
-            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of every length"));
-        Self { mac }
+        Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+        }
     }
 
     /// The key for `subject` in `bucket`.
     pub fn key(&self, bucket: &str, subject: &Subject) -> RateLimitKey {
-        let mut mac = self.mac.clone();
+        let mut mac = hmac::Context::with_key(&self.key);
         // Length-prefix the bucket so ("a", "bc") and ("ab", "c") cannot collide.
         mac.update(&(bucket.len() as u64).to_be_bytes());
         mac.update(bucket.as_bytes());
@@ -371,9 +374,9 @@ impl KeyHasher {
                 mac.update(s.as_bytes());
             }
         }
-        let out = mac.finalize().into_bytes();
+        let out = mac.sign();
         let mut key = [0u8; 16];
-        key.copy_from_slice(&out[..16]);
+        key.copy_from_slice(&out.as_ref()[..16]);
         RateLimitKey(key)
     }
 }
@@ -424,6 +427,53 @@ pub trait RateLimitStore: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The keys are those of the RustCrypto HMAC this hasher used before aws-lc's: a shared
+    /// store keeps counting the same clients under the same keys across an upgrade.
+    #[test]
+    fn keys_are_hmac_sha256_of_the_length_prefixed_bucket_and_subject() {
+        use ::hmac::{Hmac, KeyInit, Mac};
+        let secret = b"a shared secret of some length..";
+        let reference = |bucket: &str, tag: &[u8], subject: &[u8]| {
+            let mut mac = <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(secret).unwrap();
+            mac.update(&(bucket.len() as u64).to_be_bytes());
+            mac.update(bucket.as_bytes());
+            mac.update(tag);
+            mac.update(subject);
+            let mut key = [0u8; 16];
+            key.copy_from_slice(&mac.finalize().into_bytes()[..16]);
+            RateLimitKey(key)
+        };
+        let h = KeyHasher::new(secret);
+        let v6: std::net::Ipv6Addr = "2001:db8::".parse().unwrap();
+        for (bucket, subject, tag, bytes) in [
+            (
+                "route:/a",
+                Subject::User("alice".into()),
+                &b"u"[..],
+                b"alice".to_vec(),
+            ),
+            ("", Subject::Custom("".into()), b"c", Vec::new()),
+            (
+                "bucket:x",
+                Subject::Ip("192.0.2.7".parse().unwrap()),
+                b"4",
+                vec![192, 0, 2, 7],
+            ),
+            (
+                "policy:p",
+                Subject::Ip(IpAddr::V6(v6)),
+                b"6",
+                v6.octets().to_vec(),
+            ),
+        ] {
+            assert_eq!(
+                h.key(bucket, &subject),
+                reference(bucket, tag, &bytes),
+                "{subject:?}"
+            );
+        }
+    }
 
     #[test]
     fn ipv6_groups_by_64_and_ipv4_mapped_folds() {

@@ -169,7 +169,9 @@ impl RejectionKind {
             RejectionKind::Forbidden => "You are not allowed to do this.",
             RejectionKind::RateLimited => "Too many requests. Please try again later.",
             RejectionKind::PayloadTooLarge => "The request body exceeds this route's limit.",
-            RejectionKind::CsrfFailed => "Send the CSRF token from GET /api/csrf in X-CSRF-Token.",
+            RejectionKind::CsrfFailed => {
+                "Send the CSRF token from the token endpoint (the csrf-token cookie) in X-CSRF-Token."
+            }
             RejectionKind::Unavailable | RejectionKind::AuthUnavailable => {
                 "A dependency is unavailable. Please retry shortly."
             }
