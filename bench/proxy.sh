@@ -107,7 +107,7 @@ TOKIO_WORKER_THREADS=1 RUST_LOG=warn \
     "$bin" serve --config "$dir/gateway.toml" >"$dir/gateway.log" 2>&1 &
 gateway_pid=$!
 pids+=("$gateway_pid")
-gateway_addr=$(bound "$dir/gateway.log" 4)
+gateway_addr=$(bound "$dir/gateway.log" 5)
 wait_for "http://$gateway_addr/bare"
 
 headers=$(curl -fsS -D - -o /dev/null "http://$gateway_addr/bare" | tr -d '\r' | awk -F': ' '

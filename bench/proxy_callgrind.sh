@@ -72,7 +72,7 @@ TOKIO_WORKER_THREADS=1 RUST_LOG=warn \
     target/release/secure-routes serve --config "$dir/gateway.toml" >"$dir/gateway.log" 2>"$dir/valgrind.log" &
 gateway_pid=$!
 pids+=("$gateway_pid")
-gateway_addr=$(bound "$dir/gateway.log" 4)
+gateway_addr=$(bound "$dir/gateway.log" 5)
 wait_for "http://$gateway_addr/bare"
 wrk -t1 -c4 -d2s "http://$gateway_addr/bare" >/dev/null # warm-up, not instrumented
 callgrind_control -i on "$gateway_pid" >/dev/null
