@@ -134,13 +134,28 @@ pub struct TlsFiles {
 
 /// `[stores]`: where limits and the audit trail live, as the demo's `--limits` and `--audit`
 /// locations (checked when the gateway opens them).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stores {
     /// `limits` (`None`: in memory).
     pub limits: Option<String>,
     /// `audit` (`None`: the demo's default SQLite file).
     pub audit: Option<String>,
+}
+
+/// Store URLs may hold a password (`postgres://app:secret@db/app`): `Debug` shows only the
+/// scheme.
+impl fmt::Debug for Stores {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = |s: &Option<String>| {
+            s.as_deref()
+                .map(|s| s.split(':').next().unwrap_or_default().to_owned() + ":...")
+        };
+        f.debug_struct("Stores")
+            .field("limits", &scheme(&self.limits))
+            .field("audit", &scheme(&self.audit))
+            .finish()
+    }
 }
 
 /// `[identity]`: whose credentials the gateway accepts; at most one source.
@@ -998,6 +1013,15 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn debug_never_shows_a_store_password() {
+        let text = "upstream = \"http://x\"\n[stores]\nlimits = \"postgres://app:s3cret@db/app\"\n[identity]\njwt = true\n[[routes]]\npath = \"/a\"\n";
+        let c = super::GatewayConfig::parse(text).unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("postgres:..."), "{shown}");
+    }
+
     #[test]
     fn a_route_that_authenticates_needs_an_identity_source() {
         let text = "upstream = \"http://x\"\n[[routes]]\npath = \"/a\"\npreset = \"authenticated\"\n[[routes]]\npath = \"/b\"\n[default]\nauth = \"optional\"\n";

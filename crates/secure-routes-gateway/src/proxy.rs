@@ -14,8 +14,10 @@
 //!   came from another address.
 //! * **The body limit** is the pipeline's, enforced on the stream: a body that grows past it
 //!   fails mid-stream, the upstream sees the request aborted (the connection is cut before the
-//!   last chunk or the declared length), never a truncated body passed off as complete, and
-//!   the client gets the pipeline's 413.
+//!   last chunk or the declared length), never a truncated body passed off as complete. The
+//!   client gets the pipeline's 413 (audited) when that happens before the upstream answers;
+//!   an upstream that answers before reading the whole body has its answer passed on and
+//!   then cut.
 //! * **Failures** are answers, not dropped connections: the upstream unreachable is a 502 and
 //!   no response head within `upstream_timeout` is a 504, both `application/problem+json`
 //!   and audited (`upstream_failure`) by the pipeline like any refusal from inside the stack.
@@ -96,13 +98,16 @@ pub struct UpstreamError {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct UpstreamOptions {
-    /// Longest wait for the upstream's response head (the body then streams unbounded): 504
-    /// past it.
+    /// Longest wait for the upstream's response head (504 past it), and for each read of
+    /// its body once the head is sent (the response is cut past it).
     pub timeout: Duration,
     /// Socket peers whose `X-Forwarded-*`/`Forwarded` headers are kept and appended to.
     pub trusted_proxies: Vec<IpNet>,
     /// Whether the gateway's own listener is TLS (`X-Forwarded-Proto`, `Forwarded: proto`).
     pub https: bool,
+    /// Most upgraded connections (WebSocket tunnels) open at once (10 000); past it an
+    /// upgrade is answered 503.
+    pub max_tunnels: usize,
 }
 
 impl Default for UpstreamOptions {
@@ -111,6 +116,7 @@ impl Default for UpstreamOptions {
             timeout: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
             https: false,
+            max_tunnels: 10_000,
         }
     }
 }
@@ -164,6 +170,8 @@ struct UpstreamInner {
     base_path: String,
     origin: String,
     options: UpstreamOptions,
+    /// Open upgraded connections (WebSocket tunnels), at most [`UpstreamOptions::max_tunnels`].
+    tunnels: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -178,8 +186,19 @@ impl Upstream {
     /// A client for `url` (`http://` or `https://`, with an optional path prefix). HTTPS
     /// upstreams are verified against the Web PKI roots.
     pub fn new(url: &str, options: UpstreamOptions) -> Result<Upstream, UpstreamError> {
+        // Never the user-info part of the URL (a password) in the error, which gets logged.
+        let shown = match url.split_once("://") {
+            Some((scheme, rest)) => {
+                let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+                match rest[..end].rsplit_once('@') {
+                    Some((_, host)) => format!("{scheme}://***@{host}{}", &rest[end..]),
+                    None => url.to_owned(),
+                }
+            }
+            None => url.to_owned(),
+        };
         let err = |message: &str| UpstreamError {
-            url: url.to_owned(),
+            url: shown.clone(),
             message: message.to_owned(),
         };
         let uri: Uri = url.parse().map_err(|_| err("not a URL"))?;
@@ -210,7 +229,9 @@ impl Upstream {
             .enable_http1()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            // Below Node's 5 s keep-alive timeout (and most servers'): a pooled connection
+            // the upstream is closing at the moment it is reused is a spurious 502.
+            .pool_idle_timeout(Duration::from_secs(4))
             .build(connector);
         let origin = format!("{scheme}://{authority}");
         Ok(Upstream {
@@ -220,6 +241,7 @@ impl Upstream {
                 authority,
                 base_path,
                 origin,
+                tunnels: Arc::new(tokio::sync::Semaphore::new(options.max_tunnels)),
                 options,
             }),
         })
@@ -375,6 +397,7 @@ impl Forward {
                 host.as_ref(),
             );
         }
+        strip_overrides(&mut headers, peer.is_some_and(|p| self.upstream.trusted(p)));
         join_cookie_lines(&mut headers);
         identity::strip_incoming(&mut headers);
         if self.identity.strip_credentials {
@@ -432,9 +455,27 @@ impl Forward {
             }
         };
         crate::metrics::upstream_response(res.status().as_u16(), started.elapsed());
-        if res.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(on_client) = on_client_upgrade
-        {
+        if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // Only to the protocol the client asked for (and that passed the route's checks):
+            // an upstream switching to anything else (h2c) would open an unchecked tunnel.
+            let agreed = match (&upgrade, res.headers().get(header::UPGRADE)) {
+                (Some(asked), Some(got)) => asked.as_bytes().eq_ignore_ascii_case(got.as_bytes()),
+                _ => false,
+            };
+            let (Some(on_client), true) = (on_client_upgrade, agreed) else {
+                tracing::warn!(upstream = %self.upstream.inner.origin, "upstream switched to a protocol the client did not ask for");
+                return Rejection::new(RejectionKind::BadGateway, Reason::UpstreamUnreachable)
+                    .with_detail("The upstream's protocol switch was refused.")
+                    .into_response();
+            };
+            // Upgraded connections leave the server's connection caps: the gateway counts its
+            // tunnels itself, so a client cannot hold an unbounded number open.
+            let Ok(permit) = self.upstream.inner.tunnels.clone().try_acquire_owned() else {
+                tracing::warn!("tunnel limit reached; upgrade refused");
+                return Rejection::new(RejectionKind::Unavailable, Reason::Other("tunnel_limit"))
+                    .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
+                    .into_response();
+            };
             let on_upstream = hyper::upgrade::on(&mut res);
             tokio::spawn(async move {
                 let (client, upstream) = match tokio::try_join!(on_client, on_upstream) {
@@ -446,6 +487,8 @@ impl Forward {
                 };
                 let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                // The tunnel's place is free again.
+                drop(permit);
             });
             let (mut head, _) = res.into_parts();
             let proto = head.headers.get(header::UPGRADE).cloned();
@@ -526,6 +569,41 @@ where
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Headers some frameworks read as the request's real URL or method (Symfony, Laminas, IIS
+/// rewrite; Rails, Express's method-override): forwarded, they would let a request matched
+/// as one route run another route's handler, or a method the route refuses. Never forwarded.
+const OVERRIDES: [&str; 5] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Headers that claim the client's address or the original request's port and prefix, which
+/// upstreams read when configured to trust their proxy: believed only from a trusted proxy
+/// (`X-Forwarded-For`/`Forwarded` are rewritten by [`set_forwarded`]).
+const CLIENT_CLAIMS: [&str; 6] = [
+    "x-real-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-client-ip",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+];
+
+/// Removes [`OVERRIDES`] always and [`CLIENT_CLAIMS`] unless the peer is a trusted proxy.
+fn strip_overrides(headers: &mut HeaderMap, trusted: bool) {
+    for name in OVERRIDES {
+        headers.remove(name);
+    }
+    if !trusted {
+        for name in CLIENT_CLAIMS {
+            headers.remove(name);
+        }
     }
 }
 
@@ -828,6 +906,37 @@ mod tests {
         assert!(err.is::<UpstreamStalled>(), "{err}");
         assert_eq!(waiting.elapsed(), Duration::from_secs(30));
         drop(tx);
+    }
+
+    #[test]
+    fn url_and_method_overrides_never_pass_and_address_claims_only_from_trusted_proxies() {
+        let sent = [
+            ("x-original-url", "/admin"),
+            ("X-Rewrite-URL", "/admin"),
+            ("x-http-method-override", "DELETE"),
+            ("x-method-override", "DELETE"),
+            ("x-real-ip", "10.9.9.9"),
+            ("cf-connecting-ip", "10.9.9.9"),
+            ("x-forwarded-prefix", "/admin"),
+            ("accept", "*/*"),
+        ];
+        let mut m = h(&sent);
+        strip_overrides(&mut m, false);
+        let left: Vec<_> = m.keys().map(|k| k.as_str().to_owned()).collect();
+        assert_eq!(left, ["accept"]);
+        let mut m = h(&sent);
+        strip_overrides(&mut m, true);
+        assert!(m.contains_key("x-real-ip") && m.contains_key("cf-connecting-ip"));
+        assert!(!m.contains_key("x-original-url") && !m.contains_key("x-method-override"));
+    }
+
+    #[test]
+    fn an_upstream_url_error_never_shows_its_password() {
+        let err = Upstream::new("http://user:s3cret@h:1/x", UpstreamOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("s3cret"), "{err}");
+        assert!(err.contains("***@h:1/x"), "{err}");
     }
 
     #[test]

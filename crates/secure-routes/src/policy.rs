@@ -358,10 +358,10 @@ impl PolicyBuilder {
     }
     /// Dry-run: every check still runs and every refusal it would answer is audited with
     /// outcome [`would_deny`](crate::audit::Outcome::WouldDeny) (and counted), but the request
-    /// goes on to the handler. For trying a policy on live traffic before enforcing it. Two
-    /// checks are not evaluated in dry-run, because they act on the body as it streams: a
-    /// body without a declared length that grows past the limit (a declared `Content-Length`
-    /// over it is recorded) is passed whole.
+    /// goes on to the handler. For trying a policy on live traffic before enforcing it. One
+    /// check is not evaluated in dry-run, because it acts on the body as it streams: a body
+    /// without a declared length that grows past the limit is passed whole (a declared
+    /// `Content-Length` over it is recorded).
     ///
     /// ```
     /// let p = secure_routes::Policy::strict().to_builder().dry_run(true).build().unwrap();

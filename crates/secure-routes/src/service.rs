@@ -211,15 +211,25 @@ async fn dry_run_checks(state: &RouteState, ctx: &mut Ctx, parts: &Parts) {
     let policy = &state.policy;
     let mut refusals = Vec::new();
     refusals.extend(method::check(policy.methods(), &parts.method).err());
-    match auth::authenticate(state, parts, &ctx.route, ctx.ip).await {
-        Ok(subject) => ctx.subject = subject,
-        Err(r) => refusals.push(r),
-    }
+    let authenticated = match auth::authenticate(state, parts, &ctx.route, ctx.ip).await {
+        Ok(subject) => {
+            ctx.subject = subject;
+            true
+        }
+        Err(r) => {
+            refusals.push(r);
+            false
+        }
+    };
     match rate_limit::check(state, &ctx.route, ctx.ip, ctx.subject.as_ref()).await {
         Ok(limited) => (ctx.limit, ctx.failed_open) = (limited.decision, limited.failed_open),
         Err(r) => refusals.push(r),
     }
-    refusals.extend(authz::check(policy, ctx.subject.as_ref()).err());
+    // After a failed authentication, authorization has no principal to judge: one refusal
+    // per request for the same cause, as an enforced policy records.
+    if authenticated {
+        refusals.extend(authz::check(policy, ctx.subject.as_ref()).err());
+    }
     refusals.extend(body::check(policy.max_body_bytes(), &parts.headers).err());
     let shared = &state.shared;
     refusals.extend(
