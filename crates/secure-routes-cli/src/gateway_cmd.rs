@@ -22,6 +22,10 @@ use crate::demo::{self, DemoOptions, Identity, SESSION_COOKIE, Wiring};
 use crate::stores::{self, AuditLocation, LimitsLocation};
 
 /// The environment variable holding the admin token (`/_secure-routes/metrics`).
+///
+/// ```
+/// assert_eq!(secure_routes_cli::gateway_cmd::ADMIN_TOKEN_VAR, "SECURE_ROUTES_ADMIN_TOKEN");
+/// ```
 pub const ADMIN_TOKEN_VAR: &str = "SECURE_ROUTES_ADMIN_TOKEN";
 
 /// Reads and checks a gateway config file; the error lists every problem, one per line, each

@@ -123,6 +123,14 @@ pub struct Route {
 }
 
 /// `tls_cert` / `tls_key`: the TLS listener's PEM files (read when the gateway starts).
+///
+/// ```
+/// use secure_routes_gateway::config::GatewayConfig;
+/// let c = GatewayConfig::parse(
+///     "upstream = \"http://u\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n[[routes]]\npath = \"/a\"\n",
+/// ).unwrap();
+/// assert_eq!(c.tls.unwrap().cert, std::path::PathBuf::from("c.pem"));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TlsFiles {
@@ -134,6 +142,15 @@ pub struct TlsFiles {
 
 /// `[stores]`: where limits and the audit trail live, as the demo's `--limits` and `--audit`
 /// locations (checked when the gateway opens them).
+///
+/// ```
+/// use secure_routes_gateway::config::GatewayConfig;
+/// let c = GatewayConfig::parse(
+///     "upstream = \"http://u\"\n[stores]\nlimits = \"redis://127.0.0.1\"\n[[routes]]\npath = \"/a\"\n",
+/// ).unwrap();
+/// assert_eq!(c.stores.limits.as_deref(), Some("redis://127.0.0.1"));
+/// assert_eq!(c.stores.audit, None);
+/// ```
 #[derive(Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stores {
@@ -159,6 +176,15 @@ impl fmt::Debug for Stores {
 }
 
 /// `[identity]`: whose credentials the gateway accepts; at most one source.
+///
+/// ```
+/// use secure_routes_gateway::config::GatewayConfig;
+/// let c = GatewayConfig::parse(
+///     "upstream = \"http://u\"\n[identity]\njwt = true\n[[routes]]\npath = \"/a\"\n",
+/// ).unwrap();
+/// assert!(c.identity.jwt);
+/// assert_eq!(c.identity.session_cookie, None);
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Identity {

@@ -34,9 +34,17 @@ use crate::proxy::{Forward, IdentityOptions, Upstream, UpstreamOptions};
 use crate::routes::RouteTable;
 
 /// The reserved prefix of the gateway's own endpoints.
+///
+/// ```
+/// assert_eq!(secure_routes_gateway::gateway::RESERVED_PREFIX, "/_secure-routes/");
+/// ```
 pub const RESERVED_PREFIX: &str = "/_secure-routes/";
 
 /// The browser helper served at `/_secure-routes/csrf-fetch.js` (clients/js).
+///
+/// ```
+/// assert!(secure_routes_gateway::gateway::CSRF_FETCH_JS.contains("export"));
+/// ```
 pub const CSRF_FETCH_JS: &str = include_str!("../../../clients/js/csrf-fetch.js");
 
 type Route = BoxCloneSyncService<Request<Body>, Response, Infallible>;
@@ -109,6 +117,22 @@ impl GatewayHandle {
     /// On error the running routes stay. Settings that live in the shared [`Security`]
     /// (stores, identity, trusted proxies, origins) and `listen` need a restart; the rest
     /// (routes, policies, upstream, timeout) is reloaded.
+    ///
+    /// ```
+    /// use secure_routes::Security;
+    /// use secure_routes_gateway::config::GatewayConfig;
+    /// use secure_routes_gateway::gateway::{GatewayParts, gateway};
+    /// let parse = |routes: &str| GatewayConfig::parse(&format!(
+    ///     "upstream = \"http://127.0.0.1:3000\"\n{routes}")).unwrap();
+    /// let security = Security::builder().csrf_secret([7u8; 32]).build().unwrap();
+    /// let (_router, handle) =
+    ///     gateway(&parse("[[routes]]\npath = \"/a\"\n"), GatewayParts::new(security).unwrap()).unwrap();
+    /// // A route that authenticates cannot be built without an authenticator: the old table stays.
+    /// let mut needs_auth = parse("[identity]\njwt = true\n[[routes]]\npath = \"/b\"\npreset = \"authenticated\"\n");
+    /// assert!(handle.reload(&needs_auth).is_err());
+    /// needs_auth = parse("[[routes]]\npath = \"/b\"\n");
+    /// assert!(handle.reload(&needs_auth).is_ok());
+    /// ```
     pub fn reload(&self, config: &GatewayConfig) -> Result<(), ConfigError> {
         let routes = build(config, &self.parts)?;
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());

@@ -286,7 +286,7 @@ fn fold(ip: IpAddr) -> IpAddr {
 }
 
 /// What the gateway adds to a forwarded request to say who the caller is (see
-/// [`crate::identity`]).
+/// [`crate::identity`]). See [`Forward`] for an example.
 #[derive(Clone)]
 pub struct IdentityOptions {
     /// Signs `X-Secure-Routes-Assertion`.
