@@ -387,15 +387,29 @@ impl Forward {
         // `100-continue` was this hop's business: the server answered it when the body was
         // first read, and the body streams on to the upstream without waiting again.
         headers.remove(header::EXPECT);
-        if let Some(peer) = peer {
-            let trusted = self.upstream.trusted(peer);
-            set_forwarded(
-                &mut headers,
-                peer,
-                trusted,
-                self.upstream.inner.options.https,
-                host.as_ref(),
-            );
+        match peer {
+            Some(peer) => {
+                let trusted = self.upstream.trusted(peer);
+                set_forwarded(
+                    &mut headers,
+                    peer,
+                    trusted,
+                    self.upstream.inner.options.https,
+                    host.as_ref(),
+                );
+            }
+            // No socket peer (the pipeline refuses such requests first): nothing the client
+            // said about its address is passed on.
+            None => {
+                for name in [
+                    X_FORWARDED_FOR,
+                    header::FORWARDED,
+                    X_FORWARDED_PROTO,
+                    X_FORWARDED_HOST,
+                ] {
+                    headers.remove(name);
+                }
+            }
         }
         strip_overrides(&mut headers, peer.is_some_and(|p| self.upstream.trusted(p)));
         join_cookie_lines(&mut headers);
