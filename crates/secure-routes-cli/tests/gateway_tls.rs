@@ -98,6 +98,7 @@ async fn the_gateway_serves_tls_with_secure_cookies_and_its_proxy_answers() {
         "the CSRF cookie is __Host- over TLS: {csrf}"
     );
     assert!(lower.contains("; secure"), "{csrf}");
+    assert!(lower.contains("cache-control: no-store"), "{csrf}");
     assert!(lower.contains("strict-transport-security:"), "{csrf}");
 
     // The browser helper, embedded in the binary.

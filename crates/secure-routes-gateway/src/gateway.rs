@@ -243,17 +243,7 @@ fn internal(parts: &GatewayParts) -> Result<Route, ConfigError> {
         move |req: Request<Body>| {
             let security = security.clone();
             async move {
-                let principal = req.extensions().get::<Principal>();
-                let (token, cookie) = security.issue_csrf(req.headers(), principal);
-                let body = serde_json::json!({ "csrfToken": token }).to_string();
-                let mut res = Response::new(Body::from(body));
-                let h = res.headers_mut();
-                h.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                h.insert(header::SET_COOKIE, cookie);
-                res
+                security.csrf_token_response(req.headers(), req.extensions().get::<Principal>())
             }
         }
     };
@@ -276,7 +266,7 @@ fn internal(parts: &GatewayParts) -> Result<Route, ConfigError> {
                 (
                     [(
                         header::CONTENT_TYPE,
-                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
                     )],
                     text,
                 )

@@ -146,6 +146,41 @@ impl Security {
         (token, value)
     }
 
+    /// A token endpoint's whole answer: `200` with the JSON body `{"csrfToken": TOKEN}`, the
+    /// [`issue_csrf`](Self::issue_csrf) cookie in `Set-Cookie`, and `Cache-Control: no-store`
+    /// (a token and its cookie served from a shared cache would hand one caller's token to
+    /// another). The demo's `/api/csrf` and the gateway's `/_secure-routes/csrf` answer this.
+    ///
+    /// ```
+    /// use http::HeaderMap;
+    /// use secure_routes::Security;
+    /// let s = Security::builder().csrf_secret([1u8; 32]).build().unwrap();
+    /// let res = s.csrf_token_response(&HeaderMap::new(), None);
+    /// assert_eq!(res.headers()["cache-control"], "no-store");
+    /// assert_eq!(res.headers()["content-type"], "application/json");
+    /// assert!(res.headers()["set-cookie"].to_str().unwrap().starts_with("csrf-token="));
+    /// ```
+    pub fn csrf_token_response(
+        &self,
+        request_headers: &HeaderMap,
+        principal: Option<&Principal>,
+    ) -> axum::response::Response {
+        let (token, cookie) = self.issue_csrf(request_headers, principal);
+        let body = serde_json::json!({ "csrfToken": token }).to_string();
+        let mut res = axum::response::Response::new(axum::body::Body::from(body));
+        let h = res.headers_mut();
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.append(http::header::SET_COOKIE, cookie);
+        h.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
+        res
+    }
+
     /// Whether an authenticator is configured (policies that authenticate need one).
     ///
     /// ```

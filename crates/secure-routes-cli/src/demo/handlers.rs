@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, HeaderValue, header};
+use http::HeaderMap;
 use secure_routes::response::problem::{Rejection, RejectionKind};
 use secure_routes::{Principal, Security};
 use serde::Deserialize;
@@ -50,13 +50,7 @@ pub(super) async fn csrf_token(
     p: Option<Principal>,
     headers: HeaderMap,
 ) -> Response {
-    let (token, cookie) = s.security.issue_csrf(&headers, p.as_ref());
-    let mut res = Json(json!({"csrfToken": token})).into_response();
-    res.headers_mut().append(header::SET_COOKIE, cookie);
-    // A token (and its Set-Cookie) must never be served from a shared cache to someone else.
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
+    s.security.csrf_token_response(&headers, p.as_ref())
 }
 
 #[derive(Deserialize)]
