@@ -139,7 +139,7 @@ where
     // 4 to 8b: method, authentication, rate limit, authorization, declared body, CSRF token.
     if state.policy.is_dry_run() {
         dry_run_checks(&state, &mut ctx, &parts).await;
-    } else if let Err(r) = checks(&state, &mut ctx, &parts).await {
+    } else if let Err(r) = checks(&state, &mut ctx, &parts, &mut Refusals(None)).await {
         return Ok(ctx.reject(r).await);
     }
     // 8a + 9: Fetch Metadata check (tower-http), catch-panic, the handler.
@@ -182,67 +182,70 @@ where
     Ok(res)
 }
 
-/// Steps 4 to 8b in DESIGN's order; the first refusal ends the request. What a step learns
-/// (the principal, the rate-limit decision) goes into the audit context.
-async fn checks(state: &RouteState, ctx: &mut Ctx, parts: &Parts) -> Result<(), Rejection> {
+/// Where the steps' refusals go: enforced, the first one ends the checks; dry-run, each is
+/// kept and the checks go on.
+struct Refusals(Option<Vec<Rejection>>);
+
+impl Refusals {
+    /// A step's result: `Ok(Some(value))` when it passed, `Ok(None)` when it refused in
+    /// dry-run (the refusal kept), `Err` when it refused an enforced request.
+    fn step<T>(&mut self, result: Result<T, Rejection>) -> Result<Option<T>, Rejection> {
+        match (result, &mut self.0) {
+            (Ok(v), _) => Ok(Some(v)),
+            (Err(r), Some(kept)) => {
+                kept.push(r);
+                Ok(None)
+            }
+            (Err(r), None) => Err(r),
+        }
+    }
+}
+
+/// Steps 4 to 8b in DESIGN's order, one list for both modes. Enforced (`refusals` holds no
+/// list), the first refusal ends the request; dry-run, every step runs and its refusals are
+/// kept (the request goes on as the principal when authentication passed, anonymous
+/// otherwise). What a step learns (the principal, the rate-limit decision) goes into the
+/// audit context.
+async fn checks(
+    state: &RouteState,
+    ctx: &mut Ctx,
+    parts: &Parts,
+    refusals: &mut Refusals,
+) -> Result<(), Rejection> {
     let policy = &state.policy;
-    method::check(policy.methods(), &parts.method)?;
-    ctx.subject = auth::authenticate(state, parts, &ctx.route, ctx.ip).await?;
-    let limited = rate_limit::check(state, &ctx.route, ctx.ip, ctx.subject.as_ref()).await?;
-    (ctx.limit, ctx.failed_open) = (limited.decision, limited.failed_open);
-    authz::check(policy, ctx.subject.as_ref())?;
-    body::check(policy.max_body_bytes(), &parts.headers)?;
+    refusals.step(method::check(policy.methods(), &parts.method))?;
+    let subject = refusals.step(auth::authenticate(state, parts, &ctx.route, ctx.ip).await)?;
+    let authenticated = subject.is_some();
+    ctx.subject = subject.flatten();
+    let limited = rate_limit::check(state, &ctx.route, ctx.ip, ctx.subject.as_ref()).await;
+    if let Some(limited) = refusals.step(limited)? {
+        (ctx.limit, ctx.failed_open) = (limited.decision, limited.failed_open);
+    }
+    // After a failed authentication (dry-run only gets here), authorization has no
+    // principal to judge: one refusal per request for the same cause, as enforced.
+    if authenticated {
+        refusals.step(authz::check(policy, ctx.subject.as_ref()))?;
+    }
+    refusals.step(body::check(policy.max_body_bytes(), &parts.headers))?;
     let shared = &state.shared;
-    let cookie = shared.csrf_cookie_name();
-    csrf::check(
+    refusals.step(csrf::check(
         &shared.csrf,
-        cookie,
+        shared.csrf_cookie_name(),
         &parts.method,
         &parts.headers,
         ctx.csrf_binding(),
-    )
+    ))?;
+    Ok(())
 }
 
-/// Steps 4 to 8b for a dry-run policy: every step runs, each refusal is audited as
-/// `would_deny` and none is answered; the request goes on (as the principal when
-/// authentication passed, anonymous otherwise). The Fetch Metadata check, which runs inside
-/// the stack for an enforced policy, is asked here on a stand-in request.
+/// Steps 4 to 8b for a dry-run policy: each refusal is audited as `would_deny` and none is
+/// answered. The Fetch Metadata check, which runs inside the stack for an enforced policy, is
+/// asked here on a stand-in request.
 async fn dry_run_checks(state: &RouteState, ctx: &mut Ctx, parts: &Parts) {
-    let policy = &state.policy;
-    let mut refusals = Vec::new();
-    refusals.extend(method::check(policy.methods(), &parts.method).err());
-    let authenticated = match auth::authenticate(state, parts, &ctx.route, ctx.ip).await {
-        Ok(subject) => {
-            ctx.subject = subject;
-            true
-        }
-        Err(r) => {
-            refusals.push(r);
-            false
-        }
-    };
-    match rate_limit::check(state, &ctx.route, ctx.ip, ctx.subject.as_ref()).await {
-        Ok(limited) => (ctx.limit, ctx.failed_open) = (limited.decision, limited.failed_open),
-        Err(r) => refusals.push(r),
-    }
-    // After a failed authentication, authorization has no principal to judge: one refusal
-    // per request for the same cause, as an enforced policy records.
-    if authenticated {
-        refusals.extend(authz::check(policy, ctx.subject.as_ref()).err());
-    }
-    refusals.extend(body::check(policy.max_body_bytes(), &parts.headers).err());
-    let shared = &state.shared;
-    refusals.extend(
-        csrf::check(
-            &shared.csrf,
-            shared.csrf_cookie_name(),
-            &parts.method,
-            &parts.headers,
-            ctx.csrf_binding(),
-        )
-        .err(),
-    );
-    for r in refusals {
+    let mut refusals = Refusals(Some(Vec::new()));
+    // Dry-run never ends the checks early: every refusal is in the list.
+    let _ = checks(state, ctx, parts, &mut refusals).await;
+    for r in refusals.0.unwrap_or_default() {
         let status = r.info().kind.status().as_u16();
         ctx.audit(r.audit_info(), status, Outcome::WouldDeny).await;
     }
