@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use secure_routes::Security;
 use secure_routes::alerts::AlertEngine;
 use secure_routes::audit::{AuditConfig, AuditObserver, AuditWriter};
 use secure_routes::serve::ServeConfig;
@@ -209,7 +208,7 @@ pub async fn run(
             .session_cookie
             .clone()
             .unwrap_or_else(|| SESSION_COOKIE.to_owned());
-        let security = security(
+        let security = demo::security_for(
             &config,
             &Wiring {
                 audit: Some(writer.clone()),
@@ -219,7 +218,7 @@ pub async fn run(
                 secure_cookies: tls.is_some(),
                 ..Wiring::default()
             },
-            identity,
+            identity.as_ref(),
         )?;
         let mut parts = GatewayParts::new(security)?;
         parts.signer = Arc::new(signer);
@@ -304,40 +303,6 @@ fn metrics_router(metrics: GatewayMetrics) -> axum::Router {
             }
         }),
     )
-}
-
-/// The gateway's [`Security`]: the demo's wiring, with an authenticator only when the file
-/// names an identity source.
-fn security(
-    config: &Config,
-    wiring: &Wiring,
-    identity: Option<Identity>,
-) -> anyhow::Result<Security> {
-    let mut b = Security::builder()
-        .csrf_secret(&config.csrf_secret)
-        .trusted_proxies(&config.trusted_proxies)
-        .client_ip_header(config.client_ip_header)
-        .allowed_origins(&config.allowed_origins)
-        .development(!config.production)
-        .https(wiring.secure_cookies);
-    if let Some(identity) = identity {
-        let wiring = Wiring {
-            identity,
-            ..wiring.clone()
-        };
-        let (auth, prefetch) = demo::authenticator(config, &wiring)?;
-        if let Some(p) = prefetch {
-            tokio::spawn(p.run());
-        }
-        b = b.shared_authenticator(auth);
-    }
-    if let Some(w) = &wiring.audit {
-        b = b.audit(w.clone());
-    }
-    if let Some(s) = &wiring.limits {
-        b = b.shared_rate_limit_store(Arc::clone(s));
-    }
-    Ok(b.build()?)
 }
 
 /// The SIGHUP stream, installed first thing in [`run`]: a SIGHUP during start-up (opening

@@ -85,18 +85,34 @@ impl std::fmt::Debug for Wiring {
 /// Builds the demo's [`Security`] from `config` and `wiring`. With a JWKS or Supabase identity
 /// and a Tokio runtime at hand, the signing keys are fetched in the background at once.
 pub fn security(config: &Config, wiring: &Wiring) -> anyhow::Result<Security> {
-    let (auth, prefetch) = authenticator(config, wiring)?;
-    if let (Some(p), Ok(rt)) = (prefetch, tokio::runtime::Handle::try_current()) {
-        rt.spawn(p.run());
-    }
+    security_for(config, wiring, Some(&wiring.identity))
+}
+
+/// [`security`] with the identity given apart: `None` builds no authenticator (the gateway
+/// without an `[identity]` source, where no route authenticates).
+pub(crate) fn security_for(
+    config: &Config,
+    wiring: &Wiring,
+    identity: Option<&Identity>,
+) -> anyhow::Result<Security> {
     let mut b = Security::builder()
-        .shared_authenticator(auth)
         .csrf_secret(&config.csrf_secret)
         .trusted_proxies(&config.trusted_proxies)
         .client_ip_header(config.client_ip_header)
         .allowed_origins(&config.allowed_origins)
         .development(!config.production)
         .https(wiring.secure_cookies);
+    if let Some(identity) = identity {
+        let wiring = Wiring {
+            identity: identity.clone(),
+            ..wiring.clone()
+        };
+        let (auth, prefetch) = authenticator(config, &wiring)?;
+        if let (Some(p), Ok(rt)) = (prefetch, tokio::runtime::Handle::try_current()) {
+            rt.spawn(p.run());
+        }
+        b = b.shared_authenticator(auth);
+    }
     if let Some(w) = &wiring.audit {
         b = b.audit(w.clone());
     }

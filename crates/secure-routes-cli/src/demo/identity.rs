@@ -126,13 +126,13 @@ impl Identity {
 }
 
 /// A JWKS-backed authenticator's key refresh, run once at start so a wrong URL shows at once.
-pub(crate) enum Prefetch {
+pub(super) enum Prefetch {
     Jwks(JwksAuthenticator),
     Supabase(SupabaseAuthenticator),
 }
 
 impl Prefetch {
-    pub(crate) async fn run(self) {
+    pub(super) async fn run(self) {
         let (what, result): (&str, Result<usize, JwksError>) = match &self {
             Self::Jwks(a) => ("JWKS", a.refresh().await),
             Self::Supabase(a) => ("Supabase", a.refresh().await),
@@ -147,7 +147,7 @@ impl Prefetch {
 }
 
 /// The authenticator for `identity`, and the key refresh to run at start, if any.
-pub(crate) fn authenticator(
+pub(super) fn authenticator(
     config: &Config,
     wiring: &Wiring,
 ) -> anyhow::Result<(Arc<dyn Authenticator>, Option<Prefetch>)> {

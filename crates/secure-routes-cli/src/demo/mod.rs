@@ -35,9 +35,9 @@ mod handlers;
 mod identity;
 mod options;
 
+pub(crate) use app::security_for;
 pub use app::{Wiring, router, run, security, sensitive_policy, serve};
 pub use banner::banner;
-pub(crate) use identity::authenticator;
 pub use identity::{Identity, TOKEN_CACHE};
 pub use options::DemoOptions;
 
