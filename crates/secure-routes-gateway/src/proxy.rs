@@ -387,9 +387,9 @@ impl Forward {
         // `100-continue` was this hop's business: the server answered it when the body was
         // first read, and the body streams on to the upstream without waiting again.
         headers.remove(header::EXPECT);
+        let trusted = peer.is_some_and(|p| self.upstream.trusted(p));
         match peer {
             Some(peer) => {
-                let trusted = self.upstream.trusted(peer);
                 set_forwarded(
                     &mut headers,
                     peer,
@@ -411,7 +411,7 @@ impl Forward {
                 }
             }
         }
-        strip_overrides(&mut headers, peer.is_some_and(|p| self.upstream.trusted(p)));
+        strip_overrides(&mut headers, trusted);
         join_cookie_lines(&mut headers);
         identity::strip_incoming(&mut headers);
         if self.identity.strip_credentials {
