@@ -54,6 +54,7 @@ pub async fn list(
             action,
             since,
             limit,
+            ..AuditQuery::default()
         },
     )
     .await?;

@@ -352,9 +352,7 @@ fn read_jsonl(path: &Path, q: &AuditQuery) -> anyhow::Result<Vec<AuditEvent>> {
             unreadable += 1;
             continue;
         };
-        let matches = q.action.is_none_or(|a| a == event.action)
-            && q.since.is_none_or(|s| event.timestamp >= s);
-        if matches && q.limit > 0 {
+        if q.matches(&event) && q.limit > 0 {
             if newest.len() == q.limit {
                 newest.pop_front();
             }
@@ -458,7 +456,8 @@ mod tests {
             ids(AuditQuery {
                 action: Some(AuditAction::RateLimitExceeded),
                 since: None,
-                limit: 3
+                limit: 3,
+                ..AuditQuery::default()
             }),
             ["r8", "r6", "r4"]
         );
@@ -466,7 +465,8 @@ mod tests {
             ids(AuditQuery {
                 action: None,
                 since: Some(t0 + time::Duration::seconds(7)),
-                limit: 100
+                limit: 100,
+                ..AuditQuery::default()
             }),
             ["r9", "r8", "r7"]
         );

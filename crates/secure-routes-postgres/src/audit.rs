@@ -338,6 +338,7 @@ fn from_row(row: &tokio_postgres::Row) -> Result<AuditEvent, Error> {
         reason: row.try_get(11)?,
         request_id: row.try_get(12)?,
         user_agent: row.try_get(13)?,
+        fingerprint: None,
         metadata: metadata.unwrap_or(Value::Null),
         count: u64::try_from(count)
             .ok()

@@ -160,6 +160,7 @@ async fn query_filters_by_action_and_time_newest_first() {
         action,
         since,
         limit,
+        ..AuditQuery::default()
     };
     assert_eq!(
         statuses(query(&db.pool, &q(None, None, 3)).await.unwrap()),

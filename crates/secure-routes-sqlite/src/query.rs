@@ -150,6 +150,7 @@ fn from_row(row: &Row<'_>) -> Result<AuditEvent, Error> {
         reason: row.get(11)?,
         request_id: row.get(12)?,
         user_agent: row.get(13)?,
+        fingerprint: None,
         count: u64::try_from(count)
             .ok()
             .filter(|c| *c > 0)

@@ -171,6 +171,7 @@ async fn query_filters_by_action_since_and_limit_newest_first() {
             action: Some(AuditAction::RateLimitExceeded),
             since: Some(end - Duration::minutes(5)),
             limit: 2,
+            ..AuditQuery::default()
         },
     )
     .unwrap();

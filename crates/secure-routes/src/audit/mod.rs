@@ -25,6 +25,7 @@
 
 mod fold;
 pub mod observer;
+pub mod reader;
 mod reason;
 pub mod sinks;
 pub mod writer;
@@ -38,6 +39,7 @@ use uuid::Uuid;
 
 pub use crate::rate_limit::BoxFuture;
 pub use observer::{AuditObserver, Emitted};
+pub use reader::{ActionCount, AuditQuery, AuditReader, MemoryAuditReader, TopBy, TopEntry};
 pub use reason::Reason;
 pub use writer::{
     AuditConfig, AuditStats, AuditWriter, NoRuntime, ReplayError, ReplayReport, replay_spill,
@@ -218,6 +220,11 @@ pub struct AuditEvent {
     /// parses.
     #[serde(default = "one")]
     pub count: u64,
+    /// The request's HTTP fingerprint (see the `fingerprint` module): which client software
+    /// sent it, told apart by the shape of its headers. `None` for an event with no request
+    /// (a lifted ban, an alert) and in rows written before the field existed.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
 }
 
 fn one() -> u64 {
@@ -244,6 +251,7 @@ impl AuditEvent {
             user_agent: None,
             metadata: serde_json::Value::Null,
             count: 1,
+            fingerprint: None,
         }
     }
 
@@ -304,6 +312,11 @@ impl AuditEvent {
     /// Sets the metadata. Callers must not put credentials or bodies here.
     pub fn with_metadata(mut self, metadata: serde_json::Value) -> Self {
         self.metadata = metadata;
+        self
+    }
+    /// Sets the request fingerprint (escaped, bounded).
+    pub fn with_fingerprint(mut self, fingerprint: &str) -> Self {
+        self.fingerprint = Some(sanitize(fingerprint, 64));
         self
     }
     /// Sets how many occurrences the event stands for (see [`AuditEvent::count`]; at least 1).
@@ -394,41 +407,6 @@ pub(crate) fn sanitize(s: &str, max: usize) -> String {
         }
     }
     out
-}
-
-/// A filter for reading audit events back, shared by every store that can list them
-/// (`secure-routes-sqlite`, `secure-routes-postgres`): which events their `query` returns.
-///
-/// ```
-/// use secure_routes::audit::AuditAction;
-/// use secure_routes::audit::AuditQuery;
-/// let q = AuditQuery {
-///     action: Some(AuditAction::RateLimitExceeded),
-///     since: Some(time::OffsetDateTime::now_utc() - time::Duration::minutes(10)),
-///     limit: 50,
-/// };
-/// assert_eq!(AuditQuery::default().limit, 100);
-/// # let _ = q;
-/// ```
-#[derive(Clone, Debug, PartialEq)]
-pub struct AuditQuery {
-    /// Only this action.
-    pub action: Option<AuditAction>,
-    /// Only events at or after this instant.
-    pub since: Option<OffsetDateTime>,
-    /// At most this many events (the newest ones). `0` returns none.
-    pub limit: usize,
-}
-
-impl Default for AuditQuery {
-    /// Every action, any time, the newest 100.
-    fn default() -> Self {
-        Self {
-            action: None,
-            since: None,
-            limit: 100,
-        }
-    }
 }
 
 /// A sink failed to store a batch.
