@@ -202,7 +202,7 @@ impl AuditReader for MemoryAuditReader {
             .filter(|e| q.matches(e))
             .cloned()
             .collect();
-        found.sort_by(|a, b| (b.timestamp, b.id).cmp(&(a.timestamp, a.id)));
+        found.sort_by_key(|e| std::cmp::Reverse((e.timestamp, e.id)));
         found.truncate(q.limit);
         Box::pin(std::future::ready(Ok(found)))
     }
