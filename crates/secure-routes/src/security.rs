@@ -24,6 +24,7 @@ use tower_http::csrf::CsrfLayer;
 
 use crate::audit::AuditWriter;
 use crate::auth::{Authenticator, Principal};
+use crate::bans::Bans;
 use crate::client_ip::{ForwardedHeader, TrustedProxies};
 use crate::clock::{Clock, SystemClock};
 use crate::cookies::{CookieLookup, single_cookie};
@@ -63,6 +64,8 @@ pub(crate) struct Shared {
     pub(crate) auth_timeout: Duration,
     /// Whether the missing-`ConnectInfo` configuration error was logged (once per process).
     pub(crate) missing_peer_logged: AtomicBool,
+    /// Escalating bans (step 2 and the strikes on refusals); `None`: no bans.
+    pub(crate) bans: Option<Bans>,
 }
 
 impl Shared {
@@ -192,6 +195,11 @@ impl Security {
         self.shared.authenticator.is_some()
     }
 
+    /// The bans, if configured ([`SecurityBuilder::bans`]).
+    pub fn bans(&self) -> Option<&Bans> {
+        self.shared.bans.as_ref()
+    }
+
     /// The audit writer, if one is configured.
     pub fn audit(&self) -> Option<&AuditWriter> {
         self.shared.audit.as_ref()
@@ -237,6 +245,7 @@ pub struct SecurityBuilder {
     auth_timeout: Option<Duration>,
     no_deny_cache: bool,
     csrf_max_age: Option<Duration>,
+    bans: Option<Bans>,
 }
 
 impl fmt::Debug for SecurityBuilder {
@@ -266,6 +275,20 @@ impl SecurityBuilder {
     /// Same, from a shared handle.
     pub fn shared_rate_limit_store(mut self, s: Arc<dyn RateLimitStore>) -> Self {
         self.store = Some(s);
+        self
+    }
+    /// Escalating bans for repeat violators (default: none). See [`crate::bans`].
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use secure_routes::Security;
+    /// use secure_routes::bans::{BanPolicy, Bans, MemoryBans};
+    /// let bans = Bans::new(Arc::new(MemoryBans::new()), BanPolicy::default());
+    /// let security = Security::builder().csrf_secret([7u8; 32]).bans(bans).build().unwrap();
+    /// assert!(security.bans().is_some());
+    /// ```
+    pub fn bans(mut self, bans: Bans) -> Self {
+        self.bans = Some(bans);
         self
     }
     /// The audit writer (default: none; events are logged through `tracing`).
@@ -473,6 +496,7 @@ impl SecurityBuilder {
             store,
             auth_timeout,
             missing_peer_logged: AtomicBool::new(false),
+            bans: self.bans,
             audit: self.audit,
             hasher,
             csrf,
