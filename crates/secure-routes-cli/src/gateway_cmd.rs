@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use secure_routes::alerts::AlertEngine;
 use secure_routes::audit::{AuditConfig, AuditObserver, AuditWriter};
+use secure_routes::bans::Bans;
 use secure_routes::serve::ServeConfig;
 use secure_routes_gateway::config::{GatewayConfig, Identity as IdentityConfig, TlsFiles};
 use secure_routes_gateway::gateway::{GatewayHandle, GatewayParts, gateway};
@@ -216,6 +217,11 @@ pub async fn run(
                 session_cookie: Some(session_cookie.clone()),
                 // Over TLS the CSRF cookie is `__Host-` and `Secure`, and HSTS is sent.
                 secure_cookies: tls.is_some(),
+                // `[bans]` (on by default), kept in the limits store like the rate limits.
+                bans: file
+                    .bans
+                    .clone()
+                    .map(|policy| Bans::new(Arc::clone(&stores.bans), policy)),
                 ..Wiring::default()
             },
             identity.as_ref(),
@@ -230,11 +236,12 @@ pub async fn run(
         let (router, handle) = gateway(&file, parts).context("invalid configuration")?;
         let addr = listener.local_addr()?;
         println!(
-            "secure-routes gateway listening on {}://{addr} -> {} ({} routes; audit {audit}, limits {})",
+            "secure-routes gateway listening on {}://{addr} -> {} ({} routes; audit {audit}, limits {}, bans {})",
             if tls.is_some() { "https" } else { "http" },
             file.upstream,
             file.routes().len(),
-            stores.limits.name()
+            stores.limits.name(),
+            file.ban_rule()
         );
         reload_on_hangup(hangups, path.clone(), handle, file.clone());
         // One stop signal for the gateway and the metrics listener.
@@ -349,7 +356,7 @@ fn reload_on_hangup(
 
 /// One reload (see [`reload_on_hangup`]). `running` is the file the process started with:
 /// what lives in the shared state (listen, stores, identity, proxies, origins, metrics
-/// address) keeps its start-up value, and a change to it is named in the log.
+/// address, `[bans]`) keeps its start-up value, and a change to it is named in the log.
 fn reload(path: &Path, handle: &GatewayHandle, running: &GatewayConfig) {
     let file = match load(path) {
         Ok(f) => f,
@@ -383,6 +390,8 @@ fn reload(path: &Path, handle: &GatewayHandle, running: &GatewayConfig) {
                     "metrics_listen",
                     file.metrics_listen != running.metrics_listen,
                 ),
+                // The ban policy lives in the shared `Security` with the store it reads.
+                ("bans", file.bans != running.bans),
             ]
             .into_iter()
             .filter_map(|(k, c)| c.then_some(k))
