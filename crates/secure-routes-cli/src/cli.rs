@@ -163,7 +163,13 @@ pub enum Command {
         /// 403 CSRF/authorization, 405, 413, 429) are weighted points against its address and
         /// subject; 50 points within 10 minutes ban it for 15 minutes, doubling on each
         /// repeat up to 24 hours. Kept in the --limits store (see `secure-routes bans`).
-        #[arg(long, value_name = "on|off", default_value = "on", value_parser = clap::builder::BoolishValueParser::new())]
+        #[arg(
+            long,
+            value_name = "on|off",
+            default_value = "on",
+            action = clap::ArgAction::Set,
+            value_parser = clap::builder::BoolishValueParser::new()
+        )]
         bans: bool,
         /// Points within the ban window that ban a client (1 to 10000) [default: 50].
         #[arg(long, value_name = "N")]

@@ -203,6 +203,11 @@ pub async fn run(
             ..AuditConfig::default()
         },
     );
+    // `[bans]` (on by default), kept in the limits store like the rate limits.
+    let bans = file
+        .bans
+        .clone()
+        .map(|policy| Bans::new(Arc::clone(&stores.bans), policy));
     let served = async {
         let session_cookie = file
             .identity
@@ -217,11 +222,7 @@ pub async fn run(
                 session_cookie: Some(session_cookie.clone()),
                 // Over TLS the CSRF cookie is `__Host-` and `Secure`, and HSTS is sent.
                 secure_cookies: tls.is_some(),
-                // `[bans]` (on by default), kept in the limits store like the rate limits.
-                bans: file
-                    .bans
-                    .clone()
-                    .map(|policy| Bans::new(Arc::clone(&stores.bans), policy)),
+                bans: bans.clone(),
                 ..Wiring::default()
             },
             identity.as_ref(),
@@ -282,6 +283,10 @@ pub async fn run(
         anyhow::Ok(())
     }
     .await;
+    // Strikes still queued reach the ban store first (a ban they issue is an audit event).
+    if let Some(bans) = &bans {
+        bans.flush().await;
+    }
     // Always: events recorded so far reach the store (or the spill file).
     writer.shutdown().await;
     // Queued alerts get a bounded chance to reach their webhooks.
@@ -374,28 +379,7 @@ fn reload(path: &Path, handle: &GatewayHandle, running: &GatewayConfig) {
     match handle.reload(&effective) {
         Ok(()) => {
             tracing::info!(routes = file.routes().len(), "configuration reloaded");
-            let changed: Vec<&str> = [
-                ("listen", file.listen != running.listen),
-                ("stores", file.stores != running.stores),
-                ("identity", file.identity != running.identity),
-                (
-                    "trusted_proxies",
-                    file.trusted_proxies != running.trusted_proxies,
-                ),
-                (
-                    "allowed_origins",
-                    file.allowed_origins != running.allowed_origins,
-                ),
-                (
-                    "metrics_listen",
-                    file.metrics_listen != running.metrics_listen,
-                ),
-                // The ban policy lives in the shared `Security` with the store it reads.
-                ("bans", file.bans != running.bans),
-            ]
-            .into_iter()
-            .filter_map(|(k, c)| c.then_some(k))
-            .collect();
+            let changed = restart_needed(&file, running);
             if !changed.is_empty() {
                 tracing::warn!(
                     "changed settings that need a restart, still on their start-up values: {}",
@@ -404,5 +388,53 @@ fn reload(path: &Path, handle: &GatewayHandle, running: &GatewayConfig) {
             }
         }
         Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),
+    }
+}
+
+/// The settings `file` changes against the `running` configuration that a reload cannot
+/// apply (they live in the shared state built at start), by their config key.
+fn restart_needed(file: &GatewayConfig, running: &GatewayConfig) -> Vec<&'static str> {
+    [
+        ("listen", file.listen != running.listen),
+        ("stores", file.stores != running.stores),
+        ("identity", file.identity != running.identity),
+        (
+            "trusted_proxies",
+            file.trusted_proxies != running.trusted_proxies,
+        ),
+        (
+            "allowed_origins",
+            file.allowed_origins != running.allowed_origins,
+        ),
+        (
+            "metrics_listen",
+            file.metrics_listen != running.metrics_listen,
+        ),
+        // The ban policy lives in the shared `Security` with the store it reads.
+        ("bans", file.bans != running.bans),
+    ]
+    .into_iter()
+    .filter_map(|(k, c)| c.then_some(k))
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_that_changes_bans_names_them_as_needing_a_restart() {
+        let base = "upstream = \"http://u\"\n[[routes]]\npath = \"/a\"\n";
+        let running = GatewayConfig::parse(base).unwrap();
+        let same = GatewayConfig::parse(&format!("{base}[bans]\nthreshold = 50\n")).unwrap();
+        assert!(restart_needed(&same, &running).is_empty());
+        for changed in [
+            "threshold = 3",
+            "enabled = false",
+            "allow = [\"10.0.0.0/8\"]",
+        ] {
+            let file = GatewayConfig::parse(&format!("{base}[bans]\n{changed}\n")).unwrap();
+            assert_eq!(restart_needed(&file, &running), ["bans"], "{changed}");
+        }
     }
 }

@@ -9,9 +9,9 @@
 //! 127.0.0.0/8 to the loopback interface), so its ban key is its own even in a Redis shared
 //! with other tests, and the allow-list test can hold an allowed and a banned client at once.
 
-mod support;
 #[path = "support/gateway.rs"]
 mod gateway;
+mod support;
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -24,6 +24,21 @@ use support::{Demo, bearer, stop_counts};
 /// How long a ban made through one instance may take to be seen by another, and a lift by all:
 /// a liveness bound for this black-box test (the in-process test in bans-core proves 1 s).
 const SEEN_WITHIN: Duration = Duration::from_secs(3);
+
+/// How many more refusals than the threshold may come before the ban is seen: strikes reach the
+/// store through a queue off the response path, so a request or two can pass the ban check
+/// while the strike that bans is still queued. Not a timing goal; a ban that never comes or
+/// comes early fails either way.
+const QUEUED: usize = 10;
+
+/// Asserts the ban came after `threshold` refusals of weight 1 (and not many more: see
+/// [`QUEUED`]).
+fn assert_after(refused: usize, threshold: usize) {
+    assert!(
+        (threshold..=threshold + QUEUED).contains(&refused),
+        "banned after {refused} refusals, threshold {threshold}"
+    );
+}
 
 /// A loopback address no other test uses: its ban key is this test's alone.
 fn fresh_loopback() -> IpAddr {
@@ -68,25 +83,28 @@ fn list(limits: &str, dir: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// Sends bad bearer tokens to `url` until one is refused with something other than 401;
-/// returns how many 401s came first and that response.
+/// Sends bad bearer tokens to `url` until one is answered 403; returns how many refusals came
+/// first (401s, then 429s once failed authentications have spent the route's quota for the
+/// address: each a violation of weight 1) and the 403.
 async fn bad_tokens_until_refused(
     client: &reqwest::Client,
     url: &str,
     most: usize,
 ) -> (usize, reqwest::Response) {
-    for unauthorized in 0..most {
+    for refused in 0..most {
         let res = client
             .get(url)
             .header("authorization", "Bearer not-a-token")
             .send()
             .await
             .unwrap();
-        if res.status() != 401 {
-            return (unauthorized, res);
+        match res.status().as_u16() {
+            401 | 429 => {}
+            403 => return (refused, res),
+            other => panic!("a bad token answered {other}"),
         }
     }
-    panic!("{most} bad tokens and still only 401s: no ban");
+    panic!("{most} bad tokens and still no ban");
 }
 
 /// Checks a ban refusal: 403 problem+json `urn:secure-routes:problem:banned` with a
@@ -111,13 +129,15 @@ async fn assert_banned(res: reqwest::Response, longest: u64) {
     assert_eq!(body["status"], 403, "{body}");
 }
 
+/// What a bad token meets when its sender is not banned: 401, or 429 once failed
+/// authentications have spent the route's quota for the address.
+fn unbanned(status: u16) -> bool {
+    matches!(status, 401 | 429)
+}
+
 /// Polls `url` (with a bad token, so an unbanned answer is 401) until `want(status)` or the
 /// deadline; returns the last status.
-async fn poll_until(
-    client: &reqwest::Client,
-    url: &str,
-    want: impl Fn(u16) -> bool,
-) -> u16 {
+async fn poll_until(client: &reqwest::Client, url: &str, want: impl Fn(u16) -> bool) -> u16 {
     let deadline = tokio::time::Instant::now() + SEEN_WITHIN;
     loop {
         let status = client
@@ -142,16 +162,12 @@ async fn demo_bans_a_loop_of_bad_tokens_by_default_and_bans_lift_ends_it() {
     let limits = "sqlite:limits.db";
     let audit = "sqlite:audit.db";
     // No ban flag: bans are on by default (50 points in 10 minutes, a 401 weighs 1).
-    let demo = Demo::start(
-        dir.path(),
-        "bans",
-        &["--limits", limits, "--audit", audit],
-    );
+    let demo = Demo::start(dir.path(), "bans", &["--limits", limits, "--audit", audit]);
     let ip = fresh_loopback();
     let client = client_from(ip);
-    let (unauthorized, res) =
-        bad_tokens_until_refused(&client, &demo.url("/api/user/notes"), 60).await;
-    assert_eq!(unauthorized, 50, "the default threshold");
+    let (refused, res) = bad_tokens_until_refused(&client, &demo.url("/api/user/notes"), 80).await;
+    // The default threshold: 50 points, a 401 or 429 weighs 1.
+    assert_after(refused, 50);
     assert_banned(res, 900).await;
     // The address is banned, not the route: a valid token on another route is refused too.
     let res = client
@@ -177,12 +193,15 @@ async fn demo_bans_a_loop_of_bad_tokens_by_default_and_bans_lift_ends_it() {
         dir.path(),
     ));
     assert_eq!(lifted, format!("lifted {key}\n"));
-    assert_eq!(
-        poll_until(&client, &demo.url("/api/user/notes"), |s| s != 403).await,
-        401,
+    assert!(
+        unbanned(poll_until(&client, &demo.url("/api/user/notes"), |s| s != 403).await),
         "the lift is honoured"
     );
-    assert!(list(limits, dir.path()).iter().all(|b| b["key"] != key.as_str()));
+    assert!(
+        list(limits, dir.path())
+            .iter()
+            .all(|b| b["key"] != key.as_str())
+    );
 
     let counts = stop_counts(&demo.stop());
     assert_eq!(counts.lost, 0, "{counts:?}");
@@ -210,7 +229,11 @@ async fn demo_bans_a_loop_of_bad_tokens_by_default_and_bans_lift_ends_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_bans_off_never_bans_and_the_threshold_flag_changes_it() {
     let dir = tempfile::tempdir().unwrap();
-    let demo = Demo::start(dir.path(), "off", &["--bans", "off", "--audit", "jsonl:a.jsonl"]);
+    let demo = Demo::start(
+        dir.path(),
+        "off",
+        &["--bans", "off", "--audit", "jsonl:a.jsonl"],
+    );
     let client = client_from(fresh_loopback());
     for _ in 0..60 {
         let res = client
@@ -219,7 +242,7 @@ async fn demo_bans_off_never_bans_and_the_threshold_flag_changes_it() {
             .send()
             .await
             .unwrap();
-        assert_eq!(res.status(), 401, "--bans off never bans");
+        assert!(unbanned(res.status().as_u16()), "--bans off never bans");
     }
     drop(demo);
 
@@ -228,9 +251,8 @@ async fn demo_bans_off_never_bans_and_the_threshold_flag_changes_it() {
         "three",
         &["--ban-threshold", "3", "--audit", "jsonl:b.jsonl"],
     );
-    let (unauthorized, res) =
-        bad_tokens_until_refused(&client, &demo.url("/api/user/notes"), 10).await;
-    assert_eq!(unauthorized, 3);
+    let (refused, res) = bad_tokens_until_refused(&client, &demo.url("/api/user/notes"), 30).await;
+    assert_after(refused, 3);
     assert_banned(res, 900).await;
 }
 
@@ -260,19 +282,19 @@ async fn serve_bans_by_its_bans_section_never_the_allow_list_and_bans_lift_ends_
 
     let ip = fresh_loopback();
     let client = client_from(ip);
-    let (unauthorized, res) = bad_tokens_until_refused(&client, &url, 10).await;
-    assert_eq!(unauthorized, 3, "[bans] threshold = 3");
+    let (refused, res) = bad_tokens_until_refused(&client, &url, 30).await;
+    assert_after(refused, 3); // [bans] threshold = 3
     assert_banned(res, 120).await;
     let key = format!("ip:{ip}");
     let bans = list(&limits, dir.path());
     assert!(bans.iter().any(|b| b["key"] == key.as_str()), "{bans:?}");
-    assert!(
-        bans.iter().all(|b| b["key"] != "ip:127.0.0.1"),
-        "{bans:?}"
-    );
+    assert!(bans.iter().all(|b| b["key"] != "ip:127.0.0.1"), "{bans:?}");
 
     assert_eq!(
-        ok(&cli(&["bans", "lift", &key, "--limits", &limits], dir.path())),
+        ok(&cli(
+            &["bans", "lift", &key, "--limits", &limits],
+            dir.path()
+        )),
         format!("lifted {key}\n")
     );
     assert_eq!(poll_until(&client, &url, |s| s != 403).await, 401);
@@ -312,8 +334,8 @@ async fn a_ban_earned_on_one_demo_is_refused_by_two_others_sharing_redis() {
     let key = format!("ip:{ip}");
     let client = client_from(ip);
     let path = "/api/user/notes";
-    let (unauthorized, res) = bad_tokens_until_refused(&client, &demos[0].url(path), 10).await;
-    assert_eq!(unauthorized, 5);
+    let (refused, res) = bad_tokens_until_refused(&client, &demos[0].url(path), 30).await;
+    assert_after(refused, 5);
     assert_banned(res, 900).await;
     for demo in &demos[1..] {
         assert_eq!(
@@ -327,13 +349,15 @@ async fn a_ban_earned_on_one_demo_is_refused_by_two_others_sharing_redis() {
     assert!(bans.iter().any(|b| b["key"] == key.as_str()), "{bans:?}");
 
     assert_eq!(
-        ok(&cli(&["bans", "lift", &key, "--limits", &redis], dir.path())),
+        ok(&cli(
+            &["bans", "lift", &key, "--limits", &redis],
+            dir.path()
+        )),
         format!("lifted {key}\n")
     );
     for demo in &demos {
-        assert_eq!(
-            poll_until(&client, &demo.url(path), |s| s != 403).await,
-            401,
+        assert!(
+            unbanned(poll_until(&client, &demo.url(path), |s| s != 403).await),
             "{} still refuses after the lift",
             demo.base
         );

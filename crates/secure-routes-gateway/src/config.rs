@@ -1137,23 +1137,29 @@ fn bans(b: &RawBans, problem: &mut Report<'_>) -> Option<BanPolicy> {
 
 /// The `[bans]` key a library problem is about, and its span.
 fn ban_problem_key(b: &RawBans, text: &str) -> (String, Option<Range<usize>>) {
-    let span = |v: Option<Range<usize>>| v;
-    let dur = |v: &Option<Spanned<String>>| span(v.as_ref().map(Spanned::span));
+    let dur = |v: &Option<Spanned<String>>| v.as_ref().map(Spanned::span);
+    // A pair out of order goes under the value the file wrote: a `first` above the default
+    // `max` is the `first` line's problem.
+    let pair =
+        |field: &str, value: &Option<Spanned<String>>, other: &str, o: &Option<Spanned<String>>| {
+            if value.is_none() && o.is_some() {
+                (other.to_owned(), dur(o))
+            } else {
+                (field.to_owned(), dur(value))
+            }
+        };
     if text.starts_with("threshold") {
-        (
-            "threshold".into(),
-            span(b.threshold.as_ref().map(Spanned::span)),
-        )
+        ("threshold".into(), b.threshold.as_ref().map(Spanned::span))
     } else if text.starts_with("window") {
         ("window".into(), dur(&b.window))
     } else if text.starts_with("the first ban") {
         ("first".into(), dur(&b.first))
     } else if text.starts_with("the longest ban") {
-        ("max".into(), dur(&b.max))
+        pair("max", &b.max, "first", &b.first)
     } else if text.starts_with("history") {
-        ("history".into(), dur(&b.history))
+        pair("history", &b.history, "window", &b.window)
     } else if text.starts_with("allow-list") {
-        ("allow".into(), span(b.allow.as_ref().map(Spanned::span)))
+        ("allow".into(), b.allow.as_ref().map(Spanned::span))
     } else if let Some(v) = Violation::ALL
         .into_iter()
         .find(|v| text.starts_with(&format!("weight of {v} ")))
@@ -1163,7 +1169,7 @@ fn ban_problem_key(b: &RawBans, text: &str) -> (String, Option<Range<usize>>) {
             .as_ref()
             .and_then(|w| w.get_ref().get(v.as_str()))
             .map(Spanned::span);
-        (format!("weights.{v}"), span(s))
+        (format!("weights.{v}"), s)
     } else {
         (String::new(), None)
     }

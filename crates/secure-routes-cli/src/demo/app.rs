@@ -251,6 +251,10 @@ pub async fn run(
         anyhow::Ok(())
     }
     .await;
+    // Strikes still queued reach the ban store first (a ban they issue is an audit event).
+    if let Some(bans) = &wiring.bans {
+        bans.flush().await;
+    }
     // Always, also when the router could not be built or serving failed: events recorded
     // so far must reach the store (or the spill file).
     writer.shutdown().await;
