@@ -300,6 +300,26 @@ async fn serve_bans_by_its_bans_section_never_the_allow_list_and_bans_lift_ends_
     assert_eq!(poll_until(&client, &url, |s| s != 403).await, 401);
     // The allow-listed client was never refused as banned either.
     assert_eq!(poll_until(&allowed, &url, |_| true).await, 401);
+
+    // A reload cannot swap the ban policy (it lives beside the store in the shared state):
+    // it says a restart is needed, and the running policy stays.
+    gw.rewrite(&body.replace("threshold = 3", "threshold = 1000"));
+    gw.signal("HUP");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !gw.stderr().contains("need a restart") && tokio::time::Instant::now() < deadline {
+        // A polling interval, not a timing assumption: the bound is the deadline.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = gw.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("need a restart"))
+        .unwrap_or_else(|| panic!("no restart warning after the reload:\n{log}"));
+    assert!(line.contains("bans"), "{line}");
+    let again = client_from(fresh_loopback());
+    let (refused, res) = bad_tokens_until_refused(&again, &url, 30).await;
+    assert_after(refused, 3);
+    assert_banned(res, 120).await;
 }
 
 /// Three demos on one Redis: a ban earned on A is refused by B and C; a lift through the CLI
