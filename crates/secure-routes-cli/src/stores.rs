@@ -196,6 +196,8 @@ pub struct OpenStores {
     /// The audit sink.
     pub audit: Arc<dyn AuditSink>,
     sweepers: Vec<secure_routes_postgres::SweeperHandle>,
+    /// Background tasks that end with the stores (the Postgres ban sweeper).
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl fmt::Debug for OpenStores {
@@ -211,6 +213,9 @@ impl Drop for OpenStores {
     fn drop(&mut self) {
         for s in self.sweepers.drain(..) {
             s.stop();
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
         }
     }
 }
@@ -234,11 +239,38 @@ pub async fn open(limits: &LimitsLocation, audit: &AuditLocation) -> anyhow::Res
     let mut pools = Pools::new(POSTGRES_POOL_SIZE);
     let (limits_store, bans, sweeper) = open_limits(limits, &mut pools, true).await?;
     let audit_sink = open_audit(audit, &mut pools).await?;
+    let mut tasks = Vec::new();
+    if let LimitsLocation::Postgres(url) = limits {
+        tasks.push(spawn_ban_sweeper(
+            secure_routes_postgres::PostgresStore::new(pools.get(url).await?),
+        ));
+    }
     Ok(OpenStores {
         limits: limits_store,
         bans,
         audit: audit_sink,
         sweepers: sweeper.into_iter().collect(),
+        tasks,
+    })
+}
+
+/// Deletes expired ban rows every [`SWEEP_INTERVAL`]: a Postgres `bans` row outlives its ban
+/// by the history period and is never read again after it, so without this the table grows by
+/// every address that ever struck. (SQLite and Redis expire ban state themselves.) A failed
+/// sweep is logged and retried at the next tick; the rows only wait longer.
+fn spawn_ban_sweeper(store: secure_routes_postgres::PostgresStore) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            if let Err(e) = store.sweep_bans(now).await {
+                tracing::warn!(error = %e, "sweeping expired ban rows failed; retrying at the next interval");
+            }
+        }
     })
 }
 
