@@ -665,6 +665,8 @@ mod tests {
         ] {
             assert!(serve.contains(var), "serve --help lacks {var}:\n{serve}");
         }
+        // The demo's alert flags sign with it too.
+        assert!(demo.contains("SECURE_ROUTES_WEBHOOK_SECRET"), "{demo}");
     }
 
     #[test]
