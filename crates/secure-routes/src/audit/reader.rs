@@ -17,13 +17,19 @@ use uuid::Uuid;
 
 use super::{AuditAction, AuditError, AuditEvent, BoxFuture, Outcome};
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
 /// A filter for reading audit events back, shared by every store that can list them: which
 /// events [`AuditReader::events`] returns. Every field left `None` matches everything; text
 /// fields match exactly (as stored: escaped, bounded).
 ///
 /// Paging goes backwards in time: `before` is the id of the last (oldest) event of the
 /// previous page, and the next page holds the events older than it. Ids are UUIDv7, so their
-/// order is the time order.
+/// order is the time order (to the millisecond, then the order they were made in within a
+/// process); readers list events in id order, the cursor's own order, so pages have no gaps
+/// or repeats even where two instances' timestamps within one millisecond disagree with the
+/// ids, or a clock stepped back.
 ///
 /// ```
 /// use secure_routes::audit::{AuditAction, AuditQuery, Outcome};
@@ -149,7 +155,8 @@ pub struct TopEntry {
 /// # });
 /// ```
 pub trait AuditReader: Send + Sync + 'static {
-    /// The events matching `q` (all its filters), newest first, at most `q.limit`.
+    /// The events matching `q` (all its filters), newest first (by id, descending: the
+    /// order of the `before` cursor), at most `q.limit`.
     fn events<'a>(
         &'a self,
         q: &'a AuditQuery,
@@ -202,7 +209,9 @@ impl AuditReader for MemoryAuditReader {
             .filter(|e| q.matches(e))
             .cloned()
             .collect();
-        found.sort_by_key(|e| std::cmp::Reverse((e.timestamp, e.id)));
+        // By id, the cursor's order (see `AuditQuery`): sorting by timestamp while paging by
+        // id would skip or repeat events whose two orders disagree.
+        found.sort_by_key(|e| std::cmp::Reverse(e.id));
         found.truncate(q.limit);
         Box::pin(std::future::ready(Ok(found)))
     }
