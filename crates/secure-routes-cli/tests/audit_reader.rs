@@ -116,10 +116,10 @@ async fn the_audit_command_filters_by_outcome_ip_subject_route_and_fingerprint()
             },
         ),
         (
-            vec!["--ip", "2001:db8::/64", "--subject", "alice"],
+            vec!["--ip", "2001:db8::/64", "--subject", "bö_%"],
             AuditQuery {
                 client_ip: Some("2001:db8::/64".into()),
-                subject: Some("alice".into()),
+                subject: Some("bö_%".into()),
                 ..AuditQuery::default()
             },
         ),

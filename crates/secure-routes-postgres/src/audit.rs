@@ -255,7 +255,7 @@ fn strip_nul(v: &Value) -> Value {
 /// The filter [`query`] takes (defined once in the core, shared with the other stores).
 pub use secure_routes::audit::AuditQuery;
 
-/// Events matching `q`, newest first (by id: see [`AuditQuery`]): [`PgAuditReader::events`],
+/// Events matching `q`, newest first (by timestamp, then id): [`PgAuditReader::events`],
 /// kept as a function for existing callers (one copy of the SQL).
 ///
 /// A database never migrated reads as empty.
@@ -325,10 +325,14 @@ impl Filter {
             conditions.push(format!("\"timestamp\" < {}", f.param(until)));
         }
         if let (true, Some(before)) = (cursor, q.before) {
-            // Postgres compares `uuid`s as their 16 bytes (memcmp), the order of `Uuid`'s
-            // `Ord`; for UUIDv7 that is time order (the 48-bit millisecond timestamp comes
-            // first), so `id < $n` is "older than the cursor", served by the primary key.
-            conditions.push(format!("id < {}", f.param(before)));
+            // A keyset cursor (see `AuditQuery`): rows after the cursor's row in the list's
+            // order, `("timestamp", id)` descending. Postgres compares `uuid`s as their 16
+            // bytes (memcmp), the order of `Uuid`'s `Ord` (for UUIDv7 the time order), the
+            // tie-break. A cursor naming no row yields NULL: no rows.
+            conditions.push(format!(
+                "(\"timestamp\", id) < (SELECT \"timestamp\", id FROM audit_logs WHERE id = {})",
+                f.param(before)
+            ));
         }
         if !conditions.is_empty() {
             f.sql = format!(" WHERE {}", conditions.join(" AND "));
@@ -430,10 +434,10 @@ impl PgAuditReader {
         } else {
             "NULL::text"
         };
-        // By id, the cursor's order (see `AuditQuery`). One statement per filter
-        // combination, so each gets a plan that uses its index.
+        // The cursor's order (see `AuditQuery`). One statement per filter combination, so
+        // each gets a plan that uses its index.
         let sql = format!(
-            "SELECT {COLUMNS_BASE}, {count}, {fingerprint} FROM audit_logs{} ORDER BY id DESC LIMIT {limit}",
+            "SELECT {COLUMNS_BASE}, {count}, {fingerprint} FROM audit_logs{} ORDER BY \"timestamp\" DESC, id DESC LIMIT {limit}",
             f.sql,
             count = count_column(version),
         );

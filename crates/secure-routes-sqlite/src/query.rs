@@ -86,13 +86,6 @@ impl Filter {
         if let Some(until) = q.until {
             push("timestamp", "<", text(&format_timestamp(until)));
         }
-        if let (true, Some(before)) = (cursor, q.before) {
-            // Ids are stored as lower-case hyphenated UUIDs: their text order is the order
-            // of the 16 bytes, which for UUIDv7 is the time order (the 48-bit millisecond
-            // timestamp comes first). So `id < ?` is "older than the cursor".
-            let mut buf = Uuid::encode_buffer();
-            push("id", "<", text(before.hyphenated().encode_lower(&mut buf)));
-        }
         let mut sql = String::new();
         if let Some(fingerprint) = &q.fingerprint {
             if version >= schema::FINGERPRINT_VERSION {
@@ -101,6 +94,20 @@ impl Filter {
                 // No row of an older file has a fingerprint.
                 conditions.push("0".to_owned());
             }
+        }
+        if let (true, Some(before)) = (cursor, q.before) {
+            // A keyset cursor (see `AuditQuery`): rows after the cursor's row in the list's
+            // order, `(timestamp, id)` descending. Timestamps are fixed-width text (text
+            // order is time order); ids are lower-case hyphenated UUIDs, whose text order is
+            // the order of their 16 bytes (for UUIDv7 the time order: the 48-bit millisecond
+            // time comes first), the tie-break. A cursor naming no row yields NULL: no rows.
+            // The timestamp part lets the timestamp indexes serve the page.
+            let mut buf = Uuid::encode_buffer();
+            params.push(text(before.hyphenated().encode_lower(&mut buf)));
+            conditions.push(format!(
+                "(timestamp, id) < (SELECT timestamp, id FROM audit_logs WHERE id = ?{})",
+                params.len()
+            ));
         }
         if !conditions.is_empty() {
             sql.push_str(" WHERE ");
@@ -130,9 +137,9 @@ fn events_in(conn: &Connection, version: i64, q: &AuditQuery) -> Result<Vec<Audi
     };
     let mut f = Filter::new(q, version, true);
     let limit = f.param(limit_value(q.limit));
-    // By id, the cursor's order (see `AuditQuery`).
+    // The cursor's order (see `AuditQuery`), served by the timestamp indexes.
     let sql = format!(
-        "SELECT {columns} FROM audit_logs{} ORDER BY id DESC LIMIT {limit}",
+        "SELECT {columns} FROM audit_logs{} ORDER BY timestamp DESC, id DESC LIMIT {limit}",
         f.sql
     );
     let mut stmt = conn.prepare_cached(&sql)?;
@@ -230,7 +237,7 @@ fn top_in(
     Ok(out)
 }
 
-/// Events matching `q` in the database at `path`, newest first (by id: see [`AuditQuery`]).
+/// Events matching `q` in the database at `path`, newest first (by timestamp, then id).
 /// The same answer as [`SqliteAuditReader::events`], for callers without a runtime.
 ///
 /// A database without the audit schema yet reads as empty; a missing file is an error.

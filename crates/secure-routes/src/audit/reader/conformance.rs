@@ -55,9 +55,10 @@ const FINGERPRINTS: [Option<&str>; 3] = [
 ];
 const COUNTS: [u64; 6] = [1, 1, 3, 1, 7, 2];
 
-/// The events the suite expects a store to hold: 60 events over about 17 minutes from
-/// [`START`], ids in time order, timestamps in whole microseconds (Postgres' precision),
-/// folded rows among them, and two pairs of keys whose sums tie (for the top-n order).
+/// The events the suite expects a store to hold: 65 events over about 17 minutes from
+/// [`START`], timestamps in whole microseconds (Postgres' precision), folded rows among
+/// them, two pairs of keys whose sums tie (for the top-n order), equal timestamps, and an
+/// event whose id is out of time order.
 pub fn fixture() -> Vec<AuditEvent> {
     let mut out = Vec::new();
     for i in 0..60usize {
@@ -102,6 +103,23 @@ pub fn fixture() -> Vec<AuditEvent> {
             .with_status(429)
             .with_count(1_000);
         e.timestamp = at(61 * 17, 0);
+        out.push(e);
+    }
+    // Ids that disagree with timestamps (made last, so the largest ids, yet stamped in the
+    // middle: another instance's event within one millisecond, a clock stepped back), and
+    // two events with the same timestamp as another (the id breaks the tie): paging must
+    // neither skip nor repeat them.
+    for (n, t) in [
+        (0, at(10 * 17, 1)),
+        (1, at(40 * 17, 40 * 7_919)),
+        (2, at(40 * 17, 40 * 7_919)),
+    ] {
+        let mut e = AuditEvent::new(AuditAction::UnauthorizedAccess)
+            .with_client_ip("203.0.113.1")
+            .with_request("GET", "/api/a", "/api/a")
+            .with_status(401)
+            .with_request_id(&format!("odd-{n}"));
+        e.timestamp = t;
         out.push(e);
     }
     out
@@ -294,10 +312,14 @@ pub async fn run_all(reader: &dyn AuditReader, events: &[AuditEvent]) {
         .map(|c| c.count)
         .sum();
     assert_eq!(counted, total, "{}: counts sum `count`", reader.name());
-    let top = reader.top(&qs[0], TopBy::ClientIp, 2).await.expect("top");
-    assert_eq!(top.len(), 2);
-    assert_eq!(top[0].count, top[1].count, "the fixture's tie");
-    assert!(top[0].key < top[1].key, "ties by key: {top:?}");
+    // The fixture's tie (with its counts; an old store counting each row once has others),
+    // so the comparisons above did check the order among equal sums.
+    if events.iter().any(|e| e.count == 1_000) {
+        let top = reader.top(&qs[0], TopBy::ClientIp, 2).await.expect("top");
+        assert_eq!(top.len(), 2);
+        assert_eq!(top[0].count, top[1].count, "the fixture's tie");
+        assert!(top[0].key < top[1].key, "ties by key: {top:?}");
+    }
 
     paging(
         reader,
