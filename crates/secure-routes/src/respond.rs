@@ -54,10 +54,20 @@ impl Ctx {
     /// Queues a strike for a refusal the client caused (a [`Violation`]) when bans are on;
     /// the refusal is answered without waiting for the store.
     ///
+    /// The subject strikes only when its credential is not ambient. A cookie is sent by the
+    /// browser on requests another site starts (a cross-site form without the CSRF token,
+    /// a navigation to a route the user may not see), so such a refusal does not show that
+    /// the subject misbehaved: counting it would let any page the user visits lock the
+    /// account out from every address (a forced ban). The address still strikes.
+    ///
     /// [`Violation`]: crate::bans::Violation
     pub(crate) fn strike(&self, info: RejectionInfo, status: u16) {
         if let Some(bans) = &self.state.shared.bans {
-            let subject = self.subject.as_ref().map(|p| p.subject());
+            let subject = self
+                .subject
+                .as_ref()
+                .filter(|p| !p.is_ambient())
+                .map(|p| p.subject());
             let now = self.state.shared.clock.now();
             bans.queue_strike(info.kind, self.ip, subject, now, || {
                 self.event(info, status, Outcome::Denied)

@@ -253,3 +253,68 @@ async fn three_instances_share_one_memory_store() {
     let one: Arc<dyn BanStore> = Arc::new(MemoryBans::new());
     conformance::three_instances(vec![Arc::clone(&one), Arc::clone(&one), one]).await;
 }
+
+/// A cookie is ambient: another site can make a logged-in browser send refused requests
+/// (a cross-site form without the CSRF token, a navigation to a route the user may not
+/// see). Those refusals must not build a ban on the cookie's subject, or any page the
+/// victim visits could lock the account out from every address. The address still strikes.
+#[tokio::test]
+async fn refusals_of_a_cookie_principal_do_not_strike_its_subject() {
+    let b = bans(4);
+    let h = harness(|s| s.bans(b.clone()));
+    let app = h.app(
+        "/api/notes",
+        Policy::authenticated(),
+        axum::routing::post(ok).get(ok),
+    );
+    for _ in 0..2 {
+        // A forged cross-site POST: the victim's cookie, no CSRF token. Weight 2.
+        let res = req(Method::POST, "/api/notes")
+            .header("cookie", "session=victim")
+            .send(&app)
+            .await;
+        res.assert_problem(403, "Invalid or missing CSRF token");
+        b.flush().await;
+    }
+    let keys: Vec<String> = b
+        .store()
+        .list(START)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|ban| ban.key.as_str().to_owned())
+        .collect();
+    assert_eq!(keys, [format!("ip:{PEER}")], "only the address is banned");
+    // The victim, from another address, is not refused.
+    let res = req(Method::GET, "/api/notes")
+        .peer("198.51.100.9")
+        .header("cookie", "session=victim")
+        .send(&app)
+        .await;
+    assert_eq!(res.status, 200);
+
+    // A header credential is not ambient: its refusals do strike the subject.
+    let b = bans(4);
+    let h = harness(|s| s.bans(b.clone()));
+    let app = h.app(
+        "/admin",
+        Policy::authenticated()
+            .to_builder()
+            .require_role("admin")
+            .build()
+            .unwrap(),
+        get(ok),
+    );
+    for _ in 0..2 {
+        let res = req(Method::GET, "/admin").bearer("bob").send(&app).await;
+        assert_eq!(res.status, 403);
+        b.flush().await;
+    }
+    assert!(
+        b.store()
+            .check(&BanKey::subject("bob"), START)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
