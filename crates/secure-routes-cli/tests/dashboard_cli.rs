@@ -121,7 +121,7 @@ async fn the_dashboard_shows_what_a_demo_wrote_and_lifts_its_bans() {
     let decisions: u64 = events.iter().map(|e| e["count"].as_u64().unwrap()).sum();
     assert_eq!(decisions, 3, "{body}");
     assert_eq!(events[0]["user_agent"], HOSTILE_UA);
-    assert_eq!(events[0]["route"], "/api/user/notes");
+    assert_eq!(events[0]["path"], "/api/user/notes");
 
     let counts: Value = api("counts?bucket=3600")
         .await
