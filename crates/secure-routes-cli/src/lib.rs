@@ -13,12 +13,14 @@
 //! * [`audit_cmd`]: lists audit events from any audit location.
 //! * [`bans_cmd`]: lists, lifts and adds bans in a shared limits store.
 //! * [`dashboard_cmd`]: the audit dashboard on its own (`secure-routes dashboard`).
+//! * [`alerts`]: alert rules and the one engine construction `demo` and `serve` share.
 //! * [`duration`]: `30s`, `10m`, `1h`, `2d`.
 //!
 //! ```
 //! assert_eq!(secure_routes_cli::duration::parse("10m").unwrap().as_secs(), 600);
 //! ```
 
+pub mod alerts;
 pub mod audit_cmd;
 pub mod bans_cmd;
 pub mod cli;
