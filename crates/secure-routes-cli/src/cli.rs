@@ -202,6 +202,21 @@ pub enum Command {
         /// Only this action (e.g. rate_limit_exceeded).
         #[arg(long)]
         action: Option<String>,
+        /// Only this outcome: denied, allowed, error or would_deny.
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Only this client address (as stored, e.g. 203.0.113.7 or 2001:db8::/64).
+        #[arg(long)]
+        ip: Option<String>,
+        /// Only this authenticated subject.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Only this route (the matched template or bucket, e.g. /api/user/notes).
+        #[arg(long)]
+        route: Option<String>,
+        /// Only this request fingerprint.
+        #[arg(long)]
+        fingerprint: Option<String>,
         /// Only events newer than this: 30s, 10m, 1h, 2d.
         #[arg(long, value_parser = duration::parse)]
         since: Option<Duration>,
@@ -427,12 +442,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             audit,
             db,
             action,
+            outcome,
+            ip,
+            subject,
+            route,
+            fingerprint,
             since,
             limit,
             json,
         } => {
             let audit = audit_location(audit, db)?;
-            let out = audit_cmd::list(&audit, action.as_deref(), since, limit, json).await?;
+            let filters = audit_cmd::Filters {
+                action: action.as_deref(),
+                outcome: outcome.as_deref(),
+                ip: ip.as_deref(),
+                subject: subject.as_deref(),
+                route: route.as_deref(),
+                fingerprint: fingerprint.as_deref(),
+                since,
+            };
+            let out = audit_cmd::list_filtered(&audit, &filters, limit, json).await?;
             print!("{out}");
             Ok(())
         }

@@ -27,7 +27,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use secure_routes::audit::sinks::JsonlSink;
-use secure_routes::audit::{AuditEvent, AuditQuery, AuditSink};
+use secure_routes::audit::{
+    ActionCount, AuditError, AuditEvent, AuditQuery, AuditReader, AuditSink, BoxFuture,
+    MemoryAuditReader, TopBy, TopEntry,
+};
 use secure_routes::rate_limit::{MemoryStore, RateLimitStore};
 
 /// Connections per instance for a Postgres location.
@@ -292,7 +295,50 @@ impl Pools {
     }
 }
 
-/// Reads events matching `q` from `location`, newest first.
+/// The read side of an audit location: what `secure-routes audit` and the dashboard read
+/// through. SQLite and Postgres answer in SQL ([`SqliteAuditReader`](secure_routes_sqlite::SqliteAuditReader),
+/// [`PgAuditReader`](secure_routes_postgres::PgAuditReader)); a JSON-lines file is read whole
+/// on each call and answered by the core's reference reader ([`JsonlAuditReader`]).
+///
+/// A file location must exist (a misspelt path is an error, not an empty log). A Postgres
+/// location is not migrated by a reader and is not contacted until the first read; a
+/// database never migrated reads as empty. The pool holds up to 4 connections.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use secure_routes::audit::{AuditAction, AuditEvent, AuditQuery, AuditSink};
+/// use secure_routes_cli::stores::{self, AuditLocation};
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("audit.jsonl");
+/// let sink = secure_routes::audit::sinks::JsonlSink::open(&path).unwrap();
+/// sink.write_batch(&[AuditEvent::new(AuditAction::UnauthorizedAccess)]).await.unwrap();
+/// let reader = stores::audit_reader(&AuditLocation::Jsonl(path)).unwrap();
+/// assert_eq!(reader.events(&AuditQuery::default()).await.unwrap().len(), 1);
+/// assert!(stores::audit_reader(&AuditLocation::Jsonl(dir.path().join("none"))).is_err());
+/// # });
+/// ```
+pub fn audit_reader(location: &AuditLocation) -> anyhow::Result<Arc<dyn AuditReader>> {
+    Ok(match location {
+        AuditLocation::Sqlite(path) => {
+            must_exist(path)?;
+            Arc::new(
+                secure_routes_sqlite::SqliteAuditReader::open(path)
+                    .with_context(|| format!("reading {location}"))?,
+            )
+        }
+        AuditLocation::Jsonl(path) => {
+            must_exist(path)?;
+            Arc::new(JsonlAuditReader::new(path))
+        }
+        AuditLocation::Postgres(url) => {
+            let pool = secure_routes_postgres::connect(url, 4)
+                .with_context(|| format!("postgres location {location}"))?;
+            Arc::new(secure_routes_postgres::PgAuditReader::new(pool))
+        }
+    })
+}
+
+/// Reads events matching `q` from `location`, newest first (through [`audit_reader`]).
 ///
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -308,23 +354,10 @@ pub async fn read_audit(
     location: &AuditLocation,
     q: &AuditQuery,
 ) -> anyhow::Result<Vec<AuditEvent>> {
-    match location {
-        AuditLocation::Sqlite(path) => {
-            must_exist(path)?;
-            secure_routes_sqlite::query(path, q).with_context(|| format!("reading {location}"))
-        }
-        AuditLocation::Jsonl(path) => {
-            must_exist(path)?;
-            read_jsonl(path, q).with_context(|| format!("reading {location}"))
-        }
-        AuditLocation::Postgres(url) => {
-            let pool = secure_routes_postgres::connect(url, 1)
-                .with_context(|| format!("postgres location {location}"))?;
-            secure_routes_postgres::query(&pool, q)
-                .await
-                .with_context(|| format!("reading {location}"))
-        }
-    }
+    audit_reader(location)?
+        .events(q)
+        .await
+        .with_context(|| format!("reading {location}"))
 }
 
 fn must_exist(path: &Path) -> anyhow::Result<()> {
@@ -336,40 +369,102 @@ fn must_exist(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Scans a JSON-lines audit file, keeping the newest `q.limit` matches. Lines that do not
-/// parse (a torn last line after a crash) are skipped and counted in a warning.
-fn read_jsonl(path: &Path, q: &AuditQuery) -> anyhow::Result<Vec<AuditEvent>> {
+/// An [`AuditReader`] over a JSON-lines audit file: each call reads the file (on the blocking
+/// pool) and asks [`MemoryAuditReader`] over its events, so it always sees the latest lines
+/// and answers exactly as the reference does. The cost is a full read per call, linear in the
+/// file's size: JSON lines suit a small log or one shipped elsewhere; a dashboard over a
+/// large trail belongs on SQLite or Postgres.
+///
+/// Lines that do not parse (a torn last line after a crash) are skipped with a warning that
+/// counts them, never silently.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use secure_routes::audit::{AuditQuery, AuditReader};
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("audit.jsonl");
+/// std::fs::write(&path, "{\"torn\": tr").unwrap();
+/// let reader = secure_routes_cli::stores::JsonlAuditReader::new(&path);
+/// assert!(reader.events(&AuditQuery::default()).await.unwrap().is_empty());
+/// # });
+/// ```
+#[derive(Clone, Debug)]
+pub struct JsonlAuditReader {
+    path: Arc<Path>,
+}
+
+impl JsonlAuditReader {
+    /// A reader of the file at `path` (read on each call; a missing file is an error then).
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        Self {
+            path: Arc::from(path.as_ref()),
+        }
+    }
+
+    async fn load(&self) -> Result<MemoryAuditReader, AuditError> {
+        let path = Arc::clone(&self.path);
+        tokio::task::spawn_blocking(move || load_jsonl(&path))
+            .await
+            .map_err(|e| AuditError(format!("reading the JSON-lines audit log failed: {e}")))?
+            .map(MemoryAuditReader::new)
+            .map_err(|e| AuditError(format!("reading {}: {e}", self.path.display())))
+    }
+}
+
+impl AuditReader for JsonlAuditReader {
+    fn events<'a>(
+        &'a self,
+        q: &'a AuditQuery,
+    ) -> BoxFuture<'a, Result<Vec<AuditEvent>, AuditError>> {
+        Box::pin(async move { self.load().await?.events(q).await })
+    }
+
+    fn counts<'a>(
+        &'a self,
+        q: &'a AuditQuery,
+        bucket: Duration,
+    ) -> BoxFuture<'a, Result<Vec<ActionCount>, AuditError>> {
+        Box::pin(async move { self.load().await?.counts(q, bucket).await })
+    }
+
+    fn top<'a>(
+        &'a self,
+        q: &'a AuditQuery,
+        by: TopBy,
+        n: usize,
+    ) -> BoxFuture<'a, Result<Vec<TopEntry>, AuditError>> {
+        Box::pin(async move { self.load().await?.top(q, by, n).await })
+    }
+
+    fn name(&self) -> &'static str {
+        "jsonl"
+    }
+}
+
+/// Every event of a JSON-lines audit file. Lines that do not parse are skipped and counted
+/// in a warning.
+fn load_jsonl(path: &Path) -> std::io::Result<Vec<AuditEvent>> {
     use std::io::BufRead;
     let file = std::io::BufReader::new(std::fs::File::open(path)?);
-    let mut newest = std::collections::VecDeque::with_capacity(q.limit.min(1024));
+    let mut events = Vec::new();
     let mut unreadable = 0u64;
     for line in file.split(b'\n') {
         let line = line?;
         if line.trim_ascii().is_empty() {
             continue;
         }
-        let Ok(event) = serde_json::from_slice::<AuditEvent>(&line) else {
-            unreadable += 1;
-            continue;
-        };
-        if q.matches(&event) && q.limit > 0 {
-            if newest.len() == q.limit {
-                newest.pop_front();
-            }
-            newest.push_back(event);
+        match serde_json::from_slice::<AuditEvent>(&line) {
+            Ok(event) => events.push(event),
+            Err(_) => unreadable += 1,
         }
     }
     if unreadable > 0 {
-        eprintln!(
-            "warning: skipped {unreadable} unreadable line(s) in {}",
-            path.display()
+        tracing::warn!(
+            unreadable,
+            path = %path.display(),
+            "skipped unreadable line(s) in the JSON-lines audit log"
         );
     }
-    let mut events: Vec<_> = newest.into();
-    // Appended in time order, so newest first is the reverse; a stable sort keeps ties as
-    // written even if clocks stepped.
-    events.reverse();
-    events.sort_by_key(|e| std::cmp::Reverse(e.timestamp));
     Ok(events)
 }
 
@@ -445,8 +540,12 @@ mod tests {
         }
         text.push_str("{\"torn\": tr");
         std::fs::write(&path, text).unwrap();
+        let reader = JsonlAuditReader::new(&path);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let ids = |q: AuditQuery| -> Vec<String> {
-            read_jsonl(&path, &q)
+            rt.block_on(reader.events(&q))
                 .unwrap()
                 .into_iter()
                 .map(|e| e.request_id)
