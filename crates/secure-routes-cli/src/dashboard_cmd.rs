@@ -20,10 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use secure_routes::audit::{
-    ActionCount, AuditConfig, AuditError, AuditEvent, AuditQuery, AuditReader, AuditWriter,
-    BoxFuture, MemoryAuditReader, TopBy, TopEntry,
-};
+use secure_routes::audit::{AuditConfig, AuditWriter};
 use secure_routes::bans::BanStore;
 use secure_routes::serve::ServeConfig;
 use secure_routes_dashboard::DashboardState;
@@ -58,7 +55,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let token = admin_token(std::env::var(ADMIN_TOKEN_VAR).ok().as_deref())?;
-    let reader = open_reader(&audit)?;
+    let reader = stores::audit_reader(&audit)?;
     let bans: Option<Arc<dyn BanStore>> = match &limits {
         Some(l) => Some(Arc::from(crate::bans_cmd::open(l).await?)),
         None => None,
@@ -96,68 +93,4 @@ pub async fn run(
     writer.shutdown().await;
     drop(opened);
     served.map(|_| ())
-}
-
-/// The audit reader for `location`.
-///
-/// Until the stores' own readers are wired (`stores::audit_reader`), this reads the events
-/// through [`stores::read_audit`] on each call and answers over them in memory: right for
-/// every store, not fast on a large one.
-pub(crate) fn open_reader(location: &AuditLocation) -> anyhow::Result<Arc<dyn AuditReader>> {
-    if let AuditLocation::Sqlite(p) | AuditLocation::Jsonl(p) = location {
-        anyhow::ensure!(
-            p.exists(),
-            "no audit log at {} (run `secure-routes demo` or your app first)",
-            p.display()
-        );
-    }
-    Ok(Arc::new(LoadingReader(location.clone())))
-}
-
-struct LoadingReader(AuditLocation);
-
-impl LoadingReader {
-    async fn load(&self, q: &AuditQuery) -> Result<MemoryAuditReader, AuditError> {
-        // The filters every store's reader already has; the rest are applied in memory.
-        let wide = AuditQuery {
-            action: q.action,
-            since: q.since,
-            limit: usize::MAX,
-            ..AuditQuery::default()
-        };
-        stores::read_audit(&self.0, &wide)
-            .await
-            .map(MemoryAuditReader::new)
-            .map_err(|e| AuditError(format!("{e:#}")))
-    }
-}
-
-impl AuditReader for LoadingReader {
-    fn events<'a>(
-        &'a self,
-        q: &'a AuditQuery,
-    ) -> BoxFuture<'a, Result<Vec<AuditEvent>, AuditError>> {
-        Box::pin(async move { self.load(q).await?.events(q).await })
-    }
-
-    fn counts<'a>(
-        &'a self,
-        q: &'a AuditQuery,
-        bucket: Duration,
-    ) -> BoxFuture<'a, Result<Vec<ActionCount>, AuditError>> {
-        Box::pin(async move { self.load(q).await?.counts(q, bucket).await })
-    }
-
-    fn top<'a>(
-        &'a self,
-        q: &'a AuditQuery,
-        by: TopBy,
-        n: usize,
-    ) -> BoxFuture<'a, Result<Vec<TopEntry>, AuditError>> {
-        Box::pin(async move { self.load(q).await?.top(q, by, n).await })
-    }
-
-    fn name(&self) -> &'static str {
-        "loading"
-    }
 }

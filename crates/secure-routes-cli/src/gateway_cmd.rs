@@ -210,7 +210,7 @@ pub async fn run(
         // The dashboard at /_secure-routes/ reads the gateway's own audit trail (only served
         // with an admin token).
         if admin_token.is_some() {
-            parts.audit_reader = Some(crate::dashboard_cmd::open_reader(&audit)?);
+            parts.audit_reader = Some(stores::audit_reader(&audit)?);
         }
         parts.admin_token = admin_token;
         parts.metrics = Some(metrics.clone());
