@@ -103,7 +103,8 @@ async fn the_dashboard_shows_what_a_demo_wrote_and_lifts_its_bans() {
             .bearer_auth(TOKEN)
             .send()
     };
-    // No credential: 401.
+    // No credential: 401 (and audited: the dashboard's own refusals are in the trail too, so
+    // the checks below filter by the demo's route).
     let res = http
         .get(dash.url("/_secure-routes/api/events"))
         .send()
@@ -111,19 +112,20 @@ async fn the_dashboard_shows_what_a_demo_wrote_and_lifts_its_bans() {
         .unwrap();
     assert_eq!(res.status(), 401);
 
-    let body: Value = api("events?action=unauthorized_access&limit=10")
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value =
+        api("events?action=unauthorized_access&route=route%3A%2Fapi%2Fuser%2Fnotes&limit=10")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
     let events = body["events"].as_array().unwrap();
     let decisions: u64 = events.iter().map(|e| e["count"].as_u64().unwrap()).sum();
     assert_eq!(decisions, 3, "{body}");
     assert_eq!(events[0]["user_agent"], HOSTILE_UA);
     assert_eq!(events[0]["path"], "/api/user/notes");
 
-    let counts: Value = api("counts?bucket=3600")
+    let counts: Value = api("counts?bucket=3600&route=route%3A%2Fapi%2Fuser%2Fnotes")
         .await
         .unwrap()
         .json()
