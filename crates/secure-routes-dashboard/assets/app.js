@@ -141,10 +141,11 @@
     p.set('since', since.toISOString());
     p.set('bucket', String(bucket));
     const body = await api('api/counts?' + p.toString());
-    drawChart(body.counts || []);
+    drawChart(body.counts || [], since, until, bucket);
   }
 
-  function drawChart(counts) {
+  // Bars sit at their bucket's place in [since, until], so quiet stretches show as gaps.
+  function drawChart(counts, since, until, bucket) {
     const svg = $('chart');
     const legend = $('chart-legend');
     svg.replaceChildren();
@@ -163,20 +164,32 @@
     const totals = new Map();
     for (const c of counts) totals.set(c.bucket_start, (totals.get(c.bucket_start) || 0) + c.count);
     const max = Math.max(...totals.values(), 1);
-    const bw = (W - 2 * PAD) / buckets.length;
+    const start = Math.floor(since.getTime() / 1000 / bucket) * bucket;
+    const slots = Math.max(1, Math.ceil((until.getTime() / 1000 - start) / bucket));
+    const slot = (b) => Math.min(slots - 1, Math.max(0, Math.floor((new Date(b).getTime() / 1000 - start) / bucket)));
+    const bw = (W - 2 * PAD) / slots;
+    for (const [x, label, anchor] of [[PAD, when(new Date(start * 1000)), 'start'], [W - PAD, when(until), 'end']]) {
+      const t = document.createElementNS(SVG, 'text');
+      t.setAttribute('x', String(x));
+      t.setAttribute('y', String(H - 4));
+      t.setAttribute('font-size', '10');
+      t.setAttribute('text-anchor', anchor);
+      t.textContent = label;
+      svg.appendChild(t);
+    }
     const base = new Map(buckets.map((b) => [b, 0]));
     actions.forEach((action, i) => {
       const g = document.createElementNS(SVG, 'g');
       g.setAttribute('data-action', action);
       g.setAttribute('class', 'c' + (ACTIONS.indexOf(action) >= 0 ? ACTIONS.indexOf(action) : i % 13));
-      buckets.forEach((b, j) => {
+      buckets.forEach((b) => {
         const found = counts.find((c) => c.bucket_start === b && c.action === action);
         const n = found ? found.count : 0;
         const h = (n / max) * (H - 2 * PAD);
         const below = base.get(b);
         base.set(b, below + h);
         const r = document.createElementNS(SVG, 'rect');
-        r.setAttribute('x', String(PAD + j * bw + 1));
+        r.setAttribute('x', String(PAD + slot(b) * bw + 1));
         r.setAttribute('width', String(Math.max(1, bw - 2)));
         r.setAttribute('y', String(H - PAD - below - h));
         r.setAttribute('height', String(h));
