@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use secure_routes::bans::BanPolicy;
 use secure_routes::serve::ServeConfig;
 use tokio::net::TcpListener;
 
@@ -169,6 +170,21 @@ pub enum Command {
         /// closed; the audit log is flushed after [default: 10s].
         #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
         shutdown_grace: Option<Duration>,
+        /// Escalating bans for repeat violators: on or off. Refusals a client causes (401,
+        /// 403 CSRF/authorization, 405, 413, 429) are weighted points against its address and
+        /// subject; 50 points within 10 minutes ban it for 15 minutes, doubling on each
+        /// repeat up to 24 hours. Kept in the --limits store (see `secure-routes bans`).
+        #[arg(
+            long,
+            value_name = "on|off",
+            default_value = "on",
+            action = clap::ArgAction::Set,
+            value_parser = clap::builder::BoolishValueParser::new()
+        )]
+        bans: bool,
+        /// Points within the ban window that ban a client (1 to 10000) [default: 50].
+        #[arg(long, value_name = "N")]
+        ban_threshold: Option<u32>,
         /// POST signed alerts to this webhook with the default rules: 5 unauthorized_access
         /// or 5 csrf_validation_failed from one IP within 1m, any ip_banned; one alert per IP
         /// per rule per 10m. Needs SECURE_ROUTES_WEBHOOK_SECRET.
@@ -298,6 +314,10 @@ pub enum BansCommand {
         /// Limits store holding the bans (see `bans list`).
         #[arg(long, env = "SECURE_ROUTES_LIMITS")]
         limits: LimitsLocation,
+        /// Also record a `ban_lifted` event in this audit store (sqlite:PATH,
+        /// postgres://USER@HOST/DB or jsonl:PATH; the servers' --audit).
+        #[arg(long)]
+        audit: Option<AuditLocation>,
     },
     /// Ban an address (IPv6 by its /64, as the servers key it) or a key for a while.
     Add {
@@ -312,6 +332,10 @@ pub enum BansCommand {
         /// Limits store holding the bans (see `bans list`).
         #[arg(long, env = "SECURE_ROUTES_LIMITS")]
         limits: LimitsLocation,
+        /// Also record an `ip_banned` event (reason `manual`) in this audit store
+        /// (sqlite:PATH, postgres://USER@HOST/DB or jsonl:PATH; the servers' --audit).
+        #[arg(long)]
+        audit: Option<AuditLocation>,
     },
 }
 
@@ -359,6 +383,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_connections,
             max_connections_per_ip,
             shutdown_grace,
+            bans,
+            ban_threshold,
             alert_webhook,
             alerts,
         } => {
@@ -395,6 +421,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     max_connections_per_ip,
                     shutdown_grace,
                 ),
+                bans: ban_policy(bans, ban_threshold)?,
                 alerts,
             };
             options.serve.validate()?;
@@ -471,18 +498,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let store = bans_cmd::open(&limits).await?;
                     bans_cmd::list(&*store, bans_cmd::now(), json).await?
                 }
-                BansCommand::Lift { key, limits } => {
+                BansCommand::Lift { key, limits, audit } => {
                     let store = bans_cmd::open(&limits).await?;
-                    bans_cmd::lift(&*store, &key).await?
+                    let sink = open_sink(audit.as_ref()).await?;
+                    bans_cmd::lift(&*store, &key, sink.as_deref()).await?
                 }
                 BansCommand::Add {
                     ip,
                     length,
                     reason,
                     limits,
+                    audit,
                 } => {
                     let store = bans_cmd::open(&limits).await?;
-                    bans_cmd::add(&*store, &ip, length, &reason, bans_cmd::now()).await?
+                    let sink = open_sink(audit.as_ref()).await?;
+                    bans_cmd::add(
+                        &*store,
+                        &ip,
+                        length,
+                        &reason,
+                        bans_cmd::now(),
+                        sink.as_deref(),
+                    )
+                    .await?
                 }
             };
             print!("{out}");
@@ -618,6 +656,32 @@ fn serve_config(
         max_connections_per_ip: max_connections_per_ip.unwrap_or(d.max_connections_per_ip),
         shutdown_grace: shutdown_grace.unwrap_or(d.shutdown_grace),
         ..d
+    }
+}
+
+/// The audit sink `bans lift|add --audit` record in, opened before the store is changed (a
+/// bad location is refused before anything happens).
+async fn open_sink(
+    audit: Option<&AuditLocation>,
+) -> anyhow::Result<Option<std::sync::Arc<dyn secure_routes::audit::AuditSink>>> {
+    match audit {
+        Some(a) => Ok(Some(stores::open_audit_sink(a).await?)),
+        None => Ok(None),
+    }
+}
+
+/// The demo's ban policy from `--bans` and `--ban-threshold` (`None`: off).
+fn ban_policy(on: bool, threshold: Option<u32>) -> anyhow::Result<Option<BanPolicy>> {
+    match (on, threshold) {
+        (false, Some(_)) => anyhow::bail!("--ban-threshold needs bans on (drop --bans off)"),
+        (false, None) => Ok(None),
+        (true, None) => Ok(Some(BanPolicy::default())),
+        (true, Some(n)) => Ok(Some(
+            BanPolicy::builder()
+                .threshold(n)
+                .build()
+                .map_err(|e| anyhow::anyhow!("--ban-threshold: {e}"))?,
+        )),
     }
 }
 
@@ -897,6 +961,53 @@ mod tests {
                 .validate()
                 .is_err()
         );
+    }
+
+    #[test]
+    fn bans_are_on_by_default_and_the_flags_change_or_disable_them() {
+        let Command::Demo {
+            bans,
+            ban_threshold,
+            ..
+        } = parse(&["demo"])
+        else {
+            panic!("demo")
+        };
+        assert_eq!(
+            ban_policy(bans, ban_threshold).unwrap(),
+            Some(BanPolicy::default())
+        );
+        let Command::Demo {
+            bans,
+            ban_threshold,
+            ..
+        } = parse(&["demo", "--ban-threshold", "5"])
+        else {
+            panic!("demo")
+        };
+        assert_eq!(
+            ban_policy(bans, ban_threshold)
+                .unwrap()
+                .unwrap()
+                .threshold(),
+            5
+        );
+        let Command::Demo {
+            bans,
+            ban_threshold,
+            ..
+        } = parse(&["demo", "--bans", "off"])
+        else {
+            panic!("demo")
+        };
+        assert_eq!(ban_policy(bans, ban_threshold).unwrap(), None);
+        assert!(ban_policy(false, Some(5)).is_err());
+        let err = ban_policy(true, Some(0)).unwrap_err().to_string();
+        assert!(
+            err.contains("--ban-threshold") && err.contains("threshold"),
+            "{err}"
+        );
+        assert!(Cli::try_parse_from(["secure-routes", "demo", "--bans", "maybe"]).is_err());
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub async fn run(
     let token = admin_token(std::env::var(ADMIN_TOKEN_VAR).ok().as_deref())?;
     let reader = stores::audit_reader(&audit)?;
     let bans: Option<Arc<dyn BanStore>> = match &limits {
-        Some(l) => Some(Arc::from(crate::bans_cmd::open(l).await?)),
+        Some(l) => Some(crate::bans_cmd::open(l).await?),
         None => None,
     };
     // The dashboard's own events (failed logins, cross-site attempts, lifts) go to the trail

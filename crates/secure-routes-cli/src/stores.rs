@@ -31,6 +31,7 @@ use secure_routes::audit::{
     ActionCount, AuditError, AuditEvent, AuditQuery, AuditReader, AuditSink, BoxFuture,
     MemoryAuditReader, TopBy, TopEntry,
 };
+use secure_routes::bans::BanStore;
 use secure_routes::rate_limit::{MemoryStore, RateLimitStore};
 
 /// Connections per instance for a Postgres location.
@@ -192,9 +193,14 @@ impl AuditLocation {
 pub struct OpenStores {
     /// The rate-limit store.
     pub limits: Arc<dyn RateLimitStore>,
+    /// The ban store: the same store as [`limits`](Self::limits) (bans live in the limits
+    /// location, so every instance sharing its limits shares its bans).
+    pub bans: Arc<dyn BanStore>,
     /// The audit sink.
     pub audit: Arc<dyn AuditSink>,
     sweepers: Vec<secure_routes_postgres::SweeperHandle>,
+    /// Background tasks that end with the stores (the Postgres ban sweeper).
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl fmt::Debug for OpenStores {
@@ -210,6 +216,9 @@ impl Drop for OpenStores {
     fn drop(&mut self) {
         for s in self.sweepers.drain(..) {
             s.stop();
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
         }
     }
 }
@@ -230,33 +239,143 @@ impl Drop for OpenStores {
 /// # });
 /// ```
 pub async fn open(limits: &LimitsLocation, audit: &AuditLocation) -> anyhow::Result<OpenStores> {
-    let mut pools = Pools::default();
-    let mut sweepers = Vec::new();
-    let limits_store: Arc<dyn RateLimitStore> = match limits {
-        LimitsLocation::Memory => Arc::new(MemoryStore::new()),
-        LimitsLocation::Sqlite(path) => Arc::new(
-            secure_routes_sqlite::SqliteStore::open(path)
-                .with_context(|| format!("opening rate-limit store {limits}"))?,
-        ),
-        LimitsLocation::Redis(url) => Arc::new(
-            secure_routes_redis::RedisStore::connect(url)
-                .await
-                .with_context(|| format!("connecting to rate-limit store {limits}"))?,
-        ),
+    let mut pools = Pools::new(POSTGRES_POOL_SIZE);
+    let (limits_store, bans, sweeper) = open_limits(limits, &mut pools, true).await?;
+    let audit_sink = open_audit(audit, &mut pools).await?;
+    let mut tasks = Vec::new();
+    if let LimitsLocation::Postgres(url) = limits {
+        tasks.push(spawn_ban_sweeper(
+            secure_routes_postgres::PostgresStore::new(pools.get(url).await?),
+        ));
+    }
+    Ok(OpenStores {
+        limits: limits_store,
+        bans,
+        audit: audit_sink,
+        sweepers: sweeper.into_iter().collect(),
+        tasks,
+    })
+}
+
+/// Deletes expired ban rows every [`SWEEP_INTERVAL`]: a Postgres `bans` row outlives its ban
+/// by the history period and is never read again after it, so without this the table grows by
+/// every address that ever struck. (SQLite and Redis expire ban state themselves.) A failed
+/// sweep is logged and retried at the next tick; the rows only wait longer.
+fn spawn_ban_sweeper(store: secure_routes_postgres::PostgresStore) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            if let Err(e) = store.sweep_bans(now).await {
+                tracing::warn!(error = %e, "sweeping expired ban rows failed; retrying at the next interval");
+            }
+        }
+    })
+}
+
+/// The store at a limits location, seen as both traits it implements.
+type LimitsStores = (
+    Arc<dyn RateLimitStore>,
+    Arc<dyn BanStore>,
+    Option<secure_routes_postgres::SweeperHandle>,
+);
+
+fn both<S: RateLimitStore + BanStore>(store: S) -> (Arc<dyn RateLimitStore>, Arc<dyn BanStore>) {
+    let store = Arc::new(store);
+    (Arc::clone(&store) as Arc<dyn RateLimitStore>, store)
+}
+
+/// Opens the store at `location`: one object that keeps both rate limits and bans, so the
+/// servers (`demo`, `serve`) and `secure-routes bans` read the same rows. `serving` also
+/// prepares Postgres statements and starts its sweeper (a server's needs, not a one-shot
+/// command's).
+async fn open_limits(
+    location: &LimitsLocation,
+    pools: &mut Pools,
+    serving: bool,
+) -> anyhow::Result<LimitsStores> {
+    Ok(match location {
+        LimitsLocation::Memory => {
+            let (l, b) = both(MemoryStore::new());
+            (l, b, None)
+        }
+        LimitsLocation::Sqlite(path) => {
+            let (l, b) = both(
+                secure_routes_sqlite::SqliteStore::open(path)
+                    .with_context(|| format!("opening limits store {location}"))?,
+            );
+            (l, b, None)
+        }
+        LimitsLocation::Redis(url) => {
+            let (l, b) = both(
+                secure_routes_redis::RedisStore::connect(url)
+                    .await
+                    .with_context(|| format!("connecting to limits store {location}"))?,
+            );
+            (l, b, None)
+        }
         LimitsLocation::Postgres(url) => {
             let pool = pools.get(url).await?;
             let store = secure_routes_postgres::PostgresStore::new(pool);
-            // A connection and prepared statements before the first request, not inside its
-            // 50 ms store timeout.
-            store
-                .warm_up()
-                .await
-                .with_context(|| format!("preparing rate-limit store {limits}"))?;
-            sweepers.push(store.spawn_sweeper(SWEEP_INTERVAL)?);
-            Arc::new(store)
+            let mut sweeper = None;
+            if serving {
+                // A connection and prepared statements before the first request, not inside
+                // its 50 ms store timeout.
+                store
+                    .warm_up()
+                    .await
+                    .with_context(|| format!("preparing limits store {location}"))?;
+                sweeper = Some(store.spawn_sweeper(SWEEP_INTERVAL)?);
+            }
+            let (l, b) = both(store);
+            (l, b, sweeper)
         }
-    };
-    let audit_sink: Arc<dyn AuditSink> = match audit {
+    })
+}
+
+/// Opens the ban store at a shared limits location for `secure-routes bans` (Postgres is
+/// migrated first). The same opening as the servers' ([`open`]), with a small Postgres pool.
+///
+/// # Errors
+///
+/// For `memory` (bans there belong to one process), a SQLite file that does not exist (a
+/// typo must not create an empty store and report "no bans"), and a store that cannot be
+/// opened.
+pub async fn open_bans(location: &LimitsLocation) -> anyhow::Result<Arc<dyn BanStore>> {
+    match location {
+        LimitsLocation::Memory => anyhow::bail!(
+            "--limits memory keeps bans per process, so there is nothing to read or change from \
+             here; pass the shared store the servers use: sqlite:PATH, redis://… or postgres://…"
+        ),
+        LimitsLocation::Sqlite(path) if !path.exists() => anyhow::bail!(
+            "no limits store at {} (--limits {location})",
+            path.display()
+        ),
+        _ => {}
+    }
+    let (_, bans, _) = open_limits(location, &mut Pools::new(2), false).await?;
+    Ok(bans)
+}
+
+/// Opens the audit sink at `location` (for a one-shot command: `secure-routes bans` records
+/// what an operator did).
+///
+/// # Errors
+///
+/// When the store cannot be opened or migrated.
+pub async fn open_audit_sink(location: &AuditLocation) -> anyhow::Result<Arc<dyn AuditSink>> {
+    open_audit(location, &mut Pools::new(2)).await
+}
+
+async fn open_audit(
+    audit: &AuditLocation,
+    pools: &mut Pools,
+) -> anyhow::Result<Arc<dyn AuditSink>> {
+    Ok(match audit {
         AuditLocation::Sqlite(path) => Arc::new(
             secure_routes_sqlite::SqliteAuditSink::open(path)
                 .with_context(|| format!("opening audit store {audit}"))?,
@@ -267,30 +386,34 @@ pub async fn open(limits: &LimitsLocation, audit: &AuditLocation) -> anyhow::Res
         AuditLocation::Postgres(url) => Arc::new(secure_routes_postgres::PostgresAuditSink::new(
             pools.get(url).await?,
         )),
-    };
-    Ok(OpenStores {
-        limits: limits_store,
-        audit: audit_sink,
-        sweepers,
     })
 }
 
-/// One migrated pool per Postgres URL.
-#[derive(Default)]
-struct Pools(Vec<(String, secure_routes_postgres::Pool)>);
+/// One migrated pool per Postgres URL, each of `size` connections.
+struct Pools {
+    size: usize,
+    open: Vec<(String, secure_routes_postgres::Pool)>,
+}
 
 impl Pools {
+    fn new(size: usize) -> Self {
+        Self {
+            size,
+            open: Vec::new(),
+        }
+    }
+
     async fn get(&mut self, url: &str) -> anyhow::Result<secure_routes_postgres::Pool> {
-        if let Some((_, pool)) = self.0.iter().find(|(u, _)| u == url) {
+        if let Some((_, pool)) = self.open.iter().find(|(u, _)| u == url) {
             return Ok(pool.clone());
         }
         let shown = redact(url);
-        let pool = secure_routes_postgres::connect(url, POSTGRES_POOL_SIZE)
+        let pool = secure_routes_postgres::connect(url, self.size)
             .with_context(|| format!("postgres location {shown}"))?;
         secure_routes_postgres::migrate(&pool)
             .await
             .with_context(|| format!("migrating {shown}"))?;
-        self.0.push((url.to_owned(), pool.clone()));
+        self.open.push((url.to_owned(), pool.clone()));
         Ok(pool)
     }
 }
