@@ -976,6 +976,15 @@ async fn the_dashboard_is_served_under_the_reserved_prefix_with_the_admin_token(
             .contains("HttpOnly")
     );
 
+    // Bans are on by default in serve: the dashboard lists the gateway's own ban store.
+    let res = http
+        .get(gw.url("/_secure-routes/api/bans"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["enabled"], true, "{body}");
     // The key's '/' raw reaches the dashboard (404: no such ban), not the bad-path 400.
     let res = http
         .delete(gw.url("/_secure-routes/api/bans/ip%3A2001%3Adb8%3A%3A/64"))

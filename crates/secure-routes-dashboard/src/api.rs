@@ -441,7 +441,7 @@ pub(crate) async fn lift(
     };
     match store.lift(&key).await {
         Ok(true) => {
-            let mut e = event_for(AuditAction::BanLifted, &parts, 204, "lifted")
+            let mut e = event_for(AuditAction::BanLifted, &parts, 204, "ban_lifted")
                 .with_outcome(Outcome::Allowed)
                 .with_metadata(json!({ "key": key.as_str(), "via": "dashboard" }));
             // The event is about the banned key, not the operator: filtering the dashboard by
