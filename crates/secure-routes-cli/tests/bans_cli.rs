@@ -61,7 +61,14 @@ async fn round_trip(location: &str, store: &dyn BanStore, ip: &str) {
         "{added}"
     );
 
-    let listed = json_lines(&ok(&bans(&["list", "--json", "--limits", location])));
+    // A shared Redis or Postgres may hold other tests' bans (the servers' tests strike from
+    // 127.x addresses): only this test's keys are compared.
+    let ours =
+        |b: &Value| matches!(b["key"].as_str(), Some(k) if k == "sub:mallory" || k == key.as_str());
+    let listed: Vec<Value> = json_lines(&ok(&bans(&["list", "--json", "--limits", location])))
+        .into_iter()
+        .filter(ours)
+        .collect();
     let keys: Vec<&str> = listed.iter().map(|b| b["key"].as_str().unwrap()).collect();
     assert_eq!(keys, ["sub:mallory", key.as_str()], "{listed:?}");
     assert_eq!(listed[0]["strikes"], 1);
@@ -97,12 +104,16 @@ async fn round_trip(location: &str, store: &dyn BanStore, ip: &str) {
     );
     assert!(store.check(&key, now()).await.unwrap().is_none());
     let listed = json_lines(&ok(&bans(&["list", "--json", "--limits", location])));
-    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed.iter().filter(|b| ours(b)).count(), 1, "{listed:?}");
     assert!(ok(&bans(&["lift", "sub:mallory", "--limits", location])).starts_with("lifted"));
-    assert_eq!(
-        ok(&bans(&["list", "--limits", location])),
-        "no bans in force\n"
-    );
+    let listed = json_lines(&ok(&bans(&["list", "--json", "--limits", location])));
+    assert!(!listed.iter().any(ours), "{listed:?}");
+    if listed.is_empty() {
+        assert_eq!(
+            ok(&bans(&["list", "--limits", location])),
+            "no bans in force\n"
+        );
+    }
 }
 
 #[tokio::test]
