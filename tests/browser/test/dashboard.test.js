@@ -11,6 +11,7 @@ import { test } from 'node:test';
 
 import {
   ADMIN_TOKEN,
+  auditRows,
   cli,
   openBrowser,
   ROOT,
@@ -18,6 +19,7 @@ import {
   send,
   startGateway,
   startHttp,
+  startServer,
   tempDir,
   waitFor,
 } from '../support/harness.js';
@@ -163,6 +165,8 @@ test('dashboard: login, filter, chart, bans and lift, cross-site lift refused, a
     const keys = (await bans(gw.limits)).map((b) => b.key);
     return !keys.includes(`ip:${LIFTED}`) && keys.includes(`ip:${KEPT}`);
   });
+  // The lift is on the record.
+  await waitFor('a ban_lifted audit row', async () => (await auditRows(gw.audit, { action: 'ban_lifted' })).length === 1);
 
   // A page on another site, in the same browser as the logged-in admin, tries to lift the other
   // ban: a form POST (no preflight, top-level navigation) and a fetch DELETE with credentials.
@@ -223,4 +227,37 @@ fetch(${JSON.stringify(liftUrl)}, { method: 'DELETE', credentials: 'include' })
     [],
     'the dashboard logged errors (CSP violations included)',
   );
+});
+
+test('`secure-routes dashboard` shows what a gateway wrote: log in, events, a ban lifted', { skip }, async (t) => {
+  // The library users' way in: the same page served by its own command over the stores a
+  // server wrote (here a gateway's SQLite audit file and limits file).
+  const dir = tempDir(t, 'dashboard-cmd');
+  const upstream = await startHttp(t, '127.0.0.1', (req, _body, res) => send(res, 200, 'text/plain', 'upstream'));
+  const gw = await startGateway(t, { dir, upstream: upstream.origin, routes: ROUTES });
+  assert.equal((await fetch(gw.url('/api/user/profile'))).status, 401);
+  await cli(['bans', 'add', LIFTED, '--for', '1h', '--limits', gw.limits]);
+
+  const dash = await startServer(
+    t,
+    ['dashboard', '--audit', `sqlite:${gw.audit}`, '--limits', gw.limits, '--addr', '127.0.0.1:0'],
+    { cwd: dir, banner: /dashboard at http:\/\/([^/\s]+)\// },
+  );
+  const { page, dialogs } = await openBrowser(t);
+  await page.goto(dash.url('/_secure-routes/'));
+  await page.fill('input#token', ADMIN_TOKEN);
+  await Promise.all([page.waitForURL(dash.url('/_secure-routes/')), page.click('button#login-submit')]);
+  await waitFor('the 401 row', async () =>
+    (await page.$$eval('table#events tbody tr .action', (cs) => cs.map((c) => c.textContent.trim()))).includes(
+      'unauthorized_access',
+    ),
+  );
+  const row = page.locator(`table#bans tbody tr[data-key="ip:${LIFTED}"]`);
+  await row.waitFor();
+  await screenshot(page, 'dashboard-command');
+  await row.locator('button.lift').click();
+  await row.waitFor({ state: 'detached' });
+  await page.locator('#bans-empty').waitFor({ state: 'visible' });
+  await waitFor('bans list without the lifted ban', async () => (await bans(gw.limits)).length === 0);
+  assert.deepEqual(dialogs, []);
 });
