@@ -144,12 +144,17 @@ export async function startServer(t, args, { cwd, env, banner }) {
     children.delete(child);
   };
   t.after(stop);
-  const addr = await waitFor(`the banner of secure-routes ${args[0]}`, () => {
-    if (child.exitCode !== null) {
-      throw new Error(`secure-routes ${args.join(' ')} exited ${child.exitCode}:\n${err}`);
-    }
-    return out.match(banner)?.[1];
-  });
+  let addr;
+  try {
+    addr = await waitFor(`the banner of secure-routes ${args[0]}`, () => {
+      if (child.exitCode !== null) {
+        throw new Error(`secure-routes ${args.join(' ')} exited ${child.exitCode}`);
+      }
+      return out.match(banner)?.[1];
+    });
+  } catch (e) {
+    throw new Error(`${e.message}\nstdout:\n${out}\nstderr:\n${err}`);
+  }
   return {
     addr,
     url: (p = '/') => `http://${addr}${p}`,
