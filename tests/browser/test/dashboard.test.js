@@ -159,6 +159,15 @@ test('dashboard: login, filter, chart, bans and lift, cross-site lift refused, a
   // Bans: both listed; lift one with its button.
   const liftedRow = page.locator(`table#bans tbody tr[data-key="ip:${LIFTED}"]`);
   const keptRow = page.locator(`table#bans tbody tr[data-key="ip:${KEPT}"]`);
+  await waitFor('the bans table filled or declared empty', async () =>
+    (await liftedRow.count()) > 0 || (await page.locator('#bans-empty').isVisible()),
+  );
+  assert.equal(
+    await page.locator('#bans-empty').isVisible(),
+    false,
+    `the gateway's dashboard lists no bans while \`bans list --limits ${gw.limits}\` has two: ` +
+      "is the gateway's ban store (its [stores] limits) handed to the dashboard?",
+  );
   await liftedRow.waitFor();
   await keptRow.waitFor();
   await screenshot(page, 'dashboard-bans');
