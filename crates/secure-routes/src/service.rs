@@ -26,6 +26,7 @@ use tower_service::Service;
 
 use crate::audit::Outcome;
 use crate::context::{Ctx, RouteState};
+use crate::fingerprint::Fingerprint;
 use crate::guard::body::LimitedBody;
 use crate::guard::client::Client;
 use crate::guard::{auth, authz, body, client, csrf, method, rate_limit};
@@ -126,12 +127,14 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let (mut parts, body) = req.into_parts();
+    // The headers as the client sent them (step 1 sets `x-request-id`).
+    let fingerprint = Fingerprint::of(&parts.method, parts.version, &parts.headers);
     // 1. The client (a server without a socket peer is a configuration error: 500).
     let client = match client::resolve(&state, &mut parts) {
         Ok(c) => c,
         Err(r) => return Ok(respond::unaudited(&state, r)),
     };
-    let mut ctx = context(&state, &parts, client);
+    let mut ctx = context(&state, &parts, client, fingerprint);
     // 3. CORS preflight, answered without calling the handler.
     if is_preflight(&parts) {
         return Ok(ctx.preflight(&parts.headers));
@@ -217,7 +220,8 @@ async fn checks(
     let subject = refusals.step(auth::authenticate(state, parts, &ctx.route, ctx.ip).await)?;
     let authenticated = subject.is_some();
     ctx.subject = subject.flatten();
-    let limited = rate_limit::check(state, &ctx.route, ctx.ip, ctx.subject.as_ref()).await;
+    let (route, subject) = (&ctx.route, ctx.subject.as_ref());
+    let limited = rate_limit::check(state, route, ctx.ip, subject, &ctx.fingerprint).await;
     if let Some(limited) = refusals.step(limited)? {
         (ctx.limit, ctx.failed_open) = (limited.decision, limited.failed_open);
     }
@@ -273,7 +277,12 @@ fn is_preflight(parts: &Parts) -> bool {
 }
 
 /// The audit context of a request whose client is known.
-fn context(state: &Arc<RouteState>, parts: &Parts, client: Client) -> Ctx {
+fn context(
+    state: &Arc<RouteState>,
+    parts: &Parts,
+    client: Client,
+    fingerprint: Fingerprint,
+) -> Ctx {
     Ctx {
         state: state.clone(),
         method: parts.method.clone(),
@@ -282,6 +291,7 @@ fn context(state: &Arc<RouteState>, parts: &Parts, client: Client) -> Ctx {
         request_id: client.request_id,
         ip: client.ip,
         user_agent: parts.headers.get(header::USER_AGENT).cloned(),
+        fingerprint,
         origin: parts.headers.get(header::ORIGIN).cloned(),
         subject: None,
         limit: None,
