@@ -21,24 +21,28 @@
 //!      at 99;
 //!    * the first language of `Accept-Language`, lower-cased, `-` removed, its first four
 //!      letters or digits, padded with `0` (`en-US,en;q=0.9` is `enus`, none is `0000`).
-//! 2. twelve hex digits: the first 48 bits of the XXH3-64 hash of the header names, in the
-//!    order received, joined by `,`, without `Cookie` and `Referer`.
-//! 3. twelve hex digits: the same hash of the cookie names (the text before each `=`),
-//!    sorted, joined by `,`; all zeros without cookies.
+//! 2. twelve hex digits: the first 48 bits of a hash of the header names in the order
+//!    received, without `Cookie` and `Referer`, each distinct name once: XXH3-64 of each name
+//!    seeded with the result for the names before it (0 before the first; no names is 0).
+//! 3. twelve hex digits: the same for the cookie names (the text before each `=`), combined
+//!    without order: the wrapping sum of each name's XXH3-64 (unseeded), so the order of the
+//!    jar does not matter (as JA4H's sorting); all zeros without cookies.
 //!
 //! Where it differs from JA4H: header names are lower-case (the `http` crate lower-cases them,
-//! so the case a client used is not seen), a repeated header name is listed where its first
-//! line was (the `HeaderMap` groups repeats), and the hash is XXH3 rather than SHA-256 (below);
-//! JA4H's fourth part (cookie names with values) is left out, since values identify a
-//! session, not a client program. So these fingerprints are not comparable with JA4H ones.
+//! so the case a client used is not seen), a repeated header name is listed once, where its
+//! first line was (the `HeaderMap` groups repeats), and the hashes are XXH3 rather than
+//! SHA-256 of the joined list (below); JA4H's fourth part (cookie names with values) is left
+//! out, since values identify a session, not a client program. So these fingerprints are not
+//! comparable with JA4H ones.
 //!
 //! # Why XXH3 and not SHA-256
 //!
 //! The fingerprint is computed for every request (the headers have moved into the handler by
 //! the time a refusal from inside the stack is audited), so it must cost a few tens of
 //! nanoseconds. XXH3-64 is a fixed, published function (the same output on every machine,
-//! version and restart, as a key part shared by instances must be); `xxhsum -H3` reproduces a
-//! part by hand. It is **not** a cryptographic commitment: anyone can produce a chosen
+//! version and restart, as a key part shared by instances must be). Each name is hashed in
+//! place (no copy into a joined list) and the cookie names are summed rather than sorted, for
+//! the same reason. It is **not** a cryptographic commitment: anyone can produce a chosen
 //! fingerprint, most simply by sending a browser's headers in a browser's order. Nothing here
 //! relies on it being hard to forge; see DESIGN.md, "Request fingerprint", for what it can and
 //! cannot tell apart.
@@ -62,17 +66,10 @@
 use std::fmt;
 
 use http::{HeaderMap, Method, Version, header};
-use xxhash_rust::xxh3::{Xxh3Default, xxh3_64};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 /// Characters in a fingerprint.
 pub const LEN: usize = 38;
-
-/// Names joined on the stack up to this many bytes (a browser's are about 300); longer lists
-/// go through XXH3's streaming state, which gives the same hash.
-const INLINE: usize = 512;
-
-/// Cookie names sorted on the stack up to this many; more are sorted in a `Vec`.
-const INLINE_COOKIES: usize = 32;
 
 /// A request's fingerprint (see the [module docs](self) for the format). `Copy`, 38 bytes.
 ///
@@ -123,21 +120,32 @@ impl Fingerprint {
         };
         out[2..4].copy_from_slice(v);
 
-        let (mut cookie, mut referer, mut count) = (false, false, 0usize);
-        let mut names = Joined::new();
-        for name in headers.iter().map(|(name, _)| name) {
+        let (mut cookie, mut referer) = (false, false);
+        let mut names = 0u64;
+        // Each distinct name once (`keys`: no walk through repeated values).
+        for name in headers.keys() {
             // Standard names compare as an enum tag, not as text.
             if name == header::COOKIE {
                 cookie = true;
             } else if name == header::REFERER {
                 referer = true;
             } else {
-                count += 1;
-                names.push(name.as_str().as_bytes());
+                names = xxh3_64_with_seed(name.as_str().as_bytes(), names);
             }
         }
         out[4] = if cookie { b'c' } else { b'n' };
         out[5] = if referer { b'r' } else { b'n' };
+        // Every line counts (`len` counts values), but Cookie's and Referer's.
+        let mut count = headers.len();
+        if referer {
+            count = count.saturating_sub(headers.get_all(header::REFERER).iter().count());
+        }
+        let mut cookies = 0u64;
+        if cookie {
+            let (lines, sum) = cookie_names(headers);
+            count = count.saturating_sub(lines);
+            cookies = sum;
+        }
         let count = count.min(99) as u8;
         out[6] = b'0' + count / 10;
         out[7] = b'0' + count % 10;
@@ -145,11 +153,9 @@ impl Fingerprint {
             language(lang.as_bytes(), &mut out[8..12]);
         }
         out[12] = b'_';
-        write_hex48(names.finish(), &mut out[13..25]);
+        write_hex48(names, &mut out[13..25]);
         out[25] = b'_';
-        if cookie && let Some(h) = cookie_names_hash(headers) {
-            write_hex48(h, &mut out[26..38]);
-        }
+        write_hex48(cookies, &mut out[26..38]);
         Fingerprint(out)
     }
 
@@ -159,7 +165,7 @@ impl Fingerprint {
     /// use http::{HeaderMap, Method, Version};
     /// use secure_routes::fingerprint::Fingerprint;
     /// let fp = Fingerprint::of(&Method::GET, Version::HTTP_11, &HeaderMap::new());
-    /// assert_eq!(fp.as_str(), "ge11nn000000_2d06800538d3_000000000000");
+    /// assert_eq!(fp.as_str(), "ge11nn000000_000000000000_000000000000");
     /// ```
     pub fn as_str(&self) -> &str {
         // Only ASCII is ever written into the array, so this cannot fail.
@@ -204,98 +210,25 @@ fn language(value: &[u8], out: &mut [u8]) {
     }
 }
 
-/// The hash of the sorted cookie names across every `Cookie` line (HTTP/2 splits cookies
-/// into several, RFC 9113 §8.2.3), or `None` without any name.
-fn cookie_names_hash(headers: &HeaderMap) -> Option<u64> {
-    let mut inline: [&[u8]; INLINE_COOKIES] = [&[]; INLINE_COOKIES];
-    let mut n = 0;
-    let mut more: Vec<&[u8]> = Vec::new();
+/// The number of `Cookie` lines and the wrapping sum of the XXH3-64 of every cookie name
+/// across them (HTTP/2 splits cookies into several lines, RFC 9113 §8.2.3): a sum, so the
+/// order of the jar does not matter and nothing is sorted or stored.
+fn cookie_names(headers: &HeaderMap) -> (usize, u64) {
+    let (mut lines, mut sum) = (0usize, 0u64);
     for line in headers.get_all(header::COOKIE) {
+        lines += 1;
         for pair in line.as_bytes().split(|&b| b == b';') {
             let name = pair
                 .split(|&b| b == b'=')
                 .next()
                 .unwrap_or_default()
                 .trim_ascii();
-            if name.is_empty() {
-                continue;
-            }
-            if n < INLINE_COOKIES {
-                inline[n] = name;
-                n += 1;
-            } else {
-                if more.is_empty() {
-                    more.extend_from_slice(&inline);
-                }
-                more.push(name);
+            if !name.is_empty() {
+                sum = sum.wrapping_add(xxh3_64(name));
             }
         }
     }
-    let names: &mut [&[u8]] = if more.is_empty() {
-        &mut inline[..n]
-    } else {
-        &mut more
-    };
-    if names.is_empty() {
-        return None;
-    }
-    names.sort_unstable();
-    let mut joined = Joined::new();
-    for name in names.iter() {
-        joined.push(name);
-    }
-    Some(joined.finish())
-}
-
-/// A list of names joined by `,` and hashed with XXH3-64: on the stack while it fits, then
-/// through the streaming state (the same hash either way).
-struct Joined {
-    buf: [u8; INLINE],
-    len: usize,
-    first: bool,
-    spilled: Option<Box<Xxh3Default>>,
-}
-
-impl Joined {
-    fn new() -> Self {
-        Self {
-            buf: [0; INLINE],
-            len: 0,
-            first: true,
-            spilled: None,
-        }
-    }
-
-    fn push(&mut self, name: &[u8]) {
-        if !std::mem::take(&mut self.first) {
-            self.write(b",");
-        }
-        self.write(name);
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        if let Some(s) = &mut self.spilled {
-            s.update(bytes);
-            return;
-        }
-        let end = self.len + bytes.len();
-        if let Some(dst) = self.buf.get_mut(self.len..end) {
-            dst.copy_from_slice(bytes);
-            self.len = end;
-            return;
-        }
-        let mut s = Box::new(Xxh3Default::new());
-        s.update(&self.buf[..self.len]);
-        s.update(bytes);
-        self.spilled = Some(s);
-    }
-
-    fn finish(&self) -> u64 {
-        match &self.spilled {
-            Some(s) => s.digest(),
-            None => xxh3_64(&self.buf[..self.len]),
-        }
-    }
+    (lines, sum)
 }
 
 /// The first 48 bits of `h` as 12 lower-case hex digits.
@@ -350,10 +283,21 @@ mod tests {
         fp(Method::GET, &h)
     }
 
-    /// The hash part of a list of names, computed the way the docs say: XXH3-64 of the names
-    /// joined by `,`, its first 12 hex digits.
+    /// The header names' part, computed the way the docs say: XXH3-64 of each name seeded
+    /// with the result before it, the first 12 hex digits.
     fn reference(names: &[&str]) -> String {
-        format!("{:016x}", xxh3_64(names.join(",").as_bytes()))[..12].to_owned()
+        let h = names
+            .iter()
+            .fold(0u64, |h, n| xxh3_64_with_seed(n.as_bytes(), h));
+        format!("{h:016x}")[..12].to_owned()
+    }
+
+    /// The cookie names' part: the wrapping sum of each name's XXH3-64.
+    fn cookie_reference(names: &[&str]) -> String {
+        let h = names
+            .iter()
+            .fold(0u64, |h, n| h.wrapping_add(xxh3_64(n.as_bytes())));
+        format!("{h:016x}")[..12].to_owned()
     }
 
     #[test]
@@ -377,7 +321,7 @@ mod tests {
             "accept-language",
         ];
         assert_eq!(&a.as_str()[13..25], reference(&names));
-        assert_eq!(&a.as_str()[26..], reference(&["sid", "theme"]));
+        assert_eq!(&a.as_str()[26..], cookie_reference(&["theme", "sid"]));
     }
 
     #[test]
@@ -467,8 +411,7 @@ mod tests {
 
     #[test]
     fn hostile_headers_do_not_panic_and_stay_in_format() {
-        // Thousands of header lines (past the inline buffer), non-UTF-8 values, thousands of
-        // cookies (past the inline list).
+        // Thousands of header lines, non-UTF-8 values, thousands of cookies.
         let mut h = HeaderMap::new();
         let mut names = Vec::new();
         for i in 0..3000 {
@@ -489,18 +432,29 @@ mod tests {
         assert_eq!(s.len(), LEN);
         assert!(s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
         assert_eq!(&s[..12], "ge11cn990000");
-        // The streamed hash is the same function as the inline one.
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         assert_eq!(&s[13..25], reference(&names));
-        let mut sorted: Vec<String> = (0..2000).map(|i| format!("c{i:04}")).collect();
-        sorted.sort();
-        let sorted: Vec<&str> = sorted.iter().map(String::as_str).collect();
-        assert_eq!(&s[26..], reference(&sorted));
+        let jar: Vec<String> = (0..2000).map(|i| format!("c{i:04}")).collect();
+        let jar: Vec<&str> = jar.iter().map(String::as_str).collect();
+        assert_eq!(&s[26..], cookie_reference(&jar));
     }
 
     #[test]
-    fn no_headers_is_the_hash_of_nothing() {
-        let f = Fingerprint::of(&Method::GET, Version::HTTP_11, &HeaderMap::new());
-        assert_eq!(&f.as_str()[13..25], reference(&[]));
+    fn repeated_lines_count_but_their_name_is_listed_once() {
+        let once = fp(Method::GET, &[("accept", b"a"), ("host", b"h")]);
+        let twice = fp(
+            Method::GET,
+            &[
+                ("accept", b"a"),
+                ("host", b"h"),
+                ("accept", b"b"),
+                ("referer", b"r"),
+                ("referer", b"s"),
+            ],
+        );
+        assert_eq!(&once.as_str()[..12], "ge11nn020000");
+        assert_eq!(&twice.as_str()[..12], "ge11nr030000");
+        assert_eq!(&once.as_str()[13..25], &twice.as_str()[13..25]);
+        assert_eq!(&once.as_str()[13..25], reference(&["accept", "host"]));
     }
 }
