@@ -49,6 +49,8 @@ Environment:
   SECURE_ROUTES_LIMITS           the same as --limits
   SECURE_ROUTES_AUDIT            the same as --audit
   SUPABASE_JWT_SECRET            with --supabase-url: the project's legacy HS256 secret
+  SECURE_ROUTES_WEBHOOK_SECRET   signs the alert webhooks of --alert-webhook and --alerts
+                                 (32+ bytes; needed with them)
   RUST_LOG                       log filter (default: info,secure_routes::audit=warn)
   NO_COLOR                       set: no colour in logs (logs are never coloured when stderr
                                  is not a terminal)";
@@ -158,6 +160,15 @@ pub enum Command {
         /// closed; the audit log is flushed after [default: 10s].
         #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
         shutdown_grace: Option<Duration>,
+        /// POST signed alerts to this webhook with the default rules: 5 unauthorized_access
+        /// or 5 csrf_validation_failed from one IP within 1m, any ip_banned; one alert per IP
+        /// per rule per 10m. Needs SECURE_ROUTES_WEBHOOK_SECRET.
+        #[arg(long, value_name = "URL", conflicts_with = "alerts")]
+        alert_webhook: Option<String>,
+        /// Alert rules from a file of [[alerts]] tables, written as in the gateway's config.
+        /// Needs SECURE_ROUTES_WEBHOOK_SECRET.
+        #[arg(long, value_name = "FILE")]
+        alerts: Option<PathBuf>,
     },
     /// Print an HS256 JWT for the demo, signed with SECURE_ROUTES_JWT_SECRET or the
     /// development secret (see below).
@@ -199,8 +210,8 @@ pub enum Command {
         command: BansCommand,
     },
     /// Run the gateway: the config file's per-route policies in front of its upstream.
-    /// Secrets from the environment (below); SIGHUP reloads the routes, SIGTERM drains and
-    /// stops.
+    /// Secrets from the environment (below); SIGHUP reloads the routes and alert rules,
+    /// SIGTERM drains and stops.
     #[command(after_help = SERVE_ENVIRONMENT)]
     Serve {
         /// The gateway's config file (secure-routes.toml).
@@ -215,7 +226,8 @@ pub enum Command {
         config: PathBuf,
     },
     /// Print each route's effective policy from a gateway config file (methods, auth,
-    /// limit, body limit, CSRF, failure mode, mode), the default last.
+    /// limit, body limit, CSRF, failure mode, mode), the default last, then the alert rules
+    /// (webhooks by scheme, host and port only; the text output, not --json).
     Routes {
         /// The gateway's config file (secure-routes.toml).
         #[arg(long)]
@@ -308,8 +320,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_connections,
             max_connections_per_ip,
             shutdown_grace,
+            alert_webhook,
+            alerts,
         } => {
             let config = Config::from_env()?;
+            // Before the banner: a rule set without a secret must stop the start, not be
+            // found missing at the first attack.
+            let (rules, source) = match (&alert_webhook, &alerts) {
+                (Some(url), _) => (crate::alerts::default_rules(url)?, "--alert-webhook"),
+                (None, Some(path)) => (crate::alerts::read_rules(path)?, "--alerts"),
+                (None, None) => (Vec::new(), ""),
+            };
+            let alerts = if rules.is_empty() {
+                None
+            } else {
+                crate::alerts::engine(rules, crate::alerts::secret_from_env(), source)?
+            };
             let options = DemoOptions {
                 limits,
                 audit: audit_location(audit, db)?,
@@ -330,6 +356,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     max_connections_per_ip,
                     shutdown_grace,
                 ),
+                alerts,
             };
             options.serve.validate()?;
             options.identity.check(&config)?;
@@ -638,6 +665,8 @@ mod tests {
         ] {
             assert!(serve.contains(var), "serve --help lacks {var}:\n{serve}");
         }
+        // The demo's alert flags sign with it too.
+        assert!(demo.contains("SECURE_ROUTES_WEBHOOK_SECRET"), "{demo}");
     }
 
     #[test]

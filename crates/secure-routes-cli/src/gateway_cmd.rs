@@ -1,7 +1,8 @@
 //! `secure-routes serve --config FILE`: the gateway. Opens the stores the file names, builds
 //! the shared [`Security`] with the secrets from the environment (the same variables as
 //! `demo`), serves the routes of [`secure_routes_gateway::gateway`] with the server limits of
-//! [`secure_routes::serve`], reloads the routes on SIGHUP and drains on SIGTERM.
+//! [`secure_routes::serve`], reloads the routes and `[[alerts]]` rules on SIGHUP and drains on
+//! SIGTERM.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -141,28 +142,6 @@ fn identity(
     })
 }
 
-/// The environment variable holding the alert webhooks' signing secret.
-const WEBHOOK_SECRET_VAR: &str = "SECURE_ROUTES_WEBHOOK_SECRET";
-
-/// The alert engine for the file's `[[alerts]]` (`None` without rules).
-fn alert_engine(file: &GatewayConfig) -> anyhow::Result<Option<AlertEngine>> {
-    if file.alerts.is_empty() {
-        return Ok(None);
-    }
-    let secret = std::env::var(WEBHOOK_SECRET_VAR)
-        .ok()
-        .filter(|s| !s.is_empty())
-        .with_context(|| {
-            format!("[[alerts]] needs {WEBHOOK_SECRET_VAR} (32 bytes or more) to sign its webhooks")
-        })?;
-    let engine = AlertEngine::builder()
-        .rules(file.alerts.iter().cloned())
-        .secret(secret)
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(Some(engine))
-}
-
 /// Runs the gateway for the file at `path` until SIGINT/SIGTERM.
 pub async fn run(
     path: PathBuf,
@@ -187,7 +166,12 @@ pub async fn run(
         .map(Arc::<str>::from);
     let metrics = GatewayMetrics::install().context("installing the metrics recorder")?;
     metrics.spawn_upkeep(Duration::from_secs(5));
-    let alerts = alert_engine(&file)?;
+    // With the secret set an engine runs even without rules, so a reload can add some.
+    let alerts = crate::alerts::engine(
+        file.alerts.clone(),
+        crate::alerts::secret_from_env(),
+        "[[alerts]]",
+    )?;
 
     let listener = crate::cli::bind(&file.listen).await?;
     let stores = stores::open(&limits, &audit).await?;
@@ -236,7 +220,7 @@ pub async fn run(
             file.routes().len(),
             stores.limits.name()
         );
-        reload_on_hangup(hangups, path.clone(), handle, file.clone());
+        reload_on_hangup(hangups, path.clone(), handle, file.clone(), alerts.clone());
         // One stop signal for the gateway and the metrics listener.
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -279,7 +263,7 @@ pub async fn run(
     writer.shutdown().await;
     // Queued alerts get a bounded chance to reach their webhooks.
     if let Some(a) = &alerts {
-        let _ = tokio::time::timeout(Duration::from_secs(10), a.shutdown()).await;
+        crate::alerts::drain(a).await;
     }
     drop(stores);
     served
@@ -321,13 +305,15 @@ fn hangups() -> Hangups {
 #[cfg(not(unix))]
 fn hangups() -> Hangups {}
 
-/// On SIGHUP: re-reads the file and swaps the routes; a bad file keeps the running ones and
-/// logs every problem. Settings that need a restart are named when they changed.
+/// On SIGHUP: re-reads the file and swaps the routes and the `[[alerts]]` rules; a bad file
+/// keeps the running ones and logs every problem. Settings that need a restart are named when
+/// they changed.
 fn reload_on_hangup(
     hangups: Hangups,
     path: PathBuf,
     handle: GatewayHandle,
     running: GatewayConfig,
+    alerts: Option<AlertEngine>,
 ) {
     #[cfg(unix)]
     {
@@ -337,20 +323,28 @@ fn reload_on_hangup(
         };
         tokio::spawn(async move {
             while hangups.recv().await.is_some() {
-                reload(&path, &handle, &running);
+                reload(&path, &handle, &running, alerts.as_ref());
             }
         });
     }
     #[cfg(not(unix))]
     {
-        let _ = (hangups, path, handle, running);
+        let _ = (hangups, path, handle, running, alerts);
     }
 }
 
 /// One reload (see [`reload_on_hangup`]). `running` is the file the process started with:
 /// what lives in the shared state (listen, stores, identity, proxies, origins, metrics
-/// address) keeps its start-up value, and a change to it is named in the log.
-fn reload(path: &Path, handle: &GatewayHandle, running: &GatewayConfig) {
+/// address) keeps its start-up value, and a change to it is named in the log. The
+/// `[[alerts]]` rules are swapped after the routes (a rule kept unchanged keeps its counts
+/// and cooldowns, see [`AlertEngine::set_rules`]); rules in a gateway started without
+/// `SECURE_ROUTES_WEBHOOK_SECRET` refuse the whole reload, since nothing could sign them.
+fn reload(
+    path: &Path,
+    handle: &GatewayHandle,
+    running: &GatewayConfig,
+    alerts: Option<&AlertEngine>,
+) {
     let file = match load(path) {
         Ok(f) => f,
         Err(e) => {
@@ -358,6 +352,13 @@ fn reload(path: &Path, handle: &GatewayHandle, running: &GatewayConfig) {
             return;
         }
     };
+    if alerts.is_none() && !file.alerts.is_empty() {
+        tracing::error!(
+            "reload refused, the running configuration stays: [[alerts]] needs {} (32 bytes or more), which was not set when the gateway started",
+            crate::alerts::WEBHOOK_SECRET_VAR
+        );
+        return;
+    }
     // The proxy's list of trusted proxies must stay the pipeline's (which keeps its start-up
     // value): otherwise the forwarded headers and the audited client address would disagree.
     let mut effective = file.clone();
@@ -366,7 +367,18 @@ fn reload(path: &Path, handle: &GatewayHandle, running: &GatewayConfig) {
         .clone_from(&running.trusted_proxies);
     match handle.reload(&effective) {
         Ok(()) => {
-            tracing::info!(routes = file.routes().len(), "configuration reloaded");
+            if let Some(engine) = alerts
+                && let Err(e) = engine.set_rules(file.alerts.clone())
+            {
+                // The file's parser refuses what set_rules would (duplicate names), so this
+                // is a disagreement between the two, not a user's mistake: said loudly.
+                tracing::error!("[[alerts]] not reloaded, the running rules stay: {e}");
+            }
+            tracing::info!(
+                routes = file.routes().len(),
+                alerts = file.alerts.len(),
+                "configuration reloaded"
+            );
             let changed: Vec<&str> = [
                 ("listen", file.listen != running.listen),
                 ("stores", file.stores != running.stores),

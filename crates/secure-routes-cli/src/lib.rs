@@ -12,12 +12,14 @@
 //!   JSON lines), opened and migrated.
 //! * [`audit_cmd`]: lists audit events from any audit location.
 //! * [`bans_cmd`]: lists, lifts and adds bans in a shared limits store.
+//! * [`alerts`]: alert rules and the one engine construction `demo` and `serve` share.
 //! * [`duration`]: `30s`, `10m`, `1h`, `2d`.
 //!
 //! ```
 //! assert_eq!(secure_routes_cli::duration::parse("10m").unwrap().as_secs(), 600);
 //! ```
 
+pub mod alerts;
 pub mod audit_cmd;
 pub mod bans_cmd;
 pub mod cli;

@@ -237,17 +237,7 @@ pub struct GatewayConfig {
 impl GatewayConfig {
     /// Parses and checks `text`, reporting every problem at once.
     pub fn parse(text: &str) -> Result<GatewayConfig, Vec<Problem>> {
-        // The 1-based line a byte offset is on.
-        let line = |span: Range<usize>| {
-            let start = span.start.min(text.len());
-            Some(
-                text.as_bytes()[..start]
-                    .iter()
-                    .filter(|b| **b == b'\n')
-                    .count()
-                    + 1,
-            )
-        };
+        let line = |span: Range<usize>| line_of(text, span);
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             vec![Problem {
                 key: String::new(),
@@ -423,23 +413,7 @@ impl GatewayConfig {
                 "at least one [[routes]] is required".into(),
             );
         }
-        let mut alerts = Vec::new();
-        for (i, a) in raw.alerts.iter().enumerate() {
-            let key = format!("alerts[{i}]");
-            if raw.alerts[..i]
-                .iter()
-                .any(|b| b.name.get_ref() == a.name.get_ref())
-            {
-                problem(
-                    format!("{key}.name"),
-                    Some(a.name.span()),
-                    format!("{:?} names an earlier rule too", a.name.get_ref()),
-                );
-            }
-            if let Some(rule) = alert(a, &key, &mut problem) {
-                alerts.push(rule);
-            }
-        }
+        let alerts = alerts(&raw.alerts, &mut problem);
         let table = RouteTable::new(raw.routes.iter().map(|r| r.path.get_ref().as_str()));
         let table = match table {
             Ok(t) => Some(t),
@@ -549,6 +523,12 @@ impl GatewayConfig {
                 d.mode
             ));
         }
+        if !self.alerts.is_empty() {
+            out.push_str("\nalerts:\n");
+            for a in &self.alerts {
+                out.push_str(&format!("  {}\n", describe_alert(a)));
+            }
+        }
         out
     }
 
@@ -583,6 +563,37 @@ impl GatewayConfig {
                 .collect(),
         )
     }
+}
+
+/// One alert rule as `routes` prints it. The webhook shows only its scheme, host and port:
+/// a webhook URL often holds its secret in the path (Slack's do), and `routes` output gets
+/// pasted into tickets.
+///
+/// ```
+/// use secure_routes_gateway::config::{GatewayConfig, describe_alert};
+/// let c = GatewayConfig::parse("upstream = \"http://u\"\n[[routes]]\npath = \"/a\"\n\
+///     [[alerts]]\nname = \"auth\"\naction = \"unauthorized_access\"\ncount = 5\nwithin = \"1m\"\n\
+///     per = \"ip\"\nwebhook = \"https://hooks.example.com:8443/services/T0/B0/SECRET\"\n").unwrap();
+/// assert_eq!(
+///     describe_alert(&c.alerts[0]),
+///     "auth action=unauthorized_access outcome=any count=5 within=60s per=ip cooldown=600s webhook=https://hooks.example.com:8443"
+/// );
+/// ```
+pub fn describe_alert(a: &AlertRule) -> String {
+    let w = a.webhook();
+    let port = w.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+    format!(
+        "{} action={} outcome={} count={} within={}s per={} cooldown={}s webhook={}://{}{port}",
+        a.name(),
+        a.action(),
+        a.outcome().map_or("any", |o| o.as_str()),
+        a.count(),
+        a.within().as_secs(),
+        a.per(),
+        a.cooldown().as_secs(),
+        w.scheme_str().unwrap_or("?"),
+        w.host().unwrap_or("?"),
+    )
 }
 
 struct Described {
@@ -643,6 +654,14 @@ struct RawConfig {
     #[serde(default)]
     routes: Vec<RawRoute>,
     default: Option<RawRoute>,
+    #[serde(default)]
+    alerts: Vec<RawAlert>,
+}
+
+/// A file of `[[alerts]]` only ([`parse_alerts`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlertsFile {
     #[serde(default)]
     alerts: Vec<RawAlert>,
 }
@@ -830,6 +849,83 @@ fn route(r: &RawRoute, key: &str, problem: &mut Report<'_>) -> Option<Policy> {
             None
         }
     }
+}
+
+/// Every `[[alerts]]` rule that checks out; the others' problems go to `problem`.
+fn alerts(raw: &[RawAlert], problem: &mut Report<'_>) -> Vec<AlertRule> {
+    let mut alerts = Vec::new();
+    for (i, a) in raw.iter().enumerate() {
+        let key = format!("alerts[{i}]");
+        if raw[..i]
+            .iter()
+            .any(|b| b.name.get_ref() == a.name.get_ref())
+        {
+            problem(
+                format!("{key}.name"),
+                Some(a.name.span()),
+                format!("{:?} names an earlier rule too", a.name.get_ref()),
+            );
+        }
+        if let Some(rule) = alert(a, &key, problem) {
+            alerts.push(rule);
+        }
+    }
+    alerts
+}
+
+/// Parses a file holding only `[[alerts]]` tables, written as in the gateway's config
+/// (`secure-routes demo --alerts FILE`): the same checks and the same problems, each with its
+/// key and line. A file without `[[alerts]]` has no rules.
+///
+/// ```
+/// use secure_routes_gateway::config::parse_alerts;
+/// let rules = parse_alerts(r#"
+/// [[alerts]]
+/// name = "auth-failures"
+/// action = "unauthorized_access"
+/// count = 5
+/// within = "1m"
+/// per = "ip"
+/// webhook = "http://127.0.0.1:9000/hook"
+/// "#).unwrap();
+/// assert_eq!(rules[0].count(), 5);
+/// let problems = parse_alerts("[[alerts]]\nname = \"a\"\naction = \"x\"\ncount = 1\nwithin = \"1m\"\nper = \"ip\"\nwebhook = \"http://h/\"\n").unwrap_err();
+/// assert_eq!((problems[0].key.as_str(), problems[0].line), ("alerts[0].action", Some(3)));
+/// assert!(parse_alerts("upstream = \"http://u\"\n").is_err());
+/// ```
+pub fn parse_alerts(text: &str) -> Result<Vec<AlertRule>, Vec<Problem>> {
+    let raw: RawAlertsFile = toml::from_str(text).map_err(|e| {
+        vec![Problem {
+            key: String::new(),
+            line: e.span().and_then(|s| line_of(text, s)),
+            message: e.message().trim().to_owned(),
+        }]
+    })?;
+    let mut problems = Vec::new();
+    let rules = alerts(&raw.alerts, &mut |key, span, message| {
+        problems.push(Problem {
+            key,
+            line: span.and_then(|s| line_of(text, s)),
+            message,
+        });
+    });
+    if problems.is_empty() {
+        Ok(rules)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The 1-based line of `text` a byte offset is on.
+fn line_of(text: &str, span: Range<usize>) -> Option<usize> {
+    let start = span.start.min(text.len());
+    Some(
+        text.as_bytes()[..start]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1,
+    )
 }
 
 /// One `[[alerts]]` rule, every problem under its key. `None` after a problem.

@@ -125,6 +125,14 @@ const COUNTERS: &[(&str, &str)] = &[
         "secure_routes_alerts_dropped_total",
         "Alerts dropped before delivery (webhook queue full, or the engine stopping), by rule.",
     ),
+    (
+        "secure_routes_webhook_deliveries_total",
+        "Alerts a webhook accepted (2xx), by rule.",
+    ),
+    (
+        "secure_routes_alerts_suppressed_total",
+        "Alerts held back by a rule's cooldown (once per count occurrences within the window), by rule.",
+    ),
 ];
 
 /// The gateway's Prometheus recorder: installed once per process, rendered on each scrape.

@@ -592,3 +592,85 @@ async fn refused_requests_through_the_pipeline_fire_the_rule() {
     assert!(rows.iter().any(|e| e.action == AuditAction::AlertTriggered
         && e.client_ip.as_deref() == Some("203.0.113.7")));
 }
+
+#[tokio::test]
+async fn the_cooldown_counts_what_it_held_back() {
+    let mut receiver = Receiver::start(&[], None).await;
+    let s = Setup::new(vec![rule("auth-failures", 3, Per::Ip, &receiver.url)]);
+    for _ in 0..3 {
+        s.record(unauthorized("198.51.100.9")).await;
+    }
+    receiver.next().await;
+    // Seven more in the cooldown: two more alerts' worth (3 + 3), one short of a third.
+    for _ in 0..7 {
+        s.record(unauthorized("198.51.100.9")).await;
+    }
+    let stats = s.engine.stats();
+    assert_eq!((stats.fired, stats.suppressed), (1, 2));
+    s.finish().await;
+    assert!(receiver.rest().is_empty());
+}
+
+#[tokio::test]
+async fn replaced_rules_keep_the_counts_of_an_unchanged_rule_and_start_others_afresh() {
+    let mut receiver = Receiver::start(&[], None).await;
+    let url = receiver.url.clone();
+    let s = Setup::new(vec![rule("kept", 3, Per::Ip, &url)]);
+    s.record(unauthorized("192.0.2.1")).await;
+    s.record(unauthorized("192.0.2.1")).await;
+    // A reload with the same rule (a new cooldown, which does not change the counting) and a
+    // new one: the kept rule still has its two occurrences.
+    let kept = AlertRule::builder("kept")
+        .action(AuditAction::UnauthorizedAccess)
+        .count(3)
+        .within(Duration::from_secs(60))
+        .per(Per::Ip)
+        .webhook(&url)
+        .cooldown(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    s.engine
+        .set_rules(vec![kept, rule("new", 2, Per::Ip, &url)])
+        .unwrap();
+    assert_eq!(
+        s.engine
+            .rules()
+            .iter()
+            .map(|r| r.name())
+            .collect::<Vec<_>>(),
+        ["kept", "new"]
+    );
+    s.record(unauthorized("192.0.2.1")).await;
+    assert_eq!(s.engine.stats().fired, 1, "kept fired at its third");
+    assert_eq!(receiver.next().await.json()["rule"], "kept");
+    s.record(unauthorized("192.0.2.1")).await;
+    assert_eq!(s.engine.stats().fired, 2, "new fired at its second");
+    assert_eq!(receiver.next().await.json()["rule"], "new");
+    // The new cooldown applies to the kept rule's key: a minute on, it fires again.
+    s.clock.advance(Duration::from_secs(61));
+    for _ in 0..3 {
+        s.record(unauthorized("192.0.2.1")).await;
+    }
+    assert_eq!(
+        s.engine.stats().fired,
+        3,
+        "kept again; new still in its cooldown"
+    );
+    // Two rules with one name are refused and the running rules stay.
+    assert!(
+        s.engine
+            .set_rules(vec![
+                rule("x", 1, Per::Ip, &url),
+                rule("x", 2, Per::Ip, &url)
+            ])
+            .is_err()
+    );
+    assert_eq!(s.engine.rules().len(), 2);
+    // An empty set stops counting.
+    s.engine.set_rules(Vec::new()).unwrap();
+    for _ in 0..10 {
+        s.record(unauthorized("192.0.2.1")).await;
+    }
+    assert_eq!(s.engine.stats().fired, 3);
+    s.finish().await;
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::Method;
-use secure_routes::audit::{AuditConfig, AuditStats, AuditWriter};
+use secure_routes::audit::{AuditConfig, AuditObserver, AuditStats, AuditWriter};
 use secure_routes::clock::Clock;
 use secure_routes::rate_limit::RateLimitStore;
 use secure_routes::serve::{ServeConfig, ServeReport};
@@ -188,7 +188,8 @@ pub async fn serve(
 
 /// Runs the demo on `stores` (opened from `options` with [`crate::stores::open`]): serves on
 /// `listener` with the limits of [`DemoOptions::serve`] until `shutdown`, then flushes the
-/// audit log, whether serving succeeded or not. Returns the audit writer's final counters.
+/// audit log, whether serving succeeded or not (and gives queued alert webhooks a bounded
+/// time to go out). Returns the audit writer's final counters.
 pub async fn run(
     listener: TcpListener,
     config: &Config,
@@ -200,6 +201,11 @@ pub async fn run(
         Arc::clone(&stores.audit),
         AuditConfig {
             spill_path: options.audit.spill_path(),
+            observers: options
+                .alerts
+                .iter()
+                .map(|a| Arc::new(a.clone()) as Arc<dyn AuditObserver>)
+                .collect(),
             ..AuditConfig::default()
         },
     );
@@ -242,6 +248,9 @@ pub async fn run(
     // Always, also when the router could not be built or serving failed: events recorded
     // so far must reach the store (or the spill file).
     writer.shutdown().await;
+    if let Some(a) = &options.alerts {
+        crate::alerts::drain(a).await;
+    }
     drop(stores);
     served?;
     Ok(writer.stats())

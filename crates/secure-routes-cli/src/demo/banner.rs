@@ -26,6 +26,15 @@ Call:          curl -H \"Authorization: Bearer $TOKEN\" http://{addr}/api/user/n
                (a user's session.access_token; the SSR session cookie works too, with CSRF)"
         ),
     };
+    let alerts = options.alerts.as_ref().map_or_else(String::new, |engine| {
+        // Each rule as `routes` prints it: the webhook's scheme, host and port only.
+        let rules: String = engine
+            .rules()
+            .iter()
+            .map(|r| format!("\n  {}", secure_routes_gateway::config::describe_alert(r)))
+            .collect();
+        format!("\nAlerts (signed with $SECURE_ROUTES_WEBHOOK_SECRET):{rules}\n")
+    });
     format!(
         "secure-routes demo listening on http://{addr}  (limits: {limits}, audit log: {audit})
 Tokens from:   {identity}
@@ -36,7 +45,7 @@ Tokens from:   {identity}
   GET,POST,PUT,DELETE /api/user/notes      AUTHENTICATED: 20/hour, 5 MiB, CSRF for cookie sessions
   POST           /api/strict               STRICT: 10/min, 512 KiB
   POST           /api/sensitive-operation  auth + CSRF, 5/hour, 100 KiB
-
+{alerts}
 {how}
 Audit log:     secure-routes audit{audit_flag}
 Ctrl-C (or `kill %1` when started with `&`) stops the server and flushes the audit log.",

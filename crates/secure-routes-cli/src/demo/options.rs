@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use secure_routes::alerts::AlertEngine;
 use secure_routes::clock::{Clock, SystemClock};
 use secure_routes::serve::ServeConfig;
 
@@ -36,6 +37,10 @@ pub struct DemoOptions {
     /// Connection limits and shutdown grace (`--header-read-timeout`, `--idle-timeout`,
     /// `--max-connections`, `--max-connections-per-ip`, `--shutdown-grace`).
     pub serve: ServeConfig,
+    /// The alert engine every audit event is shown to (`--alert-webhook`, `--alerts`; built
+    /// with [`crate::alerts::engine`] before the banner, so a missing secret stops the start).
+    /// [`run`](super::run) gives its queued webhooks a bounded time to go out on stop.
+    pub alerts: Option<AlertEngine>,
 }
 
 impl Default for DemoOptions {
@@ -48,6 +53,7 @@ impl Default for DemoOptions {
             clock_skew_ms: 0,
             identity: Identity::DemoSecret,
             serve: ServeConfig::default(),
+            alerts: None,
         }
     }
 }

@@ -47,6 +47,8 @@ pub struct Demo {
     /// Its working directory (spill files land here).
     pub dir: PathBuf,
     stderr: PathBuf,
+    /// Every stdout line read so far (the banner).
+    stdout: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl Demo {
@@ -85,10 +87,16 @@ impl Demo {
             .expect("spawn secure-routes demo");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let kept = std::sync::Arc::clone(&lines);
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if let Ok(mut k) = kept.lock() {
+                    k.push_str(&line);
+                    k.push('\n');
+                }
                 if !sent && let Some(rest) = line.split("listening on ").nth(1) {
                     let base = rest.split_whitespace().next().unwrap_or("").to_owned();
                     let _ = tx.send(base);
@@ -109,7 +117,14 @@ impl Demo {
             base,
             dir: dir.to_path_buf(),
             stderr,
+            stdout: lines,
         }
+    }
+
+    /// What it printed to stdout so far (the banner; its first line is in at once, the rest
+    /// follows as the reader thread gets to it).
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     /// `base` + `path`.

@@ -1,7 +1,8 @@
 //! A recording upstream for the gateway's black-box tests: a hyper HTTP/1.1 server on
 //! 127.0.0.1:0 that records every request it receives (method, path and query, version,
-//! headers, body length, and whether the body ended cleanly or was cut off), so a test can
-//! prove what reached the upstream and what did not.
+//! headers, body length, the first 64 KiB of the body, and whether the body ended cleanly or
+//! was cut off), so a test can prove what reached the upstream and what did not. It is also
+//! the alert tests' webhook receiver (the body is what a receiver verifies a signature over).
 //!
 //! What it answers is chosen per path prefix ([`Upstream::on`]); anything else gets a small
 //! JSON body. The behaviours are the upstream failures a proxy must survive: a 50 MB body, no
@@ -52,8 +53,13 @@ pub struct Recorded {
     pub version: Version,
     pub headers: HeaderMap,
     pub body_len: u64,
+    /// The body's first [`KEPT_BODY`] bytes, exactly as received.
+    pub body: Vec<u8>,
     pub body_end: BodyEnd,
 }
+
+/// How much of each body is kept (a 50 MB upload is counted, not held).
+pub const KEPT_BODY: usize = 64 * 1024;
 
 impl Recorded {
     /// The path without the query.
@@ -91,6 +97,9 @@ pub enum Behaviour {
     /// HTTP/2 on the connection, recording each request and answering [`Behaviour::Json`].
     /// (Requests without the upgrade get the JSON answer.)
     H2cUpgrade,
+    /// Answers `status` (empty body) to the first request on each path, then as
+    /// [`Behaviour::Json`]: a webhook receiver that fails once.
+    FailFirst { status: u16 },
 }
 
 struct State {
@@ -99,6 +108,8 @@ struct State {
     /// Bumped on every new record, so a test can wait for one without sleeping.
     changed: watch::Sender<u64>,
     released: watch::Sender<bool>,
+    /// Paths a [`Behaviour::FailFirst`] has failed once already.
+    failed_once: Mutex<Vec<String>>,
 }
 
 /// The running upstream (its task ends with the test's runtime).
@@ -120,6 +131,7 @@ impl Upstream {
             behaviours: Mutex::new(Vec::new()),
             changed: watch::channel(0).0,
             released: watch::channel(false).0,
+            failed_once: Mutex::new(Vec::new()),
         });
         let accept_state = Arc::clone(&state);
         tokio::spawn(async move {
@@ -228,6 +240,7 @@ async fn handle(state: Arc<State>, mut req: Request<Incoming>) -> Response<ResBo
         version: req.version(),
         headers: req.headers().clone(),
         body_len: 0,
+        body: Vec::new(),
         body_end: BodyEnd::Complete,
     };
     if let Behaviour::WebSocketEcho = chosen {
@@ -243,13 +256,17 @@ async fn handle(state: Arc<State>, mut req: Request<Incoming>) -> Response<ResBo
         record(&state, recorded);
         return h2c_upgrade(&state, &mut req);
     }
-    // Count the body frame by frame: nothing is kept, so a 50 MB upload costs no memory here.
+    // Count the body frame by frame, keeping only its start: a 50 MB upload costs no memory.
     let mut body = req.into_body();
     loop {
         match body.frame().await {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     recorded.body_len += data.len() as u64;
+                    let room = KEPT_BODY.saturating_sub(recorded.body.len());
+                    recorded
+                        .body
+                        .extend_from_slice(&data[..data.len().min(room)]);
                 }
             }
             Some(Err(e)) => {
@@ -269,6 +286,16 @@ async fn handle(state: Arc<State>, mut req: Request<Incoming>) -> Response<ResBo
     match chosen {
         Behaviour::Json | Behaviour::WebSocketEcho | Behaviour::H2cUpgrade => {
             json(&path_and_query, body_len)
+        }
+        Behaviour::FailFirst { status: code } => {
+            let path = path_and_query.split('?').next().unwrap_or("").to_owned();
+            let mut failed = state.failed_once.lock().unwrap();
+            if failed.contains(&path) {
+                json(&path_and_query, body_len)
+            } else {
+                failed.push(path);
+                status(StatusCode::from_u16(code).unwrap())
+            }
         }
         Behaviour::Download { bytes } => Response::builder()
             .header(header::CONTENT_TYPE, "application/octet-stream")
@@ -362,6 +389,7 @@ fn h2c_upgrade(state: &Arc<State>, req: &mut Request<Incoming>) -> Response<ResB
                         version: req.version(),
                         headers: req.headers().clone(),
                         body_len: 0,
+                        body: Vec::new(),
                         body_end: BodyEnd::Complete,
                     },
                 );

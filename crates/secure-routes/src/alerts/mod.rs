@@ -20,9 +20,16 @@
 //! alert is dropped, counted and logged, and the pipeline never waits), up to
 //! [`max_attempts`](AlertEngineBuilder::max_attempts) tries with exponential backoff on
 //! connection errors, timeouts and 5xx (a 4xx is the receiver refusing this request, so it is
-//! not retried). Metrics: `secure_routes_alerts_fired_total{rule}`,
-//! `secure_routes_webhook_failures_total{rule}` (alerts not delivered after every attempt),
-//! `secure_routes_alerts_dropped_total{rule}` (queue full or engine stopped).
+//! not retried). Metrics, each labelled by rule name only (a bounded set):
+//! `secure_routes_alerts_fired_total{rule}`, `secure_routes_webhook_deliveries_total{rule}`
+//! (accepted with a 2xx), `secure_routes_webhook_failures_total{rule}` (alerts not delivered
+//! after every attempt), `secure_routes_alerts_dropped_total{rule}` (queue full or engine
+//! stopped), `secure_routes_alerts_suppressed_total{rule}` (alerts the cooldown held back:
+//! once per `count` occurrences within the window while the key was quiet).
+//!
+//! The rules can be replaced while running ([`AlertEngine::set_rules`], the gateway's SIGHUP):
+//! a rule kept under the same name, action, outcome, key kind and window keeps its counts and
+//! cooldowns, so a reload neither forgets an attack in progress nor re-sends its alert.
 //!
 //! The engine never counts `alert_triggered` events (its own), and a rule cannot watch them:
 //! no loops. The library never reads the environment: the caller passes the signing secret
@@ -76,7 +83,7 @@ pub use webhook::{SIGNATURE_HEADER, SignatureError, sign, verify_signature};
 
 use std::fmt;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -88,7 +95,7 @@ use crate::audit::{AuditAction, AuditEvent, AuditObserver, Emitted, Outcome};
 use crate::clock::{Clock, SystemClock};
 use crate::error::ConfigError;
 use webhook::{Counters, Delivery, Job, host_of, metric};
-use window::{Limits, Windows};
+use window::{Hit, Limits, Windows};
 
 /// The largest `count` a rule may have: each key's log holds up to `count` times, so this
 /// bounds a rule's memory at `max_keys * count * 8` bytes (80 MB at the defaults' worst).
@@ -444,16 +451,46 @@ pub struct AlertStats {
     pub retries: u64,
     /// Alerts dropped before delivery: the queue was full or the engine stopped.
     pub dropped: u64,
+    /// Alerts held back by a cooldown (not in `fired`): once per `count` occurrences within
+    /// the window while the key was quiet.
+    pub suppressed: u64,
 }
 
 struct RuleState {
     rule: AlertRule,
     limits: Limits,
-    windows: Mutex<Windows>,
+    /// Shared with the next rule set when a replacement keeps this rule's counting.
+    windows: Arc<Mutex<Windows>>,
+}
+
+impl RuleState {
+    fn new(rule: AlertRule, max_keys: usize) -> Self {
+        Self {
+            limits: rule.limits(),
+            windows: Arc::new(Mutex::new(Windows::new(max_keys))),
+            rule,
+        }
+    }
+
+    /// Whether `other` counts the same occurrences under the same keys up to the same count
+    /// in the same window, so its logs and cooldowns carry over (its webhook and cooldown
+    /// length may differ: they are read at each hit). A different `count` starts afresh: a
+    /// key's log is bounded by the count it was built with.
+    fn counts_like(&self, other: &AlertRule) -> bool {
+        let r = &self.rule;
+        r.name == other.name
+            && r.action == other.action
+            && r.outcome == other.outcome
+            && r.per == other.per
+            && r.count == other.count
+            && r.within == other.within
+    }
 }
 
 struct Inner {
-    rules: Vec<RuleState>,
+    /// Swapped whole by [`AlertEngine::set_rules`]; read (briefly) by every observed event.
+    rules: RwLock<Arc<[RuleState]>>,
+    max_keys: usize,
     clock: Arc<dyn Clock>,
     /// `None` once [`AlertEngine::shutdown`] started.
     queue: Mutex<Option<mpsc::Sender<Job>>>,
@@ -482,10 +519,7 @@ impl fmt::Debug for AlertEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never the secret.
         f.debug_struct("AlertEngine")
-            .field(
-                "rules",
-                &self.inner.rules.iter().map(|r| &r.rule).collect::<Vec<_>>(),
-            )
+            .field("rules", &self.rules())
             .field("stats", &self.stats())
             .finish()
     }
@@ -551,9 +585,80 @@ impl AlertEngine {
         }
     }
 
-    /// The rules, in order.
-    pub fn rules(&self) -> impl Iterator<Item = &AlertRule> {
-        self.inner.rules.iter().map(|r| &r.rule)
+    /// The rules now, in order.
+    ///
+    /// ```
+    /// use secure_routes::alerts::AlertEngine;
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let engine = AlertEngine::builder().secret([7u8; 32]).spawn().unwrap();
+    /// assert!(engine.rules().is_empty());
+    /// # });
+    /// ```
+    pub fn rules(&self) -> Vec<AlertRule> {
+        self.current().iter().map(|r| r.rule.clone()).collect()
+    }
+
+    /// Replaces the rules (a configuration reload). A rule with the same name, action,
+    /// outcome, `per`, `count` and `within` as a running one keeps that rule's counts and
+    /// cooldowns (so a reload during an attack neither loses it nor sends its alert again);
+    /// any other rule starts empty. Refused, with the running rules kept, when two rules share
+    /// a name. Alerts already queued are delivered as they were built.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use secure_routes::alerts::{AlertEngine, AlertRule};
+    /// use secure_routes::audit::AuditAction;
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let engine = AlertEngine::builder().secret([7u8; 32]).spawn().unwrap();
+    /// let rule = AlertRule::builder("auth-failures")
+    ///     .action(AuditAction::UnauthorizedAccess)
+    ///     .count(5)
+    ///     .within(Duration::from_secs(60))
+    ///     .webhook("http://127.0.0.1:9/hook")
+    ///     .build()
+    ///     .unwrap();
+    /// engine.set_rules(vec![rule.clone()]).unwrap();
+    /// assert_eq!(engine.rules()[0].name(), "auth-failures");
+    /// assert!(engine.set_rules(vec![rule.clone(), rule]).is_err());
+    /// assert_eq!(engine.rules().len(), 1);
+    /// # });
+    /// ```
+    pub fn set_rules(&self, rules: Vec<AlertRule>) -> Result<(), ConfigError> {
+        let problems = duplicate_names(&rules);
+        if !problems.is_empty() {
+            return Err(ConfigError::check(problems, ())
+                .err()
+                .unwrap_or_else(|| ConfigError::new("invalid alert rules")));
+        }
+        let mut current = self
+            .inner
+            .rules
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let next: Arc<[RuleState]> = rules
+            .into_iter()
+            .map(|rule| match current.iter().find(|s| s.counts_like(&rule)) {
+                Some(kept) => RuleState {
+                    limits: rule.limits(),
+                    windows: Arc::clone(&kept.windows),
+                    rule,
+                },
+                None => RuleState::new(rule, self.inner.max_keys),
+            })
+            .collect();
+        *current = next;
+        Ok(())
+    }
+
+    /// The rule set now (a cheap clone: the set is replaced whole, never changed in place).
+    fn current(&self) -> Arc<[RuleState]> {
+        Arc::clone(
+            &self
+                .inner
+                .rules
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
     }
 
     /// The counters now.
@@ -565,6 +670,7 @@ impl AlertEngine {
             failed: c.failed.load(Ordering::Relaxed),
             retries: c.retries.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
+            suppressed: c.suppressed.load(Ordering::Relaxed),
         }
     }
 
@@ -680,7 +786,8 @@ impl AuditObserver for AlertEngine {
             return;
         }
         let mut now = None;
-        for state in &self.inner.rules {
+        let rules = self.current();
+        for state in rules.iter() {
             if !state.rule.matches(event) {
                 continue;
             }
@@ -688,13 +795,22 @@ impl AuditObserver for AlertEngine {
                 continue;
             };
             let t = *now.get_or_insert_with(|| self.inner.clock.now());
-            let fired = state
+            let hit = state
                 .windows
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .hit(key, event.count, millis(t), state.limits);
-            if fired {
-                self.fire(state, key, event, t, emit);
+            match hit {
+                Hit::Fired => self.fire(state, key, event, t, emit),
+                Hit::Suppressed => {
+                    self.inner
+                        .counters
+                        .suppressed
+                        .fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!(metric::SUPPRESSED, "rule" => state.rule.name.to_string())
+                        .increment(1);
+                }
+                Hit::Counted => {}
             }
         }
     }
@@ -764,11 +880,7 @@ impl AlertEngineBuilder {
             )),
             Some(_) => {}
         }
-        for (i, rule) in self.rules.iter().enumerate() {
-            if self.rules[..i].iter().any(|r| r.name == rule.name) {
-                problems.push(format!("alerts: two rules are named {:?}", &*rule.name));
-            }
-        }
+        problems.extend(duplicate_names(&self.rules));
         for (what, zero) in [
             ("max_keys", self.max_keys == 0),
             ("queue_capacity", self.queue_capacity == 0),
@@ -814,15 +926,13 @@ impl AlertEngineBuilder {
         let max_keys = self.max_keys;
         Ok(AlertEngine {
             inner: Arc::new(Inner {
-                rules: self
-                    .rules
-                    .into_iter()
-                    .map(|rule| RuleState {
-                        limits: rule.limits(),
-                        windows: Mutex::new(Windows::new(max_keys)),
-                        rule,
-                    })
-                    .collect(),
+                rules: RwLock::new(
+                    self.rules
+                        .into_iter()
+                        .map(|rule| RuleState::new(rule, max_keys))
+                        .collect(),
+                ),
+                max_keys,
                 clock: self.clock,
                 queue: Mutex::new(Some(tx)),
                 counters,
@@ -830,6 +940,17 @@ impl AlertEngineBuilder {
             }),
         })
     }
+}
+
+/// A problem for each rule named like an earlier one (names label metrics and audit rows).
+fn duplicate_names(rules: &[AlertRule]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        if rules[..i].iter().any(|r| r.name == rule.name) {
+            problems.push(format!("alerts: two rules are named {:?}", &*rule.name));
+        }
+    }
+    problems
 }
 
 /// Whole milliseconds, saturating.

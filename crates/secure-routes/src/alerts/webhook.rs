@@ -185,6 +185,7 @@ pub(crate) struct Counters {
     pub(crate) failed: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) dropped: AtomicU64,
+    pub(crate) suppressed: AtomicU64,
 }
 
 /// Metric names.
@@ -192,6 +193,8 @@ pub(crate) mod metric {
     pub(crate) const FIRED: &str = "secure_routes_alerts_fired_total";
     pub(crate) const FAILURES: &str = "secure_routes_webhook_failures_total";
     pub(crate) const DROPPED: &str = "secure_routes_alerts_dropped_total";
+    pub(crate) const DELIVERED: &str = "secure_routes_webhook_deliveries_total";
+    pub(crate) const SUPPRESSED: &str = "secure_routes_alerts_suppressed_total";
 }
 
 /// What the delivery task needs.
@@ -280,6 +283,8 @@ impl Delivery {
             match self.attempt(&job).await {
                 Attempt::Delivered => {
                     self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!(metric::DELIVERED, "rule" => job.rule.to_string())
+                        .increment(1);
                     return;
                 }
                 Attempt::GiveUp(e) => break e,
