@@ -20,12 +20,91 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use anyhow::bail;
-use secure_routes::audit::{AuditAction, AuditEvent, AuditQuery, escape_for_display, must_escape};
+use secure_routes::audit::{
+    AuditAction, AuditEvent, AuditQuery, Outcome, escape_for_display, must_escape,
+};
 use time::OffsetDateTime;
 
 use crate::stores::{self, AuditLocation};
 
-/// Renders the events matching the filters, as a table or as JSON lines.
+/// The filters of `secure-routes audit` as given on the command line (text, checked by
+/// [`Filters::to_query`]). Text filters match exactly, as stored.
+///
+/// ```
+/// use secure_routes::audit::Outcome;
+/// use secure_routes_cli::audit_cmd::Filters;
+/// let f = Filters { outcome: Some("denied"), ip: Some("203.0.113.7"), ..Filters::default() };
+/// let q = f.to_query(20).unwrap();
+/// assert_eq!((q.outcome, q.client_ip.as_deref(), q.limit), (Some(Outcome::Denied), Some("203.0.113.7"), 20));
+/// assert!(Filters { outcome: Some("maybe"), ..Filters::default() }.to_query(1).is_err());
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct Filters<'a> {
+    /// `--action`: an audit action name.
+    pub action: Option<&'a str>,
+    /// `--outcome`: denied, allowed, error or would_deny.
+    pub outcome: Option<&'a str>,
+    /// `--ip`: the client address as stored.
+    pub ip: Option<&'a str>,
+    /// `--subject`.
+    pub subject: Option<&'a str>,
+    /// `--route`: the route template or bucket.
+    pub route: Option<&'a str>,
+    /// `--fingerprint`.
+    pub fingerprint: Option<&'a str>,
+    /// `--since`: only events newer than this.
+    pub since: Option<Duration>,
+}
+
+impl Filters<'_> {
+    /// The query these filters make, newest `limit` events; an unknown action or outcome is
+    /// an error listing the known ones.
+    pub fn to_query(&self, limit: usize) -> anyhow::Result<AuditQuery> {
+        let action = match self.action {
+            None => None,
+            Some(a) => match AuditAction::parse(a) {
+                Some(a) => Some(a),
+                None => bail!(
+                    "unknown action {a:?}; one of: {}",
+                    AuditAction::ALL
+                        .iter()
+                        .map(AuditAction::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
+        };
+        let outcome = match self.outcome {
+            None => None,
+            Some(o) => match Outcome::ALL.iter().find(|k| k.as_str() == o) {
+                Some(o) => Some(*o),
+                None => bail!(
+                    "unknown outcome {o:?}; one of: {}",
+                    Outcome::ALL
+                        .iter()
+                        .map(Outcome::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
+        };
+        let owned = |s: Option<&str>| s.map(str::to_owned);
+        Ok(AuditQuery {
+            action,
+            outcome,
+            client_ip: owned(self.ip),
+            subject: owned(self.subject),
+            route: owned(self.route),
+            fingerprint: owned(self.fingerprint),
+            since: self.since.map(|d| OffsetDateTime::now_utc() - d),
+            limit,
+            ..AuditQuery::default()
+        })
+    }
+}
+
+/// Renders the events matching `action` and `since`, as a table or as JSON lines (the
+/// other filters: [`list_filtered`]).
 pub async fn list(
     location: &AuditLocation,
     action: Option<&str>,
@@ -33,31 +112,33 @@ pub async fn list(
     limit: usize,
     json: bool,
 ) -> anyhow::Result<String> {
-    let action = match action {
-        None => None,
-        Some(a) => match AuditAction::parse(a) {
-            Some(a) => Some(a),
-            None => bail!(
-                "unknown action {a:?}; one of: {}",
-                AuditAction::ALL
-                    .iter()
-                    .map(AuditAction::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        },
+    let filters = Filters {
+        action,
+        since,
+        ..Filters::default()
     };
-    let since = since.map(|d| OffsetDateTime::now_utc() - d);
-    let events = stores::read_audit(
-        location,
-        &AuditQuery {
-            action,
-            since,
-            limit,
-            ..AuditQuery::default()
-        },
-    )
-    .await?;
+    list_filtered(location, &filters, limit, json).await
+}
+
+/// Renders the newest `limit` events matching every filter, as a table or as JSON lines.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use secure_routes_cli::{audit_cmd::{self, Filters}, stores::AuditLocation};
+/// let dir = tempfile::tempdir().unwrap();
+/// let db = AuditLocation::Jsonl(dir.path().join("a.jsonl"));
+/// std::fs::write(dir.path().join("a.jsonl"), "").unwrap();
+/// let f = Filters { subject: Some("alice"), ..Filters::default() };
+/// assert_eq!(audit_cmd::list_filtered(&db, &f, 10, false).await.unwrap().lines().last(), Some("(no events)"));
+/// # });
+/// ```
+pub async fn list_filtered(
+    location: &AuditLocation,
+    filters: &Filters<'_>,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<String> {
+    let events = stores::read_audit(location, &filters.to_query(limit)?).await?;
     Ok(if json {
         to_json_lines(&events)?
     } else {

@@ -17,13 +17,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use secure_routes::bans::BanPolicy;
 use secure_routes::serve::ServeConfig;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::demo::{DemoOptions, Identity, Wiring};
 use crate::stores::{self, AuditLocation, LimitsLocation};
-use crate::{audit_cmd, bans_cmd, demo, duration, gateway_cmd, token};
+use crate::{audit_cmd, bans_cmd, dashboard_cmd, demo, duration, gateway_cmd, token};
 
 /// What the binary is, as `secure-routes --help` shows it.
 pub const ABOUT: &str = "secure-routes: security middleware demo, token minting and audit log \
@@ -72,6 +73,15 @@ Environment:
   SECURE_ROUTES_WEBHOOK_SECRET   signs the [[alerts]] webhooks (32+ bytes; needed with alerts)
   RUST_LOG                       log filter
   NO_COLOR                       set: no colour in logs";
+
+/// Every environment variable `secure-routes dashboard` reads.
+pub const DASHBOARD_ENVIRONMENT: &str = "\
+Environment:
+  SECURE_ROUTES_ADMIN_TOKEN      required: the login form's password and the API's bearer
+                                 token (the command refuses to start without it)
+  SECURE_ROUTES_AUDIT            the same as --audit
+  SECURE_ROUTES_LIMITS           the same as --limits
+  RUST_LOG                       log filter";
 
 /// Where `secure-routes token` takes its secret from, shown by `secure-routes token --help`.
 pub const TOKEN_SECRETS: &str = "\
@@ -160,6 +170,21 @@ pub enum Command {
         /// closed; the audit log is flushed after [default: 10s].
         #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
         shutdown_grace: Option<Duration>,
+        /// Escalating bans for repeat violators: on or off. Refusals a client causes (401,
+        /// 403 CSRF/authorization, 405, 413, 429) are weighted points against its address and
+        /// subject; 50 points within 10 minutes ban it for 15 minutes, doubling on each
+        /// repeat up to 24 hours. Kept in the --limits store (see `secure-routes bans`).
+        #[arg(
+            long,
+            value_name = "on|off",
+            default_value = "on",
+            action = clap::ArgAction::Set,
+            value_parser = clap::builder::BoolishValueParser::new()
+        )]
+        bans: bool,
+        /// Points within the ban window that ban a client (1 to 10000) [default: 50].
+        #[arg(long, value_name = "N")]
+        ban_threshold: Option<u32>,
         /// POST signed alerts to this webhook with the default rules: 5 unauthorized_access
         /// or 5 csrf_validation_failed from one IP within 1m, any ip_banned; one alert per IP
         /// per rule per 10m. Needs SECURE_ROUTES_WEBHOOK_SECRET.
@@ -193,6 +218,21 @@ pub enum Command {
         /// Only this action (e.g. rate_limit_exceeded).
         #[arg(long)]
         action: Option<String>,
+        /// Only this outcome: denied, allowed, error or would_deny.
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Only this client address (as stored, e.g. 203.0.113.7 or 2001:db8::/64).
+        #[arg(long)]
+        ip: Option<String>,
+        /// Only this authenticated subject.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Only this route (the matched template or bucket, e.g. /api/user/notes).
+        #[arg(long)]
+        route: Option<String>,
+        /// Only this request fingerprint.
+        #[arg(long)]
+        fingerprint: Option<String>,
         /// Only events newer than this: 30s, 10m, 1h, 2d.
         #[arg(long, value_parser = duration::parse)]
         since: Option<Duration>,
@@ -202,6 +242,21 @@ pub enum Command {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+    },
+    /// Serve the audit dashboard (events, counts, top offenders, bans, alerts, live tail) at
+    /// http://ADDR/_secure-routes/, behind SECURE_ROUTES_ADMIN_TOKEN.
+    #[command(after_help = DASHBOARD_ENVIRONMENT)]
+    Dashboard {
+        /// Audit store to show: sqlite:PATH, postgres://USER@HOST/DB or jsonl:PATH.
+        #[arg(long, env = "SECURE_ROUTES_AUDIT")]
+        audit: AuditLocation,
+        /// Limits store holding the bans to list and lift: sqlite:PATH, redis://… or
+        /// postgres://… (without it, no bans are shown).
+        #[arg(long, env = "SECURE_ROUTES_LIMITS")]
+        limits: Option<LimitsLocation>,
+        /// Address to listen on, HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:3001", value_parser = parse_listen_addr)]
+        addr: String,
     },
     /// Read and change the bans in a shared limits store (the one the servers use).
     Bans {
@@ -259,6 +314,10 @@ pub enum BansCommand {
         /// Limits store holding the bans (see `bans list`).
         #[arg(long, env = "SECURE_ROUTES_LIMITS")]
         limits: LimitsLocation,
+        /// Also record a `ban_lifted` event in this audit store (sqlite:PATH,
+        /// postgres://USER@HOST/DB or jsonl:PATH; the servers' --audit).
+        #[arg(long)]
+        audit: Option<AuditLocation>,
     },
     /// Ban an address (IPv6 by its /64, as the servers key it) or a key for a while.
     Add {
@@ -273,6 +332,10 @@ pub enum BansCommand {
         /// Limits store holding the bans (see `bans list`).
         #[arg(long, env = "SECURE_ROUTES_LIMITS")]
         limits: LimitsLocation,
+        /// Also record an `ip_banned` event (reason `manual`) in this audit store
+        /// (sqlite:PATH, postgres://USER@HOST/DB or jsonl:PATH; the servers' --audit).
+        #[arg(long)]
+        audit: Option<AuditLocation>,
     },
 }
 
@@ -320,6 +383,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_connections,
             max_connections_per_ip,
             shutdown_grace,
+            bans,
+            ban_threshold,
             alert_webhook,
             alerts,
         } => {
@@ -356,6 +421,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     max_connections_per_ip,
                     shutdown_grace,
                 ),
+                bans: ban_policy(bans, ban_threshold)?,
                 alerts,
             };
             options.serve.validate()?;
@@ -403,12 +469,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             audit,
             db,
             action,
+            outcome,
+            ip,
+            subject,
+            route,
+            fingerprint,
             since,
             limit,
             json,
         } => {
             let audit = audit_location(audit, db)?;
-            let out = audit_cmd::list(&audit, action.as_deref(), since, limit, json).await?;
+            let filters = audit_cmd::Filters {
+                action: action.as_deref(),
+                outcome: outcome.as_deref(),
+                ip: ip.as_deref(),
+                subject: subject.as_deref(),
+                route: route.as_deref(),
+                fingerprint: fingerprint.as_deref(),
+                since,
+            };
+            let out = audit_cmd::list_filtered(&audit, &filters, limit, json).await?;
             print!("{out}");
             Ok(())
         }
@@ -418,23 +498,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     let store = bans_cmd::open(&limits).await?;
                     bans_cmd::list(&*store, bans_cmd::now(), json).await?
                 }
-                BansCommand::Lift { key, limits } => {
+                BansCommand::Lift { key, limits, audit } => {
                     let store = bans_cmd::open(&limits).await?;
-                    bans_cmd::lift(&*store, &key).await?
+                    let sink = open_sink(audit.as_ref()).await?;
+                    bans_cmd::lift(&*store, &key, sink.as_deref()).await?
                 }
                 BansCommand::Add {
                     ip,
                     length,
                     reason,
                     limits,
+                    audit,
                 } => {
                     let store = bans_cmd::open(&limits).await?;
-                    bans_cmd::add(&*store, &ip, length, &reason, bans_cmd::now()).await?
+                    let sink = open_sink(audit.as_ref()).await?;
+                    bans_cmd::add(
+                        &*store,
+                        &ip,
+                        length,
+                        &reason,
+                        bans_cmd::now(),
+                        sink.as_deref(),
+                    )
+                    .await?
                 }
             };
             print!("{out}");
             Ok(())
         }
+        Command::Dashboard {
+            audit,
+            limits,
+            addr,
+        } => dashboard_cmd::run(audit, limits, addr, shutdown_signal()).await,
         Command::Serve { config } => {
             let shutdown = shutdown_signal();
             gateway_cmd::run(config, shutdown).await
@@ -560,6 +656,32 @@ fn serve_config(
         max_connections_per_ip: max_connections_per_ip.unwrap_or(d.max_connections_per_ip),
         shutdown_grace: shutdown_grace.unwrap_or(d.shutdown_grace),
         ..d
+    }
+}
+
+/// The audit sink `bans lift|add --audit` record in, opened before the store is changed (a
+/// bad location is refused before anything happens).
+async fn open_sink(
+    audit: Option<&AuditLocation>,
+) -> anyhow::Result<Option<std::sync::Arc<dyn secure_routes::audit::AuditSink>>> {
+    match audit {
+        Some(a) => Ok(Some(stores::open_audit_sink(a).await?)),
+        None => Ok(None),
+    }
+}
+
+/// The demo's ban policy from `--bans` and `--ban-threshold` (`None`: off).
+fn ban_policy(on: bool, threshold: Option<u32>) -> anyhow::Result<Option<BanPolicy>> {
+    match (on, threshold) {
+        (false, Some(_)) => anyhow::bail!("--ban-threshold needs bans on (drop --bans off)"),
+        (false, None) => Ok(None),
+        (true, None) => Ok(Some(BanPolicy::default())),
+        (true, Some(n)) => Ok(Some(
+            BanPolicy::builder()
+                .threshold(n)
+                .build()
+                .map_err(|e| anyhow::anyhow!("--ban-threshold: {e}"))?,
+        )),
     }
 }
 
@@ -839,6 +961,53 @@ mod tests {
                 .validate()
                 .is_err()
         );
+    }
+
+    #[test]
+    fn bans_are_on_by_default_and_the_flags_change_or_disable_them() {
+        let Command::Demo {
+            bans,
+            ban_threshold,
+            ..
+        } = parse(&["demo"])
+        else {
+            panic!("demo")
+        };
+        assert_eq!(
+            ban_policy(bans, ban_threshold).unwrap(),
+            Some(BanPolicy::default())
+        );
+        let Command::Demo {
+            bans,
+            ban_threshold,
+            ..
+        } = parse(&["demo", "--ban-threshold", "5"])
+        else {
+            panic!("demo")
+        };
+        assert_eq!(
+            ban_policy(bans, ban_threshold)
+                .unwrap()
+                .unwrap()
+                .threshold(),
+            5
+        );
+        let Command::Demo {
+            bans,
+            ban_threshold,
+            ..
+        } = parse(&["demo", "--bans", "off"])
+        else {
+            panic!("demo")
+        };
+        assert_eq!(ban_policy(bans, ban_threshold).unwrap(), None);
+        assert!(ban_policy(false, Some(5)).is_err());
+        let err = ban_policy(true, Some(0)).unwrap_err().to_string();
+        assert!(
+            err.contains("--ban-threshold") && err.contains("threshold"),
+            "{err}"
+        );
+        assert!(Cli::try_parse_from(["secure-routes", "demo", "--bans", "maybe"]).is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use secure_routes::alerts::AlertEngine;
 use secure_routes::audit::{AuditConfig, AuditObserver, AuditWriter};
+use secure_routes::bans::Bans;
 use secure_routes::serve::ServeConfig;
 use secure_routes_gateway::config::{GatewayConfig, Identity as IdentityConfig, TlsFiles};
 use secure_routes_gateway::gateway::{GatewayHandle, GatewayParts, gateway};
@@ -186,6 +187,11 @@ pub async fn run(
             ..AuditConfig::default()
         },
     );
+    // `[bans]` (on by default), kept in the limits store like the rate limits.
+    let bans = file
+        .bans
+        .clone()
+        .map(|policy| Bans::new(Arc::clone(&stores.bans), policy));
     let served = async {
         let session_cookie = file
             .identity
@@ -200,6 +206,7 @@ pub async fn run(
                 session_cookie: Some(session_cookie.clone()),
                 // Over TLS the CSRF cookie is `__Host-` and `Secure`, and HSTS is sent.
                 secure_cookies: tls.is_some(),
+                bans: bans.clone(),
                 ..Wiring::default()
             },
             identity.as_ref(),
@@ -207,6 +214,11 @@ pub async fn run(
         let mut parts = GatewayParts::new(security)?;
         parts.signer = Arc::new(signer);
         parts.cookie_names = Arc::new(CookieNames::new([session_cookie]));
+        // The dashboard at /_secure-routes/ reads the gateway's own audit trail (only served
+        // with an admin token).
+        if admin_token.is_some() {
+            parts.audit_reader = Some(stores::audit_reader(&audit)?);
+        }
         parts.admin_token = admin_token;
         parts.metrics = Some(metrics.clone());
         parts.https = tls.is_some();
@@ -214,11 +226,12 @@ pub async fn run(
         let (router, handle) = gateway(&file, parts).context("invalid configuration")?;
         let addr = listener.local_addr()?;
         println!(
-            "secure-routes gateway listening on {}://{addr} -> {} ({} routes; audit {audit}, limits {})",
+            "secure-routes gateway listening on {}://{addr} -> {} ({} routes; audit {audit}, limits {}, bans {})",
             if tls.is_some() { "https" } else { "http" },
             file.upstream,
             file.routes().len(),
-            stores.limits.name()
+            stores.limits.name(),
+            file.ban_rule()
         );
         reload_on_hangup(hangups, path.clone(), handle, file.clone(), alerts.clone());
         // One stop signal for the gateway and the metrics listener.
@@ -259,6 +272,10 @@ pub async fn run(
         anyhow::Ok(())
     }
     .await;
+    // Strikes still queued reach the ban store first (a ban they issue is an audit event).
+    if let Some(bans) = &bans {
+        bans.flush().await;
+    }
     // Always: events recorded so far reach the store (or the spill file).
     writer.shutdown().await;
     // Queued alerts get a bounded chance to reach their webhooks.
@@ -335,7 +352,7 @@ fn reload_on_hangup(
 
 /// One reload (see [`reload_on_hangup`]). `running` is the file the process started with:
 /// what lives in the shared state (listen, stores, identity, proxies, origins, metrics
-/// address) keeps its start-up value, and a change to it is named in the log. The
+/// address, `[bans]`) keeps its start-up value, and a change to it is named in the log. The
 /// `[[alerts]]` rules are swapped after the routes (a rule kept unchanged keeps its counts
 /// and cooldowns, see [`AlertEngine::set_rules`]); rules in a gateway started without
 /// `SECURE_ROUTES_WEBHOOK_SECRET` refuse the whole reload, since nothing could sign them.
@@ -379,26 +396,7 @@ fn reload(
                 alerts = file.alerts.len(),
                 "configuration reloaded"
             );
-            let changed: Vec<&str> = [
-                ("listen", file.listen != running.listen),
-                ("stores", file.stores != running.stores),
-                ("identity", file.identity != running.identity),
-                (
-                    "trusted_proxies",
-                    file.trusted_proxies != running.trusted_proxies,
-                ),
-                (
-                    "allowed_origins",
-                    file.allowed_origins != running.allowed_origins,
-                ),
-                (
-                    "metrics_listen",
-                    file.metrics_listen != running.metrics_listen,
-                ),
-            ]
-            .into_iter()
-            .filter_map(|(k, c)| c.then_some(k))
-            .collect();
+            let changed = restart_needed(&file, running);
             if !changed.is_empty() {
                 tracing::warn!(
                     "changed settings that need a restart, still on their start-up values: {}",
@@ -407,5 +405,53 @@ fn reload(
             }
         }
         Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),
+    }
+}
+
+/// The settings `file` changes against the `running` configuration that a reload cannot
+/// apply (they live in the shared state built at start), by their config key.
+fn restart_needed(file: &GatewayConfig, running: &GatewayConfig) -> Vec<&'static str> {
+    [
+        ("listen", file.listen != running.listen),
+        ("stores", file.stores != running.stores),
+        ("identity", file.identity != running.identity),
+        (
+            "trusted_proxies",
+            file.trusted_proxies != running.trusted_proxies,
+        ),
+        (
+            "allowed_origins",
+            file.allowed_origins != running.allowed_origins,
+        ),
+        (
+            "metrics_listen",
+            file.metrics_listen != running.metrics_listen,
+        ),
+        // The ban policy lives in the shared `Security` with the store it reads.
+        ("bans", file.bans != running.bans),
+    ]
+    .into_iter()
+    .filter_map(|(k, c)| c.then_some(k))
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_that_changes_bans_names_them_as_needing_a_restart() {
+        let base = "upstream = \"http://u\"\n[[routes]]\npath = \"/a\"\n";
+        let running = GatewayConfig::parse(base).unwrap();
+        let same = GatewayConfig::parse(&format!("{base}[bans]\nthreshold = 50\n")).unwrap();
+        assert!(restart_needed(&same, &running).is_empty());
+        for changed in [
+            "threshold = 3",
+            "enabled = false",
+            "allow = [\"10.0.0.0/8\"]",
+        ] {
+            let file = GatewayConfig::parse(&format!("{base}[bans]\n{changed}\n")).unwrap();
+            assert_eq!(restart_needed(&file, &running), ["bans"], "{changed}");
+        }
     }
 }

@@ -27,7 +27,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use secure_routes::audit::sinks::JsonlSink;
-use secure_routes::audit::{AuditEvent, AuditQuery, AuditSink};
+use secure_routes::audit::{
+    ActionCount, AuditError, AuditEvent, AuditQuery, AuditReader, AuditSink, BoxFuture,
+    MemoryAuditReader, TopBy, TopEntry,
+};
+use secure_routes::bans::BanStore;
 use secure_routes::rate_limit::{MemoryStore, RateLimitStore};
 
 /// Connections per instance for a Postgres location.
@@ -189,9 +193,14 @@ impl AuditLocation {
 pub struct OpenStores {
     /// The rate-limit store.
     pub limits: Arc<dyn RateLimitStore>,
+    /// The ban store: the same store as [`limits`](Self::limits) (bans live in the limits
+    /// location, so every instance sharing its limits shares its bans).
+    pub bans: Arc<dyn BanStore>,
     /// The audit sink.
     pub audit: Arc<dyn AuditSink>,
     sweepers: Vec<secure_routes_postgres::SweeperHandle>,
+    /// Background tasks that end with the stores (the Postgres ban sweeper).
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl fmt::Debug for OpenStores {
@@ -207,6 +216,9 @@ impl Drop for OpenStores {
     fn drop(&mut self) {
         for s in self.sweepers.drain(..) {
             s.stop();
+        }
+        for t in self.tasks.drain(..) {
+            t.abort();
         }
     }
 }
@@ -227,33 +239,143 @@ impl Drop for OpenStores {
 /// # });
 /// ```
 pub async fn open(limits: &LimitsLocation, audit: &AuditLocation) -> anyhow::Result<OpenStores> {
-    let mut pools = Pools::default();
-    let mut sweepers = Vec::new();
-    let limits_store: Arc<dyn RateLimitStore> = match limits {
-        LimitsLocation::Memory => Arc::new(MemoryStore::new()),
-        LimitsLocation::Sqlite(path) => Arc::new(
-            secure_routes_sqlite::SqliteStore::open(path)
-                .with_context(|| format!("opening rate-limit store {limits}"))?,
-        ),
-        LimitsLocation::Redis(url) => Arc::new(
-            secure_routes_redis::RedisStore::connect(url)
-                .await
-                .with_context(|| format!("connecting to rate-limit store {limits}"))?,
-        ),
+    let mut pools = Pools::new(POSTGRES_POOL_SIZE);
+    let (limits_store, bans, sweeper) = open_limits(limits, &mut pools, true).await?;
+    let audit_sink = open_audit(audit, &mut pools).await?;
+    let mut tasks = Vec::new();
+    if let LimitsLocation::Postgres(url) = limits {
+        tasks.push(spawn_ban_sweeper(
+            secure_routes_postgres::PostgresStore::new(pools.get(url).await?),
+        ));
+    }
+    Ok(OpenStores {
+        limits: limits_store,
+        bans,
+        audit: audit_sink,
+        sweepers: sweeper.into_iter().collect(),
+        tasks,
+    })
+}
+
+/// Deletes expired ban rows every [`SWEEP_INTERVAL`]: a Postgres `bans` row outlives its ban
+/// by the history period and is never read again after it, so without this the table grows by
+/// every address that ever struck. (SQLite and Redis expire ban state themselves.) A failed
+/// sweep is logged and retried at the next tick; the rows only wait longer.
+fn spawn_ban_sweeper(store: secure_routes_postgres::PostgresStore) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            if let Err(e) = store.sweep_bans(now).await {
+                tracing::warn!(error = %e, "sweeping expired ban rows failed; retrying at the next interval");
+            }
+        }
+    })
+}
+
+/// The store at a limits location, seen as both traits it implements.
+type LimitsStores = (
+    Arc<dyn RateLimitStore>,
+    Arc<dyn BanStore>,
+    Option<secure_routes_postgres::SweeperHandle>,
+);
+
+fn both<S: RateLimitStore + BanStore>(store: S) -> (Arc<dyn RateLimitStore>, Arc<dyn BanStore>) {
+    let store = Arc::new(store);
+    (Arc::clone(&store) as Arc<dyn RateLimitStore>, store)
+}
+
+/// Opens the store at `location`: one object that keeps both rate limits and bans, so the
+/// servers (`demo`, `serve`) and `secure-routes bans` read the same rows. `serving` also
+/// prepares Postgres statements and starts its sweeper (a server's needs, not a one-shot
+/// command's).
+async fn open_limits(
+    location: &LimitsLocation,
+    pools: &mut Pools,
+    serving: bool,
+) -> anyhow::Result<LimitsStores> {
+    Ok(match location {
+        LimitsLocation::Memory => {
+            let (l, b) = both(MemoryStore::new());
+            (l, b, None)
+        }
+        LimitsLocation::Sqlite(path) => {
+            let (l, b) = both(
+                secure_routes_sqlite::SqliteStore::open(path)
+                    .with_context(|| format!("opening limits store {location}"))?,
+            );
+            (l, b, None)
+        }
+        LimitsLocation::Redis(url) => {
+            let (l, b) = both(
+                secure_routes_redis::RedisStore::connect(url)
+                    .await
+                    .with_context(|| format!("connecting to limits store {location}"))?,
+            );
+            (l, b, None)
+        }
         LimitsLocation::Postgres(url) => {
             let pool = pools.get(url).await?;
             let store = secure_routes_postgres::PostgresStore::new(pool);
-            // A connection and prepared statements before the first request, not inside its
-            // 50 ms store timeout.
-            store
-                .warm_up()
-                .await
-                .with_context(|| format!("preparing rate-limit store {limits}"))?;
-            sweepers.push(store.spawn_sweeper(SWEEP_INTERVAL)?);
-            Arc::new(store)
+            let mut sweeper = None;
+            if serving {
+                // A connection and prepared statements before the first request, not inside
+                // its 50 ms store timeout.
+                store
+                    .warm_up()
+                    .await
+                    .with_context(|| format!("preparing limits store {location}"))?;
+                sweeper = Some(store.spawn_sweeper(SWEEP_INTERVAL)?);
+            }
+            let (l, b) = both(store);
+            (l, b, sweeper)
         }
-    };
-    let audit_sink: Arc<dyn AuditSink> = match audit {
+    })
+}
+
+/// Opens the ban store at a shared limits location for `secure-routes bans` (Postgres is
+/// migrated first). The same opening as the servers' ([`open`]), with a small Postgres pool.
+///
+/// # Errors
+///
+/// For `memory` (bans there belong to one process), a SQLite file that does not exist (a
+/// typo must not create an empty store and report "no bans"), and a store that cannot be
+/// opened.
+pub async fn open_bans(location: &LimitsLocation) -> anyhow::Result<Arc<dyn BanStore>> {
+    match location {
+        LimitsLocation::Memory => anyhow::bail!(
+            "--limits memory keeps bans per process, so there is nothing to read or change from \
+             here; pass the shared store the servers use: sqlite:PATH, redis://… or postgres://…"
+        ),
+        LimitsLocation::Sqlite(path) if !path.exists() => anyhow::bail!(
+            "no limits store at {} (--limits {location})",
+            path.display()
+        ),
+        _ => {}
+    }
+    let (_, bans, _) = open_limits(location, &mut Pools::new(2), false).await?;
+    Ok(bans)
+}
+
+/// Opens the audit sink at `location` (for a one-shot command: `secure-routes bans` records
+/// what an operator did).
+///
+/// # Errors
+///
+/// When the store cannot be opened or migrated.
+pub async fn open_audit_sink(location: &AuditLocation) -> anyhow::Result<Arc<dyn AuditSink>> {
+    open_audit(location, &mut Pools::new(2)).await
+}
+
+async fn open_audit(
+    audit: &AuditLocation,
+    pools: &mut Pools,
+) -> anyhow::Result<Arc<dyn AuditSink>> {
+    Ok(match audit {
         AuditLocation::Sqlite(path) => Arc::new(
             secure_routes_sqlite::SqliteAuditSink::open(path)
                 .with_context(|| format!("opening audit store {audit}"))?,
@@ -264,35 +386,82 @@ pub async fn open(limits: &LimitsLocation, audit: &AuditLocation) -> anyhow::Res
         AuditLocation::Postgres(url) => Arc::new(secure_routes_postgres::PostgresAuditSink::new(
             pools.get(url).await?,
         )),
-    };
-    Ok(OpenStores {
-        limits: limits_store,
-        audit: audit_sink,
-        sweepers,
     })
 }
 
-/// One migrated pool per Postgres URL.
-#[derive(Default)]
-struct Pools(Vec<(String, secure_routes_postgres::Pool)>);
+/// One migrated pool per Postgres URL, each of `size` connections.
+struct Pools {
+    size: usize,
+    open: Vec<(String, secure_routes_postgres::Pool)>,
+}
 
 impl Pools {
+    fn new(size: usize) -> Self {
+        Self {
+            size,
+            open: Vec::new(),
+        }
+    }
+
     async fn get(&mut self, url: &str) -> anyhow::Result<secure_routes_postgres::Pool> {
-        if let Some((_, pool)) = self.0.iter().find(|(u, _)| u == url) {
+        if let Some((_, pool)) = self.open.iter().find(|(u, _)| u == url) {
             return Ok(pool.clone());
         }
         let shown = redact(url);
-        let pool = secure_routes_postgres::connect(url, POSTGRES_POOL_SIZE)
+        let pool = secure_routes_postgres::connect(url, self.size)
             .with_context(|| format!("postgres location {shown}"))?;
         secure_routes_postgres::migrate(&pool)
             .await
             .with_context(|| format!("migrating {shown}"))?;
-        self.0.push((url.to_owned(), pool.clone()));
+        self.open.push((url.to_owned(), pool.clone()));
         Ok(pool)
     }
 }
 
-/// Reads events matching `q` from `location`, newest first.
+/// The read side of an audit location: what `secure-routes audit` and the dashboard read
+/// through. SQLite and Postgres answer in SQL ([`SqliteAuditReader`](secure_routes_sqlite::SqliteAuditReader),
+/// [`PgAuditReader`](secure_routes_postgres::PgAuditReader)); a JSON-lines file is read whole
+/// on each call and answered by the core's reference reader ([`JsonlAuditReader`]).
+///
+/// A file location must exist (a misspelt path is an error, not an empty log). A Postgres
+/// location is not migrated by a reader and is not contacted until the first read; a
+/// database never migrated reads as empty. The pool holds up to 4 connections.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use secure_routes::audit::{AuditAction, AuditEvent, AuditQuery, AuditSink};
+/// use secure_routes_cli::stores::{self, AuditLocation};
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("audit.jsonl");
+/// let sink = secure_routes::audit::sinks::JsonlSink::open(&path).unwrap();
+/// sink.write_batch(&[AuditEvent::new(AuditAction::UnauthorizedAccess)]).await.unwrap();
+/// let reader = stores::audit_reader(&AuditLocation::Jsonl(path)).unwrap();
+/// assert_eq!(reader.events(&AuditQuery::default()).await.unwrap().len(), 1);
+/// assert!(stores::audit_reader(&AuditLocation::Jsonl(dir.path().join("none"))).is_err());
+/// # });
+/// ```
+pub fn audit_reader(location: &AuditLocation) -> anyhow::Result<Arc<dyn AuditReader>> {
+    Ok(match location {
+        AuditLocation::Sqlite(path) => {
+            must_exist(path)?;
+            Arc::new(
+                secure_routes_sqlite::SqliteAuditReader::open(path)
+                    .with_context(|| format!("reading {location}"))?,
+            )
+        }
+        AuditLocation::Jsonl(path) => {
+            must_exist(path)?;
+            Arc::new(JsonlAuditReader::new(path))
+        }
+        AuditLocation::Postgres(url) => {
+            let pool = secure_routes_postgres::connect(url, 4)
+                .with_context(|| format!("postgres location {location}"))?;
+            Arc::new(secure_routes_postgres::PgAuditReader::new(pool))
+        }
+    })
+}
+
+/// Reads events matching `q` from `location`, newest first (through [`audit_reader`]).
 ///
 /// ```
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
@@ -308,23 +477,10 @@ pub async fn read_audit(
     location: &AuditLocation,
     q: &AuditQuery,
 ) -> anyhow::Result<Vec<AuditEvent>> {
-    match location {
-        AuditLocation::Sqlite(path) => {
-            must_exist(path)?;
-            secure_routes_sqlite::query(path, q).with_context(|| format!("reading {location}"))
-        }
-        AuditLocation::Jsonl(path) => {
-            must_exist(path)?;
-            read_jsonl(path, q).with_context(|| format!("reading {location}"))
-        }
-        AuditLocation::Postgres(url) => {
-            let pool = secure_routes_postgres::connect(url, 1)
-                .with_context(|| format!("postgres location {location}"))?;
-            secure_routes_postgres::query(&pool, q)
-                .await
-                .with_context(|| format!("reading {location}"))
-        }
-    }
+    audit_reader(location)?
+        .events(q)
+        .await
+        .with_context(|| format!("reading {location}"))
 }
 
 fn must_exist(path: &Path) -> anyhow::Result<()> {
@@ -336,40 +492,102 @@ fn must_exist(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Scans a JSON-lines audit file, keeping the newest `q.limit` matches. Lines that do not
-/// parse (a torn last line after a crash) are skipped and counted in a warning.
-fn read_jsonl(path: &Path, q: &AuditQuery) -> anyhow::Result<Vec<AuditEvent>> {
+/// An [`AuditReader`] over a JSON-lines audit file: each call reads the file (on the blocking
+/// pool) and asks [`MemoryAuditReader`] over its events, so it always sees the latest lines
+/// and answers exactly as the reference does. The cost is a full read per call, linear in the
+/// file's size: JSON lines suit a small log or one shipped elsewhere; a dashboard over a
+/// large trail belongs on SQLite or Postgres.
+///
+/// Lines that do not parse (a torn last line after a crash) are skipped with a warning that
+/// counts them, never silently.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use secure_routes::audit::{AuditQuery, AuditReader};
+/// let dir = tempfile::tempdir().unwrap();
+/// let path = dir.path().join("audit.jsonl");
+/// std::fs::write(&path, "{\"torn\": tr").unwrap();
+/// let reader = secure_routes_cli::stores::JsonlAuditReader::new(&path);
+/// assert!(reader.events(&AuditQuery::default()).await.unwrap().is_empty());
+/// # });
+/// ```
+#[derive(Clone, Debug)]
+pub struct JsonlAuditReader {
+    path: Arc<Path>,
+}
+
+impl JsonlAuditReader {
+    /// A reader of the file at `path` (read on each call; a missing file is an error then).
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        Self {
+            path: Arc::from(path.as_ref()),
+        }
+    }
+
+    async fn load(&self) -> Result<MemoryAuditReader, AuditError> {
+        let path = Arc::clone(&self.path);
+        tokio::task::spawn_blocking(move || load_jsonl(&path))
+            .await
+            .map_err(|e| AuditError(format!("reading the JSON-lines audit log failed: {e}")))?
+            .map(MemoryAuditReader::new)
+            .map_err(|e| AuditError(format!("reading {}: {e}", self.path.display())))
+    }
+}
+
+impl AuditReader for JsonlAuditReader {
+    fn events<'a>(
+        &'a self,
+        q: &'a AuditQuery,
+    ) -> BoxFuture<'a, Result<Vec<AuditEvent>, AuditError>> {
+        Box::pin(async move { self.load().await?.events(q).await })
+    }
+
+    fn counts<'a>(
+        &'a self,
+        q: &'a AuditQuery,
+        bucket: Duration,
+    ) -> BoxFuture<'a, Result<Vec<ActionCount>, AuditError>> {
+        Box::pin(async move { self.load().await?.counts(q, bucket).await })
+    }
+
+    fn top<'a>(
+        &'a self,
+        q: &'a AuditQuery,
+        by: TopBy,
+        n: usize,
+    ) -> BoxFuture<'a, Result<Vec<TopEntry>, AuditError>> {
+        Box::pin(async move { self.load().await?.top(q, by, n).await })
+    }
+
+    fn name(&self) -> &'static str {
+        "jsonl"
+    }
+}
+
+/// Every event of a JSON-lines audit file. Lines that do not parse are skipped and counted
+/// in a warning.
+fn load_jsonl(path: &Path) -> std::io::Result<Vec<AuditEvent>> {
     use std::io::BufRead;
     let file = std::io::BufReader::new(std::fs::File::open(path)?);
-    let mut newest = std::collections::VecDeque::with_capacity(q.limit.min(1024));
+    let mut events = Vec::new();
     let mut unreadable = 0u64;
     for line in file.split(b'\n') {
         let line = line?;
         if line.trim_ascii().is_empty() {
             continue;
         }
-        let Ok(event) = serde_json::from_slice::<AuditEvent>(&line) else {
-            unreadable += 1;
-            continue;
-        };
-        if q.matches(&event) && q.limit > 0 {
-            if newest.len() == q.limit {
-                newest.pop_front();
-            }
-            newest.push_back(event);
+        match serde_json::from_slice::<AuditEvent>(&line) {
+            Ok(event) => events.push(event),
+            Err(_) => unreadable += 1,
         }
     }
     if unreadable > 0 {
-        eprintln!(
-            "warning: skipped {unreadable} unreadable line(s) in {}",
-            path.display()
+        tracing::warn!(
+            unreadable,
+            path = %path.display(),
+            "skipped unreadable line(s) in the JSON-lines audit log"
         );
     }
-    let mut events: Vec<_> = newest.into();
-    // Appended in time order, so newest first is the reverse; a stable sort keeps ties as
-    // written even if clocks stepped.
-    events.reverse();
-    events.sort_by_key(|e| std::cmp::Reverse(e.timestamp));
     Ok(events)
 }
 
@@ -445,8 +663,12 @@ mod tests {
         }
         text.push_str("{\"torn\": tr");
         std::fs::write(&path, text).unwrap();
+        let reader = JsonlAuditReader::new(&path);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         let ids = |q: AuditQuery| -> Vec<String> {
-            read_jsonl(&path, &q)
+            rt.block_on(reader.events(&q))
                 .unwrap()
                 .into_iter()
                 .map(|e| e.request_id)

@@ -79,6 +79,10 @@ fn start_three(
                     &audit,
                     "--clock-skew-ms",
                     &skew,
+                    // Rate limits alone: 50 refusals would otherwise ban 127.0.0.1 in the
+                    // shared store (bans are on by default) for every later test.
+                    "--bans",
+                    "off",
                 ],
             )
         })
@@ -214,6 +218,9 @@ async fn a_sqlite_store_keeps_the_budget_across_a_restart() {
         "sqlite:limits.db",
         "--audit",
         "jsonl:audit0.jsonl",
+        // The budget alone: the first run's 50 refusals would ban the client for the second.
+        "--bans",
+        "off",
     ];
     let first = Demo::start(dir.path(), "first", &args);
     let (ok, other) = tally_only(&fire(std::slice::from_ref(&first), &subject).await);

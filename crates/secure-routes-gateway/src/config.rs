@@ -10,6 +10,11 @@
 //! `[[alerts]]` entries are the library's [`AlertRule`]s (`name`, `action`, `count`, `within`,
 //! `per` = ip | subject | route, `webhook`, optional `outcome` and `cooldown`, default 10m).
 //!
+//! `[bans]` is the library's [`BanPolicy`]: `enabled` (default true: bans are on unless the
+//! file turns them off), `threshold`, `window`, `first`, `max`, `history`, `allow` (CIDRs never
+//! banned) and `[bans.weights]` (`<violation> = points`, names from [`Violation::as_str`]).
+//! Bans live in the limits store (`[stores] limits`).
+//!
 //! Keys beside a route's `preset` override the preset's values. [`GatewayConfig::routes`] is
 //! what `secure-routes routes` prints and what the gateway enforces.
 //!
@@ -45,6 +50,7 @@ use std::time::Duration;
 use http::Method;
 use secure_routes::alerts::{AlertRule, MAX_COUNT, Per};
 use secure_routes::audit::{AuditAction, Outcome};
+use secure_routes::bans::{BanPolicy, MAX_THRESHOLD, Violation};
 use secure_routes::{AuthMode, CsrfMode, FailureMode, Policy, Quota};
 use serde::Deserialize;
 use toml::Spanned;
@@ -229,6 +235,9 @@ pub struct GatewayConfig {
     /// `[[alerts]]`: alert rules, in the file's order (the signing secret comes from
     /// `SECURE_ROUTES_WEBHOOK_SECRET` when the gateway starts).
     pub alerts: Vec<AlertRule>,
+    /// `[bans]`: the ban policy every route is checked against (`None`: `enabled = false`).
+    /// On with [`BanPolicy::default`] when the file has no `[bans]`.
+    pub bans: Option<BanPolicy>,
     routes: Vec<Route>,
     default: Route,
     table: RouteTable,
@@ -414,6 +423,10 @@ impl GatewayConfig {
             );
         }
         let alerts = alerts(&raw.alerts, &mut problem);
+        let bans = match &raw.bans {
+            None => Some(BanPolicy::default()),
+            Some(b) => bans(b, &mut problem),
+        };
         let table = RouteTable::new(raw.routes.iter().map(|r| r.path.get_ref().as_str()));
         let table = match table {
             Ok(t) => Some(t),
@@ -472,6 +485,7 @@ impl GatewayConfig {
                     })
                     .unwrap_or_default(),
                 alerts,
+                bans,
                 routes,
                 default,
                 table,
@@ -496,7 +510,7 @@ impl GatewayConfig {
     }
 
     /// Each route's effective policy as one line per route (what `secure-routes routes`
-    /// prints), the default last.
+    /// prints), the default last, then the effective `[bans]` (defaults filled in).
     ///
     /// ```
     /// use secure_routes_gateway::config::GatewayConfig;
@@ -512,7 +526,7 @@ impl GatewayConfig {
         for r in self.routes.iter().chain(std::iter::once(&self.default)) {
             let d = describe(r);
             out.push_str(&format!(
-                "{:<32} methods={} auth={} limit={} body={} csrf={} fail={} mode={}\n",
+                "{:<32} methods={} auth={} limit={} body={} csrf={} fail={} mode={} bans={}\n",
                 r.path.as_deref().unwrap_or("(default)"),
                 d.methods,
                 d.auth,
@@ -520,8 +534,33 @@ impl GatewayConfig {
                 d.body,
                 d.csrf,
                 d.fail,
-                d.mode
+                d.mode,
+                self.ban_rule()
             ));
+        }
+        // The whole `[bans]` section as it is enforced (defaults filled in).
+        match &self.bans {
+            None => out.push_str("[bans] off\n"),
+            Some(p) => out.push_str(&format!(
+                "[bans] threshold={} window={} first={} max={} history={} allow={} weights={}\n",
+                p.threshold(),
+                secs(p.window()),
+                secs(p.first_ban()),
+                secs(p.max_ban()),
+                secs(p.history()),
+                if p.allow_list().is_empty() {
+                    "none".to_owned()
+                } else {
+                    p.allow_list()
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                },
+                Violation::ALL
+                    .map(|v| format!("{v}:{}", p.weight(v)))
+                    .join(","),
+            )),
         }
         if !self.alerts.is_empty() {
             out.push_str("\nalerts:\n");
@@ -532,8 +571,63 @@ impl GatewayConfig {
         out
     }
 
+    /// The ban rule every route is checked against, as `routes` prints it beside each route:
+    /// `off`, or `THRESHOLD/WINDOW,FIRST..MAX` (`50/600s,900s..86400s`: 50 points within
+    /// 600 s ban for 900 s, doubling on each repeat up to 86400 s).
+    ///
+    /// ```
+    /// use secure_routes_gateway::config::GatewayConfig;
+    /// let c = GatewayConfig::parse("upstream = \"http://u\"\n[[routes]]\npath = \"/a\"\n").unwrap();
+    /// assert_eq!(c.ban_rule(), "50/600s,900s..86400s");
+    /// let c = GatewayConfig::parse("upstream = \"http://u\"\n[bans]\nenabled = false\n[[routes]]\npath = \"/a\"\n").unwrap();
+    /// assert_eq!(c.ban_rule(), "off");
+    /// ```
+    pub fn ban_rule(&self) -> String {
+        match &self.bans {
+            None => "off".to_owned(),
+            Some(p) => format!(
+                "{}/{},{}..{}",
+                p.threshold(),
+                secs(p.window()),
+                secs(p.first_ban()),
+                secs(p.max_ban())
+            ),
+        }
+    }
+
+    /// The `[bans]` policy as JSON (what `routes --json` gives each route): `"off"`, or an
+    /// object with `threshold`, `window`, `first`, `max`, `history` (`"600s"`), `allow` (CIDRs)
+    /// and `weights` (points per violation).
+    ///
+    /// ```
+    /// use secure_routes_gateway::config::GatewayConfig;
+    /// let c = GatewayConfig::parse("upstream = \"http://u\"\n[bans]\nthreshold = 3\n[[routes]]\npath = \"/a\"\n").unwrap();
+    /// let b = c.bans_json();
+    /// assert_eq!(b["threshold"], 3);
+    /// assert_eq!(b["window"], "600s");
+    /// assert_eq!(b["weights"]["csrf"], 2);
+    /// ```
+    pub fn bans_json(&self) -> serde_json::Value {
+        match &self.bans {
+            None => serde_json::Value::from("off"),
+            Some(p) => serde_json::json!({
+                "threshold": p.threshold(),
+                "window": secs(p.window()),
+                "first": secs(p.first_ban()),
+                "max": secs(p.max_ban()),
+                "history": secs(p.history()),
+                "allow": p.allow_list().iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "weights": Violation::ALL
+                    .iter()
+                    .map(|v| (v.as_str().to_owned(), serde_json::Value::from(p.weight(*v))))
+                    .collect::<serde_json::Map<_, _>>(),
+            }),
+        }
+    }
+
     /// [`describe`](Self::describe) as JSON: an array of objects with `path` (null for the
-    /// default), `methods`, `auth`, `rate_limit`, `max_body`, `csrf`, `failure_mode`, `mode`.
+    /// default), `methods`, `auth`, `rate_limit`, `max_body`, `csrf`, `failure_mode`, `mode`,
+    /// `bans` (the ban rule the route is checked against: [`bans_json`](Self::bans_json)).
     ///
     /// ```
     /// use secure_routes_gateway::config::GatewayConfig;
@@ -543,6 +637,7 @@ impl GatewayConfig {
     /// assert!(v[1]["path"].is_null());
     /// ```
     pub fn describe_json(&self) -> serde_json::Value {
+        let bans = self.bans_json();
         serde_json::Value::Array(
             self.routes
                 .iter()
@@ -558,6 +653,7 @@ impl GatewayConfig {
                         "csrf": d.csrf,
                         "failure_mode": d.fail,
                         "mode": d.mode,
+                        "bans": bans,
                     })
                 })
                 .collect(),
@@ -656,6 +752,21 @@ struct RawConfig {
     default: Option<RawRoute>,
     #[serde(default)]
     alerts: Vec<RawAlert>,
+    bans: Option<RawBans>,
+}
+
+/// `[bans]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBans {
+    enabled: Option<bool>,
+    threshold: Option<Spanned<i64>>,
+    window: Option<Spanned<String>>,
+    first: Option<Spanned<String>>,
+    max: Option<Spanned<String>>,
+    history: Option<Spanned<String>>,
+    allow: Option<Spanned<Vec<String>>>,
+    weights: Option<Spanned<std::collections::BTreeMap<String, Spanned<i64>>>>,
 }
 
 /// A file of `[[alerts]]` only ([`parse_alerts`]).
@@ -1028,6 +1139,147 @@ fn alert(a: &RawAlert, key: &str, problem: &mut Report<'_>) -> Option<AlertRule>
     }
 }
 
+/// `[bans]` as a policy, every problem under its key (`bans.window`, `bans.weights.csrf`).
+/// `None` when `enabled = false` or after a problem.
+fn bans(b: &RawBans, problem: &mut Report<'_>) -> Option<BanPolicy> {
+    let mut found: Vec<(String, Option<Range<usize>>, String)> = Vec::new();
+    let mut fail = |field: String, span: Range<usize>, message: String| {
+        found.push((field, Some(span), message));
+    };
+    let mut builder = BanPolicy::builder();
+    if let Some(t) = &b.threshold {
+        match u32::try_from(*t.get_ref()) {
+            Ok(n) => builder = builder.threshold(n),
+            Err(_) => fail(
+                "threshold".into(),
+                t.span(),
+                format!(
+                    "{}: expected a whole number from 1 to {MAX_THRESHOLD}",
+                    t.get_ref()
+                ),
+            ),
+        }
+    }
+    type Set = fn(
+        secure_routes::bans::BanPolicyBuilder,
+        Duration,
+    ) -> secure_routes::bans::BanPolicyBuilder;
+    let durations: [(&str, &Option<Spanned<String>>, Set); 4] = [
+        ("window", &b.window, |b, d| b.window(d)),
+        ("first", &b.first, |b, d| b.first_ban(d)),
+        ("max", &b.max, |b, d| b.max_ban(d)),
+        ("history", &b.history, |b, d| b.history(d)),
+    ];
+    for (field, value, set) in durations {
+        let Some(v) = value else { continue };
+        match parse_duration(v.get_ref()) {
+            Ok(d) => builder = set(builder, d),
+            Err(e) => fail(field.into(), v.span(), e),
+        }
+    }
+    if let Some(allow) = &b.allow {
+        for cidr in allow.get_ref() {
+            builder = builder.allow(cidr);
+        }
+    }
+    if let Some(weights) = &b.weights {
+        for (name, points) in weights.get_ref() {
+            let Some(v) = Violation::parse(name) else {
+                fail(
+                    format!("weights.{name}"),
+                    points.span(),
+                    format!(
+                        "unknown violation {name:?}: expected {}",
+                        Violation::ALL.map(Violation::as_str).join(", ")
+                    ),
+                );
+                continue;
+            };
+            match u32::try_from(*points.get_ref()) {
+                Ok(n) => builder = builder.weight(v, n),
+                Err(_) => fail(
+                    format!("weights.{name}"),
+                    points.span(),
+                    format!(
+                        "{}: expected a whole number from 0 to {MAX_THRESHOLD}",
+                        points.get_ref()
+                    ),
+                ),
+            }
+        }
+    }
+    let built = builder.build();
+    if let Err(e) = &built {
+        // The library names the value in each message; each goes under that value's key
+        // (the section's when none matches, so no problem is dropped).
+        for message in e.problems() {
+            let text = message.strip_prefix("bans: ").unwrap_or(message);
+            let (field, span) = ban_problem_key(b, text);
+            found.push((field, span, text.to_owned()));
+        }
+    }
+    let ok = found.is_empty();
+    for (field, span, message) in found {
+        let key = if field.is_empty() {
+            "bans".to_owned()
+        } else {
+            format!("bans.{field}")
+        };
+        problem(key, span, message);
+    }
+    let policy = built.ok().filter(|_| ok)?;
+    b.enabled.unwrap_or(true).then_some(policy)
+}
+
+/// The `[bans]` key a library problem is about, and its span.
+fn ban_problem_key(b: &RawBans, text: &str) -> (String, Option<Range<usize>>) {
+    let dur = |v: &Option<Spanned<String>>| v.as_ref().map(Spanned::span);
+    // A pair out of order goes under the value the file wrote: a `first` above the default
+    // `max` is the `first` line's problem.
+    let pair =
+        |field: &str, value: &Option<Spanned<String>>, other: &str, o: &Option<Spanned<String>>| {
+            if value.is_none() && o.is_some() {
+                (other.to_owned(), dur(o))
+            } else {
+                (field.to_owned(), dur(value))
+            }
+        };
+    if text.starts_with("threshold") {
+        ("threshold".into(), b.threshold.as_ref().map(Spanned::span))
+    } else if text.starts_with("window") {
+        ("window".into(), dur(&b.window))
+    } else if text.starts_with("the first ban") {
+        ("first".into(), dur(&b.first))
+    } else if text.starts_with("the longest ban") {
+        pair("max", &b.max, "first", &b.first)
+    } else if text.starts_with("history") {
+        pair("history", &b.history, "window", &b.window)
+    } else if text.starts_with("allow-list") {
+        ("allow".into(), b.allow.as_ref().map(Spanned::span))
+    } else if let Some(v) = Violation::ALL
+        .into_iter()
+        .find(|v| text.starts_with(&format!("weight of {v} ")))
+    {
+        let s = b
+            .weights
+            .as_ref()
+            .and_then(|w| w.get_ref().get(v.as_str()))
+            .map(Spanned::span);
+        (format!("weights.{v}"), s)
+    } else {
+        (String::new(), None)
+    }
+}
+
+/// A duration as `routes` prints it: whole seconds (`600s`), or milliseconds when not whole.
+fn secs(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
 /// A policy name for a route pattern (names are what the `RateLimit-Policy` header shows:
 /// letters, digits, `-`, `_`, `.`): `/api/user/{*rest}` is `api_user_rest`; `default` for
 /// `[default]`, `root` for `/`.
@@ -1135,6 +1387,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use super::GatewayConfig;
+
     #[test]
     fn debug_never_shows_a_store_password() {
         let text = "upstream = \"http://x\"\n[stores]\nlimits = \"postgres://app:s3cret@db/app\"\n[identity]\njwt = true\n[[routes]]\npath = \"/a\"\n";
@@ -1343,7 +1599,6 @@ preset = "public"
     fn alerts_parse_as_the_contract_writes_them() {
         use secure_routes::alerts::Per;
         use secure_routes::audit::{AuditAction, Outcome};
-        use std::time::Duration;
         let c = GatewayConfig::parse(
             r#"
 upstream = "http://127.0.0.1:3000"
@@ -1426,6 +1681,104 @@ webhook = "https://hooks.example.com/services/T/B/secret"
         .unwrap_err();
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].line, Some(11), "{p:?}");
+        assert!(p[0].message.contains("unknown field"), "{p:?}");
+    }
+
+    #[test]
+    fn bans_are_on_by_default_and_the_section_sets_every_value() {
+        use secure_routes::bans::{BanKey, BanPolicy, Violation};
+        let base = "upstream = \"http://x\"\n[[routes]]\npath = \"/a\"\n";
+        let c = GatewayConfig::parse(base).unwrap();
+        assert_eq!(c.bans, Some(BanPolicy::default()));
+        let c = GatewayConfig::parse(&format!(
+            "{base}[bans]\nthreshold = 3\nwindow = \"30s\"\nfirst = \"2m\"\nmax = \"1h\"\nhistory = \"1d\"\n\
+             allow = [\"127.0.0.1/32\", \"10.0.0.0/8\"]\n[bans.weights]\ncsrf = 5\nunauthorized = 0\n"
+        ))
+        .unwrap();
+        let p = c.bans.clone().unwrap();
+        assert_eq!(p.threshold(), 3);
+        assert_eq!(p.window(), Duration::from_secs(30));
+        assert_eq!(p.first_ban(), Duration::from_secs(120));
+        assert_eq!(p.max_ban(), Duration::from_secs(3600));
+        assert_eq!(p.history(), Duration::from_secs(86_400));
+        assert_eq!(p.weight(Violation::Csrf), 5);
+        assert_eq!(p.weight(Violation::Unauthorized), 0);
+        assert_eq!(p.weight(Violation::RateLimited), 1);
+        assert!(p.exempts(&BanKey::ip("10.9.9.9".parse().unwrap())));
+        assert_eq!(c.ban_rule(), "3/30s,120s..3600s");
+        let text = c.describe();
+        assert!(
+            text.lines()
+                .next()
+                .unwrap()
+                .ends_with("bans=3/30s,120s..3600s"),
+            "{text}"
+        );
+        let last = text.lines().last().unwrap();
+        assert_eq!(
+            last,
+            "[bans] threshold=3 window=30s first=120s max=3600s history=86400s \
+             allow=127.0.0.1/32,10.0.0.0/8 weights=unauthorized:0,csrf:5,method_not_allowed:1,\
+             payload_too_large:1,rate_limited:1,forbidden:2"
+        );
+        let json = c.describe_json();
+        assert_eq!(json[0]["bans"]["threshold"], 3);
+        assert_eq!(json[1]["bans"]["allow"][1], "10.0.0.0/8");
+
+        let off = GatewayConfig::parse(&format!("{base}[bans]\nenabled = false\n")).unwrap();
+        assert_eq!(off.bans, None);
+        assert!(off.describe().contains("bans=off"));
+        assert!(off.describe().ends_with("[bans] off\n"));
+        assert_eq!(off.describe_json()[0]["bans"], "off");
+    }
+
+    #[test]
+    fn ban_problems_carry_their_key_and_line() {
+        let text = "upstream = \"http://x\"\n[[routes]]\npath = \"/a\"\n[bans]\n\
+            threshold = 0\nwindow = \"2d\"\nfirst = \"soon\"\nallow = [\"nope\"]\n\
+            [bans.weights]\nteapot = 3\ncsrf = -1\nrate_limited = 20000\n";
+        let problems = GatewayConfig::parse(text).unwrap_err();
+        let got: Vec<(String, Option<usize>)> =
+            problems.iter().map(|p| (p.key.clone(), p.line)).collect();
+        for want in [
+            ("bans.threshold", 5),
+            ("bans.window", 6),
+            ("bans.first", 7),
+            ("bans.allow", 8),
+            ("bans.weights.teapot", 10),
+            ("bans.weights.csrf", 11),
+            ("bans.weights.rate_limited", 12),
+        ] {
+            assert!(
+                got.contains(&(want.0.to_owned(), Some(want.1))),
+                "{want:?} missing from {problems:#?}"
+            );
+        }
+        assert_eq!(problems.len(), 7, "{problems:#?}");
+        let teapot = problems
+            .iter()
+            .find(|p| p.key == "bans.weights.teapot")
+            .unwrap();
+        assert!(
+            teapot.message.contains("csrf, method_not_allowed"),
+            "{teapot:?}"
+        );
+        // Values right one by one but wrong together go under the value the library names.
+        let p = GatewayConfig::parse(
+            "upstream = \"http://x\"\n[[routes]]\npath = \"/a\"\n[bans]\nfirst = \"2h\"\nmax = \"1h\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            (p[0].key.as_str(), p[0].line),
+            ("bans.max", Some(6)),
+            "{p:?}"
+        );
+        // Unknown keys are errors, with their line.
+        let p = GatewayConfig::parse(
+            "upstream = \"http://x\"\n[[routes]]\npath = \"/a\"\n[bans]\nthreshhold = 3\n",
+        )
+        .unwrap_err();
+        assert_eq!(p[0].line, Some(5), "{p:?}");
         assert!(p[0].message.contains("unknown field"), "{p:?}");
     }
 }

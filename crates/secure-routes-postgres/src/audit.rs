@@ -1,19 +1,25 @@
-//! [`PostgresAuditSink`] and the reader ([`query`], [`count`]).
+//! [`PostgresAuditSink`] and the reader ([`PgAuditReader`], [`query`], [`count`]).
 //!
 //! **Why `UNNEST` and not binary `COPY`.** The writer retries a failed batch whole, and a
 //! batch may have reached the table before the failure was seen (a commit whose reply was
 //! lost). So the insert must be idempotent, which `COPY` cannot be (no `ON CONFLICT`): it
 //! would need a temporary table and a second `INSERT ... SELECT` per batch. One
 //! `INSERT ... SELECT FROM UNNEST($1::uuid[], ...) ON CONFLICT (id) DO NOTHING` sends the
-//! batch as sixteen binary arrays in one statement, is idempotent by the UUIDv7 primary key,
+//! batch as seventeen binary arrays in one statement, is idempotent by the UUIDv7 primary key,
 //! and its plan is prepared once per connection.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use secure_routes::audit::{AuditAction, AuditError, AuditEvent, AuditSink, BoxFuture, Outcome};
+use secure_routes::audit::{
+    ActionCount, AuditAction, AuditError, AuditEvent, AuditReader, AuditSink, BoxFuture, Outcome,
+    TopBy, TopEntry,
+};
 use serde_json::Value;
 use time::OffsetDateTime;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::Error;
@@ -23,14 +29,16 @@ use crate::Error;
 const CHUNK: usize = 5_000;
 
 const INSERT: &str = "INSERT INTO audit_logs (id, \"timestamp\", action, outcome, subject, user_id, \
-     client_ip, method, route, path, status, reason, request_id, user_agent, metadata, count) \
+     client_ip, method, route, path, status, reason, request_id, user_agent, metadata, count, \
+     fingerprint) \
      SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], \
      $6::uuid[], $7::text[], $8::text[], $9::text[], $10::text[], $11::int4[], $12::text[], \
-     $13::text[], $14::text[], $15::jsonb[], $16::int8[]) \
+     $13::text[], $14::text[], $15::jsonb[], $16::int8[], $17::text[]) \
      ON CONFLICT (id) DO NOTHING";
 
-const COLUMNS: &str = "id, action, subject, metadata, \"timestamp\", outcome, client_ip, method, \
-                       route, path, status, reason, request_id, user_agent, count";
+/// The columns every schema version has (then `count` and `fingerprint`, which depend on it).
+const COLUMNS_BASE: &str = "id, action, subject, metadata, \"timestamp\", outcome, client_ip, \
+                            method, route, path, status, reason, request_id, user_agent";
 
 /// An [`AuditSink`] writing to the `audit_logs` table: one transaction per batch, one
 /// `INSERT ... SELECT FROM UNNEST(...)` per 5 000 events, idempotent on retry.
@@ -122,6 +130,7 @@ impl PostgresAuditSink {
                     &c.user_agent,
                     &c.metadata(chunk),
                     &c.count,
+                    &c.fingerprint,
                 ],
             )
             .await?;
@@ -163,6 +172,7 @@ struct Columns<'a> {
     user_agent: Vec<Option<Cow<'a, str>>>,
     /// Occurrences per row (`bigint` is signed; saturates).
     count: Vec<i64>,
+    fingerprint: Vec<Option<Cow<'a, str>>>,
     /// Metadata values that needed cleaning (NUL characters), by position.
     cleaned: Vec<Option<Value>>,
 }
@@ -193,6 +203,7 @@ impl<'a> Columns<'a> {
                 .iter()
                 .map(|e| i64::try_from(e.count).unwrap_or(i64::MAX))
                 .collect(),
+            fingerprint: events.iter().map(|e| opt(&e.fingerprint)).collect(),
             cleaned: events
                 .iter()
                 .map(|e| has_nul(&e.metadata).then(|| strip_nul(&e.metadata)))
@@ -244,7 +255,8 @@ fn strip_nul(v: &Value) -> Value {
 /// The filter [`query`] takes (defined once in the core, shared with the other stores).
 pub use secure_routes::audit::AuditQuery;
 
-/// Events matching `q`, newest first (ties broken by id, which is time-ordered too).
+/// Events matching `q`, newest first (by timestamp, then id): [`PgAuditReader::events`],
+/// kept as a function for existing callers (one copy of the SQL).
 ///
 /// A database never migrated reads as empty.
 ///
@@ -259,30 +271,296 @@ pub use secure_routes::audit::AuditQuery;
 /// # Ok(()) }
 /// ```
 pub async fn query(pool: &Pool, q: &AuditQuery) -> Result<Vec<AuditEvent>, Error> {
-    let client = pool.get().await?;
-    let action = q.action.map(|a| a.as_str());
-    let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
-    // One statement per filter combination, so each gets a plan that uses its index.
-    let sql = format!(
-        "SELECT {COLUMNS} FROM audit_logs WHERE {} AND {} ORDER BY \"timestamp\" DESC, id DESC LIMIT $3",
-        if action.is_some() {
-            "action = $1"
+    PgAuditReader::new(pool.clone()).read_events(q).await
+}
+
+/// The migration that added `count`, and the one that added `fingerprint`.
+const COUNT_VERSION: i32 = 3;
+const FINGERPRINT_VERSION: i32 = 5;
+
+type Param = Box<dyn ToSql + Sync + Send>;
+
+/// The `WHERE` clause for every filter of `q` but the limit (and the cursor unless
+/// `cursor`), with its parameters: the SQL form of [`AuditQuery::matches`]. Filters are
+/// always parameters, compared with `=` (a `%` in a filter is that character, not LIKE's).
+struct Filter {
+    sql: String,
+    params: Vec<Param>,
+}
+
+impl Filter {
+    fn new(q: &AuditQuery, version: i32, cursor: bool) -> Self {
+        let mut f = Self {
+            sql: String::new(),
+            params: Vec::new(),
+        };
+        let mut conditions: Vec<String> = Vec::new();
+        if let Some(action) = q.action {
+            conditions.push(format!("action = {}", f.param(action.as_str())));
+        }
+        if let Some(outcome) = q.outcome {
+            conditions.push(format!("outcome = {}", f.param(outcome.as_str())));
+        }
+        if let Some(ip) = &q.client_ip {
+            conditions.push(format!("client_ip = {}", f.param(ip.clone())));
+        }
+        if let Some(subject) = &q.subject {
+            conditions.push(format!("subject = {}", f.param(subject.clone())));
+        }
+        if let Some(route) = &q.route {
+            conditions.push(format!("route = {}", f.param(route.clone())));
+        }
+        if let Some(fingerprint) = &q.fingerprint {
+            if version >= FINGERPRINT_VERSION {
+                conditions.push(format!("fingerprint = {}", f.param(fingerprint.clone())));
+            } else {
+                // No row of an older schema has a fingerprint.
+                conditions.push("false".to_owned());
+            }
+        }
+        if let Some(since) = q.since {
+            conditions.push(format!("\"timestamp\" >= {}", f.param(since)));
+        }
+        if let Some(until) = q.until {
+            conditions.push(format!("\"timestamp\" < {}", f.param(until)));
+        }
+        if let (true, Some(before)) = (cursor, q.before) {
+            // A keyset cursor (see `AuditQuery`): rows after the cursor's row in the list's
+            // order, `("timestamp", id)` descending. Postgres compares `uuid`s as their 16
+            // bytes (memcmp), the order of `Uuid`'s `Ord` (for UUIDv7 the time order), the
+            // tie-break. A cursor naming no row yields NULL: no rows.
+            conditions.push(format!(
+                "(\"timestamp\", id) < (SELECT \"timestamp\", id FROM audit_logs WHERE id = {})",
+                f.param(before)
+            ));
+        }
+        if !conditions.is_empty() {
+            f.sql = format!(" WHERE {}", conditions.join(" AND "));
+        }
+        f
+    }
+
+    /// One more parameter, returning its placeholder.
+    fn param(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
+        self.params.push(Box::new(value));
+        format!("${}", self.params.len())
+    }
+
+    fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect()
+    }
+}
+
+fn as_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// `count` as the schema has it: a column from migration 3, 1 per row before.
+fn count_column(version: i32) -> &'static str {
+    if version >= COUNT_VERSION {
+        "count"
+    } else {
+        "1::int8"
+    }
+}
+
+/// An [`AuditReader`] over the `audit_logs` table: every filter, the counts and the top
+/// offenders computed in SQL (`GROUP BY`, `sum(count)`), never by loading the rows.
+///
+/// It never migrates: a schema from before migration 3 reads every row as one occurrence,
+/// one from before migration 5 has no fingerprints, a database never migrated is empty.
+/// Answers with the same order as [`MemoryAuditReader`](secure_routes::audit::MemoryAuditReader):
+/// ties between keys (top offenders) and actions (counts) in byte order (`COLLATE "C"`),
+/// whatever the database's collation.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use secure_routes::audit::{AuditQuery, AuditReader, TopBy};
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = secure_routes_postgres::connect("postgres://postgres@127.0.0.1/app", 4)?;
+/// let reader = secure_routes_postgres::PgAuditReader::new(pool);
+/// let per_minute = reader.counts(&AuditQuery::default(), Duration::from_secs(60)).await?;
+/// let worst = reader.top(&AuditQuery::default(), TopBy::ClientIp, 10).await?;
+/// # let _ = (per_minute, worst);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct PgAuditReader {
+    pool: Pool,
+    /// The schema version once it is the newest (it cannot go back); until then it is read
+    /// on every call, so a reader started before the writer migrated sees the new columns.
+    current: AtomicBool,
+}
+
+impl PgAuditReader {
+    /// A reader on `pool` (connections are made when first needed).
+    ///
+    /// ```
+    /// let pool = secure_routes_postgres::connect("postgres://postgres@127.0.0.1/app", 2).unwrap();
+    /// let reader = secure_routes_postgres::PgAuditReader::new(pool);
+    /// # let _ = reader;
+    /// ```
+    pub fn new(pool: Pool) -> Self {
+        Self {
+            pool,
+            current: AtomicBool::new(false),
+        }
+    }
+
+    async fn client_and_version(&self) -> Result<(deadpool_postgres::Object, i32), Error> {
+        let client = self.pool.get().await?;
+        if self.current.load(Ordering::Relaxed) {
+            return Ok((client, crate::SCHEMA_VERSION));
+        }
+        let version = crate::migrate::schema_version_of(&client).await?;
+        if version >= crate::SCHEMA_VERSION {
+            self.current.store(true, Ordering::Relaxed);
+        }
+        Ok((client, version))
+    }
+
+    async fn read_events(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>, Error> {
+        let (client, version) = self.client_and_version().await?;
+        if version == 0 {
+            return Ok(Vec::new());
+        }
+        let mut f = Filter::new(q, version, true);
+        let limit = f.param(as_i64(q.limit));
+        let fingerprint = if version >= FINGERPRINT_VERSION {
+            "fingerprint"
         } else {
-            "$1::text IS NULL"
-        },
-        if q.since.is_some() {
-            "\"timestamp\" >= $2"
-        } else {
-            "$2::timestamptz IS NULL"
-        },
-    );
-    let stmt = match client.prepare_cached(&sql).await {
-        Ok(stmt) => stmt,
-        Err(e) if crate::is_undefined_table(&e) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
-    let rows = client.query(&stmt, &[&action, &q.since, &limit]).await?;
-    rows.iter().map(from_row).collect()
+            "NULL::text"
+        };
+        // The cursor's order (see `AuditQuery`). One statement per filter combination, so
+        // each gets a plan that uses its index.
+        let sql = format!(
+            "SELECT {COLUMNS_BASE}, {count}, {fingerprint} FROM audit_logs{} ORDER BY \"timestamp\" DESC, id DESC LIMIT {limit}",
+            f.sql,
+            count = count_column(version),
+        );
+        let stmt = client.prepare_cached(&sql).await?;
+        let rows = client.query(&stmt, &f.refs()).await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    async fn read_counts(
+        &self,
+        q: &AuditQuery,
+        bucket: Duration,
+    ) -> Result<Vec<ActionCount>, Error> {
+        let (client, version) = self.client_and_version().await?;
+        if version == 0 {
+            return Ok(Vec::new());
+        }
+        let mut f = Filter::new(q, version, false);
+        let len = f.param(i64::try_from(bucket.as_secs().max(1)).unwrap_or(i64::MAX));
+        // floor(epoch / len) * len: the bucket's start, as `bucket_start` computes it
+        // (floor, so instants before 1970 land in the right bucket). Grouped in SQL: only
+        // the sums leave the database.
+        let sql = format!(
+            "SELECT (floor(extract(epoch FROM \"timestamp\") / {len}::int8) * {len}::int8)::int8 AS bucket, \
+             action, sum({count})::int8 FROM audit_logs{} \
+             GROUP BY bucket, action ORDER BY bucket, action COLLATE \"C\"",
+            f.sql,
+            count = count_column(version),
+        );
+        let stmt = client.prepare_cached(&sql).await?;
+        let rows = client.query(&stmt, &f.refs()).await?;
+        rows.iter()
+            .map(|row| {
+                let start: i64 = row.try_get(0)?;
+                let action: String = row.try_get(1)?;
+                let sum: i64 = row.try_get(2)?;
+                let corrupt = |what: String| Error::Corrupt {
+                    id: String::new(),
+                    what,
+                };
+                Ok(ActionCount {
+                    bucket_start: OffsetDateTime::from_unix_timestamp(start)
+                        .map_err(|e| corrupt(format!("bucket {start}: {e}")))?,
+                    action: AuditAction::parse(&action)
+                        .ok_or_else(|| corrupt(format!("unknown action {action:?}")))?,
+                    count: u64::try_from(sum).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    async fn read_top(&self, q: &AuditQuery, by: TopBy, n: usize) -> Result<Vec<TopEntry>, Error> {
+        let (client, version) = self.client_and_version().await?;
+        if version == 0 {
+            return Ok(Vec::new());
+        }
+        let mut f = Filter::new(q, version, false);
+        let column = match by {
+            TopBy::ClientIp => "client_ip",
+            TopBy::Subject => "subject",
+        };
+        let limit = f.param(as_i64(n));
+        let and = if f.sql.is_empty() { " WHERE" } else { " AND" };
+        let sql = format!(
+            "SELECT {column}, sum({count})::int8 AS n FROM audit_logs{}{and} {column} IS NOT NULL \
+             GROUP BY {column} ORDER BY n DESC, {column} COLLATE \"C\" LIMIT {limit}",
+            f.sql,
+            count = count_column(version),
+        );
+        let stmt = client.prepare_cached(&sql).await?;
+        let rows = client.query(&stmt, &f.refs()).await?;
+        rows.iter()
+            .map(|row| {
+                let sum: i64 = row.try_get(1)?;
+                Ok(TopEntry {
+                    key: row.try_get(0)?,
+                    count: u64::try_from(sum).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+}
+
+impl AuditReader for PgAuditReader {
+    fn events<'a>(
+        &'a self,
+        q: &'a AuditQuery,
+    ) -> BoxFuture<'a, Result<Vec<AuditEvent>, AuditError>> {
+        Box::pin(async move {
+            self.read_events(q)
+                .await
+                .map_err(|e| AuditError(e.to_string()))
+        })
+    }
+
+    fn counts<'a>(
+        &'a self,
+        q: &'a AuditQuery,
+        bucket: Duration,
+    ) -> BoxFuture<'a, Result<Vec<ActionCount>, AuditError>> {
+        Box::pin(async move {
+            self.read_counts(q, bucket)
+                .await
+                .map_err(|e| AuditError(e.to_string()))
+        })
+    }
+
+    fn top<'a>(
+        &'a self,
+        q: &'a AuditQuery,
+        by: TopBy,
+        n: usize,
+    ) -> BoxFuture<'a, Result<Vec<TopEntry>, AuditError>> {
+        Box::pin(async move {
+            self.read_top(q, by, n)
+                .await
+                .map_err(|e| AuditError(e.to_string()))
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
 }
 
 /// The number of stored events (0 for a database never migrated).
@@ -338,7 +616,7 @@ fn from_row(row: &tokio_postgres::Row) -> Result<AuditEvent, Error> {
         reason: row.try_get(11)?,
         request_id: row.try_get(12)?,
         user_agent: row.try_get(13)?,
-        fingerprint: None,
+        fingerprint: row.try_get(15)?,
         metadata: metadata.unwrap_or(Value::Null),
         count: u64::try_from(count)
             .ok()

@@ -260,4 +260,9 @@ impl BanStore for PostgresStore {
     fn name(&self) -> &'static str {
         "postgres"
     }
+
+    /// Shared: every instance on the database shares it.
+    fn is_shared(&self) -> bool {
+        true
+    }
 }

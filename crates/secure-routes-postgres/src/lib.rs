@@ -87,7 +87,7 @@ mod store;
 
 use std::str::FromStr;
 
-pub use audit::{AuditQuery, PostgresAuditSink, count, query};
+pub use audit::{AuditQuery, PgAuditReader, PostgresAuditSink, count, query};
 pub use deadpool_postgres::Pool;
 pub use migrate::{SCHEMA_VERSION, migrate, migrate_client, schema_version};
 pub use store::{PostgresStore, SweeperHandle};

@@ -29,12 +29,17 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("migrations/0003_audit_count.sql"),
     ),
     (4, "bans", include_str!("migrations/0004_bans.sql")),
+    (
+        5,
+        "audit_fingerprint",
+        include_str!("migrations/0005_audit_fingerprint.sql"),
+    ),
 ];
 
 /// The schema version this build creates and reads: the number of embedded migrations.
 ///
 /// ```
-/// assert_eq!(secure_routes_postgres::SCHEMA_VERSION, 4);
+/// assert_eq!(secure_routes_postgres::SCHEMA_VERSION, 5);
 /// ```
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 
@@ -129,6 +134,11 @@ pub async fn migrate_client(client: &mut Client) -> Result<u32, Error> {
 /// ```
 pub async fn schema_version(pool: &Pool) -> Result<i32, Error> {
     let client = pool.get().await?;
+    schema_version_of(&client).await
+}
+
+/// [`schema_version`] on one client.
+pub(crate) async fn schema_version_of(client: &Client) -> Result<i32, Error> {
     let row = client
         .query_one(
             "SELECT CASE WHEN to_regclass('secure_routes_migrations') IS NULL THEN 0

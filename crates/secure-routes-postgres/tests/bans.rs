@@ -47,3 +47,20 @@ async fn postgres_store_passes_the_ban_conformance_suite() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_one_postgres_honour_each_others_bans() {
+    const TEST: &str = "three_instances_on_one_postgres_honour_each_others_bans";
+    let Some(db) = TestDb::migrated(TEST, 4).await else {
+        return;
+    };
+    let handles = (0..3)
+        .map(|_| {
+            // Its own pool: another instance's connections.
+            let pool = db.pool_like().expect("pool");
+            Arc::new(PostgresStore::new(pool)) as Arc<dyn secure_routes::bans::BanStore>
+        })
+        .collect();
+    conformance::three_instances(handles).await;
+    db.drop().await;
+}

@@ -36,7 +36,7 @@ async fn migrate_is_idempotent() {
              AND tablename = 'audit_logs'"
         )
         .await,
-        5 // primary key, action, subject, user_id, timestamp
+        6 // primary key, action, subject, user_id, timestamp, client_ip
     );
     db.drop().await;
 }

@@ -350,4 +350,9 @@ impl BanStore for RedisStore {
     fn name(&self) -> &'static str {
         "redis"
     }
+
+    /// Shared: every instance on the server shares it.
+    fn is_shared(&self) -> bool {
+        true
+    }
 }

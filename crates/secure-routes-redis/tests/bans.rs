@@ -73,3 +73,20 @@ async fn redis_ban_state_expires_and_shares_one_slot() {
     let _: () = c.del(ban_index_name(&prefix)).await.unwrap();
     let _: () = c.del(&name).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_one_redis_honour_each_others_bans() {
+    let Some(url) = redis_url("three_instances_on_one_redis_honour_each_others_bans") else {
+        return;
+    };
+    let prefix = random_prefix();
+    let mut handles: Vec<std::sync::Arc<dyn BanStore>> = Vec::new();
+    for _ in 0..3 {
+        // Three connections: three instances sharing one server, one fresh prefix.
+        let store = RedisStore::new(manager(&url).await)
+            .with_prefix(prefix.clone())
+            .unwrap();
+        handles.push(std::sync::Arc::new(store));
+    }
+    conformance::three_instances(handles).await;
+}

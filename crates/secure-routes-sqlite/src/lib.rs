@@ -19,7 +19,8 @@
 //! * `store`: [`SqliteStore`], another writer thread: checks in, decisions out, one
 //!   transaction per batch of waiting checks.
 //! * `row`: batches encoded for that thread (all text in one buffer).
-//! * `query`: [`AuditQuery`], [`query`], [`count`]: read-only connections.
+//! * `query`: [`SqliteAuditReader`] (the dashboard's questions in SQL), [`AuditQuery`],
+//!   [`query`], [`count`]: read-only connections.
 //! * `timestamp`: the fixed-width text form timestamps are stored in.
 //!
 //! # Why this shape
@@ -85,7 +86,7 @@ mod sink;
 mod store;
 mod timestamp;
 
-pub use query::{AuditQuery, count, query};
+pub use query::{AuditQuery, SqliteAuditReader, count, query};
 pub use schema::SCHEMA_VERSION;
 pub use sink::SqliteAuditSink;
 pub use store::SqliteStore;

@@ -1,10 +1,18 @@
-//! Reading the audit log: read-only connections, newest first.
+//! Reading the audit log: read-only connections, newest first. [`SqliteAuditReader`] answers
+//! the dashboard's questions ([`AuditReader`]) in SQL; [`query`] is its `events` for callers
+//! without a runtime (one copy of the SQL).
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, Row, params_from_iter};
-use secure_routes::audit::{AuditAction, AuditEvent, Outcome};
+use secure_routes::audit::{
+    ActionCount, AuditAction, AuditError, AuditEvent, AuditReader, BoxFuture, Outcome, TopBy,
+    TopEntry,
+};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::sink::BUSY_TIMEOUT;
@@ -15,12 +23,15 @@ use crate::{Error, schema};
 pub use secure_routes::audit::AuditQuery;
 
 const COLUMNS: &str = "id, action, user_id, metadata, timestamp, outcome, client_ip, method, \
-                       route, path, status, reason, request_id, user_agent, count";
+                       route, path, status, reason, request_id, user_agent, count, fingerprint";
 
-/// The same for a database from before `count` (read-only readers do not migrate): every
-/// row there stands for one occurrence.
+/// The same for a database from before `fingerprint` (read-only readers do not migrate).
+const COLUMNS_V4: &str = "id, action, user_id, metadata, timestamp, outcome, client_ip, method, \
+                       route, path, status, reason, request_id, user_agent, count, NULL";
+
+/// The same for a database from before `count`: every row there stands for one occurrence.
 const COLUMNS_V2: &str = "id, action, user_id, metadata, timestamp, outcome, client_ip, method, \
-                       route, path, status, reason, request_id, user_agent, 1 AS count";
+                       route, path, status, reason, request_id, user_agent, 1, NULL";
 
 /// A read-only connection. Works while a writer is active: in WAL mode a reader sees the
 /// last committed snapshot and neither blocks nor is blocked by the writer.
@@ -36,8 +47,198 @@ fn open_read_only(path: &Path) -> Result<Option<(Connection, i64)>, Error> {
     Ok((version > 0).then_some((conn, version)))
 }
 
-/// Events matching `q` in the database at `path`, newest first (ties broken by id, which is
-/// time-ordered too).
+/// The `WHERE` clause for every filter of `q` but the limit (and the cursor unless
+/// `cursor`), with its parameters: the SQL form of [`AuditQuery::matches`].
+struct Filter {
+    sql: String,
+    params: Vec<Value>,
+}
+
+impl Filter {
+    fn new(q: &AuditQuery, version: i64, cursor: bool) -> Self {
+        let mut conditions: Vec<String> = Vec::new();
+        let mut params = Vec::new();
+        let mut push = |column: &str, op: &str, value: Value| {
+            params.push(value);
+            conditions.push(format!("{column} {op} ?{}", params.len()));
+        };
+        let text = |s: &str| Value::Text(s.to_owned());
+        if let Some(action) = q.action {
+            push("action", "=", text(action.as_str()));
+        }
+        if let Some(outcome) = q.outcome {
+            push("outcome", "=", text(outcome.as_str()));
+        }
+        // `=` on text, never LIKE: a `%` or `_` in a filter is that character.
+        if let Some(ip) = &q.client_ip {
+            push("client_ip", "=", text(ip));
+        }
+        if let Some(subject) = &q.subject {
+            push("user_id", "=", text(subject));
+        }
+        if let Some(route) = &q.route {
+            push("route", "=", text(route));
+        }
+        if let Some(since) = q.since {
+            // Stored timestamps are fixed-width UTC text, so text order is time order.
+            push("timestamp", ">=", text(&format_timestamp(since)));
+        }
+        if let Some(until) = q.until {
+            push("timestamp", "<", text(&format_timestamp(until)));
+        }
+        let mut sql = String::new();
+        if let Some(fingerprint) = &q.fingerprint {
+            if version >= schema::FINGERPRINT_VERSION {
+                push("fingerprint", "=", text(fingerprint));
+            } else {
+                // No row of an older file has a fingerprint.
+                conditions.push("0".to_owned());
+            }
+        }
+        if let (true, Some(before)) = (cursor, q.before) {
+            // A keyset cursor (see `AuditQuery`): rows after the cursor's row in the list's
+            // order, `(timestamp, id)` descending. Timestamps are fixed-width text (text
+            // order is time order); ids are lower-case hyphenated UUIDs, whose text order is
+            // the order of their 16 bytes (for UUIDv7 the time order: the 48-bit millisecond
+            // time comes first), the tie-break. A cursor naming no row yields NULL: no rows.
+            // The timestamp part lets the timestamp indexes serve the page.
+            let mut buf = Uuid::encode_buffer();
+            params.push(text(before.hyphenated().encode_lower(&mut buf)));
+            conditions.push(format!(
+                "(timestamp, id) < (SELECT timestamp, id FROM audit_logs WHERE id = ?{})",
+                params.len()
+            ));
+        }
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
+        Self { sql, params }
+    }
+
+    /// One more parameter, returning its placeholder.
+    fn param(&mut self, value: Value) -> String {
+        self.params.push(value);
+        format!("?{}", self.params.len())
+    }
+}
+
+fn limit_value(n: usize) -> Value {
+    Value::Integer(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+fn events_in(conn: &Connection, version: i64, q: &AuditQuery) -> Result<Vec<AuditEvent>, Error> {
+    let columns = if version >= schema::FINGERPRINT_VERSION {
+        COLUMNS
+    } else if version >= schema::COUNT_VERSION {
+        COLUMNS_V4
+    } else {
+        COLUMNS_V2
+    };
+    let mut f = Filter::new(q, version, true);
+    let limit = f.param(limit_value(q.limit));
+    // The cursor's order (see `AuditQuery`), served by the timestamp indexes.
+    let sql = format!(
+        "SELECT {columns} FROM audit_logs{} ORDER BY timestamp DESC, id DESC LIMIT {limit}",
+        f.sql
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params_from_iter(f.params))?;
+    let mut events = Vec::new();
+    while let Some(row) = rows.next()? {
+        events.push(from_row(row)?);
+    }
+    Ok(events)
+}
+
+/// `count` as the database has it: a column from version 3, 1 per row before.
+fn count_column(version: i64) -> &'static str {
+    if version >= schema::COUNT_VERSION {
+        "count"
+    } else {
+        "1"
+    }
+}
+
+fn counts_in(
+    conn: &Connection,
+    version: i64,
+    q: &AuditQuery,
+    bucket: Duration,
+) -> Result<Vec<ActionCount>, Error> {
+    let mut f = Filter::new(q, version, false);
+    let len = f.param(Value::Integer(
+        i64::try_from(bucket.as_secs().max(1)).unwrap_or(i64::MAX),
+    ));
+    // `unixepoch` reads the stored RFC 3339 text (fractions and `Z` included) as whole
+    // seconds; the bucket is the start of its multiple of `len` (a Euclidean remainder, like
+    // `bucket_start`, so instants before 1970 fall in the right bucket too). One pass over
+    // the matching rows, grouped in SQL: nothing but the sums leaves the database.
+    let sql = format!(
+        "SELECT b - ((b % {len}) + {len}) % {len} AS bucket, action, SUM({count}) \
+         FROM (SELECT unixepoch(timestamp) AS b, action, {count} AS count FROM audit_logs{where_}) \
+         GROUP BY bucket, action ORDER BY bucket, action",
+        count = count_column(version),
+        where_ = f.sql,
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params_from_iter(f.params))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let start: i64 = row.get(0)?;
+        let action: String = row.get(1)?;
+        let sum: i64 = row.get(2)?;
+        let corrupt = |what: String| Error::Corrupt {
+            id: String::new(),
+            what,
+        };
+        out.push(ActionCount {
+            bucket_start: OffsetDateTime::from_unix_timestamp(start)
+                .map_err(|e| corrupt(format!("bucket {start}: {e}")))?,
+            action: AuditAction::parse(&action)
+                .ok_or_else(|| corrupt(format!("unknown action {action:?}")))?,
+            count: u64::try_from(sum).unwrap_or(0),
+        });
+    }
+    Ok(out)
+}
+
+fn top_in(
+    conn: &Connection,
+    version: i64,
+    q: &AuditQuery,
+    by: TopBy,
+    n: usize,
+) -> Result<Vec<TopEntry>, Error> {
+    let mut f = Filter::new(q, version, false);
+    let column = match by {
+        TopBy::ClientIp => "client_ip",
+        TopBy::Subject => "user_id",
+    };
+    let limit = f.param(limit_value(n));
+    let and = if f.sql.is_empty() { " WHERE" } else { " AND" };
+    // Ties by key in BINARY collation: byte order, as the reference sorts `String`s.
+    let sql = format!(
+        "SELECT {column}, SUM({count}) AS n FROM audit_logs{where_}{and} {column} IS NOT NULL \
+         GROUP BY {column} ORDER BY n DESC, {column} LIMIT {limit}",
+        count = count_column(version),
+        where_ = f.sql,
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params_from_iter(f.params))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let sum: i64 = row.get(1)?;
+        out.push(TopEntry {
+            key: row.get(0)?,
+            count: u64::try_from(sum).unwrap_or(0),
+        });
+    }
+    Ok(out)
+}
+
+/// Events matching `q` in the database at `path`, newest first (by timestamp, then id).
+/// The same answer as [`SqliteAuditReader::events`], for callers without a runtime.
 ///
 /// A database without the audit schema yet reads as empty; a missing file is an error.
 ///
@@ -60,43 +261,104 @@ fn open_read_only(path: &Path) -> Result<Option<(Connection, i64)>, Error> {
 /// # });
 /// ```
 pub fn query(path: impl AsRef<Path>, q: &AuditQuery) -> Result<Vec<AuditEvent>, Error> {
-    let Some((conn, version)) = open_read_only(path.as_ref())? else {
-        return Ok(Vec::new());
-    };
-    let columns = if version >= schema::COUNT_VERSION {
-        COLUMNS
-    } else {
-        COLUMNS_V2
-    };
-    let mut sql = format!("SELECT {columns} FROM audit_logs");
-    let mut conditions = Vec::new();
-    let mut params = Vec::new();
-    if let Some(action) = q.action {
-        params.push(Value::Text(action.as_str().to_owned()));
-        conditions.push(format!("action = ?{}", params.len()));
+    match open_read_only(path.as_ref())? {
+        Some((conn, version)) => events_in(&conn, version, q),
+        None => Ok(Vec::new()),
     }
-    if let Some(since) = q.since {
-        // Stored timestamps are fixed-width UTC text, so text order is time order.
-        params.push(Value::Text(format_timestamp(since)));
-        conditions.push(format!("timestamp >= ?{}", params.len()));
-    }
-    if !conditions.is_empty() {
-        sql.push_str(" WHERE ");
-        sql.push_str(&conditions.join(" AND "));
-    }
-    params.push(Value::Integer(i64::try_from(q.limit).unwrap_or(i64::MAX)));
-    sql.push_str(&format!(
-        " ORDER BY timestamp DESC, id DESC LIMIT ?{}",
-        params.len()
-    ));
+}
 
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(params_from_iter(params))?;
-    let mut events = Vec::new();
-    while let Some(row) = rows.next()? {
-        events.push(from_row(row)?);
+/// An [`AuditReader`] over a SQLite audit database: every filter, the counts and the top
+/// offenders computed in SQL (`GROUP BY`, `SUM(count)`), never by loading the rows.
+///
+/// Each call opens its own read-only connection on the blocking pool (`spawn_blocking`):
+/// rusqlite is blocking, and in WAL mode a reader neither waits for the writer nor holds it
+/// up. A file of an older schema version is read as it is (no migration from a reader):
+/// before version 3 every row counts one, before version 5 no row has a fingerprint.
+///
+/// ```
+/// use secure_routes::audit::{AuditAction, AuditEvent, AuditQuery, AuditReader, AuditSink, TopBy};
+/// use secure_routes_sqlite::{SqliteAuditReader, SqliteAuditSink};
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let dir = tempfile::tempdir().unwrap();
+/// let db = dir.path().join("audit.db");
+/// let sink = SqliteAuditSink::open(&db).unwrap();
+/// sink.write_batch(&[
+///     AuditEvent::new(AuditAction::UnauthorizedAccess).with_client_ip("203.0.113.7").with_count(40),
+///     AuditEvent::new(AuditAction::UnauthorizedAccess).with_client_ip("198.51.100.1"),
+/// ]).await.unwrap();
+///
+/// let reader = SqliteAuditReader::open(&db).unwrap();
+/// let top = reader.top(&AuditQuery::default(), TopBy::ClientIp, 1).await.unwrap();
+/// assert_eq!((top[0].key.as_str(), top[0].count), ("203.0.113.7", 40));
+/// # });
+/// ```
+#[derive(Clone, Debug)]
+pub struct SqliteAuditReader {
+    path: Arc<Path>,
+}
+
+impl SqliteAuditReader {
+    /// A reader of the database at `path`, which must exist (a database without the audit
+    /// table yet reads as empty). Opens it once to check it is a database this build can
+    /// read. Blocking (a file open).
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir().unwrap();
+    /// assert!(secure_routes_sqlite::SqliteAuditReader::open(dir.path().join("none.db")).is_err());
+    /// ```
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path: Arc<Path> = Arc::from(path.as_ref());
+        open_read_only(&path)?;
+        Ok(Self { path })
     }
-    Ok(events)
+
+    /// Runs `f` on a fresh read-only connection on the blocking pool.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, i64) -> Result<Vec<T>, Error> + Send + 'static,
+    ) -> Result<Vec<T>, AuditError> {
+        let path = Arc::clone(&self.path);
+        let done = tokio::task::spawn_blocking(move || match open_read_only(&path)? {
+            Some((conn, version)) => f(&conn, version),
+            None => Ok(Vec::new()),
+        })
+        .await
+        .map_err(|e| AuditError(format!("SQLite audit read task failed: {e}")))?;
+        done.map_err(|e| AuditError(e.to_string()))
+    }
+}
+
+impl AuditReader for SqliteAuditReader {
+    fn events<'a>(
+        &'a self,
+        q: &'a AuditQuery,
+    ) -> BoxFuture<'a, Result<Vec<AuditEvent>, AuditError>> {
+        let q = q.clone();
+        Box::pin(self.run(move |conn, version| events_in(conn, version, &q)))
+    }
+
+    fn counts<'a>(
+        &'a self,
+        q: &'a AuditQuery,
+        bucket: Duration,
+    ) -> BoxFuture<'a, Result<Vec<ActionCount>, AuditError>> {
+        let q = q.clone();
+        Box::pin(self.run(move |conn, version| counts_in(conn, version, &q, bucket)))
+    }
+
+    fn top<'a>(
+        &'a self,
+        q: &'a AuditQuery,
+        by: TopBy,
+        n: usize,
+    ) -> BoxFuture<'a, Result<Vec<TopEntry>, AuditError>> {
+        let q = q.clone();
+        Box::pin(self.run(move |conn, version| top_in(conn, version, &q, by, n)))
+    }
+
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
 }
 
 /// The number of stored events.
@@ -150,7 +412,7 @@ fn from_row(row: &Row<'_>) -> Result<AuditEvent, Error> {
         reason: row.get(11)?,
         request_id: row.get(12)?,
         user_agent: row.get(13)?,
-        fingerprint: None,
+        fingerprint: row.get(15)?,
         count: u64::try_from(count)
             .ok()
             .filter(|c| *c > 0)

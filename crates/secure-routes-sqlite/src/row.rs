@@ -34,6 +34,7 @@ pub(crate) struct EncodedRow {
     pub(crate) user_agent: Option<Span>,
     /// Occurrences the row stands for (SQLite integers are signed; saturates).
     pub(crate) count: i64,
+    pub(crate) fingerprint: Option<Span>,
 }
 
 /// A batch ready to insert.
@@ -58,6 +59,7 @@ impl EncodedBatch {
                     + e.reason.len()
                     + e.request_id.len()
                     + e.user_agent.as_ref().map_or(0, String::len)
+                    + e.fingerprint.as_ref().map_or(0, String::len)
             })
             .sum();
         let mut text = String::with_capacity(estimate);
@@ -117,5 +119,6 @@ fn encode(text: &mut String, e: &AuditEvent) -> EncodedRow {
         request_id: push(text, &e.request_id),
         user_agent: e.user_agent.as_deref().map(|s| push(text, s)),
         count: i64::try_from(e.count).unwrap_or(i64::MAX),
+        fingerprint: e.fingerprint.as_deref().map(|s| push(text, s)),
     }
 }

@@ -79,15 +79,24 @@ const MIGRATIONS: &[&str] = &[
         expires_at  INTEGER NOT NULL              -- from then on the row equals a fresh key
     );
     CREATE INDEX idx_bans_until ON bans(until);",
+    // Version 5: the request fingerprint (`AuditEvent::fingerprint`; NULL for events with no
+    // request and for rows written before it), and an index for the dashboard's "this
+    // address" filter and its top-offenders ranking (see DESIGN.md, "Reading the audit
+    // trail"). Readers of version 3 and 4 files read the fingerprint as absent.
+    "ALTER TABLE audit_logs ADD COLUMN fingerprint TEXT;
+    CREATE INDEX idx_audit_logs_client_ip ON audit_logs(client_ip, timestamp);",
 ];
 
 /// The first version with `audit_logs.count`.
 pub(crate) const COUNT_VERSION: i64 = 3;
 
+/// The first version with `audit_logs.fingerprint`.
+pub(crate) const FINGERPRINT_VERSION: i64 = 5;
+
 /// The schema version this build creates and reads.
 ///
 /// ```
-/// assert_eq!(secure_routes_sqlite::SCHEMA_VERSION, 4);
+/// assert_eq!(secure_routes_sqlite::SCHEMA_VERSION, 5);
 /// ```
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 

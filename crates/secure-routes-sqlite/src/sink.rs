@@ -24,8 +24,8 @@ const GROUP_COMMIT_ROWS: usize = 8192;
 /// replay may resend), and an event id is a UUIDv7, so a second copy is the same event.
 const INSERT_SQL: &str = "INSERT INTO audit_logs (id, action, user_id, metadata, timestamp, \
      created_at, outcome, client_ip, method, route, path, status, reason, request_id, user_agent, \
-     count) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
+     count, fingerprint) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) \
      ON CONFLICT(id) DO NOTHING";
 
 type Reply = oneshot::Sender<Result<(), String>>;
@@ -179,6 +179,7 @@ fn insert<'a>(
                     b.get(&r.request_id),
                     b.get_opt(r.user_agent.as_ref()),
                     r.count,
+                    b.get_opt(r.fingerprint.as_ref()),
                 ])?;
             }
         }

@@ -455,6 +455,11 @@ impl BanStore for SqliteStore {
     fn name(&self) -> &'static str {
         "sqlite"
     }
+
+    /// Shared: other processes may open the same file.
+    fn is_shared(&self) -> bool {
+        true
+    }
 }
 
 /// The writer thread: takes every request already waiting (up to [`MAX_BATCH`]), runs them

@@ -30,3 +30,16 @@ async fn sqlite_store_passes_the_ban_conformance_suite() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_instances_on_one_sqlite_file_honour_each_others_bans() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("three.db");
+    let handles = (0..3)
+        .map(|_| {
+            std::sync::Arc::new(SqliteStore::open(&path).unwrap())
+                as std::sync::Arc<dyn secure_routes::bans::BanStore>
+        })
+        .collect();
+    conformance::three_instances(handles).await;
+}

@@ -217,6 +217,7 @@ fn schema_is_versioned_indexed_and_in_wal_mode() {
         indexes,
         [
             "idx_audit_logs_action",
+            "idx_audit_logs_client_ip",
             "idx_audit_logs_timestamp",
             "idx_audit_logs_user_id"
         ]

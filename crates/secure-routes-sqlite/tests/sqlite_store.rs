@@ -177,9 +177,11 @@ async fn an_audit_only_database_gains_the_rate_limit_table() {
     // Make it what a version-1 build left behind: the audit log only.
     let conn = Connection::open(&db).unwrap();
     conn.execute_batch(
-        "DROP TABLE rate_limits; DROP TABLE bans; ALTER TABLE audit_logs DROP COLUMN count; PRAGMA user_version = 1;",
+        "DROP TABLE rate_limits; DROP TABLE bans; DROP INDEX idx_audit_logs_client_ip; \
+         ALTER TABLE audit_logs DROP COLUMN count; ALTER TABLE audit_logs DROP COLUMN fingerprint; \
+         PRAGMA user_version = 1;",
     )
-        .unwrap();
+    .unwrap();
     drop(conn);
 
     let clock = FakeClock::new(START);

@@ -167,7 +167,7 @@ impl Ctx {
         needs_token.then(|| self.subject.as_ref().map_or("", Principal::csrf_binding))
     }
 
-    fn event(&self, info: RejectionInfo, status: u16, outcome: Outcome) -> AuditEvent {
+    pub(crate) fn event(&self, info: RejectionInfo, status: u16, outcome: Outcome) -> AuditEvent {
         let shared = &self.state.shared;
         let ip = if shared.truncate_ips {
             client_ip::truncate(self.ip)

@@ -21,7 +21,7 @@ use crate::audit::{Outcome, Reason, sanitize};
 use crate::context::{Ctx, RouteState};
 use crate::rate_limit::headers::{LimitHeaders, RATELIMIT};
 use crate::request_id::{X_REQUEST_ID, fresh_request_id};
-use crate::response::problem::{Rejection, RejectionKind};
+use crate::response::problem::{Rejection, RejectionInfo, RejectionKind};
 
 impl Ctx {
     /// Audits a refusal and turns it into the final response (one event per decision: the
@@ -35,6 +35,7 @@ impl Ctx {
             self.audit(store, status, Outcome::Allowed).await;
         }
         self.audit(info, status, Outcome::Denied).await;
+        self.strike(info, status);
         let mut res = rejection.into_response();
         // The CORS grant too (and `Vary`), so a browser app can read why it was refused.
         match &self.origin {
@@ -48,6 +49,20 @@ impl Ctx {
         }
         self.decorate(&mut res);
         res
+    }
+
+    /// Queues a strike for a refusal the client caused (a [`Violation`]) when bans are on;
+    /// the refusal is answered without waiting for the store.
+    ///
+    /// [`Violation`]: crate::bans::Violation
+    pub(crate) fn strike(&self, info: RejectionInfo, status: u16) {
+        if let Some(bans) = &self.state.shared.bans {
+            let subject = self.subject.as_ref().map(|p| p.subject());
+            let now = self.state.shared.clock.now();
+            bans.queue_strike(info.kind, self.ip, subject, now, || {
+                self.event(info, status, Outcome::Denied)
+            });
+        }
     }
 
     /// Step 3's answer: a CORS preflight, 204 (tower-http answers 200): no content, and what

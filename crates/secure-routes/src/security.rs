@@ -490,6 +490,10 @@ impl SecurityBuilder {
             }
         }
         let store = self.store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
+        if let Some(bans) = &self.bans {
+            // Ban expiry on this Security's clock; `ip_banned` events to its audit writer.
+            bans.attach(Arc::clone(&clock), self.audit.clone());
+        }
         let shared = Shared {
             authenticator: self.authenticator,
             deny: (!self.no_deny_cache && !store.is_local()).then(DenyCache::default),

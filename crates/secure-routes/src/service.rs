@@ -132,6 +132,15 @@ where
         Err(r) => return Ok(respond::unaudited(&state, r)),
     };
     let mut ctx = context(&state, &parts, client);
+    // 2. Bans, on the resolved address (never a header the client wrote).
+    if let Some(bans) = &state.shared.bans
+        && let Some(r) = bans.refuse_ip(ctx.ip, &*state.shared.clock)
+    {
+        if !state.policy.is_dry_run() {
+            return Ok(ctx.reject(r).await);
+        }
+        ctx.audit(r.audit_info(), 403, Outcome::WouldDeny).await;
+    }
     // 3. CORS preflight, answered without calling the handler.
     if is_preflight(&parts) {
         return Ok(ctx.preflight(&parts.headers));
@@ -173,6 +182,7 @@ where
     // A refusal from inside the stack (Fetch Metadata, a handler panic) is audited here.
     if let Some(info) = res.extensions().get::<RejectionInfo>().copied() {
         ctx.audit(info, status, Outcome::Denied).await;
+        ctx.strike(info, status);
     }
     // 10. Response headers, then the CORS headers (names step 10 never sets; merged into the
     // decorated map, which has room for them, instead of growing the handler's).
@@ -217,6 +227,12 @@ async fn checks(
     let subject = refusals.step(auth::authenticate(state, parts, &ctx.route, ctx.ip).await)?;
     let authenticated = subject.is_some();
     ctx.subject = subject.flatten();
+    // 2, for the subject: a banned account is refused from any address.
+    if let (Some(bans), Some(p)) = (&state.shared.bans, &ctx.subject)
+        && let Some(r) = bans.refuse_subject(p.subject(), &*state.shared.clock)
+    {
+        refusals.step(Err::<(), _>(r))?;
+    }
     let limited = rate_limit::check(state, &ctx.route, ctx.ip, ctx.subject.as_ref()).await;
     if let Some(limited) = refusals.step(limited)? {
         (ctx.limit, ctx.failed_open) = (limited.decision, limited.failed_open);

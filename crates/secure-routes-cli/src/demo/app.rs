@@ -9,6 +9,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http::Method;
 use secure_routes::audit::{AuditConfig, AuditObserver, AuditStats, AuditWriter};
+use secure_routes::bans::Bans;
 use secure_routes::clock::Clock;
 use secure_routes::rate_limit::RateLimitStore;
 use secure_routes::serve::{ServeConfig, ServeReport};
@@ -66,6 +67,9 @@ pub struct Wiring {
     /// The cookie a session token may come in (HS256 and JWKS identities; none: the demo's
     /// `sr-session`).
     pub session_cookie: Option<String>,
+    /// Escalating bans (none: off). `demo` and `serve` set them on by default, kept in the
+    /// limits store ([`crate::stores::OpenStores::bans`]).
+    pub bans: Option<Bans>,
 }
 
 impl std::fmt::Debug for Wiring {
@@ -78,6 +82,7 @@ impl std::fmt::Debug for Wiring {
             .field("store_timeout", &self.store_timeout)
             .field("identity", &self.identity)
             .field("session_cookie", &self.session_cookie)
+            .field("bans", &self.bans)
             .finish()
     }
 }
@@ -121,6 +126,9 @@ pub(crate) fn security_for(
     }
     if let Some(c) = &wiring.clock {
         b = b.clock(Arc::clone(c));
+    }
+    if let Some(bans) = &wiring.bans {
+        b = b.bans(bans.clone());
     }
     Ok(b.build()?)
 }
@@ -218,6 +226,10 @@ pub async fn run(
         store_timeout: options.store_timeout,
         identity: options.identity.clone(),
         session_cookie: None,
+        bans: options
+            .bans
+            .clone()
+            .map(|policy| Bans::new(Arc::clone(&stores.bans), policy)),
     };
     let served = async {
         let app = router(config, &wiring)?;
@@ -245,6 +257,10 @@ pub async fn run(
         anyhow::Ok(())
     }
     .await;
+    // Strikes still queued reach the ban store first (a ban they issue is an audit event).
+    if let Some(bans) = &wiring.bans {
+        bans.flush().await;
+    }
     // Always, also when the router could not be built or serving failed: events recorded
     // so far must reach the store (or the spill file).
     writer.shutdown().await;

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use super::{DemoOptions, Identity, SESSION_COOKIE};
-use crate::stores::AuditLocation;
+use crate::stores::{AuditLocation, LimitsLocation};
 
 /// The banner printed at start: routes and how to get a token.
 pub fn banner(addr: SocketAddr, options: &DemoOptions) -> String {
@@ -47,10 +47,45 @@ Tokens from:   {identity}
   POST           /api/sensitive-operation  auth + CSRF, 5/hour, 100 KiB
 {alerts}
 {how}
+Bans:          {bans}
 Audit log:     secure-routes audit{audit_flag}
 Ctrl-C (or `kill %1` when started with `&`) stops the server and flushes the audit log.",
         limits = options.limits,
         audit = options.audit,
         identity = options.identity,
+        bans = bans_line(options),
     )
+}
+
+/// What the banner says about bans: the rule, and how to list them (a memory store is read
+/// only by the process itself).
+fn bans_line(options: &DemoOptions) -> String {
+    let Some(p) = &options.bans else {
+        return "off (--bans off)".to_owned();
+    };
+    let list = match options.limits {
+        LimitsLocation::Memory => {
+            "kept in this process (--limits sqlite:PATH to list them with `secure-routes bans`)"
+                .to_owned()
+        }
+        ref shared => format!("secure-routes bans list --limits {shared}"),
+    };
+    format!(
+        "{} points in {} ban a client for {}, doubling to {}; {list}",
+        p.threshold(),
+        human(p.window()),
+        human(p.first_ban()),
+        human(p.max_ban()),
+    )
+}
+
+/// `90s`, `10m`, `24h`, `7d`: the largest whole unit.
+pub(crate) fn human(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        s if s >= 86_400 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }

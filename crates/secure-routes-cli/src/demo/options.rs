@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use secure_routes::alerts::AlertEngine;
+use secure_routes::bans::BanPolicy;
 use secure_routes::clock::{Clock, SystemClock};
 use secure_routes::serve::ServeConfig;
 
@@ -17,6 +18,7 @@ use crate::stores::{AuditLocation, LimitsLocation};
 /// let o = DemoOptions::default();
 /// assert_eq!(o.limits.to_string(), "memory");
 /// assert_eq!(o.audit.to_string(), "sqlite:./secure-routes.db");
+/// assert_eq!(o.bans.unwrap().threshold(), 50);
 /// ```
 #[derive(Clone, Debug)]
 pub struct DemoOptions {
@@ -34,6 +36,10 @@ pub struct DemoOptions {
     pub clock_skew_ms: i64,
     /// Whose tokens are accepted.
     pub identity: Identity,
+    /// Escalating bans: the policy (none: off, `--bans off`). On by default with
+    /// [`BanPolicy::default`]; `--ban-threshold N` changes the threshold. Kept in the limits
+    /// store, so instances sharing `--limits` share bans.
+    pub bans: Option<BanPolicy>,
     /// Connection limits and shutdown grace (`--header-read-timeout`, `--idle-timeout`,
     /// `--max-connections`, `--max-connections-per-ip`, `--shutdown-grace`).
     pub serve: ServeConfig,
@@ -52,6 +58,7 @@ impl Default for DemoOptions {
             store_timeout: None,
             clock_skew_ms: 0,
             identity: Identity::DemoSecret,
+            bans: Some(BanPolicy::default()),
             serve: ServeConfig::default(),
             alerts: None,
         }

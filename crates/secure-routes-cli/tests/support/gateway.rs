@@ -28,6 +28,8 @@ pub struct Gateway {
     pub dir: PathBuf,
     config: PathBuf,
     stderr: PathBuf,
+    /// `[stores] limits`, when the test names one (memory otherwise).
+    limits: Option<String>,
 }
 
 /// A port nobody listens on right now (bound and dropped).
@@ -51,12 +53,25 @@ impl Gateway {
     /// Starts `secure-routes serve` in `dir` with `body` (the config file without `listen`
     /// and `[stores]`, which this adds) and the test secrets plus `env`.
     pub async fn start(dir: &Path, body: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::start_with_limits(dir, body, env, None).await
+    }
+
+    /// [`start`](Self::start) with `[stores] limits = LIMITS` (a store other processes can
+    /// read, such as `sqlite:PATH` for `secure-routes bans`).
+    pub async fn start_with_limits(
+        dir: &Path,
+        body: &str,
+        env: &[(&str, &str)],
+        limits: Option<&str>,
+    ) -> Gateway {
+        let limits = limits.map(str::to_owned);
         let stderr = dir.join("gateway.stderr");
         let config = dir.join("secure-routes.toml");
         let mut last = String::new();
         for _ in 0..PORT_ATTEMPTS {
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            std::fs::write(&config, Self::file(dir, addr, body)).expect("write config");
+            std::fs::write(&config, Self::file(dir, addr, body, limits.as_deref()))
+                .expect("write config");
             let mut command = Command::new(env!("CARGO_BIN_EXE_secure-routes"));
             command.arg("serve").arg("--config").arg(&config);
             for var in secure_routes_cli::config::ENVIRONMENT {
@@ -80,6 +95,7 @@ impl Gateway {
                 dir: dir.to_path_buf(),
                 config: config.clone(),
                 stderr: stderr.clone(),
+                limits: limits.clone(),
             };
             match gateway.wait_ready().await {
                 Ok(()) => return gateway,
@@ -93,9 +109,10 @@ impl Gateway {
     }
 
     /// The whole config file for `body` listening on `addr`.
-    fn file(dir: &Path, addr: SocketAddr, body: &str) -> String {
+    fn file(dir: &Path, addr: SocketAddr, body: &str, limits: Option<&str>) -> String {
+        let limits = limits.map_or_else(String::new, |l| format!("limits = \"{l}\"\n"));
         format!(
-            "listen = \"{addr}\"\n{body}\n[stores]\naudit = \"sqlite:{}\"\n",
+            "listen = \"{addr}\"\n{body}\n[stores]\naudit = \"sqlite:{}\"\n{limits}",
             dir.join("audit.db").display()
         )
     }
@@ -141,7 +158,11 @@ impl Gateway {
 
     /// Replaces the config file with `body` (same `listen` and `[stores]`).
     pub fn rewrite(&self, body: &str) {
-        std::fs::write(&self.config, Self::file(&self.dir, self.addr, body)).expect("rewrite");
+        std::fs::write(
+            &self.config,
+            Self::file(&self.dir, self.addr, body, self.limits.as_deref()),
+        )
+        .expect("rewrite");
     }
 
     /// Replaces the config file with `text` as it is.

@@ -17,13 +17,20 @@ use uuid::Uuid;
 
 use super::{AuditAction, AuditError, AuditEvent, BoxFuture, Outcome};
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
 /// A filter for reading audit events back, shared by every store that can list them: which
 /// events [`AuditReader::events`] returns. Every field left `None` matches everything; text
 /// fields match exactly (as stored: escaped, bounded).
 ///
 /// Paging goes backwards in time: `before` is the id of the last (oldest) event of the
-/// previous page, and the next page holds the events older than it. Ids are UUIDv7, so their
-/// order is the time order.
+/// previous page, and the next page holds the events older than it in the list's order,
+/// newest first by `(timestamp, id)`: a keyset cursor. Readers look the cursor's event up
+/// and compare `(timestamp, id)` pairs, so pages have no gaps or repeats even where ids
+/// (UUIDv7, millisecond time then per-process order) and timestamps disagree (two
+/// instances within one millisecond, a clock stepped back), and a store serves the list
+/// from its timestamp indexes. A cursor naming no stored event gives an empty page.
 ///
 /// ```
 /// use secure_routes::audit::{AuditAction, AuditQuery, Outcome};
@@ -55,7 +62,8 @@ pub struct AuditQuery {
     pub since: Option<OffsetDateTime>,
     /// Only events before this instant.
     pub until: Option<OffsetDateTime>,
-    /// Only events older than the event with this id (the paging cursor).
+    /// Only events after the event with this id in the list's order, i.e. with a smaller
+    /// `(timestamp, id)` (the paging cursor; see above).
     pub before: Option<Uuid>,
     /// At most this many events (the newest ones). `0` returns none.
     pub limit: usize,
@@ -80,7 +88,8 @@ impl Default for AuditQuery {
 }
 
 impl AuditQuery {
-    /// Whether `e` passes every filter (the limit aside): the rule every store implements.
+    /// Whether `e` passes every filter (the limit and the cursor aside: the cursor names an
+    /// event, which a reader looks up): the rule every store implements.
     ///
     /// ```
     /// use secure_routes::audit::{AuditAction, AuditEvent, AuditQuery};
@@ -102,7 +111,6 @@ impl AuditQuery {
             && same(&self.fingerprint, &e.fingerprint)
             && self.since.is_none_or(|t| e.timestamp >= t)
             && self.until.is_none_or(|t| e.timestamp < t)
-            && self.before.is_none_or(|id| e.id < id)
     }
 }
 
@@ -149,7 +157,8 @@ pub struct TopEntry {
 /// # });
 /// ```
 pub trait AuditReader: Send + Sync + 'static {
-    /// The events matching `q` (all its filters), newest first, at most `q.limit`.
+    /// The events matching `q` (all its filters and the cursor), newest first by
+    /// `(timestamp, id)`, at most `q.limit`.
     fn events<'a>(
         &'a self,
         q: &'a AuditQuery,
@@ -196,10 +205,18 @@ impl AuditReader for MemoryAuditReader {
         &'a self,
         q: &'a AuditQuery,
     ) -> BoxFuture<'a, Result<Vec<AuditEvent>, AuditError>> {
+        // The keyset cursor: the named event's place in the order (none: an empty page).
+        let cursor = match q.before {
+            None => None,
+            Some(id) => match self.events.iter().find(|e| e.id == id) {
+                Some(e) => Some((e.timestamp, e.id)),
+                None => return Box::pin(std::future::ready(Ok(Vec::new()))),
+            },
+        };
         let mut found: Vec<AuditEvent> = self
             .events
             .iter()
-            .filter(|e| q.matches(e))
+            .filter(|e| q.matches(e) && cursor.is_none_or(|c| (e.timestamp, e.id) < c))
             .cloned()
             .collect();
         found.sort_by_key(|e| std::cmp::Reverse((e.timestamp, e.id)));
@@ -212,10 +229,6 @@ impl AuditReader for MemoryAuditReader {
         q: &'a AuditQuery,
         bucket: Duration,
     ) -> BoxFuture<'a, Result<Vec<ActionCount>, AuditError>> {
-        let q = AuditQuery {
-            before: None,
-            ..q.clone()
-        };
         Box::pin(std::future::ready(Ok(count_per_bucket(
             self.events.iter().filter(|e| q.matches(e)),
             bucket,
@@ -228,10 +241,6 @@ impl AuditReader for MemoryAuditReader {
         by: TopBy,
         n: usize,
     ) -> BoxFuture<'a, Result<Vec<TopEntry>, AuditError>> {
-        let q = AuditQuery {
-            before: None,
-            ..q.clone()
-        };
         Box::pin(std::future::ready(Ok(rank(
             self.events.iter().filter(|e| q.matches(e)),
             by,

@@ -485,3 +485,152 @@ where
         );
     }
 }
+
+/// Three [`Security`](crate::Security) instances (three routers, each with its own [`Bans`]
+/// and so its own snapshot) on `handles`, three handles on one fresh shared store: a loop of
+/// bad tokens through instance A bans the client there at once (401, 401, 401, then 403 with
+/// `Retry-After`); B and C refuse it after one sync; a lift through A is honoured by A at once
+/// and by B and C after their next sync. Syncs are [`Bans::sync_now`] (what the background
+/// task does every sync interval, at most 1 s), so nothing sleeps.
+///
+/// # Panics
+///
+/// If an instance answers otherwise.
+///
+/// [`Bans`]: super::Bans
+/// [`Bans::sync_now`]: super::Bans::sync_now
+pub async fn three_instances(handles: Vec<Arc<dyn BanStore>>) {
+    use crate::auth::{AuthError, Authenticator, CredentialSource, Principal};
+    use crate::clock::{Clock, FakeClock, SystemClock};
+    use crate::{Policy, Security};
+    use axum::extract::ConnectInfo;
+    use tower::ServiceExt as _;
+
+    /// `Bearer good` is alice; anything else is an invalid credential.
+    struct GoodToken;
+    impl Authenticator for GoodToken {
+        fn authenticate<'a>(
+            &'a self,
+            parts: &'a http::request::Parts,
+        ) -> super::BoxFuture<'a, Result<Principal, AuthError>> {
+            let good = parts
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .is_some_and(|v| v == "Bearer good");
+            Box::pin(std::future::ready(if good {
+                Ok(Principal::new("alice", CredentialSource::Header))
+            } else {
+                Err(AuthError::Invalid("bad token"))
+            }))
+        }
+    }
+
+    assert_eq!(handles.len(), 3, "three handles on one store");
+    let name = handles[0].name();
+    // The wall clock's time (a shared store may keep server-side expiries), then frozen.
+    let clock = FakeClock::new(SystemClock.now());
+    let policy = BanPolicy::builder().threshold(3).build().expect("policy");
+    let peer: std::net::IpAddr = "198.51.100.23".parse().expect("address");
+    let mut apps = Vec::new();
+    let mut bans = Vec::new();
+    for store in handles {
+        let b = super::Bans::new(store, policy.clone());
+        let security = Security::builder()
+            .csrf_secret([9u8; 32])
+            .authenticator(GoodToken)
+            .clock(Arc::new(clock.clone()))
+            .bans(b.clone())
+            .build()
+            .expect("security");
+        let layer = security.layer(Policy::authenticated()).expect("layer");
+        let app = axum::Router::new().route(
+            "/private",
+            axum::routing::get(|| async { "ok" }).layer(layer),
+        );
+        apps.push(app);
+        bans.push(b);
+    }
+    let send = |app: &axum::Router, token: &str| {
+        let mut req = http::Request::builder()
+            .uri("/private")
+            .header(http::header::AUTHORIZATION, token)
+            .body(axum::body::Body::empty())
+            .expect("request");
+        req.extensions_mut()
+            .insert(ConnectInfo(std::net::SocketAddr::new(peer, 40_000)));
+        let app = app.clone();
+        async move {
+            let res = app.oneshot(req).await.expect("infallible");
+            let retry = res
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            (res.status().as_u16(), retry)
+        }
+    };
+    let (a, b, c) = (&apps[0], &apps[1], &apps[2]);
+    for i in 0..3 {
+        assert_eq!(send(a, "Bearer bad").await.0, 401, "{name}: bad token {i}");
+        // The strike is off the response path: wait for it before the next request.
+        bans[0].flush().await;
+    }
+    let banned = (403, Some((15 * MIN).as_secs().to_string()));
+    assert_eq!(
+        send(a, "Bearer good").await,
+        banned,
+        "{name}: A bans at once"
+    );
+    // B and C have not synced yet; after one sync they refuse too.
+    for (i, app) in [(1, b), (2, c)] {
+        bans[i].sync_now().await.expect("sync");
+        assert_eq!(
+            send(app, "Bearer good").await,
+            banned,
+            "{name}: instance {i} after a sync"
+        );
+    }
+    let key = BanKey::ip(peer);
+    assert!(bans[0].lift(&key).await.expect("lift"), "{name}: lifted");
+    assert_eq!(
+        send(a, "Bearer good").await.0,
+        200,
+        "{name}: A after the lift"
+    );
+    for (i, app) in [(1, b), (2, c)] {
+        bans[i].sync_now().await.expect("sync");
+        assert_eq!(
+            send(app, "Bearer good").await.0,
+            200,
+            "{name}: instance {i} after the lift"
+        );
+    }
+    // A second ban through B expires by the clock everywhere.
+    for _ in 0..3 {
+        assert_eq!(
+            send(b, "Bearer bad").await.0,
+            401,
+            "{name}: bad token via B"
+        );
+        bans[1].flush().await;
+    }
+    for (i, app) in [(0, a), (2, c)] {
+        bans[i].sync_now().await.expect("sync");
+        assert_eq!(
+            send(app, "Bearer good").await.0,
+            403,
+            "{name}: instance {i}, second ban"
+        );
+    }
+    clock.advance(15 * MIN);
+    for app in [a, b, c] {
+        assert_eq!(
+            send(app, "Bearer good").await.0,
+            200,
+            "{name}: the ban ended by the clock"
+        );
+    }
+    for b in &bans {
+        let _ = b.lift(&key).await;
+    }
+}

@@ -64,7 +64,9 @@ use ipnet::IpNet;
 pub use crate::error::{ConfigError, StoreError};
 pub use crate::rate_limit::BoxFuture;
 use crate::response::problem::RejectionKind;
-pub use front::Bans;
+pub use front::{
+    Bans, DEFAULT_SYNC_INTERVAL, MAX_LOCAL_BANS, MAX_SYNC_INTERVAL, MIN_SYNC_INTERVAL, STRIKE_QUEUE,
+};
 pub use memory::{MAX_KEYS, MemoryBans, sort_bans};
 
 /// The reason stored with a ban issued by reaching the threshold.
@@ -599,6 +601,13 @@ pub trait BanStore: Send + Sync + 'static {
 
     /// A short name for logs and metrics (`"memory"`, `"sqlite"`, ...).
     fn name(&self) -> &'static str;
+
+    /// Whether other processes may change this store's bans (SQLite, Redis, Postgres: `true`).
+    /// [`Bans`] then reads [`list`](Self::list) into its snapshot every sync interval; for a
+    /// store only this process writes (memory, the default `false`), it does not need to.
+    fn is_shared(&self) -> bool {
+        false
+    }
 }
 
 /// One key's ban state, and the pure step every store runs (Redis runs a Lua port of it).
