@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::demo::{DemoOptions, Identity, Wiring};
 use crate::stores::{self, AuditLocation, LimitsLocation};
-use crate::{audit_cmd, bans_cmd, demo, duration, gateway_cmd, token};
+use crate::{audit_cmd, bans_cmd, dashboard_cmd, demo, duration, gateway_cmd, token};
 
 /// What the binary is, as `secure-routes --help` shows it.
 pub const ABOUT: &str = "secure-routes: security middleware demo, token minting and audit log \
@@ -73,6 +73,15 @@ Environment:
   SECURE_ROUTES_WEBHOOK_SECRET   signs the [[alerts]] webhooks (32+ bytes; needed with alerts)
   RUST_LOG                       log filter
   NO_COLOR                       set: no colour in logs";
+
+/// Every environment variable `secure-routes dashboard` reads.
+pub const DASHBOARD_ENVIRONMENT: &str = "\
+Environment:
+  SECURE_ROUTES_ADMIN_TOKEN      required: the login form's password and the API's bearer
+                                 token (the command refuses to start without it)
+  SECURE_ROUTES_AUDIT            the same as --audit
+  SECURE_ROUTES_LIMITS           the same as --limits
+  RUST_LOG                       log filter";
 
 /// Where `secure-routes token` takes its secret from, shown by `secure-routes token --help`.
 pub const TOKEN_SECRETS: &str = "\
@@ -233,6 +242,21 @@ pub enum Command {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+    },
+    /// Serve the audit dashboard (events, counts, top offenders, bans, alerts, live tail) at
+    /// http://ADDR/_secure-routes/, behind SECURE_ROUTES_ADMIN_TOKEN.
+    #[command(after_help = DASHBOARD_ENVIRONMENT)]
+    Dashboard {
+        /// Audit store to show: sqlite:PATH, postgres://USER@HOST/DB or jsonl:PATH.
+        #[arg(long, env = "SECURE_ROUTES_AUDIT")]
+        audit: AuditLocation,
+        /// Limits store holding the bans to list and lift: sqlite:PATH, redis://… or
+        /// postgres://… (without it, no bans are shown).
+        #[arg(long, env = "SECURE_ROUTES_LIMITS")]
+        limits: Option<LimitsLocation>,
+        /// Address to listen on, HOST:PORT.
+        #[arg(long, default_value = "127.0.0.1:3001", value_parser = parse_listen_addr)]
+        addr: String,
     },
     /// Read and change the bans in a shared limits store (the one the servers use).
     Bans {
@@ -502,6 +526,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{out}");
             Ok(())
         }
+        Command::Dashboard {
+            audit,
+            limits,
+            addr,
+        } => dashboard_cmd::run(audit, limits, addr, shutdown_signal()).await,
         Command::Serve { config } => {
             let shutdown = shutdown_signal();
             gateway_cmd::run(config, shutdown).await

@@ -214,6 +214,11 @@ pub async fn run(
         let mut parts = GatewayParts::new(security)?;
         parts.signer = Arc::new(signer);
         parts.cookie_names = Arc::new(CookieNames::new([session_cookie]));
+        // The dashboard at /_secure-routes/ reads the gateway's own audit trail (only served
+        // with an admin token).
+        if admin_token.is_some() {
+            parts.audit_reader = Some(stores::audit_reader(&audit)?);
+        }
         parts.admin_token = admin_token;
         parts.metrics = Some(metrics.clone());
         parts.https = tls.is_some();

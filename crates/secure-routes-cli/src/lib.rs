@@ -12,6 +12,7 @@
 //!   JSON lines), opened and migrated.
 //! * [`audit_cmd`]: lists audit events from any audit location.
 //! * [`bans_cmd`]: lists, lifts and adds bans in a shared limits store.
+//! * [`dashboard_cmd`]: the audit dashboard on its own (`secure-routes dashboard`).
 //! * [`alerts`]: alert rules and the one engine construction `demo` and `serve` share.
 //! * [`duration`]: `30s`, `10m`, `1h`, `2d`.
 //!
@@ -24,6 +25,7 @@ pub mod audit_cmd;
 pub mod bans_cmd;
 pub mod cli;
 pub mod config;
+pub mod dashboard_cmd;
 pub mod demo;
 pub mod duration;
 pub mod gateway_cmd;

@@ -892,6 +892,131 @@ async fn metrics_need_the_admin_token_and_count_upstream_responses() {
     );
 }
 
+/// The audit dashboard under the reserved prefix (issue 12 part 4): only with the admin token,
+/// answered by the gateway (never the upstream), its own CSP, the other reserved endpoints
+/// unchanged, and an IPv6 ban key's raw `/` accepted (an encoded one is refused by the path
+/// normalizing).
+#[tokio::test]
+async fn the_dashboard_is_served_under_the_reserved_prefix_with_the_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    {
+        let closed = Gateway::start(dir.path(), &config(&upstream, ""), &[]).await;
+        let res = http
+            .get(closed.url("/_secure-routes/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 404, "no admin token: no dashboard");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(
+        dir.path(),
+        &config(&upstream, ""),
+        &[("SECURE_ROUTES_ADMIN_TOKEN", ADMIN_TOKEN)],
+    )
+    .await;
+    let res = http.get(gw.url("/_secure-routes/")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let csp = res.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+    assert!(res.text().await.unwrap().contains("<form id=\"login\""));
+    let res = http
+        .get(gw.url("/_secure-routes/assets/app.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    let res = http
+        .get(gw.url("/_secure-routes/api/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    problem(res).await;
+    let res = http
+        .get(gw.url("/_secure-routes/api/events?limit=5"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert!(body["events"].is_array(), "{body}");
+
+    let res = http
+        .post(gw.url("/_secure-routes/login"))
+        .header("sec-fetch-site", "cross-site")
+        .body(format!("token={ADMIN_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    let res = http
+        .post(gw.url("/_secure-routes/login"))
+        .header("sec-fetch-site", "same-origin")
+        .body(format!("token={ADMIN_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    assert!(
+        res.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("HttpOnly")
+    );
+
+    // Bans are on by default in serve: the dashboard lists the gateway's own ban store.
+    let res = http
+        .get(gw.url("/_secure-routes/api/bans"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["enabled"], true, "{body}");
+    // The key's '/' raw reaches the dashboard (404: no such ban), not the bad-path 400.
+    let res = http
+        .delete(gw.url("/_secure-routes/api/bans/ip%3A2001%3Adb8%3A%3A/64"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+
+    for path in [
+        "/_secure-routes/health",
+        "/_secure-routes/jwks.json",
+        "/_secure-routes/csrf",
+    ] {
+        let res = http.get(gw.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+    }
+    let res = http
+        .get(gw.url("/_secure-routes/metrics"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        upstream
+            .records()
+            .iter()
+            .all(|r| !r.path().starts_with("/_secure-routes"))
+    );
+}
+
 /// `[[alerts]]` through `serve` (issue 12 part 2's contract): a flood of bad tokens fires the
 /// rule once, at its threshold, with a signed webhook; the rest of the flood is in cooldown.
 #[tokio::test]

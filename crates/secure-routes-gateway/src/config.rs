@@ -15,6 +15,12 @@
 //! banned) and `[bans.weights]` (`<violation> = points`, names from [`Violation::as_str`]).
 //! Bans live in the limits store (`[stores] limits`).
 //!
+//! A route's `rate_limit_key` chooses what its rate limit counts per: a list of `ip`,
+//! `subject` (the authenticated subject, else the address; the default, `["subject"]`) and
+//! `fingerprint` (the request's header shape, [`secure_routes::fingerprint`]; never alone).
+//! `["ip", "fingerprint"]` gives programs behind one address separate budgets. Bans stay per
+//! address or subject, and authentication failures count against the address alone.
+//!
 //! Keys beside a route's `preset` override the preset's values. [`GatewayConfig::routes`] is
 //! what `secure-routes routes` prints and what the gateway enforces.
 //!
@@ -51,6 +57,7 @@ use http::Method;
 use secure_routes::alerts::{AlertRule, MAX_COUNT, Per};
 use secure_routes::audit::{AuditAction, Outcome};
 use secure_routes::bans::{BanPolicy, MAX_THRESHOLD, Violation};
+use secure_routes::rate_limit::KeyPart;
 use secure_routes::{AuthMode, CsrfMode, FailureMode, Policy, Quota};
 use serde::Deserialize;
 use toml::Spanned;
@@ -526,11 +533,12 @@ impl GatewayConfig {
         for r in self.routes.iter().chain(std::iter::once(&self.default)) {
             let d = describe(r);
             out.push_str(&format!(
-                "{:<32} methods={} auth={} limit={} body={} csrf={} fail={} mode={} bans={}\n",
+                "{:<32} methods={} auth={} limit={} key={} body={} csrf={} fail={} mode={} bans={}\n",
                 r.path.as_deref().unwrap_or("(default)"),
                 d.methods,
                 d.auth,
                 d.limit,
+                d.key.join("+"),
                 d.body,
                 d.csrf,
                 d.fail,
@@ -626,8 +634,9 @@ impl GatewayConfig {
     }
 
     /// [`describe`](Self::describe) as JSON: an array of objects with `path` (null for the
-    /// default), `methods`, `auth`, `rate_limit`, `max_body`, `csrf`, `failure_mode`, `mode`,
-    /// `bans` (the ban rule the route is checked against: [`bans_json`](Self::bans_json)).
+    /// default), `methods`, `auth`, `rate_limit`, `rate_limit_key` (an array of part names),
+    /// `max_body`, `csrf`, `failure_mode`, `mode`, `bans` (the ban rule the route is checked
+    /// against: [`bans_json`](Self::bans_json)).
     ///
     /// ```
     /// use secure_routes_gateway::config::GatewayConfig;
@@ -649,6 +658,7 @@ impl GatewayConfig {
                         "methods": d.methods,
                         "auth": d.auth,
                         "rate_limit": d.limit,
+                        "rate_limit_key": d.key,
                         "max_body": d.body,
                         "csrf": d.csrf,
                         "failure_mode": d.fail,
@@ -696,6 +706,7 @@ struct Described {
     methods: String,
     auth: &'static str,
     limit: String,
+    key: Vec<&'static str>,
     body: String,
     csrf: &'static str,
     fail: &'static str,
@@ -718,6 +729,7 @@ fn describe(r: &Route) -> Described {
             || "none".to_owned(),
             |q| format!("{}/{}s", q.limit(), q.window().as_secs()),
         ),
+        key: p.rate_limit_key().iter().map(KeyPart::as_str).collect(),
         body: p
             .max_body_bytes()
             .map_or_else(|| "unlimited".to_owned(), |b| b.to_string()),
@@ -820,6 +832,7 @@ struct RawRoute {
     auth: Option<Spanned<String>>,
     csrf: Option<Spanned<String>>,
     rate_limit: Option<Spanned<String>>,
+    rate_limit_key: Option<Spanned<Vec<String>>>,
     max_body: Option<Spanned<String>>,
     failure_mode: Option<Spanned<String>>,
     require_role: Option<Spanned<String>>,
@@ -924,6 +937,21 @@ fn route(r: &RawRoute, key: &str, problem: &mut Report<'_>) -> Option<Policy> {
             Ok(quota) => b = b.rate_limit(quota),
             Err(e) => fail("rate_limit", q.span(), e),
         }
+    }
+    if let Some(k) = &r.rate_limit_key {
+        let mut parts = Vec::new();
+        for name in k.get_ref() {
+            match KeyPart::parse(name) {
+                Some(part) => parts.push(part),
+                None => fail(
+                    "rate_limit_key",
+                    k.span(),
+                    format!("{name:?}: expected ip, subject or fingerprint"),
+                ),
+            }
+        }
+        // An empty list or a lone fingerprint is refused by the policy's own validation.
+        b = b.rate_limit_key(parts);
     }
     if let Some(size) = &r.max_body {
         match parse_size(size.get_ref()) {
@@ -1510,6 +1538,45 @@ preset = "public"
             ("routes[2].path".to_owned(), Some(11)),
         ] {
             assert!(got.contains(&want), "{want:?} missing from {problems:#?}");
+        }
+    }
+
+    #[test]
+    fn rate_limit_key_is_parsed_validated_and_described() {
+        let c = GatewayConfig::parse(
+            "upstream = \"http://x\"\n[[routes]]\npath = \"/a\"\nrate_limit_key = [\"fingerprint\", \"ip\"]\n",
+        )
+        .unwrap();
+        let p = &c.routes()[0].policy;
+        assert_eq!(p.rate_limit_key(), [KeyPart::Ip, KeyPart::Fingerprint]);
+        assert!(
+            c.describe().contains("key=ip+fingerprint"),
+            "{}",
+            c.describe()
+        );
+        let json = c.describe_json();
+        assert_eq!(
+            json[0]["rate_limit_key"],
+            serde_json::json!(["ip", "fingerprint"])
+        );
+        // The default keeps the key every route had before.
+        assert_eq!(json[1]["rate_limit_key"], serde_json::json!(["subject"]));
+
+        for (list, key) in [
+            ("[\"ip\", \"mac\"]", "routes[0].rate_limit_key"),
+            ("[\"fingerprint\"]", "routes[0]"),
+            ("[]", "routes[0]"),
+        ] {
+            let text = format!(
+                "upstream = \"http://x\"\n[[routes]]\npath = \"/a\"\nrate_limit_key = {list}\n"
+            );
+            let problems = GatewayConfig::parse(&text).unwrap_err();
+            assert!(
+                problems
+                    .iter()
+                    .any(|p| p.key == key && p.to_string().contains("key")),
+                "{list}: {problems:#?}"
+            );
         }
     }
 

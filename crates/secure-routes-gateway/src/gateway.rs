@@ -66,6 +66,10 @@ pub struct GatewayParts {
     pub metrics: Option<GatewayMetrics>,
     /// Whether the listener is TLS (the forwarding headers' `proto`).
     pub https: bool,
+    /// The audit trail the dashboard at `/_secure-routes/` reads. The dashboard is served when
+    /// this and [`admin_token`](Self::admin_token) are both set; it lists and lifts the bans
+    /// of the [`Security`]'s ban store and records in its audit writer.
+    pub audit_reader: Option<Arc<dyn secure_routes::audit::AuditReader>>,
 }
 
 impl GatewayParts {
@@ -86,6 +90,7 @@ impl GatewayParts {
             admin_token: None,
             metrics: None,
             https: false,
+            audit_reader: None,
         })
     }
 }
@@ -319,9 +324,28 @@ fn internal(parts: &GatewayParts) -> Result<Route, ConfigError> {
             "/_secure-routes/metrics",
             get(metrics).layer(security.layer(admin_policy)?),
         )
+        .merge(dashboard(parts))
         .fallback_service(security.not_found()?)
         .layer(security.headers_layer());
     Ok(BoxCloneSyncService::new(router))
+}
+
+/// The audit dashboard's routes when there is an admin token and an audit reader, else none
+/// (its paths then meet the reserved prefix's 404).
+fn dashboard(parts: &GatewayParts) -> Router {
+    let (Some(token), Some(reader)) = (&parts.admin_token, &parts.audit_reader) else {
+        return Router::new();
+    };
+    let mut state =
+        secure_routes_dashboard::DashboardState::new(Arc::clone(reader), Arc::clone(token))
+            .with_https(parts.https);
+    if let Some(bans) = parts.security.bans() {
+        state = state.with_bans(Arc::clone(bans.store()));
+    }
+    if let Some(writer) = parts.security.audit() {
+        state = state.with_audit(writer.clone());
+    }
+    secure_routes_dashboard::router(state)
 }
 
 /// The default policy's answer to a path that cannot be normalized safely: 400, audited.

@@ -40,6 +40,22 @@ fn bench(c: &mut Criterion) {
                 .iter(|| app.clone().oneshot(stacks::request(path, bearer)));
         });
     }
+    // PUBLIC again with a browser's twelve headers (the cases above send none): what reads
+    // every header, the request fingerprint, pays for them here.
+    let public = stacks::ROUTES
+        .iter()
+        .find(|(name, _, _)| *name == "public")
+        .map(|(_, path, _)| *path)
+        .expect("a public route");
+    let status = rt
+        .block_on(app.clone().oneshot(stacks::browser_request(public)))
+        .unwrap()
+        .status();
+    assert_eq!(status, 200, "public with browser headers");
+    g.bench_function("public-browser-headers", |b| {
+        b.to_async(&rt)
+            .iter(|| app.clone().oneshot(stacks::browser_request(public)));
+    });
     g.finish();
 }
 

@@ -20,6 +20,7 @@ use tower_service::Service;
 use crate::audit::{AuditEvent, Outcome};
 use crate::auth::Principal;
 use crate::client_ip;
+use crate::fingerprint::Fingerprint;
 use crate::policy::{CsrfMode, Policy};
 use crate::rate_limit::Decision;
 use crate::rate_limit::headers::LimitHeaders;
@@ -146,6 +147,9 @@ pub(crate) struct Ctx {
     pub(crate) request_id: HeaderValue,
     pub(crate) ip: IpAddr,
     pub(crate) user_agent: Option<HeaderValue>,
+    /// Computed before the headers move into the handler: a refusal from inside the stack is
+    /// audited after that, and must carry it too.
+    pub(crate) fingerprint: Fingerprint,
     /// The request's `Origin`, for the CORS headers of a rejection.
     pub(crate) origin: Option<HeaderValue>,
     pub(crate) subject: Option<Principal>,
@@ -181,6 +185,7 @@ impl Ctx {
             .with_request(self.method.as_str(), &self.route, self.path.path())
             .with_reason(info.reason.as_str())
             .with_request_id(self.request_id.to_str().unwrap_or(""))
+            .with_fingerprint(self.fingerprint.as_str())
             .with_metadata(serde_json::json!({ "policy": self.state.policy.name() }));
         if let Some(p) = &self.subject {
             e = e.with_subject(p.subject());

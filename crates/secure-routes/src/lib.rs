@@ -17,6 +17,7 @@
 //! * [`guard`]: the pipeline's steps, one module each (client, method, auth, rate limit,
 //!   authorization, body, CSRF); public are the limited body and the CSRF token issuer.
 //! * [`client_ip`]: the client address behind trusted proxies, [`ClientIp`].
+//! * [`fingerprint`]: a JA4H-style fingerprint of a request's header shape (audit, keys).
 //! * [`auth`]: the [`auth::Authenticator`] trait, [`Principal`], JWT and API-key authenticators.
 //! * [`rate_limit`]: quotas, the store trait, the algorithms and the memory store.
 //! * [`bans`]: escalating bans for repeat violators, the ban store trait.
@@ -110,6 +111,7 @@ mod context;
 mod cookies;
 pub mod error;
 pub mod fallback;
+pub mod fingerprint;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod guard;

@@ -26,7 +26,7 @@ use http::{HeaderName, HeaderValue, Method};
 
 use crate::authz::Requirement;
 use crate::error::ConfigError;
-use crate::rate_limit::{Quota, quotas};
+use crate::rate_limit::{KeyPart, Quota, quotas};
 use crate::response::headers::SecurityHeaders;
 
 /// Whether the route needs an authenticated caller.
@@ -83,6 +83,8 @@ pub struct Policy {
     pub(crate) auth: AuthMode,
     pub(crate) rate_limit: Option<Quota>,
     pub(crate) bucket: Option<String>,
+    /// The rate-limit key's parts, in [`KeyPart::ALL`]'s order once built.
+    pub(crate) rate_limit_key: Vec<KeyPart>,
     pub(crate) max_body_bytes: Option<u64>,
     pub(crate) csrf: CsrfMode,
     pub(crate) failure_mode: FailureMode,
@@ -107,6 +109,7 @@ impl Policy {
                 auth: AuthMode::Off,
                 rate_limit: None,
                 bucket: None,
+                rate_limit_key: vec![KeyPart::Subject],
                 max_body_bytes: None,
                 csrf: CsrfMode::Off,
                 failure_mode: FailureMode::Open,
@@ -225,6 +228,16 @@ impl Policy {
     pub fn bucket(&self) -> Option<&str> {
         self.bucket.as_deref()
     }
+    /// What the rate limit counts per: the key's parts, in [`KeyPart::ALL`]'s order
+    /// (default `[Subject]`: the authenticated subject, else the client address).
+    ///
+    /// ```
+    /// use secure_routes::rate_limit::KeyPart;
+    /// assert_eq!(secure_routes::Policy::public().rate_limit_key(), [KeyPart::Subject]);
+    /// ```
+    pub fn rate_limit_key(&self) -> &[KeyPart] {
+        &self.rate_limit_key
+    }
     /// Body limit in bytes, if any.
     pub fn max_body_bytes(&self) -> Option<u64> {
         self.max_body_bytes
@@ -310,6 +323,32 @@ impl PolicyBuilder {
     /// Shares one rate-limit budget across every route using this bucket name.
     pub fn bucket(mut self, name: impl Into<String>) -> Self {
         self.policy.bucket = Some(name.into());
+        self
+    }
+    /// Chooses what the rate limit counts per (default `[KeyPart::Subject]`: the
+    /// authenticated subject, else the client address). Several parts make one key: with
+    /// `[Ip, Fingerprint]` two programs behind one address (a NAT, an office) have separate
+    /// budgets, told apart by the shape of their headers ([`crate::fingerprint`]). Order and
+    /// repeats do not matter.
+    ///
+    /// A fingerprint is the client's own choice, so a key with it is never stricter than one
+    /// without: a client that changes its headers gets a fresh budget. It is refused as the
+    /// only part (every user of one browser version would share one budget, and anyone could
+    /// spend it). Authentication failures keep counting against the address alone, whatever
+    /// the key, and bans stay per address or subject.
+    ///
+    /// ```
+    /// use secure_routes::{Policy, rate_limit::KeyPart};
+    /// let p = Policy::public().to_builder()
+    ///     .rate_limit_key([KeyPart::Fingerprint, KeyPart::Ip])
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(p.rate_limit_key(), [KeyPart::Ip, KeyPart::Fingerprint]);
+    /// assert!(Policy::public().to_builder().rate_limit_key([KeyPart::Fingerprint]).build().is_err());
+    /// assert!(Policy::public().to_builder().rate_limit_key([]).build().is_err());
+    /// ```
+    pub fn rate_limit_key(mut self, parts: impl IntoIterator<Item = KeyPart>) -> Self {
+        self.policy.rate_limit_key = parts.into_iter().collect();
         self
     }
     /// Refuses bodies over `bytes` (413), declared or streamed.
@@ -400,6 +439,19 @@ impl PolicyBuilder {
         }
         if let Some(q) = p.rate_limit {
             problems.extend(q.problems(&format!("policy {:?}", p.name)));
+        }
+        p.rate_limit_key.sort_unstable();
+        p.rate_limit_key.dedup();
+        match p.rate_limit_key[..] {
+            [] => problems.push(format!(
+                "policy {:?}: the rate-limit key needs at least one part (ip, subject)",
+                p.name
+            )),
+            [KeyPart::Fingerprint] => problems.push(format!(
+                "policy {:?}: a fingerprint is chosen by the client; the rate-limit key needs ip or subject with it",
+                p.name
+            )),
+            _ => {}
         }
         if p.max_body_bytes == Some(0) {
             problems.push(format!(

@@ -33,10 +33,15 @@ pub(crate) fn plain_request_id(v: &HeaderValue) -> bool {
 }
 
 /// A new UUIDv7 request id.
+///
+/// The 36 characters are owned by one [`bytes::Bytes`] allocation that every clone shares
+/// (the request header, the audit context, the [`RequestId`] extension, the response header):
+/// `HeaderValue::from_str` would copy them into a buffer whose first clone allocates again.
 pub(crate) fn fresh_request_id() -> HeaderValue {
-    let mut buf = uuid::Uuid::encode_buffer();
-    let s = uuid::Uuid::now_v7().hyphenated().encode_lower(&mut buf);
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+    let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    uuid::Uuid::now_v7().hyphenated().encode_lower(&mut id);
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(id))
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 #[cfg(test)]
@@ -57,5 +62,19 @@ mod tests {
         let long = HeaderValue::from_str(&"a".repeat(65)).unwrap();
         assert!(!plain_request_id(&long));
         assert!(plain_request_id(&fresh_request_id()));
+    }
+
+    #[test]
+    fn fresh_ids_are_lower_case_hyphenated_uuid_v7_and_differ() {
+        let (a, b) = (fresh_request_id(), fresh_request_id());
+        assert_ne!(a, b);
+        for v in [a, b] {
+            let s = v.to_str().unwrap();
+            assert_eq!(s.len(), 36, "{s}");
+            assert_eq!(s, s.to_ascii_lowercase());
+            let id = uuid::Uuid::parse_str(s).unwrap();
+            assert_eq!(id.get_version_num(), 7, "{s}");
+            assert_eq!(id.hyphenated().to_string(), s);
+        }
     }
 }

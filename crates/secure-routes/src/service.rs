@@ -26,6 +26,7 @@ use tower_service::Service;
 
 use crate::audit::Outcome;
 use crate::context::{Ctx, RouteState};
+use crate::fingerprint::Fingerprint;
 use crate::guard::body::LimitedBody;
 use crate::guard::client::Client;
 use crate::guard::{auth, authz, body, client, csrf, method, rate_limit};
@@ -126,12 +127,14 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let (mut parts, body) = req.into_parts();
+    // The headers as the client sent them (step 1 sets `x-request-id`).
+    let fingerprint = Fingerprint::of(&parts.method, parts.version, &parts.headers);
     // 1. The client (a server without a socket peer is a configuration error: 500).
     let client = match client::resolve(&state, &mut parts) {
         Ok(c) => c,
         Err(r) => return Ok(respond::unaudited(&state, r)),
     };
-    let mut ctx = context(&state, &parts, client);
+    let mut ctx = context(&state, &parts, client, fingerprint);
     // 2. Bans, on the resolved address (never a header the client wrote).
     if let Some(bans) = &state.shared.bans
         && let Some(r) = bans.refuse_ip(ctx.ip, &*state.shared.clock)
@@ -233,7 +236,8 @@ async fn checks(
     {
         refusals.step(Err::<(), _>(r))?;
     }
-    let limited = rate_limit::check(state, &ctx.route, ctx.ip, ctx.subject.as_ref()).await;
+    let (route, subject) = (&ctx.route, ctx.subject.as_ref());
+    let limited = rate_limit::check(state, route, ctx.ip, subject, &ctx.fingerprint).await;
     if let Some(limited) = refusals.step(limited)? {
         (ctx.limit, ctx.failed_open) = (limited.decision, limited.failed_open);
     }
@@ -289,7 +293,12 @@ fn is_preflight(parts: &Parts) -> bool {
 }
 
 /// The audit context of a request whose client is known.
-fn context(state: &Arc<RouteState>, parts: &Parts, client: Client) -> Ctx {
+fn context(
+    state: &Arc<RouteState>,
+    parts: &Parts,
+    client: Client,
+    fingerprint: Fingerprint,
+) -> Ctx {
     Ctx {
         state: state.clone(),
         method: parts.method.clone(),
@@ -298,6 +307,7 @@ fn context(state: &Arc<RouteState>, parts: &Parts, client: Client) -> Ctx {
         request_id: client.request_id,
         ip: client.ip,
         user_agent: parts.headers.get(header::USER_AGENT).cloned(),
+        fingerprint,
         origin: parts.headers.get(header::ORIGIN).cloned(),
         subject: None,
         limit: None,

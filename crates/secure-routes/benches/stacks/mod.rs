@@ -251,3 +251,40 @@ pub(crate) fn request(path: &str, token: Option<&str>) -> Request<Body> {
         ))));
     req
 }
+
+/// A typical browser request's twelve headers (Firefox 133 fetching JSON from a page, with a
+/// three-cookie jar), for the cost of what reads every header (the request fingerprint).
+#[allow(dead_code)] // the pipeline bench's; the instructions bench shares this module
+pub(crate) const BROWSER_HEADERS: [(&str, &str); 12] = [
+    ("host", "api.example.com"),
+    (
+        "user-agent",
+        "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
+    ),
+    ("accept", "application/json, text/plain, */*"),
+    ("accept-language", "en-US,en;q=0.5"),
+    ("accept-encoding", "gzip, deflate, br, zstd"),
+    ("referer", "https://app.example.com/dashboard"),
+    ("connection", "keep-alive"),
+    (
+        "cookie",
+        "theme=dark; consent=1; _ga=GA1.1.123456789.1700000000",
+    ),
+    ("sec-fetch-dest", "empty"),
+    ("sec-fetch-mode", "cors"),
+    ("sec-fetch-site", "same-site"),
+    ("priority", "u=4"),
+];
+
+/// [`request`] with [`BROWSER_HEADERS`].
+#[allow(dead_code)] // the pipeline bench's; the instructions bench shares this module
+pub(crate) fn browser_request(path: &str) -> Request<Body> {
+    let mut req = request(path, None);
+    for (name, value) in BROWSER_HEADERS {
+        req.headers_mut().append(
+            http::HeaderName::from_static(name),
+            http::HeaderValue::from_static(value),
+        );
+    }
+    req
+}

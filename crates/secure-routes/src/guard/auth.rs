@@ -44,7 +44,15 @@ pub(crate) async fn authenticate(
     // Inside the async block, so an authenticator that panics before returning its future is
     // caught too.
     let call = AssertUnwindSafe(async { auth.authenticate(parts).await }).catch_unwind();
-    let result = match tokio::time::timeout(shared.auth_timeout, call).await {
+    let mut call = std::pin::pin!(call);
+    // An authenticator that answers on its first poll (a pinned HMAC or API key, a cache
+    // hit) needs no timer: arming one reads the clock and registers a timer entry for every
+    // request. One that is not ready is polled again under the timeout, as before.
+    let answer = match (&mut call).now_or_never() {
+        Some(answer) => Ok(answer),
+        None => tokio::time::timeout(shared.auth_timeout, call).await,
+    };
+    let result = match answer {
         Ok(Ok(r)) => r,
         Ok(Err(panic)) => {
             tracing::error!(

@@ -1,5 +1,6 @@
 //! Step 6, the rate limit: per route (or shared bucket) and subject (`user:<sub>` when
-//! authenticated, else the client address, IPv6 grouped by /64), one atomic store call.
+//! authenticated, else the client address, IPv6 grouped by /64), one atomic store call. A
+//! policy may key it otherwise ([`KeyPart`]: the address, the subject, the fingerprint).
 //!
 //! The store call is bounded in time and a panicking store is contained (500, not a dropped
 //! connection). A store that fails is never reported as a 429: the policy's
@@ -17,10 +18,11 @@ use http::{HeaderValue, header};
 use crate::audit::Reason;
 use crate::auth::Principal;
 use crate::context::RouteState;
+use crate::fingerprint::Fingerprint;
 use crate::policy::FailureMode;
 use crate::rate_limit::deny_cache::{FlightFailure, FlightGuard, MAX_WAIT_FACTOR};
 use crate::rate_limit::headers::too_many_requests;
-use crate::rate_limit::{Decision, Quota, RateLimitKey, StoreError, Subject};
+use crate::rate_limit::{Decision, KeyPart, Quota, RateLimitKey, StoreError, Subject};
 use crate::respond::panic_message;
 use crate::response::problem::{Rejection, RejectionInfo, RejectionKind};
 use crate::security::Shared;
@@ -42,16 +44,13 @@ pub(crate) async fn check(
     route: &str,
     ip: IpAddr,
     subject: Option<&Principal>,
+    fingerprint: &Fingerprint,
 ) -> Result<Limited, Rejection> {
     let Some(quota) = state.policy.rate_limit() else {
         return Ok(Limited::default());
     };
     let shared = &state.shared;
-    let subject = match subject {
-        Some(p) => Subject::User(p.subject().to_owned()),
-        None => Subject::from_ip(ip),
-    };
-    let key = shared.hasher.key(route, &subject);
+    let key = key(state, route, ip, subject, fingerprint);
     match check_limit(shared, &key, quota, state.policy.store_timeout()).await {
         Ok(d) if d.allowed => Ok(Limited {
             decision: Some(d),
@@ -99,6 +98,49 @@ pub(crate) async fn check(
                 FailureMode::Closed => Err(Rejection::new(RejectionKind::Unavailable, reason)
                     .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))),
             }
+        }
+    }
+}
+
+/// The request's key under the policy's [`KeyPart`]s. One address or subject is keyed as
+/// before key parts existed (`KeyHasher::key`), so the default keys never changed; any other
+/// choice is a composite key.
+fn key(
+    state: &RouteState,
+    route: &str,
+    ip: IpAddr,
+    subject: Option<&Principal>,
+    fingerprint: &Fingerprint,
+) -> RateLimitKey {
+    let hasher = &state.shared.hasher;
+    let parts = state.policy.rate_limit_key();
+    match (parts, subject) {
+        ([KeyPart::Subject], Some(p)) => hasher.key(route, &Subject::User(p.subject().to_owned())),
+        ([KeyPart::Subject] | [KeyPart::Ip], _) => hasher.key(route, &Subject::from_ip(ip)),
+        _ => {
+            let (v4, v6);
+            let ip: &[u8] = match crate::client_ip::group(ip) {
+                IpAddr::V4(a) => {
+                    v4 = a.octets();
+                    &v4
+                }
+                IpAddr::V6(a) => {
+                    v6 = a.octets();
+                    &v6
+                }
+            };
+            // At most three parts, in `KeyPart::ALL`'s order (the policy sorted them).
+            let mut bytes: [(u8, &[u8]); 3] = [(0, &[]); 3];
+            for (slot, part) in bytes.iter_mut().zip(parts) {
+                *slot = match (part, subject) {
+                    (KeyPart::Ip, _) => (b'i', ip),
+                    (KeyPart::Subject, Some(p)) => (b'u', p.subject().as_bytes()),
+                    // Anonymous: the subject is the address (tagged apart from `Ip`).
+                    (KeyPart::Subject, None) => (b'a', ip),
+                    (KeyPart::Fingerprint, _) => (b'f', fingerprint.as_bytes()),
+                };
+            }
+            hasher.composite_key(route, &bytes[..parts.len().min(3)])
         }
     }
 }

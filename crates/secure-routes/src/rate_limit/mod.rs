@@ -322,6 +322,46 @@ impl Subject {
     }
 }
 
+/// One part of a policy's rate-limit key: whose budget a request spends (see
+/// [`PolicyBuilder::rate_limit_key`](crate::PolicyBuilder::rate_limit_key)).
+///
+/// ```
+/// use secure_routes::rate_limit::KeyPart;
+/// assert_eq!(KeyPart::parse("fingerprint"), Some(KeyPart::Fingerprint));
+/// assert_eq!(KeyPart::Ip.as_str(), "ip");
+/// assert_eq!(KeyPart::parse("IP"), None);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KeyPart {
+    /// The client address (IPv6 grouped by /64), whether the request is authenticated or not.
+    Ip,
+    /// The authenticated subject (`user:<sub>`); an anonymous request counts by its address
+    /// instead. The default key is this part alone.
+    Subject,
+    /// The request's [fingerprint](crate::fingerprint): the shape of its headers. The client
+    /// chooses it, so it only ever splits a budget further and is refused as the only part.
+    Fingerprint,
+}
+
+impl KeyPart {
+    /// Every part, in the order a key is built from them.
+    pub const ALL: [KeyPart; 3] = [KeyPart::Ip, KeyPart::Subject, KeyPart::Fingerprint];
+
+    /// The part's name in configuration (`ip`, `subject`, `fingerprint`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            KeyPart::Ip => "ip",
+            KeyPart::Subject => "subject",
+            KeyPart::Fingerprint => "fingerprint",
+        }
+    }
+
+    /// The part named `name` (exactly as [`as_str`](Self::as_str) writes it).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+}
+
 /// Derives [`RateLimitKey`]s with HMAC-SHA256 (truncated to 128 bits) under a secret.
 ///
 /// Instances that share a store must share the secret, or they will count the same client
@@ -373,6 +413,27 @@ impl KeyHasher {
                 mac.update(b"c");
                 mac.update(s.as_bytes());
             }
+        }
+        let out = mac.sign();
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&out.as_ref()[..16]);
+        RateLimitKey(key)
+    }
+
+    /// The key for a key of several parts in `bucket` (a policy's
+    /// [`rate_limit_key`](crate::Policy::rate_limit_key) other than one address or subject).
+    /// After the bucket comes the tag `k`, which no single-subject key uses there (`u`, `4`,
+    /// `6`, `c`), so a composite key never equals a single one; then each part as its tag
+    /// byte and its length-prefixed bytes.
+    pub(crate) fn composite_key(&self, bucket: &str, parts: &[(u8, &[u8])]) -> RateLimitKey {
+        let mut mac = hmac::Context::with_key(&self.key);
+        mac.update(&(bucket.len() as u64).to_be_bytes());
+        mac.update(bucket.as_bytes());
+        mac.update(b"k");
+        for (tag, bytes) in parts {
+            mac.update(&[*tag]);
+            mac.update(&(bytes.len() as u64).to_be_bytes());
+            mac.update(bytes);
         }
         let out = mac.sign();
         let mut key = [0u8; 16];
@@ -498,6 +559,24 @@ mod tests {
             h.key("a", &Subject::Custom("bc".into())),
             h.key("ab", &Subject::Custom("c".into()))
         );
+    }
+
+    #[test]
+    fn composite_keys_never_equal_single_ones_and_keep_part_boundaries() {
+        let h = KeyHasher::new(b"k");
+        let ip = [192, 0, 2, 7];
+        let composite = h.composite_key("b", &[(b'i', &ip[..])]);
+        assert_ne!(
+            composite,
+            h.key("b", &Subject::Ip("192.0.2.7".parse().unwrap()))
+        );
+        assert_ne!(composite, h.key("b", &Subject::Custom("i".into())));
+        // Length prefixes: moving a byte from one part to the next is another key.
+        assert_ne!(
+            h.composite_key("b", &[(b'u', b"ab"), (b'f', b"c")]),
+            h.composite_key("b", &[(b'u', b"a"), (b'f', b"bc")])
+        );
+        assert_eq!(composite, h.composite_key("b", &[(b'i', &ip[..])]));
     }
 
     #[test]
