@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use secure_routes::audit::{AuditConfig, AuditWriter};
-use secure_routes::bans::BanStore;
+use secure_routes::bans::{BanPolicy, Bans};
 use secure_routes::serve::ServeConfig;
 use secure_routes_dashboard::DashboardState;
 
@@ -56,8 +56,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let token = admin_token(std::env::var(ADMIN_TOKEN_VAR).ok().as_deref())?;
     let reader = stores::audit_reader(&audit)?;
-    let bans: Option<Arc<dyn BanStore>> = match &limits {
-        Some(l) => Some(crate::bans_cmd::open(l).await?),
+    // A `Bans` of its own over the servers' shared store (its policy is never used: this
+    // process strikes nothing); the servers see a lift at their next sync, within 1 s.
+    let bans: Option<Bans> = match &limits {
+        Some(l) => Some(Bans::new(
+            crate::bans_cmd::open(l).await?,
+            BanPolicy::default(),
+        )),
         None => None,
     };
     // The dashboard's own events (failed logins, cross-site attempts, lifts) go to the trail

@@ -385,3 +385,50 @@ async fn a_ban_earned_on_one_demo_is_refused_by_two_others_sharing_redis() {
     // The last polls were strikes again: leave nothing behind in the shared store.
     let _ = cli(&["bans", "lift", &key, "--limits", &redis], dir.path());
 }
+
+/// A lift from the dashboard ends the ban at once on the gateway serving it, whatever the
+/// store: with `limits = memory` the gateway never re-reads its store (nothing else writes
+/// it), so a lift that reached the store but not the gateway's ban snapshot would leave the
+/// client refused until the ban expired while the dashboard showed no ban.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dashboard_lift_ends_the_ban_at_once_on_a_memory_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = "upstream = \"http://127.0.0.1:9\"\n\
+                [identity]\njwt = true\n\
+                [[routes]]\npath = \"/api/{*rest}\"\npreset = \"authenticated\"\n\
+                [bans]\nthreshold = 3\nwindow = \"1m\"\nfirst = \"2m\"\n";
+    let gw = gateway::Gateway::start(
+        dir.path(),
+        body,
+        &[("SECURE_ROUTES_ADMIN_TOKEN", gateway::ADMIN_TOKEN)],
+    )
+    .await;
+    let url = gw.url("/api/notes");
+    let ip = fresh_loopback();
+    let client = client_from(ip);
+    let (refused, res) = bad_tokens_until_refused(&client, &url, 30).await;
+    assert_after(refused, 3);
+    assert_banned(res, 120).await;
+
+    // The operator lifts it from another address.
+    let admin = client_from(fresh_loopback());
+    let res = admin
+        .delete(gw.url(&format!("/_secure-routes/api/bans/ip:{ip}")))
+        .bearer_auth(gateway::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    // No waiting: this gateway applied the lift itself.
+    let res = client
+        .get(&url)
+        .header("authorization", "Bearer not-a-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        401,
+        "still refused after the dashboard's lift"
+    );
+}

@@ -46,7 +46,7 @@ use axum::extract::ConnectInfo;
 use axum::routing::{delete, get, post};
 use secure_routes::ClientIp;
 use secure_routes::audit::{AuditEvent, AuditReader, AuditWriter};
-use secure_routes::bans::BanStore;
+use secure_routes::bans::Bans;
 use secure_routes::clock::{Clock, SystemClock};
 
 /// The path the dashboard lives under (the gateway's reserved prefix).
@@ -64,17 +64,17 @@ pub const MAX_TAIL_STREAMS: usize = 16;
 /// ```
 /// use std::sync::Arc;
 /// use secure_routes::audit::MemoryAuditReader;
-/// use secure_routes::bans::MemoryBans;
+/// use secure_routes::bans::{BanPolicy, Bans, MemoryBans};
 /// use secure_routes_dashboard::DashboardState;
 /// let state = DashboardState::new(Arc::new(MemoryAuditReader::default()), "admin-token")
-///     .with_bans(Arc::new(MemoryBans::new()))
+///     .with_bans(Bans::new(Arc::new(MemoryBans::new()), BanPolicy::default()))
 ///     .with_https(true);
 /// # let _ = state;
 /// ```
 #[derive(Clone)]
 pub struct DashboardState {
     reader: Arc<dyn AuditReader>,
-    bans: Option<Arc<dyn BanStore>>,
+    bans: Option<Bans>,
     audit: Option<AuditWriter>,
     token: Arc<str>,
     https: bool,
@@ -87,7 +87,7 @@ impl std::fmt::Debug for DashboardState {
         // Never the token.
         f.debug_struct("DashboardState")
             .field("reader", &self.reader.name())
-            .field("bans", &self.bans.as_ref().map(|b| b.name()))
+            .field("bans", &self.bans.as_ref().map(|b| b.store().name()))
             .field("https", &self.https)
             .finish_non_exhaustive()
     }
@@ -116,14 +116,21 @@ impl DashboardState {
 
     /// The bans to list and lift (without them the bans table stays empty and a lift is 404).
     ///
+    /// Give the [`Bans`] the serving [`Security`](secure_routes::Security) enforces (its
+    /// [`Security::bans`](secure_routes::Security::bans)), not a second handle on its store:
+    /// a lift then ends the ban in that process's snapshot at once. Through the store alone,
+    /// a process on a memory store would keep refusing the client until the ban expired (it
+    /// never re-reads a store only it writes), and one on a shared store for up to a second.
+    ///
     /// ```
     /// use std::sync::Arc;
-    /// use secure_routes::{audit::MemoryAuditReader, bans::MemoryBans};
+    /// use secure_routes::{audit::MemoryAuditReader, bans::{BanPolicy, Bans, MemoryBans}};
+    /// let bans = Bans::new(Arc::new(MemoryBans::new()), BanPolicy::default());
     /// let s = secure_routes_dashboard::DashboardState::new(Arc::new(MemoryAuditReader::default()), "t")
-    ///     .with_bans(Arc::new(MemoryBans::new()));
+    ///     .with_bans(bans);
     /// # let _ = s;
     /// ```
-    pub fn with_bans(mut self, bans: Arc<dyn BanStore>) -> Self {
+    pub fn with_bans(mut self, bans: Bans) -> Self {
         self.bans = Some(bans);
         self
     }
@@ -190,7 +197,7 @@ impl DashboardState {
 /// The state the handlers share.
 pub(crate) struct Shared {
     pub(crate) reader: Arc<dyn AuditReader>,
-    pub(crate) bans: Option<Arc<dyn BanStore>>,
+    pub(crate) bans: Option<Bans>,
     pub(crate) audit: Option<AuditWriter>,
     pub(crate) token: Arc<str>,
     pub(crate) https: bool,

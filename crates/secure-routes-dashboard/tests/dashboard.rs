@@ -10,7 +10,7 @@ use secure_routes::audit::{
     ActionCount, AuditAction, AuditConfig, AuditError, AuditEvent, AuditObserver, AuditQuery,
     AuditReader, AuditWriter, BoxFuture, Emitted, MemoryAuditReader, Outcome, TopBy, TopEntry,
 };
-use secure_routes::bans::{BanKey, BanStore, MemoryBans};
+use secure_routes::bans::{BanKey, BanPolicy, BanStore, Bans, MemoryBans};
 use secure_routes::clock::{Clock, FakeClock};
 use secure_routes_dashboard::{DashboardState, router};
 
@@ -127,7 +127,10 @@ async fn start_with(https: bool) -> Dash {
     );
     let clock: Arc<dyn Clock> = Arc::new(FakeClock::new(NOW));
     let state = DashboardState::new(reader.clone() as Arc<dyn AuditReader>, TOKEN)
-        .with_bans(bans.clone() as Arc<dyn BanStore>)
+        .with_bans(Bans::new(
+            bans.clone() as Arc<dyn BanStore>,
+            BanPolicy::default(),
+        ))
         .with_audit(writer)
         .with_https(https)
         .with_clock(clock)

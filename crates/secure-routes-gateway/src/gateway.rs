@@ -340,7 +340,8 @@ fn dashboard(parts: &GatewayParts) -> Router {
         secure_routes_dashboard::DashboardState::new(Arc::clone(reader), Arc::clone(token))
             .with_https(parts.https);
     if let Some(bans) = parts.security.bans() {
-        state = state.with_bans(Arc::clone(bans.store()));
+        // The pipeline's own `Bans`: a lift ends the ban in this gateway's snapshot at once.
+        state = state.with_bans(bans.clone());
     }
     if let Some(writer) = parts.security.audit() {
         state = state.with_audit(writer.clone());
