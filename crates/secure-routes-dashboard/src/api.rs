@@ -26,8 +26,8 @@ pub(crate) const MAX_LIMIT: usize = 500;
 pub(crate) enum Caller {
     /// The admin token as a bearer.
     Bearer,
-    /// A browser session (its expiry, unix seconds).
-    Session { expires: u64 },
+    /// A browser session (the `sr-admin` cookie, verified).
+    Session,
 }
 
 /// Authenticates a request to the API; `unsafe_method` adds the CSRF checks for sessions.
@@ -51,8 +51,7 @@ pub(crate) async fn guard(st: &St, parts: &Parts, unsafe_method: bool) -> Result
         .await;
         return Err(unauthorized("The admin token is not valid."));
     }
-    let Some(expires) = auth::session_cookie(&parts.headers).and_then(|s| st.keys.verify(s, now))
-    else {
+    let Some(_) = auth::session_cookie(&parts.headers).and_then(|s| st.keys.verify(s, now)) else {
         st.record(event_for(
             AuditAction::UnauthorizedAccess,
             parts,
@@ -103,7 +102,7 @@ pub(crate) async fn guard(st: &St, parts: &Parts, unsafe_method: bool) -> Result
             .into_response());
         }
     }
-    Ok(Caller::Session { expires })
+    Ok(Caller::Session)
 }
 
 /// An audit event about a request to the dashboard.

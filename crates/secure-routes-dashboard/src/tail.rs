@@ -6,7 +6,7 @@
 //! the newest one sent and skips the ids already sent: the audit writer batches and folds, so
 //! a row can land a little after newer ones, and a plain "newer than the last" cursor would
 //! lose it. Streams are bounded ([`MAX_TAIL_STREAMS`](crate::MAX_TAIL_STREAMS)) and end with
-//! the session that opened them.
+//! the session that opened them (its expiry or its logout, checked on every poll).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -46,7 +46,10 @@ impl Drop for Slot {
 struct Tail {
     slot: Slot,
     interval: tokio::time::Interval,
-    expires: Option<u64>,
+    /// The session cookie that opened the stream (`None`: the bearer token), checked on each
+    /// poll so the stream ends when the session expires or is logged out: a stolen cookie's
+    /// tail must not outlive the logout that revoked it.
+    session: Option<String>,
     high: OffsetDateTime,
     seen: HashMap<Uuid, OffsetDateTime>,
     idle: u32,
@@ -57,7 +60,9 @@ impl Tail {
     async fn poll(&mut self) -> Option<String> {
         self.interval.tick().await;
         let st = &self.slot.0;
-        if self.expires.is_some_and(|e| st.now_secs() >= e) {
+        if let Some(session) = &self.session
+            && st.keys.verify(session, st.now_secs()).is_none()
+        {
             return None;
         }
         let q = AuditQuery {
@@ -110,8 +115,8 @@ impl Tail {
 /// `GET api/tail`.
 pub(crate) async fn tail(State(st): State<St>, req: Request<Body>) -> Response {
     let (parts, _) = req.into_parts();
-    let expires = match guard(&st, &parts, false).await {
-        Ok(Caller::Session { expires }) => Some(expires),
+    let session = match guard(&st, &parts, false).await {
+        Ok(Caller::Session) => crate::auth::session_cookie(&parts.headers).map(str::to_owned),
         Ok(Caller::Bearer) => None,
         Err(r) => return r,
     };
@@ -145,7 +150,7 @@ pub(crate) async fn tail(State(st): State<St>, req: Request<Body>) -> Response {
     let state = Tail {
         slot,
         interval,
-        expires,
+        session,
         high,
         seen,
         idle: 0,

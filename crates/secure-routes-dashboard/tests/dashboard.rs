@@ -769,6 +769,38 @@ async fn logout_ends_the_session() {
     assert_eq!(res.status(), 401);
 }
 
+/// A live tail opened with a session ends when that session is logged out, not at its
+/// expiry 12 hours later: a copied cookie's stream must die with the logout.
+#[tokio::test]
+async fn logout_ends_the_sessions_live_tail() {
+    let d = start().await;
+    let (cookie, csrf) = d.login().await;
+    let mut tail = d
+        .http
+        .get(d.url("api/tail"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tail.status(), 200);
+    let res = d
+        .http
+        .post(d.url("logout"))
+        .header("cookie", &cookie)
+        .header("x-csrf-token", &csrf)
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    // A liveness bound, not a speed goal: the stream ends at its next poll (20 ms here).
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while tail.chunk().await.unwrap().is_some() {}
+    })
+    .await
+    .expect("the tail ended with the logout");
+}
+
 /// A hostile user agent is data: the API returns it verbatim as a JSON string, and the page's
 /// script only ever inserts text (no HTML sinks), under a CSP without inline script. The
 /// browser test checks the rendered table in Chromium.
