@@ -222,9 +222,25 @@ pub(crate) struct Lockout {
     by_ip: Mutex<HashMap<Option<IpAddr>, (u64, u32)>>,
 }
 
+/// The address the counter keys on: an IPv6 address by its /64 (one host holds a whole /64,
+/// so counting each address apart would give it 2^64 counters, and let it fill the table of
+/// tracked addresses from one network, after which every new address, the admin's too,
+/// shares one locked counter); an IPv4-mapped address as IPv4. As the bans and rate limits
+/// group them.
+fn group(ip: Option<IpAddr>) -> Option<IpAddr> {
+    ip.map(|ip| match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+        v4 => v4,
+    })
+}
+
 impl Lockout {
     /// Seconds to wait when `ip` is locked out at `now`.
     pub(crate) fn locked(&self, ip: Option<IpAddr>, now: u64) -> Option<u64> {
+        let ip = group(ip);
         let map = self.by_ip.lock().unwrap_or_else(|e| e.into_inner());
         let ip = if map.contains_key(&ip) || map.len() < MAX_TRACKED {
             ip
@@ -238,6 +254,7 @@ impl Lockout {
 
     /// Counts one failure from `ip` at `now`.
     pub(crate) fn fail(&self, ip: Option<IpAddr>, now: u64) {
+        let ip = group(ip);
         let mut map = self.by_ip.lock().unwrap_or_else(|e| e.into_inner());
         let window = LOCKOUT_WINDOW.as_secs();
         if map.len() >= MAX_TRACKED && !map.contains_key(&ip) {
@@ -298,6 +315,23 @@ mod tests {
         assert_eq!(l.locked(ip, 160), Some(LOCKOUT_WINDOW.as_secs() - 60));
         assert_eq!(l.locked(Some("203.0.113.10".parse().unwrap()), 160), None);
         assert_eq!(l.locked(ip, 100 + LOCKOUT_WINDOW.as_secs()), None);
+    }
+
+    #[test]
+    fn an_ipv6_network_shares_one_counter() {
+        let l = Lockout::default();
+        // Each failure from another address of one /64: still one client.
+        for i in 0..MAX_FAILURES {
+            let ip: IpAddr = format!("2001:db8:1:2::{:x}", i + 1).parse().unwrap();
+            l.fail(Some(ip), 100);
+        }
+        let fresh = Some("2001:db8:1:2:ffff::9".parse().unwrap());
+        assert!(l.locked(fresh, 100).is_some());
+        assert_eq!(
+            l.locked(Some("2001:db8:1:3::1".parse().unwrap()), 100),
+            None
+        );
+        assert_eq!(l.by_ip.lock().unwrap().len(), 1);
     }
 
     #[test]
