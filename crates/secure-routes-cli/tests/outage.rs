@@ -495,9 +495,19 @@ async fn a_redis_outage_is_answered_per_policy_and_recovered_from() {
     let db = dir.path().join("audit.db");
     assert_eq!(counts.lost, 0);
     let denied = sqlite_count(&db, "action = 'store_failure' AND outcome = 'denied'");
-    let allowed = sqlite_count(&db, "action = 'store_failure' AND outcome = 'allowed'");
+    // Requests let through (they carry a method), apart from the ban snapshot's own
+    // store_failure: one per outage, with no request (bans are on by default).
+    let allowed = sqlite_count(
+        &db,
+        "action = 'store_failure' AND outcome = 'allowed' AND method <> ''",
+    );
+    let ban_sync = sqlite_count(
+        &db,
+        "action = 'store_failure' AND outcome = 'allowed' AND method = ''",
+    );
     assert_eq!(denied as usize, seen.strict_503, "{seen:?}");
     assert_eq!(allowed as usize, seen.public_failed_open, "{seen:?}");
+    assert_eq!(ban_sync, 1, "one ban-snapshot store_failure per outage");
     assert_eq!(
         sqlite_count(&db, "1 = 1") as u64,
         counts.recorded,
@@ -559,11 +569,16 @@ async fn a_postgres_outage_loses_no_audit_event_and_is_recovered_from() {
             "SELECT coalesce(sum(count), 0)::int8 FROM audit_logs WHERE action = 'store_failure' AND outcome = 'denied'",
         )
         .await;
+    // As for Redis: the ban snapshot's own store_failure (no request, one per outage) apart.
     let allowed = pg
-        .scalar("SELECT coalesce(sum(count), 0)::int8 FROM audit_logs WHERE action = 'store_failure' AND outcome = 'allowed'")
+        .scalar("SELECT coalesce(sum(count), 0)::int8 FROM audit_logs WHERE action = 'store_failure' AND outcome = 'allowed' AND method <> ''")
+        .await;
+    let ban_sync = pg
+        .scalar("SELECT coalesce(sum(count), 0)::int8 FROM audit_logs WHERE action = 'store_failure' AND outcome = 'allowed' AND method = ''")
         .await;
     assert_eq!(denied as usize, seen.strict_503, "{seen:?}");
     assert_eq!(allowed as usize, seen.public_failed_open, "{seen:?}");
+    assert_eq!(ban_sync, 1, "one ban-snapshot store_failure per outage");
     assert_eq!(
         pg.scalar("SELECT coalesce(sum(count), 0)::int8 FROM audit_logs WHERE status = 429")
             .await,
