@@ -34,8 +34,9 @@ const DEFAULT_COOLDOWN: Duration = Duration::from_secs(600);
 /// The rules `demo --alert-webhook URL` installs, all to `webhook`, each with a 10-minute
 /// cooldown: `unauthorized-access` (5 `unauthorized_access` per IP within 1 minute: a token
 /// being guessed or replayed), `csrf-failures` (5 `csrf_validation_failed` per IP within 1
-/// minute: a cross-site attack being tried) and `ip-banned` (every `ip_banned`: an address
-/// reached the ban threshold). An invalid URL is an error that never repeats it (it may hold
+/// minute: a cross-site attack being tried) and `ip-banned` (the first `ip_banned` per IP: a
+/// ban issued, or a banned address refused; the 10-minute cooldown keeps the refusals that
+/// follow a ban from alerting again). An invalid URL is an error that never repeats it (it may hold
 /// a secret).
 ///
 /// ```

@@ -233,9 +233,12 @@
 
   // ---- bans ----
   function banPath(key) {
-    // The gateway refuses an encoded '/' in a path; an IPv6 key's '/64' goes raw (the server's
-    // route takes the rest of the path).
-    return 'api/bans/' + encodeURIComponent(key).replace(/%2F/gi, '/');
+    // The gateway refuses an encoded '/' in a path, so an address key's prefix ('/64') goes
+    // raw (the server's route takes the rest of the path). Only for 'ip:' keys, whose text is
+    // an address and a prefix length: a subject is attacker-chosen, and a raw '/' in one
+    // ('sub:x/../../bans/ip:...') would let dot segments point the DELETE at another ban.
+    const path = encodeURIComponent(key);
+    return 'api/bans/' + (key.startsWith('ip:') ? path.replace(/%2F/gi, '/') : path);
   }
 
   function bansEmpty() {
@@ -312,6 +315,16 @@
       li.setAttribute('data-id', text(e.id));
       li.textContent = [when(e.timestamp), e.action, e.outcome, text(e.client_ip),
         text(e.subject), e.route, e.status, e.reason, text(e.user_agent)].join(' ');
+      const ol = $('tail');
+      ol.insertBefore(li, ol.firstChild);
+      while (ol.children.length > TAIL_MAX) ol.removeChild(ol.lastChild);
+    });
+    source.addEventListener('gap', () => {
+      // More events arrived within one poll than the tail reads: the older ones are not
+      // shown here (the events table has them all).
+      const li = document.createElement('li');
+      li.className = 'gap';
+      li.textContent = '… more events than the live tail shows: see the events table';
       const ol = $('tail');
       ol.insertBefore(li, ol.firstChild);
       while (ol.children.length > TAIL_MAX) ol.removeChild(ol.lastChild);

@@ -21,6 +21,8 @@ use crate::auth;
 
 /// The most events one page returns.
 pub(crate) const MAX_LIMIT: usize = 500;
+/// The most time buckets `api/counts` answers per action (the page asks for about 60).
+pub(crate) const MAX_BUCKETS: u64 = 10_000;
 
 /// Who called.
 pub(crate) enum Caller {
@@ -329,6 +331,23 @@ pub(crate) async fn counts(State(st): State<St>, req: Request<Body>) -> Response
         Ok(x) => x,
         Err(r) => return r.into_response(),
     };
+    // At most MAX_BUCKETS buckets per action: `bucket=1` over a long trail would otherwise
+    // answer millions of rows. Without `since`, the range is the last MAX_BUCKETS buckets.
+    let mut q = q;
+    let until = q.until.unwrap_or_else(|| {
+        time::OffsetDateTime::from_unix_timestamp(st.now_secs() as i64)
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+    });
+    let widest = time::Duration::seconds((bucket * MAX_BUCKETS) as i64);
+    let since = *q.since.get_or_insert(until - widest);
+    let span = u64::try_from((until - since).whole_seconds()).unwrap_or(0);
+    if span / bucket > MAX_BUCKETS {
+        return bad_param(
+            "bucket",
+            format!("at most {MAX_BUCKETS} buckets: widen the bucket or narrow since/until"),
+        )
+        .into_response();
+    }
     match st.reader.counts(&q, Duration::from_secs(bucket)).await {
         Ok(counts) => {
             let counts: Vec<Value> = counts

@@ -73,7 +73,17 @@ impl Tail {
         let mut out = String::new();
         match st.reader.events(&q).await {
             Ok(mut events) => {
+                // A full page whose oldest event is new to this tail: more arrived since the
+                // last poll than one poll reads, and the older ones will not be sent. Said to
+                // the page (`event: gap`), not dropped silently; the events API has them all.
+                let gap = events.len() == PER_POLL
+                    && events
+                        .last()
+                        .is_some_and(|e| !self.seen.contains_key(&e.id));
                 events.retain(|e| !self.seen.contains_key(&e.id));
+                if gap {
+                    out.push_str(&format!("event: gap\ndata: {{\"limit\":{PER_POLL}}}\n\n"));
+                }
                 events.reverse();
                 for e in events {
                     self.high = self.high.max(e.timestamp);

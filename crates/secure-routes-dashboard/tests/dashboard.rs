@@ -591,8 +591,10 @@ async fn every_filter_reaches_the_audit_query() {
         }
     );
     // counts and top take the same filters.
-    d.bearer_get("api/counts?bucket=300&subject=bob&since=2026-12-01T10:00:00Z")
-        .await;
+    d.bearer_get(
+        "api/counts?bucket=300&subject=bob&since=2026-12-01T10:00:00Z&until=2026-12-02T10:00:00Z",
+    )
+    .await;
     let q = d.reader.last();
     assert_eq!(
         (q.subject.as_deref(), q.since.is_some()),
@@ -616,6 +618,11 @@ async fn bad_parameters_are_400_naming_the_parameter() {
         ("api/events?colour=red", "colour"),
         ("api/events?ip=a&ip=b", "ip"),
         ("api/counts?bucket=-5", "bucket"),
+        // More than 10 000 buckets: a day in seconds.
+        (
+            "api/counts?bucket=1&since=2026-12-01T00:00:00Z&until=2026-12-02T00:00:00Z",
+            "bucket",
+        ),
         ("api/top?by=route", "by"),
         ("api/top?n=x", "n"),
     ] {
@@ -656,7 +663,7 @@ async fn events_page_backwards_and_counts_and_top_answer() {
     assert!(page2["next"].is_null());
 
     let counts: serde_json::Value = d
-        .bearer_get("api/counts?bucket=60")
+        .bearer_get("api/counts?bucket=60&since=2026-12-01T00:00:00Z&until=2026-12-02T00:00:00Z")
         .await
         .json()
         .await
