@@ -712,6 +712,34 @@ async fn the_live_tail_delivers_an_event_added_after_it_opened() {
 }
 
 #[tokio::test]
+async fn a_tail_that_falls_behind_says_so_instead_of_dropping_silently() {
+    let d = start().await;
+    let mut res = d.bearer_get("api/tail").await;
+    assert_eq!(res.status(), 200);
+    // More events than one poll reads (200), added between two polls (this test's runtime has
+    // one thread: the server cannot poll while the loop runs).
+    for i in 0..250 {
+        d.reader
+            .push(AuditEvent::new(AuditAction::InvalidInput).with_reason(&format!("flood-{i}")));
+    }
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut text = String::new();
+        while !(text.contains("event: gap") && text.contains("flood-249")) {
+            let chunk = res.chunk().await.unwrap().expect("the stream ended");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        text
+    })
+    .await
+    .expect("the tail reported the gap");
+    assert!(got.contains("event: gap\ndata: {\"limit\":200}"), "{got}");
+    assert!(
+        !got.contains("flood-0\""),
+        "the oldest were not sent: {got}"
+    );
+}
+
+#[tokio::test]
 async fn live_tails_are_bounded() {
     let d = start().await;
     let mut open = Vec::new();
