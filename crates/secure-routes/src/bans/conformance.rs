@@ -104,13 +104,7 @@ fn new_ban(outcome: &StrikeOutcome) -> Option<&Ban> {
 
 /// Bans `key` at `now` with one strike of the threshold's weight, returning the ban.
 async fn ban_now<S: BanStore>(store: &S, key: &BanKey, policy: &BanPolicy, now: Duration) -> Ban {
-    let out = strike(store, key, policy.threshold(), policy, now).await;
-    new_ban(&out).cloned().unwrap_or_else(|| {
-        panic!(
-            "store {}: {key} at {now:?}: expected a new ban, got {out:?}",
-            store.name()
-        )
-    })
+    ban_now_weight(store, key, policy.threshold(), policy, now).await
 }
 
 /// 49 points are not a ban, the 50th point is; weights add; the window slides (points 10
@@ -205,6 +199,7 @@ where
     );
 }
 
+/// Bans `key` at `now` with one strike of `weight`, returning the ban.
 async fn ban_now_weight<S: BanStore>(
     store: &S,
     key: &BanKey,
@@ -215,7 +210,7 @@ async fn ban_now_weight<S: BanStore>(
     let out = strike(store, key, weight, policy, now).await;
     new_ban(&out).cloned().unwrap_or_else(|| {
         panic!(
-            "store {}: {key}: expected a new ban, got {out:?}",
+            "store {}: {key} at {now:?}: expected a new ban, got {out:?}",
             store.name()
         )
     })
