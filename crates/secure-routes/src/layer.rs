@@ -9,8 +9,8 @@
 //!
 //! The service is a stack, outermost first: the core checks (client, CORS preflight, method,
 //! auth, rate limit, body, CSRF token, response headers and the CORS headers by tower-http's
-//! rules, audit), tower-http's Fetch Metadata / `Origin` CSRF check, tower-http catch-panic,
-//! then the handler. Every rejection
+//! rules, audit, and the catching of a panic below it), tower-http's Fetch Metadata / `Origin`
+//! CSRF check, then the handler. Every rejection
 //! is a response, never a service error, and carries a
 //! [`RejectionInfo`](crate::response::problem::RejectionInfo) in its extensions.
 //!
@@ -55,11 +55,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::Method;
-use tower::BoxError;
-use tower_http::body::UnsyncBoxBody;
-use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::csrf::CsrfLayer;
 use tower_layer::Layer;
 
@@ -69,8 +65,9 @@ use crate::fallback::NotFound;
 use crate::policy::{AuthMode, CsrfMode, FailureMode, Policy};
 use crate::rate_limit::Quota;
 use crate::rate_limit::headers::LimitHeaders;
-use crate::respond::{CsrfProblem, PanicProblem};
+use crate::respond::CsrfProblem;
 use crate::response::cors;
+use crate::service::IntoBody;
 
 #[doc(no_inline)]
 pub use crate::client_ip::ClientIp;
@@ -172,7 +169,7 @@ impl Security {
 struct Pass;
 
 impl tower_service::Service<http::Request<()>> for Pass {
-    type Response = http::Response<UnsyncBoxBody<Bytes, BoxError>>;
+    type Response = http::Response<axum::body::Body>;
     type Error = std::convert::Infallible;
     type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
 
@@ -184,7 +181,7 @@ impl tower_service::Service<http::Request<()>> for Pass {
     }
 
     fn call(&mut self, _: http::Request<()>) -> Self::Future {
-        std::future::ready(Ok(http::Response::new(UnsyncBoxBody::default())))
+        std::future::ready(Ok(http::Response::new(axum::body::Body::empty())))
     }
 }
 
@@ -207,10 +204,9 @@ impl<S: Clone> Layer<S> for SecurityLayer {
     type Service = SecurityService<S>;
 
     /// The stack, outermost first: the pipeline (`SecurityService`, which also adds the CORS
-    /// response headers by tower-http's rules), tower-http's Fetch Metadata check,
-    /// catch-panic, the handler.
+    /// response headers by tower-http's rules and catches a panic below it), tower-http's
+    /// Fetch Metadata check, the handler.
     fn layer(&self, inner: S) -> SecurityService<S> {
-        let handler = CatchPanicLayer::custom(PanicProblem).layer(inner);
-        SecurityService::new(self.state.clone(), self.csrf.layer(handler))
+        SecurityService::new(self.state.clone(), self.csrf.layer(IntoBody(inner)))
     }
 }

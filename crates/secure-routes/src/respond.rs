@@ -9,12 +9,7 @@
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, header};
-use http_body_util::BodyExt;
-use tower::BoxError;
-use tower_http::body::UnsyncBoxBody;
-use tower_http::catch_panic::ResponseForPanic;
 use tower_http::csrf::{ProtectionError, ProtectionErrorKind, ResponseForProtectionError};
 
 use crate::audit::{Outcome, Reason, sanitize};
@@ -178,31 +173,18 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Answers a handler panic with a generic 500 problem; the panic message goes to the log only.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct PanicProblem;
-
-impl ResponseForPanic for PanicProblem {
-    type ResponseBody = Body;
-
-    fn response_for_panic(
-        &mut self,
-        err: Box<dyn std::any::Any + Send + 'static>,
-    ) -> http::Response<Body> {
-        let msg = panic_message(&*err);
-        tracing::error!(panic = %sanitize(&msg, 512), "handler panicked");
-        Rejection::new(RejectionKind::Internal, Reason::HandlerPanicked).into_response()
-    }
+pub(crate) fn handler_panicked(payload: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let msg = panic_message(&*payload);
+    tracing::error!(panic = %sanitize(&msg, 512), "handler panicked");
+    Rejection::new(RejectionKind::Internal, Reason::HandlerPanicked).into_response()
 }
 
 /// Answers a failed Fetch Metadata / `Origin` check with the CSRF problem body.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct CsrfProblem;
 
-impl ResponseForProtectionError<UnsyncBoxBody<Bytes, BoxError>> for CsrfProblem {
-    fn response_for_protection_error(
-        &mut self,
-        error: ProtectionError,
-    ) -> http::Response<UnsyncBoxBody<Bytes, BoxError>> {
+impl ResponseForProtectionError<Body> for CsrfProblem {
+    fn response_for_protection_error(&mut self, error: ProtectionError) -> Response {
         let reason = match error.kind() {
             ProtectionErrorKind::CrossOriginRequest => Reason::CrossSiteFetch,
             _ => Reason::CrossOrigin,
@@ -210,7 +192,6 @@ impl ResponseForProtectionError<UnsyncBoxBody<Bytes, BoxError>> for CsrfProblem 
         Rejection::new(RejectionKind::CsrfFailed, reason)
             .with_detail("Cross-origin state-changing requests are not allowed.")
             .into_response()
-            .map(|b| UnsyncBoxBody::new(b.map_err(BoxError::from)))
     }
 }
 

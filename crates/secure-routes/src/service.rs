@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -16,11 +17,11 @@ use std::task::{Context, Poll};
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use http::header;
 use http::request::Parts;
 use http::{Method, Request};
 use tower::{BoxError, ServiceExt as _};
-use tower_http::catch_panic::CatchPanic;
 use tower_http::csrf::Csrf;
 use tower_service::Service;
 
@@ -32,12 +33,38 @@ use crate::guard::client::Client;
 use crate::guard::{auth, authz, body, client, csrf, method, rate_limit};
 use crate::rate_limit::BoxFuture;
 use crate::request_id::RequestId;
-use crate::respond::{self, CsrfProblem, PanicProblem};
+use crate::respond::{self, CsrfProblem};
 use crate::response::problem::{Rejection, RejectionInfo};
 
-/// What the pipeline calls once its checks pass: tower-http's Fetch Metadata check,
-/// catch-panic, the handler.
-type Inner<S> = Csrf<CatchPanic<S, PanicProblem>, CsrfProblem>;
+/// What the pipeline calls once its checks pass: tower-http's Fetch Metadata check, then the
+/// handler. A panic in either is caught by the pipeline itself (`run`, step 9).
+type Inner<S> = Csrf<IntoBody<S>, CsrfProblem>;
+
+/// The handler with its answer's body as axum's [`Body`], so the Fetch Metadata refusal can
+/// answer in the same type. `Body::new` takes an axum handler's own `Body` as it is (no
+/// allocation); only another body type is boxed, once.
+#[derive(Clone)]
+pub(crate) struct IntoBody<S>(pub(crate) S);
+
+impl<S, Req, B> Service<Req> for IntoBody<S>
+where
+    S: Service<Req, Response = http::Response<B>>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = futures_util::future::MapOk<S::Future, fn(http::Response<B>) -> Response>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        use futures_util::TryFutureExt as _;
+        self.0.call(req).map_ok(|res| res.map(Body::new))
+    }
+}
 
 /// The service a [`SecurityLayer`](crate::SecurityLayer) produces.
 ///
@@ -115,16 +142,14 @@ impl<E> Future for ResponseFuture<E> {
 }
 
 /// The pipeline (DESIGN.md, "The pipeline"): steps 1 to 10 for one request.
-async fn run<I, ReqBody, ResBody>(
+async fn run<I, ReqBody>(
     state: Arc<RouteState>,
     inner: I,
     req: Request<ReqBody>,
 ) -> Result<Response, I::Error>
 where
-    I: Service<Request<LimitedBody<ReqBody>>, Response = http::Response<ResBody>>,
+    I: Service<Request<LimitedBody<ReqBody>>, Response = Response>,
     ReqBody: http_body::Body,
-    ResBody: http_body::Body<Data = Bytes> + Default + Send + 'static,
-    ResBody::Error: Into<BoxError>,
 {
     let (mut parts, body) = req.into_parts();
     // The headers as the client sent them (step 1 sets `x-request-id`).
@@ -154,7 +179,7 @@ where
     } else if let Err(r) = checks(&state, &mut ctx, &parts, &mut Refusals(None)).await {
         return Ok(ctx.reject(r).await);
     }
-    // 8a + 9: Fetch Metadata check (tower-http), catch-panic, the handler.
+    // 8a + 9: Fetch Metadata check (tower-http), the handler.
     if let Some(p) = &ctx.subject {
         parts.extensions.insert(p.clone());
     }
@@ -170,10 +195,15 @@ where
         .max_body_bytes()
         .filter(|_| !state.policy.is_dry_run());
     let (body, body_state) = LimitedBody::new(body, limit);
-    let mut res = inner
-        .oneshot(Request::from_parts(parts, body))
-        .await?
-        .map(Body::new);
+    // 9. A panic in the handler (or in the check before it) is answered with a 500 problem,
+    // audited below like any refusal from inside the stack, instead of dropping the
+    // connection. Caught here rather than by tower-http's `CatchPanic`, which boxes every
+    // response body once more (issue 10 part 7).
+    let called = AssertUnwindSafe(inner.oneshot(Request::from_parts(parts, body)));
+    let mut res = match called.catch_unwind().await {
+        Ok(res) => res?,
+        Err(payload) => respond::handler_panicked(payload),
+    };
     // 7, streamed: whatever the handler made of the body error, the answer is ours.
     if let Err(r) = body::check_streamed(body_state.get()) {
         return Ok(ctx.reject(r).await);
