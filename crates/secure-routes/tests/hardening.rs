@@ -289,6 +289,62 @@ impl RateLimitStore for EagerlyPanickingStore {
     }
 }
 
+/// Panics when asked to decide at once (the synchronous path the memory store takes).
+#[derive(Debug)]
+struct PanickingNowStore;
+impl RateLimitStore for PanickingNowStore {
+    fn acquire<'a>(
+        &'a self,
+        _: &'a RateLimitKey,
+        _: Quota,
+        _: u32,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        unreachable!("a store that answers at once is not asked for a future")
+    }
+    fn try_acquire_now(
+        &self,
+        _: &RateLimitKey,
+        _: Quota,
+        _: u32,
+    ) -> Option<Result<Decision, StoreError>> {
+        panic!("store bug in the synchronous path")
+    }
+    fn name(&self) -> &'static str {
+        "now-panic"
+    }
+}
+
+/// Answers every check at once, and counts how it was asked.
+#[derive(Debug, Default, Clone)]
+struct NowStore {
+    now: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+impl RateLimitStore for NowStore {
+    fn acquire<'a>(
+        &'a self,
+        _: &'a RateLimitKey,
+        _: Quota,
+        _: u32,
+    ) -> BoxFuture<'a, Result<Decision, StoreError>> {
+        panic!("asked for a future although it answers at once")
+    }
+    fn try_acquire_now(
+        &self,
+        _: &RateLimitKey,
+        _: Quota,
+        _: u32,
+    ) -> Option<Result<Decision, StoreError>> {
+        let n = self.now.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Some(Err(StoreError::Unavailable(format!("answer {n}"))))
+    }
+    fn name(&self) -> &'static str {
+        "now"
+    }
+    fn is_local(&self) -> bool {
+        true
+    }
+}
+
 /// Its key set is unreachable.
 struct DownAuth;
 impl Authenticator for DownAuth {
@@ -379,6 +435,26 @@ async fn a_panic_before_the_future_exists_is_contained_too() {
     assert_eq!(res.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(h.events().await[0].reason, "authenticator_panicked");
     assert_eq!(h2.events().await[0].reason, "store_panicked");
+}
+
+/// A store that decides at once (`try_acquire_now`) is never asked for a future; its error
+/// and its panic meet the policy as the future's would.
+#[tokio::test]
+async fn a_store_answering_at_once_is_contained_like_its_future() {
+    let h = harness(|b| b.rate_limit_store(PanickingNowStore));
+    let app = h.app("/api/x", Policy::public(), get(ok));
+    let res = req(Method::GET, "/api/x").send(&app).await;
+    assert_eq!(res.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(h.events().await[0].reason, "store_panicked");
+
+    let store = NowStore::default();
+    let h = harness(|b| b.rate_limit_store(store.clone()));
+    let app = h.app("/api/x", Policy::public(), get(ok));
+    // PUBLIC fails open: the error lets the request through, audited as `store_error`.
+    let res = req(Method::GET, "/api/x").send(&app).await;
+    assert_eq!(res.status, StatusCode::OK);
+    assert_eq!(h.events().await[0].reason, "store_error");
+    assert_eq!(store.now.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
 #[tokio::test]

@@ -210,6 +210,16 @@ async fn call_store(
     quota: Quota,
     timeout: Duration,
 ) -> Result<Decision, StoreFailure> {
+    // A store that decides without waiting (the memory store) answers here, with no future
+    // to allocate and no timer; a panic in it is contained as in the future below.
+    match std::panic::catch_unwind(AssertUnwindSafe(|| {
+        shared.store.try_acquire_now(key, quota, 1)
+    })) {
+        Ok(Some(Ok(d))) => return Ok(d),
+        Ok(Some(Err(e))) => return Err(StoreFailure::Error(e)),
+        Ok(None) => {}
+        Err(panic) => return Err(StoreFailure::Panicked(panic_message(&*panic))),
+    }
     // Inside the async block, so a store that panics before returning its future is caught
     // too.
     let call = AssertUnwindSafe(async { shared.store.acquire(key, quota, 1).await }).catch_unwind();

@@ -355,6 +355,15 @@ impl RateLimitStore for MemoryStore {
         Box::pin(std::future::ready(Ok(decision)))
     }
 
+    fn try_acquire_now(
+        &self,
+        key: &RateLimitKey,
+        quota: Quota,
+        cost: u32,
+    ) -> Option<Result<Decision, StoreError>> {
+        Some(Ok(self.acquire_now(key, quota, cost)))
+    }
+
     fn name(&self) -> &'static str {
         "memory"
     }

@@ -468,6 +468,30 @@ pub trait RateLimitStore: Send + Sync + 'static {
         cost: u32,
     ) -> BoxFuture<'a, Result<Decision, StoreError>>;
 
+    /// Decides at once, without a future, when the store can do so without waiting (the
+    /// memory store always can); `None` (the default) sends the pipeline to
+    /// [`acquire`](Self::acquire). The pipeline asks this first on every request: a boxed
+    /// future per check is an allocation an in-process store has no use for. A store that
+    /// answers here must count exactly as `acquire` would.
+    ///
+    /// ```
+    /// use secure_routes::rate_limit::{MemoryStore, Quota, RateLimitKey, RateLimitStore};
+    /// let store = MemoryStore::new();
+    /// let key = RateLimitKey::from_bytes([7; 16]);
+    /// let d = store.try_acquire_now(&key, Quota::per_minute(2), 1).unwrap().unwrap();
+    /// assert!(d.allowed);
+    /// assert_eq!(d.remaining, 1);
+    /// ```
+    fn try_acquire_now(
+        &self,
+        key: &RateLimitKey,
+        quota: Quota,
+        cost: u32,
+    ) -> Option<Result<Decision, StoreError>> {
+        let _ = (key, quota, cost);
+        None
+    }
+
     /// A short name for logs and metrics (`"memory"`, `"redis"`, ...).
     fn name(&self) -> &'static str;
 
