@@ -15,6 +15,9 @@ use std::time::Duration;
 
 use support::Demo;
 
+/// The demo's allowed CORS origin in this test.
+const ORIGIN: &str = "https://app.example";
+
 /// One raw `GET` on a fresh connection: the status line and the header lines, in order.
 fn raw_get(base: &str, path: &str, extra: &[(&str, &str)]) -> (String, Vec<(String, String)>) {
     let addr = base.trim_start_matches("http://");
@@ -93,6 +96,7 @@ fn expected(
     quota: u32,
     window: u32,
     extra: &[(&str, &str)],
+    granted: bool,
 ) -> Vec<(String, String)> {
     let policy = format!("\"{route_name}\";q={quota};w={window}");
     let quota = quota.to_string();
@@ -106,15 +110,24 @@ fn expected(
         ("x-ratelimit-reset", "*"),
     ]);
     e.extend_from_slice(extra);
+    e.push(("x-request-id", "*"));
+    // The CORS grants only for an allowed `Origin`: without `Access-Control-Allow-Origin`
+    // the others are inert, so an answer to a request without one carries `Vary` alone.
+    if granted {
+        e.extend([
+            ("vary", "origin"),
+            ("access-control-allow-credentials", "true"),
+            ("access-control-allow-origin", ORIGIN),
+            (
+                "access-control-expose-headers",
+                "ratelimit,ratelimit-policy,x-ratelimit-limit,x-ratelimit-remaining,\
+                 x-ratelimit-reset,retry-after,x-request-id",
+            ),
+        ]);
+    } else {
+        e.push(("vary", "origin"));
+    }
     e.extend([
-        ("x-request-id", "*"),
-        ("vary", "origin"),
-        ("access-control-allow-credentials", "true"),
-        (
-            "access-control-expose-headers",
-            "ratelimit,ratelimit-policy,x-ratelimit-limit,x-ratelimit-remaining,\
-             x-ratelimit-reset,retry-after,x-request-id",
-        ),
         ("content-length", "*"),
         ("connection", "close"),
         ("date", "*"),
@@ -129,7 +142,7 @@ fn public_and_authenticated_answers_carry_exactly_these_header_lines() {
         dir.path(),
         "wire",
         &[],
-        &[("SECURE_ROUTES_ALLOWED_ORIGINS", "https://app.example")],
+        &[("SECURE_ROUTES_ALLOWED_ORIGINS", ORIGIN)],
     );
 
     let (status, headers) = raw_get(&demo.base, "/api/public-data", &[]);
@@ -145,7 +158,11 @@ fn public_and_authenticated_answers_carry_exactly_these_header_lines() {
             }
         })
         .collect();
-    assert_eq!(got, expected("public", 60, 60, &[]), "PUBLIC, no Origin");
+    assert_eq!(
+        got,
+        expected("public", 60, 60, &[], false),
+        "PUBLIC, no Origin"
+    );
 
     let bearer = support::bearer("wire-alice");
     let (status, headers) = raw_get(&demo.base, "/api/user/notes", &[("Authorization", &bearer)]);
@@ -162,7 +179,32 @@ fn public_and_authenticated_answers_carry_exactly_these_header_lines() {
         .collect();
     assert_eq!(
         got,
-        expected("authenticated", 20, 3600, &[("cache-control", "no-store")]),
+        expected(
+            "authenticated",
+            20,
+            3600,
+            &[("cache-control", "no-store")],
+            false
+        ),
         "AUTHENTICATED, no Origin"
+    );
+
+    // From the allowed origin: the grants tower-http's rules give, after the request id.
+    let (status, headers) = raw_get(&demo.base, "/api/public-data", &[("Origin", ORIGIN)]);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let got: Vec<_> = normalize(headers)
+        .into_iter()
+        .map(|(n, v)| {
+            if n == "content-length" {
+                (n, "*".to_owned())
+            } else {
+                (n, v)
+            }
+        })
+        .collect();
+    assert_eq!(
+        got,
+        expected("public", 60, 60, &[], true),
+        "PUBLIC, allowed Origin"
     );
 }
