@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Instructions per request, in process, for the same handler bare, behind PUBLIC, behind the
+# Instructions per request, in process, for the same handler bare, bare with PUBLIC's header
+# lines as constants, behind PUBLIC, behind the
 # assembled tower_governor/tower-http stack, behind AUTHENTICATED (HS256 bearer, uncached) and
 # behind the assembled stack plus a jsonwebtoken bearer check: the `instructions` bench driver
 # (crates/secure-routes/benches/instructions.rs) runs under valgrind's callgrind twice per
@@ -49,7 +50,7 @@ mallocs() { # calls to malloc recorded in a callgrind profile (names are compres
 }
 
 declare -A per
-for route in bare_handler public assembled authenticated_hs256 assembled_jwt_hs256; do
+for route in bare_handler bare_wire public assembled authenticated_hs256 assembled_jwt_hs256; do
     a=$(instructions "$route" "$few" "$out/$route.few.out")
     b=$(instructions "$route" "$many" "$out/$route.out")
     per[$route]=$(awk -v a="$a" -v b="$b" -v n=$((many - few)) 'BEGIN { printf "%.0f", (b - a) / n }')
@@ -63,6 +64,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 added() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", a - b }'; }
 echo
 echo "PUBLIC adds                   $(added "${per[public]}" "${per[bare_handler]}") instructions/request over bare"
+echo "bare-wire adds                $(added "${per[bare_wire]}" "${per[bare_handler]}")  (PUBLIC's header lines as constants)"
 echo "assembled adds                $(added "${per[assembled]}" "${per[bare_handler]}")"
 echo "AUTHENTICATED adds            $(added "${per[authenticated_hs256]}" "${per[bare_handler]}")"
 echo "assembled+JWT adds            $(added "${per[assembled_jwt_hs256]}" "${per[bare_handler]}")"

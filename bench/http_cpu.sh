@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Server CPU per request over HTTP (wrk on loopback) for the same handler bare, behind PUBLIC,
+# Server CPU per request over HTTP (wrk on loopback) for the same handler bare, bare with
+# PUBLIC's header lines as constants (`bare-wire`: what PUBLIC's bytes cost alone), behind PUBLIC,
 # behind the stack a user would assemble from tower_governor and tower-http layers, behind
 # AUTHENTICATED (HS256 bearer) and behind that assembled stack plus a jsonwebtoken bearer check
-# (the routes of crates/secure-routes/benches/stacks/mod.rs). The five routes are interleaved
+# (the routes of crates/secure-routes/benches/stacks/mod.rs). The six routes are interleaved
 # in rounds in one run, so a change in machine load hits all of them alike; the figure per
 # route is the median over the rounds. Prints CPU per request and the ratios of issue 10's
 # targets.
@@ -55,8 +56,8 @@ run() {
     awk -v t=$((after - before)) -v hz="$tick" -v n="$reqs" 'BEGIN { printf "%.2f %d\n", t / hz * 1e6 / n, n }'
 }
 
-routes=(bare public assembled authenticated assembled-jwt)
-declare -A bearer=([bare]=no [public]=no [assembled]=no [authenticated]=yes [assembled-jwt]=yes)
+routes=(bare bare-wire public assembled authenticated assembled-jwt)
+declare -A bearer=([bare]=no [bare-wire]=no [public]=no [assembled]=no [authenticated]=yes [assembled-jwt]=yes)
 declare -A all
 for r in $(seq 1 "$rounds"); do
     for route in "${routes[@]}"; do
@@ -78,5 +79,8 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 echo
 echo "PUBLIC / bare:                        $(ratio "${med[public]}" "${med[bare]}")  (target <= 1.3)"
 echo "assembled / bare:                     $(ratio "${med[assembled]}" "${med[bare]}")"
+echo "bare-wire / bare:                     $(ratio "${med[bare-wire]}" "${med[bare]}")  (PUBLIC's bytes alone)"
+echo "bare-wire / assembled:                $(ratio "${med[bare-wire]}" "${med[assembled]}")  (the least PUBLIC / assembled can be)"
+echo "PUBLIC / bare-wire:                   $(ratio "${med[public]}" "${med[bare-wire]}")  (the pipeline's own work)"
 echo "PUBLIC / assembled:                   $(ratio "${med[public]}" "${med[assembled]}")  (target <= 0.85)"
 echo "AUTHENTICATED / assembled+JWT:        $(ratio "${med[authenticated]}" "${med[assembled-jwt]}")  (target <= 0.85)"

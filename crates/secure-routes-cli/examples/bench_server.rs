@@ -1,6 +1,7 @@
 //! Server for `bench/http_cpu.sh`: the demo's `/api/public-data` handler behind each route of
 //! `secure-routes/benches/stacks/mod.rs` (included by path, so the HTTP, criterion and
-//! instruction-count figures measure the same stacks): `/bare`, `/public` (PUBLIC),
+//! instruction-count figures measure the same stacks): `/bare`, `/bare-wire` (the handler
+//! with PUBLIC's header lines as constants), `/public` (PUBLIC),
 //! `/assembled` (tower_governor and tower-http layers as a user would stack them),
 //! `/authenticated` (AUTHENTICATED, HS256 bearer) and `/assembled-jwt` (the assembled stack
 //! plus a `jsonwebtoken` bearer check). Quotas are raised so the load generator measures the
@@ -43,6 +44,25 @@ fn main() -> anyhow::Result<()> {
             let status = app.clone().oneshot(req).await?.status();
             anyhow::ensure!(status == 200, "{name} answered {status}");
         }
+        // `/bare-wire` stands for PUBLIC's bytes on the wire: the same header names, and
+        // values of the same length, or its figure means nothing.
+        let mut lines = Vec::new();
+        for path in ["/public", "/bare-wire"] {
+            let res = app.clone().oneshot(stacks::request(path, None)).await?;
+            let mut l: Vec<(String, usize)> = res
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.len()))
+                .collect();
+            l.sort();
+            lines.push(l);
+        }
+        anyhow::ensure!(
+            lines[0] == lines[1],
+            "/bare-wire no longer answers with PUBLIC's header lines: {:?} against {:?}",
+            lines[1],
+            lines[0]
+        );
         let listener = tokio::net::TcpListener::bind(addr).await?;
         println!("ready on {} token {token}", listener.local_addr()?);
         axum::serve(

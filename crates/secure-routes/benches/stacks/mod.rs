@@ -4,6 +4,9 @@
 //! by path) measure exactly the same stacks:
 //!
 //! - `/bare`: the handler alone (the baseline);
+//! - `/bare-wire`: the handler with PUBLIC's response header lines, written as constants by
+//!   one `map_response` (the least any stack that answers with PUBLIC's bytes can cost: what
+//!   is left between it and `/public` is the pipeline's own work, not the bytes on the wire);
 //! - `/public`: the handler behind the PUBLIC policy;
 //! - `/assembled`: the handler behind the stack a user would assemble without secure-routes
 //!   (issue 10 part 7): tower_governor (GCRA per peer IP, `use_headers()`), eight
@@ -45,8 +48,9 @@ use tower_http::set_header::SetResponseHeaderLayer;
 const SECRET: &[u8] = b"bench-secret-bench-secret-bench-secret!!";
 
 /// The routes in the order a run interleaves them: (name, path, sends the bearer token).
-pub(crate) const ROUTES: [(&str, &str, bool); 5] = [
+pub(crate) const ROUTES: [(&str, &str, bool); 6] = [
     ("bare_handler", "/bare", false),
+    ("bare_wire", "/bare-wire", false),
     ("public", "/public", false),
     ("assembled", "/assembled", false),
     ("authenticated_hs256", "/authenticated", true),
@@ -101,6 +105,7 @@ where
         .expect("authenticated policy");
     Router::new()
         .route("/bare", get(handler.clone()))
+        .route("/bare-wire", bare_wire(get(handler.clone())))
         .route(
             "/public",
             get(handler.clone()).layer(security.layer(public).expect("public layer")),
@@ -117,34 +122,67 @@ where
         .with_state(())
 }
 
+/// The eight headers PUBLIC adds by default.
+const SECURITY_HEADERS: [(&str, &str); 8] = [
+    ("x-content-type-options", "nosniff"),
+    ("x-frame-options", "DENY"),
+    ("referrer-policy", "strict-origin-when-cross-origin"),
+    (
+        "permissions-policy",
+        "camera=(), microphone=(), geolocation=()",
+    ),
+    (
+        "content-security-policy",
+        "default-src 'none'; frame-ancestors 'none'",
+    ),
+    ("cross-origin-opener-policy", "same-origin"),
+    ("cross-origin-resource-policy", "same-origin"),
+    ("x-xss-protection", "0"),
+];
+
 /// The eight headers PUBLIC adds by default, each as its own layer, set only when the handler
 /// did not (as `SecurityHeaders::apply` does).
 fn security_headers() -> [SetResponseHeaderLayer<HeaderValue>; 8] {
-    let h = |name: HeaderName, value: &'static str| {
-        SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
-    };
-    [
-        h(header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        h(header::X_FRAME_OPTIONS, "DENY"),
-        h(header::REFERRER_POLICY, "strict-origin-when-cross-origin"),
-        h(
-            HeaderName::from_static("permissions-policy"),
-            "camera=(), microphone=(), geolocation=()",
-        ),
-        h(
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'none'; frame-ancestors 'none'",
-        ),
-        h(
-            HeaderName::from_static("cross-origin-opener-policy"),
-            "same-origin",
-        ),
-        h(
-            HeaderName::from_static("cross-origin-resource-policy"),
-            "same-origin",
-        ),
-        h(header::X_XSS_PROTECTION, "0"),
-    ]
+    SECURITY_HEADERS.map(|(name, value)| {
+        SetResponseHeaderLayer::if_not_present(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        )
+    })
+}
+
+/// PUBLIC's header lines on a `/public` answer of this bench, beyond what the bare handler
+/// sends (`content-type`, `content-length`, `date`), with the per-request values (remaining,
+/// reset, request id) as constants of the same length. `bench_server` checks at start that
+/// `/bare-wire` and `/public` answer with the same header names and bytes.
+const PUBLIC_WIRE: [(&str, &str); 7] = [
+    ("ratelimit-policy", "\"public\";q=1000000000;w=1"),
+    ("x-ratelimit-limit", "1000000000"),
+    ("ratelimit", "\"public\";r=999999999;t=1"),
+    ("x-ratelimit-remaining", "999999999"),
+    ("x-ratelimit-reset", "1796417382"),
+    ("x-request-id", "01a242d0-128d-711f-9d6d-8130429a2d4d"),
+    ("vary", "origin"),
+];
+
+/// `route` answering with PUBLIC's header lines (see [`PUBLIC_WIRE`]), all inserted by one
+/// `map_response` from a map built once.
+fn bare_wire(route: MethodRouter) -> MethodRouter {
+    let mut wire = http::HeaderMap::new();
+    for (name, value) in SECURITY_HEADERS.into_iter().chain(PUBLIC_WIRE) {
+        wire.append(
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+    }
+    let wire = Arc::new(wire);
+    route.layer(axum::middleware::map_response(move |mut res: Response| {
+        let wire = wire.clone();
+        async move {
+            res.headers_mut().extend((*wire).clone());
+            res
+        }
+    }))
 }
 
 fn cors() -> CorsLayer {
