@@ -130,6 +130,18 @@ fn hot_key(c: &mut Criterion) {
     g.bench_function("governor_admit", |b| {
         b.iter(|| governor.check_key(black_box(&key)))
     });
+    // The request's key: HMAC-SHA-256 over the bucket and the address (every rate-limited
+    // request pays it before the store call).
+    let hasher = KeyHasher::new(b"rate-limit-bench-secret-of-32-bytes!");
+    let ip = std::net::IpAddr::from([192, 0, 2, 1]);
+    g.bench_function("key_hmac_ipv4", |b| {
+        b.iter(|| {
+            hasher.key(
+                black_box("route:/api/public-data"),
+                &Subject::Ip(black_box(ip)),
+            )
+        })
+    });
     g.bench_function("memory_gcra_admit_async", |b| {
         b.iter(|| ready(gcra.acquire(black_box(&key), gcra_admit(), 1)))
     });

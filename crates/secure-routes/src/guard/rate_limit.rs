@@ -10,6 +10,7 @@
 
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
@@ -22,7 +23,8 @@ use crate::fingerprint::Fingerprint;
 use crate::policy::FailureMode;
 use crate::rate_limit::deny_cache::{FlightFailure, FlightGuard, MAX_WAIT_FACTOR};
 use crate::rate_limit::headers::too_many_requests;
-use crate::rate_limit::{Decision, KeyPart, Quota, RateLimitKey, StoreError, Subject};
+use crate::rate_limit::key_cache::{self, Subject as Cached};
+use crate::rate_limit::{Decision, KeyPart, Quota, RateLimitKey, StoreError};
 use crate::respond::panic_message;
 use crate::response::problem::{Rejection, RejectionInfo, RejectionKind};
 use crate::security::Shared;
@@ -41,7 +43,7 @@ pub(crate) struct Limited {
 /// fails and the policy fails closed, or the store panics).
 pub(crate) async fn check(
     state: &RouteState,
-    route: &str,
+    route: &Arc<str>,
     ip: IpAddr,
     subject: Option<&Principal>,
     fingerprint: &Fingerprint,
@@ -107,7 +109,7 @@ pub(crate) async fn check(
 /// choice is a composite key.
 fn key(
     state: &RouteState,
-    route: &str,
+    route: &Arc<str>,
     ip: IpAddr,
     subject: Option<&Principal>,
     fingerprint: &Fingerprint,
@@ -115,8 +117,10 @@ fn key(
     let hasher = &state.shared.hasher;
     let parts = state.policy.rate_limit_key();
     match (parts, subject) {
-        ([KeyPart::Subject], Some(p)) => hasher.key(route, &Subject::User(p.subject().to_owned())),
-        ([KeyPart::Subject] | [KeyPart::Ip], _) => hasher.key(route, &Subject::from_ip(ip)),
+        ([KeyPart::Subject], Some(p)) => key_cache::key(hasher, route, Cached::User(p.subject())),
+        ([KeyPart::Subject] | [KeyPart::Ip], _) => {
+            key_cache::key(hasher, route, Cached::Ip(crate::client_ip::group(ip)))
+        }
         _ => {
             let (v4, v6);
             let ip: &[u8] = match crate::client_ip::group(ip) {

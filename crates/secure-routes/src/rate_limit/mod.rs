@@ -27,6 +27,7 @@ pub mod conformance;
 pub(crate) mod deny_cache;
 pub mod gcra;
 pub mod headers;
+pub(crate) mod key_cache;
 pub mod memory;
 pub mod sliding_window;
 
@@ -374,6 +375,9 @@ impl KeyPart {
 #[derive(Clone)]
 pub struct KeyHasher {
     key: hmac::Key,
+    /// Names this secret in the per-thread key cache (`key_cache`): a number never reused in
+    /// the process, so two hashers (two secrets) never share a cached key.
+    id: u64,
 }
 
 impl fmt::Debug for KeyHasher {
@@ -385,39 +389,41 @@ impl fmt::Debug for KeyHasher {
 impl KeyHasher {
     /// A hasher keyed with `secret` (any length; HMAC accepts every key size).
     pub fn new(secret: &[u8]) -> Self {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Self {
             key: hmac::Key::new(hmac::HMAC_SHA256, secret),
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
     /// The key for `subject` in `bucket`.
     pub fn key(&self, bucket: &str, subject: &Subject) -> RateLimitKey {
+        match subject {
+            Subject::User(s) => self.tagged(bucket, b'u', s.as_bytes()),
+            Subject::Ip(IpAddr::V4(v4)) => self.tagged(bucket, b'4', &v4.octets()),
+            Subject::Ip(IpAddr::V6(v6)) => self.tagged(bucket, b'6', &v6.octets()),
+            Subject::Custom(s) => self.tagged(bucket, b'c', s.as_bytes()),
+        }
+    }
+
+    /// [`KeyHasher::key`] for a subject given as its tag byte and its bytes (no `Subject` to
+    /// build, so no `String` for a user).
+    pub(crate) fn tagged(&self, bucket: &str, tag: u8, subject: &[u8]) -> RateLimitKey {
         let mut mac = hmac::Context::with_key(&self.key);
         // Length-prefix the bucket so ("a", "bc") and ("ab", "c") cannot collide.
         mac.update(&(bucket.len() as u64).to_be_bytes());
         mac.update(bucket.as_bytes());
-        match subject {
-            Subject::User(s) => {
-                mac.update(b"u");
-                mac.update(s.as_bytes());
-            }
-            Subject::Ip(IpAddr::V4(v4)) => {
-                mac.update(b"4");
-                mac.update(&v4.octets());
-            }
-            Subject::Ip(IpAddr::V6(v6)) => {
-                mac.update(b"6");
-                mac.update(&v6.octets());
-            }
-            Subject::Custom(s) => {
-                mac.update(b"c");
-                mac.update(s.as_bytes());
-            }
-        }
+        mac.update(&[tag]);
+        mac.update(subject);
         let out = mac.sign();
         let mut key = [0u8; 16];
         key.copy_from_slice(&out.as_ref()[..16]);
         RateLimitKey(key)
+    }
+
+    /// This hasher's number in the per-thread key cache.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
     }
 
     /// The key for a key of several parts in `bucket` (a policy's
