@@ -50,7 +50,9 @@ pub(crate) async fn authenticate(
     // request. One that is not ready is polled again under the timeout, as before.
     let answer = match (&mut call).now_or_never() {
         Some(answer) => Ok(answer),
-        None => tokio::time::timeout(shared.auth_timeout, call).await,
+        // Boxed: tokio's timer entry is cache-line padded (hundreds of bytes, 128-byte
+        // aligned), and held inline it would size and align every request's future.
+        None => Box::pin(tokio::time::timeout(shared.auth_timeout, call)).await,
     };
     let result = match answer {
         Ok(Ok(r)) => r,
@@ -93,7 +95,8 @@ pub(crate) async fn authenticate(
     // Failures count against the client address too.
     if let Some(quota) = policy.rate_limit() {
         let key = shared.hasher.key(route, &Subject::from_ip(ip));
-        if let Ok(d) = check_limit(shared, &key, quota, policy.store_timeout()).await
+        // Boxed: a failure's path, kept out of the size of every request's future.
+        if let Ok(d) = Box::pin(check_limit(shared, &key, quota, policy.store_timeout())).await
             && !d.allowed
         {
             // One decision, one event: the cause (a bad credential), with the status the

@@ -41,19 +41,56 @@ pub(crate) struct Limited {
 
 /// Counts the request against its budget; refuses it with 429 (or 503/500 when the store
 /// fails and the policy fails closed, or the store panics).
-pub(crate) async fn check(
+///
+/// `Ok` when the store decided at once (the memory store always does, see
+/// [`RateLimitStore::try_acquire_now`](crate::rate_limit::RateLimitStore::try_acquire_now)):
+/// no future at all. `Err` hands back what [`check_async`] needs to ask a store that must be
+/// waited for; the caller boxes that future, so its size stays out of every request's (a
+/// network call follows it anyway).
+pub(crate) fn check(
     state: &RouteState,
     route: &Arc<str>,
     ip: IpAddr,
     subject: Option<&Principal>,
     fingerprint: &Fingerprint,
-) -> Result<Limited, Rejection> {
+) -> Result<Result<Limited, Rejection>, Pending> {
     let Some(quota) = state.policy.rate_limit() else {
-        return Ok(Limited::default());
+        return Ok(Ok(Limited::default()));
     };
-    let shared = &state.shared;
     let key = key(state, route, ip, subject, fingerprint);
-    match check_limit(shared, &key, quota, state.policy.store_timeout()).await {
+    // Behind a deny cache (a shared store) the cache and the single flight come first.
+    if state.shared.deny.is_none()
+        && let Some(answer) = answer_now(&state.shared, &key, quota)
+    {
+        return Ok(decide(state, quota, answer));
+    }
+    Err(Pending { key, quota })
+}
+
+/// A rate-limit check that must wait for its store (see [`check`]).
+pub(crate) struct Pending {
+    key: RateLimitKey,
+    quota: Quota,
+}
+
+/// [`check`] for a store that must be waited for (a shared store, behind the deny cache).
+pub(crate) async fn check_async(
+    state: &RouteState,
+    pending: Pending,
+) -> Result<Limited, Rejection> {
+    let Pending { key, quota } = pending;
+    let answer = check_limit(&state.shared, &key, quota, state.policy.store_timeout()).await;
+    decide(state, quota, answer)
+}
+
+/// The step's answer for the store's.
+fn decide(
+    state: &RouteState,
+    quota: Quota,
+    answer: Result<Decision, StoreFailure>,
+) -> Result<Limited, Rejection> {
+    let shared = &state.shared;
+    match answer {
         Ok(d) if d.allowed => Ok(Limited {
             decision: Some(d),
             failed_open: None,
@@ -170,9 +207,10 @@ pub(crate) async fn check_limit(
     if let Some(d) = deny.check(key, quota, shared.clock.now()) {
         return Ok(d);
     }
-    let flight = deny
-        .single_flight(key, timeout.saturating_mul(MAX_WAIT_FACTOR), timeout)
-        .await;
+    // Boxed: only shared stores get here (a network call follows), and the wait's future
+    // would otherwise size the memory store's requests too.
+    let flight =
+        Box::pin(deny.single_flight(key, timeout.saturating_mul(MAX_WAIT_FACTOR), timeout)).await;
     match flight.as_ref().and_then(FlightGuard::failed_ahead) {
         // The checks ahead failed in a row: the store is failing now, and asking it again
         // would only chain another timeout behind them.
@@ -208,21 +246,31 @@ pub(crate) async fn check_limit(
     result
 }
 
+/// The store's answer when it decides without waiting (the memory store): no future to
+/// allocate and no timer. A panic in it is contained as in [`call_store`]'s future.
+fn answer_now(
+    shared: &Shared,
+    key: &RateLimitKey,
+    quota: Quota,
+) -> Option<Result<Decision, StoreFailure>> {
+    match std::panic::catch_unwind(AssertUnwindSafe(|| {
+        shared.store.try_acquire_now(key, quota, 1)
+    })) {
+        Ok(Some(Ok(d))) => Some(Ok(d)),
+        Ok(Some(Err(e))) => Some(Err(StoreFailure::Error(e))),
+        Ok(None) => None,
+        Err(panic) => Some(Err(StoreFailure::Panicked(panic_message(&*panic)))),
+    }
+}
+
 async fn call_store(
     shared: &Shared,
     key: &RateLimitKey,
     quota: Quota,
     timeout: Duration,
 ) -> Result<Decision, StoreFailure> {
-    // A store that decides without waiting (the memory store) answers here, with no future
-    // to allocate and no timer; a panic in it is contained as in the future below.
-    match std::panic::catch_unwind(AssertUnwindSafe(|| {
-        shared.store.try_acquire_now(key, quota, 1)
-    })) {
-        Ok(Some(Ok(d))) => return Ok(d),
-        Ok(Some(Err(e))) => return Err(StoreFailure::Error(e)),
-        Ok(None) => {}
-        Err(panic) => return Err(StoreFailure::Panicked(panic_message(&*panic))),
+    if let Some(answer) = answer_now(shared, key, quota) {
+        return answer;
     }
     // Inside the async block, so a store that panics before returning its future is caught
     // too.
@@ -233,7 +281,9 @@ async fn call_store(
     // is not ready is polled again under the timeout, with the task's own waker.
     let answer = match (&mut call).now_or_never() {
         Some(answer) => answer,
-        None => match tokio::time::timeout(timeout, call).await {
+        // Boxed, as the authenticator's: tokio's timer entry is hundreds of bytes and 128-byte
+        // aligned, and held inline it would size and align every request's future.
+        None => match Box::pin(tokio::time::timeout(timeout, call)).await {
             Err(_) => return Err(StoreFailure::Timeout),
             Ok(answer) => answer,
         },
