@@ -91,19 +91,28 @@ pub enum BodyState {
 /// assert_eq!(state.get(), BodyState::Fine);
 /// ```
 #[derive(Clone, Debug, Default)]
-pub struct SharedBodyState(Arc<AtomicU8>);
+pub struct SharedBodyState(Option<Arc<AtomicU8>>);
 
 impl SharedBodyState {
     /// The state now.
     pub fn get(&self) -> BodyState {
-        match self.0.load(Ordering::SeqCst) {
-            1 => BodyState::Exceeded,
-            2 => BodyState::Unreadable,
+        match self.0.as_ref().map(|s| s.load(Ordering::SeqCst)) {
+            Some(1) => BodyState::Exceeded,
+            Some(2) => BodyState::Unreadable,
             _ => BodyState::Fine,
         }
     }
 
+    /// A state to share (one allocation).
+    fn shared() -> Self {
+        Self(Some(Arc::default()))
+    }
+
     fn set(&self, s: BodyState) {
+        let Some(state) = &self.0 else {
+            // A body that was at its end when wrapped has nothing left to record.
+            return;
+        };
         let v = match s {
             BodyState::Fine => return,
             BodyState::Exceeded => 1,
@@ -111,9 +120,7 @@ impl SharedBodyState {
         };
         // The first problem wins: an over-limit body also ends in an error, which is not a
         // read failure.
-        let _ = self
-            .0
-            .compare_exchange(0, v, Ordering::SeqCst, Ordering::SeqCst);
+        let _ = state.compare_exchange(0, v, Ordering::SeqCst, Ordering::SeqCst);
     }
 }
 
@@ -149,10 +156,16 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<B> LimitedBody<B> {
+impl<B: Body> LimitedBody<B> {
     /// Wraps `inner` with an optional byte limit; returns the body and its shared state.
     pub fn new(inner: B, limit: Option<u64>) -> (Self, SharedBodyState) {
-        let state = SharedBodyState::default();
+        // A body already at its end (a `GET` without one) can neither cross the limit nor
+        // fail to read: its state needs no allocation to share.
+        let state = if inner.is_end_stream() {
+            SharedBodyState::default()
+        } else {
+            SharedBodyState::shared()
+        };
         (
             Self {
                 inner,
