@@ -27,11 +27,12 @@ if [ -z "$server" ]; then
     cargo build --release -q -p secure-routes-cli --example bench_server
     server=target/release/examples/bench_server
 fi
-# On two or more CPUs the server runs on CPU 1 and wrk on CPU 0 (PIN=0 turns it off): the
+# Where CPUs 0 and 1 may be used, the server runs on CPU 1 and wrk on CPU 0 (PIN=0 turns it off): the
 # scheduler moving either between cores was most of the round-to-round spread on the 2-core
 # machine (issue 10 part 7, stop 18).
 srv_cpu=() wrk_cpu=()
-if [ "${PIN:-1}" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+if [ "${PIN:-1}" = 1 ] && command -v taskset >/dev/null && taskset -c 0 true 2>/dev/null &&
+    taskset -c 1 true 2>/dev/null; then
     srv_cpu=(taskset -c 1) wrk_cpu=(taskset -c 0)
 fi
 "${srv_cpu[@]}" "$server" "$addr" > /tmp/bench_server.log 2>&1 &

@@ -113,31 +113,10 @@ impl RouteState {
         }
         // tower-http's rules here are all synchronous (a fixed origin list), so the answer
         // is ready at once.
-        let mut headers = match self.cors.layer(CorsProbe).oneshot(probe).now_or_never() {
+        match self.cors.layer(CorsProbe).oneshot(probe).now_or_never() {
             Some(Ok(res)) => res.into_parts().0.headers,
             _ => HeaderMap::new(),
-        };
-        without_inert_grants(&mut headers);
-        headers
-    }
-}
-
-/// Keeps only `Vary` when tower-http's answer grants no origin. Without
-/// `Access-Control-Allow-Origin` the browser's CORS check fails before it reads any other
-/// `Access-Control-*` header (Fetch standard, "CORS check"), so they change nothing for the
-/// client: a request without `Origin` is not a CORS request at all, and a disallowed origin
-/// is refused either way. tower-http sends them anyway (`Allow-Credentials`, `Expose-Headers`:
-/// 171 bytes on every PUBLIC answer, paid again by the kernel and the client). `Vary` stays:
-/// a cache must not hand this answer to a request with another `Origin`. With a grant (one
-/// allowed origin, or `*` even without `Origin`, which a cache may reuse) nothing is removed.
-fn without_inert_grants(headers: &mut HeaderMap) {
-    if headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
-        return;
-    }
-    let vary: Vec<HeaderValue> = headers.get_all(header::VARY).iter().cloned().collect();
-    headers.clear();
-    for v in vary {
-        headers.append(header::VARY, v);
+        }
     }
 }
 

@@ -96,7 +96,14 @@ pub(crate) async fn authenticate(
     if let Some(quota) = policy.rate_limit() {
         let key = shared.hasher.key(route, &Subject::from_ip(ip));
         // Boxed: a failure's path, kept out of the size of every request's future.
-        if let Ok(d) = Box::pin(check_limit(shared, &key, quota, policy.store_timeout())).await
+        if let Ok(d) = Box::pin(check_limit(
+            shared,
+            &key,
+            quota,
+            policy.store_timeout(),
+            false,
+        ))
+        .await
             && !d.allowed
         {
             // One decision, one event: the cause (a bad credential), with the status the

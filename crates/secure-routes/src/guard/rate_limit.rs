@@ -79,7 +79,16 @@ pub(crate) async fn check_async(
     pending: Pending,
 ) -> Result<Limited, Rejection> {
     let Pending { key, quota } = pending;
-    let answer = check_limit(&state.shared, &key, quota, state.policy.store_timeout()).await;
+    // Without a deny cache `check` has asked `try_acquire_now` already.
+    let asked = state.shared.deny.is_none();
+    let answer = check_limit(
+        &state.shared,
+        &key,
+        quota,
+        state.policy.store_timeout(),
+        asked,
+    )
+    .await;
     decide(state, quota, answer)
 }
 
@@ -200,9 +209,10 @@ pub(crate) async fn check_limit(
     key: &RateLimitKey,
     quota: Quota,
     timeout: Duration,
+    asked_now: bool,
 ) -> Result<Decision, StoreFailure> {
     let Some(deny) = &shared.deny else {
-        return call_store(shared, key, quota, timeout).await;
+        return call_store(shared, key, quota, timeout, asked_now).await;
     };
     if let Some(d) = deny.check(key, quota, shared.clock.now()) {
         return Ok(d);
@@ -227,7 +237,7 @@ pub(crate) async fn check_limit(
     if let Some(d) = deny.check(key, quota, before) {
         return Ok(d);
     }
-    let result = call_store(shared, key, quota, timeout).await;
+    let result = call_store(shared, key, quota, timeout, false).await;
     match (&result, &flight) {
         // The time before the call: the store decided no earlier, so the cached refusal
         // never outlasts the store's own.
@@ -263,13 +273,15 @@ fn answer_now(
     }
 }
 
+/// `asked_now`: [`answer_now`] was asked for this check already (and said `None`).
 async fn call_store(
     shared: &Shared,
     key: &RateLimitKey,
     quota: Quota,
     timeout: Duration,
+    asked_now: bool,
 ) -> Result<Decision, StoreFailure> {
-    if let Some(answer) = answer_now(shared, key, quota) {
+    if !asked_now && let Some(answer) = answer_now(shared, key, quota) {
         return answer;
     }
     // Inside the async block, so a store that panics before returning its future is caught

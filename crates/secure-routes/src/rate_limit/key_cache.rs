@@ -9,7 +9,7 @@
 //!
 //! Per thread, so there is no lock and no contention; direct-mapped (64 slots, one place per
 //! entry), so a lookup is one hash and one comparison and memory is fixed (about 5 KiB per
-//! thread). An attacker who makes entries collide (many addresses) only gets misses, which
+//! thread, plus the subjects' strings, which come from verified tokens). An attacker who makes entries collide (many addresses) only gets misses, which
 //! cost what every request cost before.
 
 use std::cell::RefCell;
@@ -48,7 +48,9 @@ thread_local! {
 /// three were keyed last in its slot, else computed (and kept).
 pub(crate) fn key(hasher: &KeyHasher, bucket: &Arc<str>, subject: Subject<'_>) -> RateLimitKey {
     let index = slot(hasher.id(), bucket, &subject);
-    let hit = CACHE.with_borrow(|cache| {
+    // `try_with`: while the thread's locals are torn down there is no cache, only the HMAC.
+    let hit = CACHE.try_with(|cache| {
+        let cache = cache.borrow();
         let slot = cache[index].as_ref()?;
         let same = slot.hasher == hasher.id()
             && (Arc::ptr_eq(&slot.bucket, bucket) || slot.bucket == *bucket)
@@ -59,7 +61,7 @@ pub(crate) fn key(hasher: &KeyHasher, bucket: &Arc<str>, subject: Subject<'_>) -
             };
         same.then_some(slot.key)
     });
-    if let Some(key) = hit {
+    if let Ok(Some(key)) = hit {
         return key;
     }
     let (key, owned) = match subject {
@@ -69,8 +71,8 @@ pub(crate) fn key(hasher: &KeyHasher, bucket: &Arc<str>, subject: Subject<'_>) -
             Owned::User(s.into()),
         ),
     };
-    CACHE.with_borrow_mut(|cache| {
-        cache[index] = Some(Slot {
+    let _ = CACHE.try_with(|cache| {
+        cache.borrow_mut()[index] = Some(Slot {
             hasher: hasher.id(),
             bucket: bucket.clone(),
             subject: owned,
@@ -80,8 +82,9 @@ pub(crate) fn key(hasher: &KeyHasher, bucket: &Arc<str>, subject: Subject<'_>) -
     key
 }
 
-/// Where an entry lives: a cheap mix of everything it is compared by (the bucket by its
-/// address, enough to spread routes; equality is still checked by value).
+/// Where an entry lives: a cheap mix of everything it is compared by. The bucket by its
+/// bytes, not its address: a layer over several routes formats the name of every route after
+/// the first per request (`guard::client`), so its address is new each time.
 fn slot(hasher: u64, bucket: &Arc<str>, subject: &Subject<'_>) -> usize {
     let subject = match subject {
         Subject::Ip(IpAddr::V4(a)) => u64::from(a.to_bits()),
@@ -91,8 +94,8 @@ fn slot(hasher: u64, bucket: &Arc<str>, subject: &Subject<'_>) -> usize {
         }
         Subject::User(s) => xxhash_rust::xxh3::xxh3_64(s.as_bytes()),
     };
-    let mixed = (subject ^ (Arc::as_ptr(bucket) as *const u8 as u64) ^ hasher.rotate_left(32))
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let bucket = xxhash_rust::xxh3::xxh3_64(bucket.as_bytes());
+    let mixed = (subject ^ bucket ^ hasher.rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     (mixed >> 58) as usize
 }
 

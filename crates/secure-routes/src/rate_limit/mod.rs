@@ -476,9 +476,11 @@ pub trait RateLimitStore: Send + Sync + 'static {
 
     /// Decides at once, without a future, when the store can do so without waiting (the
     /// memory store always can); `None` (the default) sends the pipeline to
-    /// [`acquire`](Self::acquire). The pipeline asks this first on every request: a boxed
-    /// future per check is an allocation an in-process store has no use for. A store that
-    /// answers here must count exactly as `acquire` would.
+    /// [`acquire`](Self::acquire). The pipeline asks this before `acquire` (for a store that
+    /// is not [`is_local`](Self::is_local), after the deny cache and the single flight): a
+    /// boxed future per check is an allocation an in-process store has no use for. A store
+    /// that answers here must count exactly as `acquire` would; `None` must neither count nor
+    /// block.
     ///
     /// ```
     /// use secure_routes::rate_limit::{MemoryStore, Quota, RateLimitKey, RateLimitStore};
