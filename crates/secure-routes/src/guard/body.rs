@@ -83,7 +83,8 @@ pub enum BodyState {
 }
 
 /// A [`BodyState`] shared between a [`LimitedBody`] and the pipeline. The first problem
-/// found sticks.
+/// found sticks. For a body already at its end when wrapped there is nothing to share (no
+/// allocation), and the state stays [`BodyState::Fine`].
 ///
 /// ```
 /// use secure_routes::guard::body::{BodyState, LimitedBody};
