@@ -9,8 +9,9 @@
 //!
 //! Per thread, so there is no lock and no contention; direct-mapped (64 slots, one place per
 //! entry), so a lookup is one hash and one comparison and memory is fixed (about 5 KiB per
-//! thread, plus the subjects' strings, which come from verified tokens). An attacker who makes entries collide (many addresses) only gets misses, which
-//! cost what every request cost before.
+//! thread, plus the subjects' strings, which come from verified tokens). An attacker who
+//! makes entries collide (many addresses) only gets misses, which cost what every request
+//! cost before.
 
 use std::cell::RefCell;
 use std::net::IpAddr;
