@@ -12,31 +12,13 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
 use secure_routes::fingerprint::Fingerprint;
 
-/// The pipeline bench's browser request headers (`stacks::BROWSER_HEADERS`).
-const BROWSER: [(&str, &str); 12] = [
-    ("host", "api.example.com"),
-    (
-        "user-agent",
-        "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0",
-    ),
-    ("accept", "application/json, text/plain, */*"),
-    ("accept-language", "en-US,en;q=0.5"),
-    ("accept-encoding", "gzip, deflate, br, zstd"),
-    ("referer", "https://app.example.com/dashboard"),
-    ("connection", "keep-alive"),
-    (
-        "cookie",
-        "theme=dark; consent=1; _ga=GA1.1.123456789.1700000000",
-    ),
-    ("sec-fetch-dest", "empty"),
-    ("sec-fetch-mode", "cors"),
-    ("sec-fetch-site", "same-site"),
-    ("priority", "u=4"),
-];
+// Only for `BROWSER_HEADERS`: the same browser request the pipeline bench sends.
+#[allow(dead_code)]
+mod stacks;
 
 fn bench(c: &mut Criterion) {
     let mut headers = HeaderMap::new();
-    for (name, value) in BROWSER {
+    for (name, value) in stacks::BROWSER_HEADERS {
         headers.append(
             HeaderName::from_static(name),
             HeaderValue::from_static(value),

@@ -295,8 +295,9 @@ pub(crate) fn request(path: &str, token: Option<&str>) -> Request<Body> {
 }
 
 /// A typical browser request's twelve headers (Firefox 133 fetching JSON from a page, with a
-/// three-cookie jar), for the cost of what reads every header (the request fingerprint).
-#[allow(dead_code)] // the pipeline bench's; the instructions bench shares this module
+/// three-cookie jar), for the cost of what reads every header (the request fingerprint; the
+/// fingerprint bench hashes the same headers).
+#[allow(dead_code)] // the pipeline and fingerprint benches'; the instructions bench shares this module
 pub(crate) const BROWSER_HEADERS: [(&str, &str); 12] = [
     ("host", "api.example.com"),
     (
