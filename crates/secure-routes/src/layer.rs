@@ -105,7 +105,7 @@ impl Security {
         let limit_headers = policy
             .rate_limit()
             .map(|q| LimitHeaders::new(policy.name(), q));
-        let decoration = Decoration::new(&policy, self.shared.https, limit_headers.as_ref());
+        let decoration = Decoration::new(&policy, self.shared.https);
         let state = RouteState {
             decoration,
             cors_without_origin: http::HeaderMap::new(),

@@ -18,6 +18,10 @@ use crate::rate_limit::headers::{LimitHeaders, RATELIMIT};
 use crate::request_id::{X_REQUEST_ID, fresh_request_id};
 use crate::response::problem::{Rejection, RejectionInfo, RejectionKind};
 
+/// The most headers step 10 and the CORS merge add over the handler's: five rate-limit
+/// headers and `Retry-After`, `Cache-Control`, the request id, and four CORS headers.
+const ADDED_BY_DECORATE: usize = 12;
+
 impl Ctx {
     /// Audits a refusal and turns it into the final response (one event per decision: the
     /// rejection's [`Rejection::audit_info`]).
@@ -86,14 +90,12 @@ impl Ctx {
     /// Step 10: security headers, rate-limit headers, no-store when authenticated, request id.
     ///
     /// The headers that never change on the route come from a copy of
-    /// [`Decoration`](crate::context::Decoration), with the response's own put over them
-    /// (a security header the handler set wins, as `SecurityHeaders::apply` has it); then
-    /// the rate-limit numbers of this decision. The rate-limit headers are added only with a
-    /// decision and when the response has no `RateLimit` of its own, and replace any the
-    /// response had.
+    /// [`Decoration`](crate::context::Decoration), then the rate-limit headers that are the
+    /// same for every decision, with the response's own put over them (a security header the
+    /// handler set wins, as `SecurityHeaders::apply` has it); then the rate-limit numbers of
+    /// this decision. The rate-limit headers are added only with a decision and when the
+    /// response has no `RateLimit` of its own, and replace any the response had.
     pub(crate) fn decorate(&self, res: &mut Response) {
-        let shared = &self.state.shared;
-        let decoration = &self.state.decoration;
         let h = res.headers_mut();
         // Both come from the policy's quota: a decision exists only on a rate-limited route.
         let limit = match (&self.limit, &self.state.limit_headers) {
@@ -102,11 +104,13 @@ impl Ctx {
             }
             _ => None,
         };
-        let (template, constant_copied) = match (limit, &decoration.limited) {
-            (Some(_), Some(limited)) => (limited, true),
-            _ => (&decoration.base, false),
-        };
-        let own = std::mem::replace(h, template.clone());
+        let own = std::mem::replace(h, self.state.decoration.base.clone());
+        // Room for the handler's headers and all of ours (rate limit, request id, no-store,
+        // CORS), so the copy grows once (see `Decoration::base`).
+        h.reserve(own.len() + ADDED_BY_DECORATE);
+        if let Some((_, limit_headers)) = limit {
+            limit_headers.apply_constant(h);
+        }
         let mut constant_overridden = false;
         let mut last: Option<HeaderName> = None;
         for (name, value) in own {
@@ -124,10 +128,10 @@ impl Ctx {
             }
         }
         if let Some((decision, limit_headers)) = limit {
-            if constant_overridden || !constant_copied {
+            if constant_overridden {
                 limit_headers.apply_constant(h);
             }
-            limit_headers.apply_varying(h, decision, shared.clock.now());
+            limit_headers.apply_varying(h, decision, self.now);
         }
         if self.subject.is_some() {
             // Authenticated answers are per-user: no shared cache may keep them.

@@ -351,6 +351,7 @@ fn context(
         path: parts.uri.clone(),
         route: client.route,
         request_id: client.request_id,
+        now: client.now,
         ip: client.ip,
         user_agent: parts.headers.get(header::USER_AGENT).cloned(),
         fingerprint,

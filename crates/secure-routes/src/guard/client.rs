@@ -9,6 +9,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, MatchedPath};
 use http::HeaderValue;
@@ -17,7 +18,7 @@ use http::request::Parts;
 use crate::audit::Reason;
 use crate::client_ip::ClientIp;
 use crate::context::RouteState;
-use crate::request_id::{X_REQUEST_ID, fresh_request_id, plain_request_id};
+use crate::request_id::{X_REQUEST_ID, fresh_request_id_at, plain_request_id};
 use crate::response::problem::{Rejection, RejectionKind};
 
 /// Who is asking, and which budget the request counts against.
@@ -26,6 +27,8 @@ pub(crate) struct Client {
     pub(crate) ip: IpAddr,
     /// The request id, kept from a trusted proxy or fresh.
     pub(crate) request_id: HeaderValue,
+    /// The pipeline's clock when the request arrived (the fresh id's time).
+    pub(crate) now: Duration,
     /// The route identity: `route:<template>`, `bucket:<name>` or `policy:<name>`.
     pub(crate) route: Arc<str>,
 }
@@ -42,6 +45,7 @@ pub(crate) fn resolve(state: &RouteState, parts: &mut Parts) -> Result<Client, R
     };
     let shared = &state.shared;
     let ip = shared.proxies.client_ip(peer, &parts.headers);
+    let now = shared.clock.now();
     // A request id from a trusted proxy is kept if it is short and plain; anything else is
     // replaced by a fresh UUIDv7 (an untrusted client could otherwise forge audit ids).
     let request_id = if shared.proxies.contains(peer)
@@ -50,7 +54,7 @@ pub(crate) fn resolve(state: &RouteState, parts: &mut Parts) -> Result<Client, R
     {
         v.clone()
     } else {
-        fresh_request_id()
+        fresh_request_id_at(now)
     };
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
     parts.extensions.insert(ClientIp(ip));
@@ -58,6 +62,7 @@ pub(crate) fn resolve(state: &RouteState, parts: &mut Parts) -> Result<Client, R
     Ok(Client {
         ip,
         request_id,
+        now,
         route,
     })
 }
