@@ -8,8 +8,8 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use http::{HeaderMap, HeaderValue, Method, Request, header};
