@@ -12,23 +12,23 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::FutureExt as _;
-use http::header;
 use http::request::Parts;
+use http::{HeaderMap, header};
 use http::{Method, Request};
 use tower::{BoxError, ServiceExt as _};
 use tower_http::csrf::Csrf;
 use tower_service::Service;
 
-use crate::audit::Outcome;
+use crate::audit::{Outcome, Reason};
 use crate::context::{Ctx, RouteState};
 use crate::fingerprint::Fingerprint;
-use crate::guard::body::LimitedBody;
+use crate::guard::body::{LimitedBody, SharedBodyState};
 use crate::guard::client::Client;
 use crate::guard::{auth, authz, body, client, csrf, method, rate_limit};
 use crate::rate_limit::BoxFuture;
@@ -112,19 +112,111 @@ where
         self.inner.poll_ready(cx)
     }
 
+    /// The pipeline (DESIGN.md, "The pipeline"), steps 1 to 10 for one request.
+    ///
+    /// What can be decided without waiting is decided here, before any future exists: the
+    /// client, the ban, a preflight, and for an enforced policy steps 4 to 8b when the
+    /// authenticator and the store answer at once (a pinned key or an API key, a cache hit,
+    /// the memory store). A request that passes them calls the inner service (made ready by
+    /// `poll_ready`) directly, and its future only waits for the handler and decorates the
+    /// answer. Anything that must wait (an audit event, a store or an authenticator not
+    /// ready, a dry-run policy) continues in one boxed future, `run`, from where this left
+    /// off. Issue 10 part 7: the boxed pipeline future, the inner service's clone and the
+    /// `oneshot` were a tenth of PUBLIC's own CPU per request over HTTP.
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let state = self.state.clone();
+        let (mut parts, body) = req.into_parts();
+        // The headers as the client sent them (step 1 sets `x-request-id`).
+        let fingerprint = Fingerprint::of(&parts.method, parts.version, &parts.headers);
+        // 1. The client (a server without a socket peer is a configuration error: 500).
+        let client = match client::resolve(&state, &mut parts) {
+            Ok(c) => c,
+            Err(r) => return ResponseFuture::ready(respond::unaudited(&state, r)),
+        };
+        // Boxed: the audit context outlives this call in every path, and moves into the
+        // future whole.
+        let mut ctx = Box::new(context(&state, &parts, client, fingerprint));
+        let from = match front(&state, &mut ctx, &parts) {
+            Front::Passed => return self.call_handler(ctx, parts, body),
+            Front::Preflight => return ResponseFuture::ready(ctx.preflight(&parts.headers)),
+            Front::Refused(r) => {
+                return ResponseFuture::boxed(async move { Ok(ctx.reject(r).await) });
+            }
+            Front::Later(from) => from,
+        };
         // The clone is not ready; the one poll_ready prepared is taken (tower's usual swap).
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture {
-            inner: Box::pin(run(self.state.clone(), inner, req)),
+        ResponseFuture::boxed(run(state, ctx, parts, body, inner, from))
+    }
+}
+
+impl<S> SecurityService<S> {
+    /// Steps 8a and 9 for a request that passed the checks here: the inner service (ready)
+    /// called at once, its future wrapped to catch a panic and to decorate the answer.
+    fn call_handler<ReqBody, ResBody>(
+        &mut self,
+        ctx: Box<Ctx>,
+        parts: Parts,
+        body: ReqBody,
+    ) -> ResponseFuture<S::Error>
+    where
+        S: Service<Request<LimitedBody<ReqBody>>, Response = http::Response<ResBody>>,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqBody: http_body::Body,
+        ResBody: http_body::Body<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        let (req, cors, body_state) = handler_request(&ctx, parts, body);
+        let after = Box::new(After {
+            ctx,
+            cors,
+            body_state,
+        });
+        // A panic in the call itself (tower-http's Fetch Metadata check runs there) is
+        // answered like one in the handler's future (step 9).
+        match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
+            Ok(future) => ResponseFuture {
+                state: State::Handler {
+                    future: Box::pin(AssertUnwindSafe(future).catch_unwind()),
+                    after: Some(after),
+                },
+            },
+            Err(payload) => after.finish_boxed(respond::handler_panicked(payload)),
         }
     }
 }
 
 /// The future of a [`SecurityService`]: the pipeline's answer, or the inner service's error.
 pub struct ResponseFuture<E> {
-    inner: BoxFuture<'static, Result<Response, E>>,
+    state: State<E>,
+}
+
+enum State<E> {
+    /// The answer, decided without waiting (a preflight, a refusal before the audit context).
+    Ready(Option<Response>),
+    /// The handler's future (with a panic caught), then step 10.
+    Handler {
+        future: BoxFuture<'static, std::thread::Result<Result<Response, E>>>,
+        after: Option<Box<After>>,
+    },
+    /// The rest of the pipeline, where it must wait (see [`SecurityService::call`]).
+    Boxed(BoxFuture<'static, Result<Response, E>>),
+}
+
+impl<E> ResponseFuture<E> {
+    fn ready(res: Response) -> Self {
+        Self {
+            state: State::Ready(Some(res)),
+        }
+    }
+
+    fn boxed(future: impl Future<Output = Result<Response, E>> + Send + 'static) -> Self {
+        Self {
+            state: State::Boxed(Box::pin(future)),
+        }
+    }
 }
 
 impl<E> fmt::Debug for ResponseFuture<E> {
@@ -133,90 +225,250 @@ impl<E> fmt::Debug for ResponseFuture<E> {
     }
 }
 
-impl<E> Future for ResponseFuture<E> {
+impl<E: Send + 'static> Future for ResponseFuture<E> {
     type Output = Result<Response, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.get_mut().inner.as_mut().poll(cx)
+        let this = self.get_mut();
+        let (res, after) = match &mut this.state {
+            State::Ready(res) => {
+                return Poll::Ready(Ok(res
+                    .take()
+                    .expect("ResponseFuture polled after completion")));
+            }
+            State::Boxed(future) => return future.as_mut().poll(cx),
+            State::Handler { future, after } => {
+                let res = match ready!(future.as_mut().poll(cx)) {
+                    Ok(Ok(res)) => res,
+                    Ok(Err(e)) => return Poll::Ready(Err(e)),
+                    Err(payload) => respond::handler_panicked(payload),
+                };
+                let after = after
+                    .take()
+                    .expect("ResponseFuture polled after completion");
+                (res, after)
+            }
+        };
+        // Step 10 at once, unless an event must be written first.
+        if after.quiet(&res) {
+            return Poll::Ready(Ok((*after).decorated(res)));
+        }
+        *this = after.finish_boxed(res);
+        Pin::new(this).poll(cx)
     }
 }
 
-/// The pipeline (DESIGN.md, "The pipeline"): steps 1 to 10 for one request.
+/// What [`front`] decided.
+enum Front {
+    /// Every check passed: call the handler.
+    Passed,
+    /// A CORS preflight, answered without the handler.
+    Preflight,
+    /// A check refused (the refusal is audited in the future).
+    Refused(Rejection),
+    /// A step must wait: `run` resumes there.
+    Later(Resume),
+}
+
+/// Where `run` resumes the pipeline.
+enum Resume {
+    /// Step 2 (a dry-run policy: every step, each refusal audited, none answered).
+    DryRun,
+    /// Step 4 (an authenticator that must be waited for).
+    Checks,
+    /// A bad credential, whose refusal may wait for the store ([`auth::failed`]).
+    AuthFailed(Reason),
+    /// Step 6, the store's answer; steps 7 to 8b after it.
+    Store(rate_limit::Pending),
+}
+
+/// Steps 2 to 8b as far as they go without waiting.
+fn front(state: &RouteState, ctx: &mut Ctx, parts: &Parts) -> Front {
+    if state.policy.is_dry_run() {
+        return Front::Later(Resume::DryRun);
+    }
+    // 2. Bans, on the resolved address (never a header the client wrote).
+    if let Some(bans) = &state.shared.bans
+        && let Some(r) = bans.refuse_ip(ctx.ip, &*state.shared.clock)
+    {
+        return Front::Refused(r);
+    }
+    // 3. CORS preflight, answered without calling the handler.
+    if is_preflight(parts) {
+        return Front::Preflight;
+    }
+    // 4 to 8b: method, authentication, rate limit, authorization, declared body, CSRF token.
+    if let Err(r) = method::check(state.policy.methods(), &parts.method) {
+        return Front::Refused(r);
+    }
+    let subject = match auth::authenticate_now(state, parts) {
+        None => return Front::Later(Resume::Checks),
+        Some(auth::Now::Failed(reason)) => return Front::Later(Resume::AuthFailed(reason)),
+        Some(auth::Now::Done(Err(r))) => return Front::Refused(r),
+        Some(auth::Now::Done(Ok(subject))) => subject,
+    };
+    let authenticated = subject.is_some();
+    ctx.subject = subject;
+    if let Err(r) = subject_ban(state, ctx) {
+        return Front::Refused(r);
+    }
+    let (route, subject) = (&ctx.route, ctx.subject.as_ref());
+    match rate_limit::check(state, route, ctx.ip, subject, &ctx.fingerprint) {
+        Ok(Ok(limited)) => (ctx.limit, ctx.failed_open) = (limited.decision, limited.failed_open),
+        Ok(Err(r)) => return Front::Refused(r),
+        Err(pending) => return Front::Later(Resume::Store(pending)),
+    }
+    match after_limit(state, ctx, parts, authenticated, &mut Refusals(None)) {
+        Ok(()) => Front::Passed,
+        Err(r) => Front::Refused(r),
+    }
+}
+
+/// The rest of the pipeline for a request that must wait somewhere (see
+/// [`SecurityService::call`]): from where [`front`] stopped, to the answer.
 ///
-/// A plain function returning an `async move` block rather than an `async fn`: an `async fn`
-/// keeps its arguments and its locals' copies of them side by side in the future, which
-/// made every request's boxed future hundreds of bytes larger (issue 10 part 7).
+/// Its future is boxed for each request that gets here, and sized by the awaits held
+/// inline: the paths most requests never take are boxed where they are awaited (see the
+/// size test below).
+// Not an `async fn` (clippy's `manual_async_fn`): an `async fn` keeps its arguments and its
+// locals' copies of them side by side, which made this future 1,288 bytes against 992.
+#[allow(clippy::manual_async_fn)]
 fn run<I, ReqBody>(
     state: Arc<RouteState>,
+    mut ctx: Box<Ctx>,
+    parts: Parts,
+    body: ReqBody,
     inner: I,
-    req: Request<ReqBody>,
+    from: Resume,
 ) -> impl Future<Output = Result<Response, I::Error>>
 where
     I: Service<Request<LimitedBody<ReqBody>>, Response = Response>,
     ReqBody: http_body::Body,
 {
-    let (mut parts, body) = req.into_parts();
     async move {
-        // The headers as the client sent them (step 1 sets `x-request-id`).
-        let fingerprint = Fingerprint::of(&parts.method, parts.version, &parts.headers);
-        // 1. The client (a server without a socket peer is a configuration error: 500).
-        let client = match client::resolve(&state, &mut parts) {
-            Ok(c) => c,
-            Err(r) => return Ok(respond::unaudited(&state, r)),
-        };
-        // Boxed: the audit context is the largest thing the pipeline future holds, and with it
-        // inline that future was over the 1 KiB glibc serves from its per-thread cache (an
-        // allocation above it takes the slower path, and often consolidates free chunks).
-        let mut ctx = Box::new(context(&state, &parts, client, fingerprint));
-        // 2. Bans, on the resolved address (never a header the client wrote).
-        if let Some(bans) = &state.shared.bans
-            && let Some(r) = bans.refuse_ip(ctx.ip, &*state.shared.clock)
-        {
-            if !state.policy.is_dry_run() {
-                return Ok(ctx.reject(r).await);
+        let checked = match from {
+            Resume::DryRun => {
+                // Boxed: its future (every step plus the Fetch Metadata probe) would
+                // otherwise size this one.
+                Box::pin(dry_run(&state, &mut ctx, &parts)).await;
+                None
             }
-            ctx.audit(r.audit_info(), 403, Outcome::WouldDeny).await;
-        }
-        // 3. CORS preflight, answered without calling the handler.
-        if is_preflight(&parts) {
-            return Ok(ctx.preflight(&parts.headers));
-        }
-        // 4 to 8b: method, authentication, rate limit, authorization, declared body, CSRF token.
-        if state.policy.is_dry_run() {
-            // Boxed: its future (every step plus the Fetch Metadata probe) would otherwise size
-            // the future of every request on every route.
-            Box::pin(dry_run_checks(&state, &mut ctx, &parts)).await;
-        } else if let Err(r) = checks(&state, &mut ctx, &parts, &mut Refusals(None)).await {
+            Resume::Checks => checks(&state, &mut ctx, &parts, &mut Refusals(None))
+                .await
+                .err(),
+            Resume::AuthFailed(reason) => {
+                Some(auth::failed(&state, &ctx.route, ctx.ip, reason).await)
+            }
+            Resume::Store(pending) => {
+                let authenticated = ctx.subject.is_some();
+                match Box::pin(rate_limit::check_async(&state, pending)).await {
+                    Ok(limited) => {
+                        (ctx.limit, ctx.failed_open) = (limited.decision, limited.failed_open);
+                        after_limit(&state, &ctx, &parts, authenticated, &mut Refusals(None)).err()
+                    }
+                    Err(r) => Some(r),
+                }
+            }
+        };
+        if let Some(r) = checked {
             return Ok(ctx.reject(r).await);
         }
-        // 8a + 9: Fetch Metadata check (tower-http), the handler.
-        if let Some(p) = &ctx.subject {
-            parts.extensions.insert(p.clone());
+        if is_preflight(&parts) {
+            // Only a dry-run policy gets here with a preflight (`front` answers the rest).
+            return Ok(ctx.preflight(&parts.headers));
         }
-        parts.extensions.insert(RequestId(ctx.request_id.clone()));
-        // tower-http's CORS rules for this request; constant when it has no `Origin`.
-        let cors = parts
-            .headers
-            .contains_key(header::ORIGIN)
-            .then(|| state.cors_headers(&parts.headers, false));
-        // Dry-run passes the body whole (see `PolicyBuilder::dry_run`).
-        let limit = state
-            .policy
-            .max_body_bytes()
-            .filter(|_| !state.policy.is_dry_run());
-        let (body, body_state) = LimitedBody::new(body, limit);
-        // 9. A panic in the handler (or in the check before it) is answered with a 500 problem,
-        // audited below like any refusal from inside the stack, instead of dropping the
-        // connection. Caught here rather than by tower-http's `CatchPanic`, which boxes every
-        // response body once more (issue 10 part 7).
-        let called = AssertUnwindSafe(inner.oneshot(Request::from_parts(parts, body)));
-        let mut res = match called.catch_unwind().await {
+        let (req, cors, body_state) = handler_request(&ctx, parts, body);
+        // 9. A panic in the handler (or in the check before it) is answered with a 500
+        // problem, audited like any refusal from inside the stack, instead of dropping the
+        // connection. Caught here rather than by tower-http's `CatchPanic`, which boxes
+        // every response body once more (issue 10 part 7).
+        let called = AssertUnwindSafe(inner.oneshot(req));
+        let res = match called.catch_unwind().await {
             Ok(res) => res?,
             Err(payload) => respond::handler_panicked(payload),
         };
+        let after = After {
+            ctx,
+            cors,
+            body_state,
+        };
+        Ok(after.finish(res).await)
+    }
+}
+
+/// Step 2 and 3 for a dry-run policy, then its checks: a ban is audited as `would_deny` and
+/// the request goes on.
+async fn dry_run(state: &RouteState, ctx: &mut Ctx, parts: &Parts) {
+    if let Some(bans) = &state.shared.bans
+        && let Some(r) = bans.refuse_ip(ctx.ip, &*state.shared.clock)
+    {
+        ctx.audit(r.audit_info(), 403, Outcome::WouldDeny).await;
+    }
+    if !is_preflight(parts) {
+        dry_run_checks(state, ctx, parts).await;
+    }
+}
+
+/// The request the handler gets (8a + 9): the principal and the request id in its
+/// extensions, the body limited; and what step 10 needs after it (the CORS headers for a
+/// request with `Origin`, the body's state).
+fn handler_request<ReqBody: http_body::Body>(
+    ctx: &Ctx,
+    mut parts: Parts,
+    body: ReqBody,
+) -> (
+    Request<LimitedBody<ReqBody>>,
+    Option<HeaderMap>,
+    SharedBodyState,
+) {
+    let state = &ctx.state;
+    if let Some(p) = &ctx.subject {
+        parts.extensions.insert(p.clone());
+    }
+    parts.extensions.insert(RequestId(ctx.request_id.clone()));
+    // tower-http's CORS rules for this request; constant when it has no `Origin`.
+    let cors = parts
+        .headers
+        .contains_key(header::ORIGIN)
+        .then(|| state.cors_headers(&parts.headers, false));
+    // Dry-run passes the body whole (see `PolicyBuilder::dry_run`).
+    let limit = state
+        .policy
+        .max_body_bytes()
+        .filter(|_| !state.policy.is_dry_run());
+    let (body, body_state) = LimitedBody::new(body, limit);
+    (Request::from_parts(parts, body), cors, body_state)
+}
+
+/// What step 10 needs once the handler has answered.
+struct After {
+    ctx: Box<Ctx>,
+    /// tower-http's CORS headers for a request with `Origin`.
+    cors: Option<HeaderMap>,
+    body_state: SharedBodyState,
+}
+
+impl After {
+    /// Whether nothing is left to audit, so step 10 can run at once: a failed-open store, a
+    /// refusal from inside the stack (Fetch Metadata, a handler panic) and a streamed body
+    /// over the limit each write an event first ([`finish`](Self::finish)).
+    fn quiet(&self, res: &Response) -> bool {
+        self.ctx.failed_open.is_none()
+            && res.extensions().get::<RejectionInfo>().is_none()
+            && body::check_streamed(self.body_state.get()).is_ok()
+    }
+
+    /// [`finish`](Self::finish) as the future's last state.
+    fn finish_boxed<E: Send + 'static>(self: Box<Self>, res: Response) -> ResponseFuture<E> {
+        ResponseFuture::boxed(async move { Ok(self.finish(res).await) })
+    }
+
+    /// Step 9's events, then step 10.
+    async fn finish(self, res: Response) -> Response {
+        let ctx = &self.ctx;
         // 7, streamed: whatever the handler made of the body error, the answer is ours.
-        if let Err(r) = body::check_streamed(body_state.get()) {
-            return Ok(ctx.reject(r).await);
+        if let Err(r) = body::check_streamed(self.body_state.get()) {
+            return ctx.reject(r).await;
         }
         let status = res.status().as_u16();
         if let Some(info) = ctx.failed_open {
@@ -227,12 +479,19 @@ where
             ctx.audit(info, status, Outcome::Denied).await;
             ctx.strike(info, status);
         }
-        // 10. Response headers, then the CORS headers (names step 10 never sets; merged into the
-        // decorated map, which has room for them, instead of growing the handler's).
-        ctx.decorate(&mut res);
-        let cors = cors.as_ref().unwrap_or(&state.cors_without_origin);
+        self.decorated(res)
+    }
+
+    /// Step 10: response headers, then the CORS headers (names step 10 never sets; merged
+    /// into the decorated map, which has room for them, instead of growing the handler's).
+    fn decorated(self, mut res: Response) -> Response {
+        self.ctx.decorate(&mut res);
+        let cors = self
+            .cors
+            .as_ref()
+            .unwrap_or(&self.ctx.state.cors_without_origin);
         respond::merge_cors(res.headers_mut(), cors);
-        Ok(res)
+        res
     }
 }
 
@@ -255,28 +514,23 @@ impl Refusals {
     }
 }
 
-/// Steps 4 to 8b in DESIGN's order, one list for both modes. Enforced (`refusals` holds no
-/// list), the first refusal ends the request; dry-run, every step runs and its refusals are
-/// kept (the request goes on as the principal when authentication passed, anonymous
-/// otherwise). What a step learns (the principal, the rate-limit decision) goes into the
-/// audit context.
+/// Steps 4 to 8b in DESIGN's order, one list for both modes, waiting where a step must
+/// ([`front`] is the same list for an enforced request that need not wait). Enforced
+/// (`refusals` holds no list), the first refusal ends the request; dry-run, every step runs
+/// and its refusals are kept (the request goes on as the principal when authentication
+/// passed, anonymous otherwise). What a step learns (the principal, the rate-limit decision)
+/// goes into the audit context.
 async fn checks(
     state: &RouteState,
     ctx: &mut Ctx,
     parts: &Parts,
     refusals: &mut Refusals,
 ) -> Result<(), Rejection> {
-    let policy = &state.policy;
-    refusals.step(method::check(policy.methods(), &parts.method))?;
+    refusals.step(method::check(state.policy.methods(), &parts.method))?;
     let subject = refusals.step(auth::authenticate(state, parts, &ctx.route, ctx.ip).await)?;
     let authenticated = subject.is_some();
     ctx.subject = subject.flatten();
-    // 2, for the subject: a banned account is refused from any address.
-    if let (Some(bans), Some(p)) = (&state.shared.bans, &ctx.subject)
-        && let Some(r) = bans.refuse_subject(p.subject(), &*state.shared.clock)
-    {
-        refusals.step(Err::<(), _>(r))?;
-    }
+    refusals.step(subject_ban(state, ctx))?;
     let (route, subject) = (&ctx.route, ctx.subject.as_ref());
     let limited = match rate_limit::check(state, route, ctx.ip, subject, &ctx.fingerprint) {
         Ok(answer) => answer,
@@ -287,12 +541,34 @@ async fn checks(
     if let Some(limited) = refusals.step(limited)? {
         (ctx.limit, ctx.failed_open) = (limited.decision, limited.failed_open);
     }
+    after_limit(state, ctx, parts, authenticated, refusals)
+}
+
+/// Step 2 for the subject: a banned account is refused from any address.
+fn subject_ban(state: &RouteState, ctx: &Ctx) -> Result<(), Rejection> {
+    match (&state.shared.bans, &ctx.subject) {
+        (Some(bans), Some(p)) => match bans.refuse_subject(p.subject(), &*state.shared.clock) {
+            Some(r) => Err(r),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+/// Steps 7 to 8b, after the rate limit: authorization, the declared body, the CSRF token.
+fn after_limit(
+    state: &RouteState,
+    ctx: &Ctx,
+    parts: &Parts,
+    authenticated: bool,
+    refusals: &mut Refusals,
+) -> Result<(), Rejection> {
     // After a failed authentication (dry-run only gets here), authorization has no
     // principal to judge: one refusal per request for the same cause, as enforced.
     if authenticated {
-        refusals.step(authz::check(policy, ctx.subject.as_ref()))?;
+        refusals.step(authz::check(&state.policy, ctx.subject.as_ref()))?;
     }
-    refusals.step(body::check(policy.max_body_bytes(), &parts.headers))?;
+    refusals.step(body::check(state.policy.max_body_bytes(), &parts.headers))?;
     let shared = &state.shared;
     refusals.step(csrf::check(
         &shared.csrf,
@@ -382,19 +658,26 @@ mod tests {
 
         fn layer(&self, route: Route) -> Self::Service {
             let service = self.0.layer(route);
-            let future = run(
-                service.state.clone(),
-                service.inner.clone(),
-                Request::new(Body::empty()),
-            );
+            let state = service.state.clone();
+            let (parts, body) = Request::new(Body::empty()).into_parts();
+            let client = Client {
+                ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                request_id: http::HeaderValue::from_static("id"),
+                now: std::time::Duration::ZERO,
+                route: Arc::from("route"),
+            };
+            let fingerprint = Fingerprint::of(&parts.method, parts.version, &parts.headers);
+            let ctx = Box::new(context(&state, &parts, client, fingerprint));
+            let inner = service.inner.clone();
+            let future = run(state, ctx, parts, body, inner, Resume::Checks);
             self.1
                 .store(std::mem::size_of_val(&future), Ordering::SeqCst);
             service
         }
     }
 
-    /// The pipeline's future, boxed once per request, stays within the 1,024 bytes glibc
-    /// serves from its per-thread cache: a larger allocation takes the arena path, which on
+    /// The pipeline's future for a request that must wait (`run`, boxed once for it) stays
+    /// within the 1,024 bytes glibc serves from its per-thread cache: a larger allocation takes the arena path, which on
     /// a busy server also consolidates freed small chunks first (`malloc_consolidate`, about
     /// 0.1 µs per request in issue 10 part 7's HTTP profile). It was 5,360 bytes before stop
     /// 18.

@@ -328,6 +328,10 @@ impl Authenticator for ApiKeyAuthenticator {
         let result = self.check(parts);
         Box::pin(async move { result })
     }
+
+    fn authenticate_now(&self, parts: &Parts) -> Option<Result<Principal, AuthError>> {
+        Some(self.check(parts))
+    }
 }
 
 /// 64 hex digits (either case) into 32 bytes.

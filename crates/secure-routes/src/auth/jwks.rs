@@ -590,6 +590,19 @@ impl Authenticator for JwksAuthenticator {
             Ok(inner.rules.admit(miss, verified, generation))
         })
     }
+
+    /// A cached verification (or a request without a usable credential) at once; a token
+    /// that must be verified, perhaps after a key-set fetch, goes to `authenticate`.
+    fn authenticate_now(&self, parts: &Parts) -> Option<Result<Principal, AuthError>> {
+        let inner = &self.inner;
+        let set = inner.current();
+        let generation = set.is_fresh(inner.rules.now()).then_some(set.generation);
+        match inner.rules.lookup(parts, generation) {
+            Ok(Ok(cached)) => Some(Ok(cached)),
+            Ok(Err(_miss)) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
 }
 
 impl Inner {

@@ -284,16 +284,39 @@ pub enum AuthError {
 /// ```
 /// use secure_routes::auth::{AuthError, Authenticator, BoxFuture, CredentialSource, Principal};
 /// struct Everyone;
+/// impl Everyone {
+///     fn check(&self) -> Result<Principal, AuthError> {
+///         Ok(Principal::new("anyone", CredentialSource::Header))
+///     }
+/// }
 /// impl Authenticator for Everyone {
 ///     fn authenticate<'a>(&'a self, _: &'a http::request::Parts)
 ///         -> BoxFuture<'a, Result<Principal, AuthError>> {
-///         Box::pin(async { Ok(Principal::new("anyone", CredentialSource::Header)) })
+///         let answer = self.check();
+///         Box::pin(async move { answer })
+///     }
+///     // Decided without waiting: the pipeline needs no future for it.
+///     fn authenticate_now(&self, _: &http::request::Parts) -> Option<Result<Principal, AuthError>> {
+///         Some(self.check())
 ///     }
 /// }
 /// ```
 pub trait Authenticator: Send + Sync + 'static {
     /// Authenticates the request head.
     fn authenticate<'a>(&'a self, parts: &'a Parts) -> BoxFuture<'a, Result<Principal, AuthError>>;
+
+    /// The answer [`authenticate`](Self::authenticate) would give, when it needs no waiting
+    /// (a pinned key, an API key, a cache hit); `None` to have `authenticate` asked.
+    ///
+    /// The pipeline asks this first and, given an answer, decides the request without a
+    /// future: no allocation and no state machine for the common case (issue 10 part 7).
+    /// `None` must have no effect (nothing counted, nothing started), since `authenticate`
+    /// is then asked for the same request. The default answers `None`, so an authenticator
+    /// that implements only `authenticate` works as before.
+    fn authenticate_now(&self, parts: &Parts) -> Option<Result<Principal, AuthError>> {
+        let _ = parts;
+        None
+    }
 }
 
 /// Tries several authenticators in order; the first that finds a credential decides.
@@ -327,6 +350,16 @@ impl Authenticator for AnyOf {
             }
             Err(AuthError::Missing)
         })
+    }
+
+    fn authenticate_now(&self, parts: &Parts) -> Option<Result<Principal, AuthError>> {
+        for a in &self.inner {
+            match a.authenticate_now(parts)? {
+                Err(AuthError::Missing) => continue,
+                other => return Some(other),
+            }
+        }
+        Some(Err(AuthError::Missing))
     }
 }
 

@@ -599,6 +599,10 @@ mod profile {
         ) -> BoxFuture<'a, Result<Principal, AuthError>> {
             self.jwks.authenticate(parts)
         }
+
+        fn authenticate_now(&self, parts: &Parts) -> Option<Result<Principal, AuthError>> {
+            self.jwks.authenticate_now(parts)
+        }
     }
 }
 

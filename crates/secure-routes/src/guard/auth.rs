@@ -33,12 +33,8 @@ pub(crate) async fn authenticate(
     route: &str,
     ip: IpAddr,
 ) -> Result<Option<Principal>, Rejection> {
-    let (policy, shared) = (&state.policy, &state.shared);
-    if policy.auth() == AuthMode::Off {
-        return Ok(None);
-    }
-    let Some(auth) = &shared.authenticator else {
-        // `Security::layer` refuses such a policy; nothing to check with.
+    let shared = &state.shared;
+    let Some(auth) = authenticator(state) else {
         return Ok(None);
     };
     // Inside the async block, so an authenticator that panics before returning its future is
@@ -56,16 +52,7 @@ pub(crate) async fn authenticate(
     };
     let result = match answer {
         Ok(Ok(r)) => r,
-        Ok(Err(panic)) => {
-            tracing::error!(
-                panic = %crate::audit::sanitize(&panic_message(&*panic), 512),
-                "authenticator panicked"
-            );
-            return Err(Rejection::new(
-                RejectionKind::Internal,
-                Reason::AuthenticatorPanicked,
-            ));
-        }
+        Ok(Err(panic)) => return Err(panicked(&*panic)),
         Err(_) => {
             tracing::warn!(timeout = ?shared.auth_timeout, "authenticator timed out");
             return Err(Rejection::new(
@@ -75,22 +62,94 @@ pub(crate) async fn authenticate(
             .with_header(header::RETRY_AFTER, HeaderValue::from_static("5")));
         }
     };
+    match judge(state, result) {
+        Judged::Done(done) => done,
+        Judged::Failed(reason) => Err(failed(state, route, ip, reason).await),
+    }
+}
+
+/// [`authenticate`] without waiting, from [`Authenticator::authenticate_now`]: `None` when
+/// the authenticator must be waited for (then `authenticate` is asked).
+///
+/// A bad credential is [`Now::Failed`]: on a rate-limited route its refusal counts against
+/// the client address, which may mean waiting for the store ([`failed`]).
+pub(crate) fn authenticate_now(state: &RouteState, parts: &Parts) -> Option<Now> {
+    let Some(auth) = authenticator(state) else {
+        return Some(Now::Done(Ok(None)));
+    };
+    let result = match std::panic::catch_unwind(AssertUnwindSafe(|| auth.authenticate_now(parts))) {
+        Ok(answer) => answer?,
+        Err(panic) => return Some(Now::Done(Err(panicked(&*panic)))),
+    };
+    Some(match judge(state, result) {
+        Judged::Done(done) => Now::Done(done),
+        Judged::Failed(reason) => Now::Failed(reason),
+    })
+}
+
+/// What [`authenticate_now`] decided.
+pub(crate) enum Now {
+    /// The principal (or none), or a refusal that needs nothing more.
+    Done(Result<Option<Principal>, Rejection>),
+    /// A bad credential: [`failed`] makes its refusal.
+    Failed(Reason),
+}
+
+/// The policy's authenticator, or `None` when the policy does not authenticate.
+fn authenticator(state: &RouteState) -> Option<&dyn crate::auth::Authenticator> {
+    if state.policy.auth() == AuthMode::Off {
+        return None;
+    }
+    // `Security::layer` refuses a policy that authenticates without an authenticator.
+    state.shared.authenticator.as_deref()
+}
+
+fn panicked(panic: &(dyn std::any::Any + Send)) -> Rejection {
+    tracing::error!(
+        panic = %crate::audit::sanitize(&panic_message(panic), 512),
+        "authenticator panicked"
+    );
+    Rejection::new(RejectionKind::Internal, Reason::AuthenticatorPanicked)
+}
+
+enum Judged {
+    Done(Result<Option<Principal>, Rejection>),
+    Failed(Reason),
+}
+
+/// The authenticator's answer under the policy: a principal, none (optional), a 503, or a
+/// bad credential.
+fn judge(state: &RouteState, result: Result<Principal, AuthError>) -> Judged {
     let reason = match result {
-        Ok(p) => return Ok(Some(p)),
-        Err(AuthError::Missing) if policy.auth() == AuthMode::Optional => return Ok(None),
+        Ok(p) => return Judged::Done(Ok(Some(p))),
+        Err(AuthError::Missing) if state.policy.auth() == AuthMode::Optional => {
+            return Judged::Done(Ok(None));
+        }
         Err(AuthError::Unavailable(why)) => {
             tracing::warn!(error = %crate::audit::sanitize(&why, 256), "authenticator unavailable");
-            return Err(Rejection::new(
+            return Judged::Done(Err(Rejection::new(
                 RejectionKind::AuthUnavailable,
                 Reason::AuthenticatorUnavailable,
             )
-            .with_header(header::RETRY_AFTER, HeaderValue::from_static("5")));
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))));
         }
         // A reason string of the crate's own authenticators maps to its variant; a custom
         // authenticator's is kept verbatim.
         Err(AuthError::Invalid(why)) => Reason::from_static(why),
         Err(_) => Reason::MissingCredential,
     };
+    Judged::Failed(reason)
+}
+
+/// The refusal of a bad credential: 401, or 429 when counting it against the client address
+/// used up the route's budget.
+pub(crate) async fn failed(
+    state: &RouteState,
+    route: &str,
+    ip: IpAddr,
+    reason: Reason,
+) -> Rejection {
+    let (policy, shared) = (&state.policy, &state.shared);
     metrics::counter!("secure_routes_auth_failures_total").increment(1);
     // Failures count against the client address too.
     if let Some(quota) = policy.rate_limit() {
@@ -112,11 +171,9 @@ pub(crate) async fn authenticate(
                 kind: RejectionKind::Unauthorized,
                 reason,
             };
-            return Err(
-                too_many_requests(policy.name(), quota, &d, shared.clock.now())
-                    .audited_as(unauthorized),
-            );
+            return too_many_requests(policy.name(), quota, &d, shared.clock.now())
+                .audited_as(unauthorized);
         }
     }
-    Err(Rejection::unauthorized(reason))
+    Rejection::unauthorized(reason)
 }
