@@ -457,6 +457,130 @@ async fn a_store_answering_at_once_is_contained_like_its_future() {
     assert_eq!(store.now.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
+/// Answers from `authenticate_now` per its mode; counts the calls to `authenticate`.
+#[derive(Clone, Default)]
+struct NowAuth {
+    /// 0: `None` (ask `authenticate`), 1: a principal, 2: a bad credential, 3: a panic.
+    mode: usize,
+    asked_async: Arc<AtomicUsize>,
+}
+impl Authenticator for NowAuth {
+    fn authenticate<'a>(&'a self, _: &'a Parts) -> BoxFuture<'a, Result<Principal, AuthError>> {
+        self.asked_async.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async {
+            Ok(Principal::new(
+                "async",
+                secure_routes::auth::CredentialSource::Header,
+            ))
+        })
+    }
+    fn authenticate_now(&self, _: &Parts) -> Option<Result<Principal, AuthError>> {
+        match self.mode {
+            0 => None,
+            1 => Some(Ok(Principal::new(
+                "now",
+                secure_routes::auth::CredentialSource::Header,
+            ))),
+            2 => Some(Err(AuthError::Invalid("bad_signature"))),
+            _ => panic!("authenticator bug, answering at once"),
+        }
+    }
+}
+
+/// The pipeline asks `authenticate_now` first: its answer decides (a principal, a 401 that
+/// still counts against the address, a panic contained as a 500) and `authenticate` is not
+/// asked; `None` hands the request to `authenticate` as before.
+#[tokio::test]
+async fn an_authenticator_answering_at_once_is_used_and_contained() {
+    async fn who(axum::Extension(p): axum::Extension<Principal>) -> String {
+        p.subject().to_owned()
+    }
+    for (mode, status, subject, asked_async) in [
+        (0, StatusCode::OK, Some("async"), 1),
+        (1, StatusCode::OK, Some("now"), 0),
+        (2, StatusCode::UNAUTHORIZED, None, 0),
+        (3, StatusCode::INTERNAL_SERVER_ERROR, None, 0),
+    ] {
+        let auth = NowAuth {
+            mode,
+            ..NowAuth::default()
+        };
+        let h = harness(|b| b.authenticator(auth.clone()));
+        let policy = Policy::builder("me")
+            .auth(AuthMode::Required)
+            .rate_limit(Quota::per_minute(1))
+            .build()
+            .unwrap();
+        let app = h.app("/me", policy, get(who));
+        let res = req(Method::GET, "/me").send(&app).await;
+        assert_eq!(res.status, status, "mode {mode}");
+        if let Some(subject) = subject {
+            assert_eq!(res.text(), subject, "mode {mode}");
+        }
+        assert_eq!(
+            auth.asked_async.load(Ordering::SeqCst),
+            asked_async,
+            "mode {mode}"
+        );
+        if mode == 2 {
+            // The bad credential counted against the address: the next one meets the limit
+            // of one a minute (429, still audited as the unauthorized attempt it is).
+            let res = req(Method::GET, "/me").send(&app).await;
+            assert_eq!(res.status, StatusCode::TOO_MANY_REQUESTS);
+        }
+        let events = h.events().await;
+        match mode {
+            2 => {
+                assert_eq!(events.len(), 2, "{events:?}");
+                assert!(
+                    events.iter().all(|e| e.reason == "bad_signature"),
+                    "{events:?}"
+                );
+            }
+            3 => assert_eq!(events[0].reason, "authenticator_panicked"),
+            _ => assert!(events.is_empty(), "{events:?}"),
+        }
+    }
+}
+
+/// An inner service that panics in `call` itself, before any future: the pipeline calls a
+/// ready inner service directly, and the panic is answered and audited like one in the
+/// handler's future.
+#[derive(Clone)]
+struct PanicInCall;
+impl<B> tower::Service<Request<B>> for PanicInCall {
+    type Response = http::Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn call(&mut self, _: Request<B>) -> Self::Future {
+        panic!("inner service bug in call")
+    }
+}
+
+#[tokio::test]
+async fn a_panic_in_the_inner_services_call_is_a_500_and_audited() {
+    let h = harness(|b| b);
+    let layer = h.security.layer(Policy::public()).unwrap();
+    let app = Router::new().route_service("/x", tower::Layer::layer(&layer, PanicInCall));
+    let res = req(Method::GET, "/x").send(&app).await;
+    assert_eq!(res.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(res.header("content-type"), Some("application/problem+json"));
+    assert!(!res.text().contains("inner service bug"), "no panic text");
+    assert!(
+        res.header("x-request-id").is_some(),
+        "decorated like any answer"
+    );
+    let events = h.events().await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].reason, "handler_panicked");
+}
+
 #[tokio::test]
 async fn a_fail_open_store_failure_is_audited_also_when_a_later_check_refuses() {
     let h = harness(|b| b.rate_limit_store(FailingStore));
