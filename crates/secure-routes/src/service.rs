@@ -169,11 +169,11 @@ impl<S> SecurityService<S> {
         ResBody::Error: Into<BoxError>,
     {
         let (req, cors, body_state) = handler_request(&ctx, parts, body);
-        let after = Box::new(After {
+        let after = After {
             ctx,
             cors,
             body_state,
-        });
+        };
         // A panic in the call itself (tower-http's Fetch Metadata check runs there) is
         // answered like one in the handler's future (step 9).
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
@@ -199,7 +199,7 @@ enum State<E> {
     /// The handler's future (with a panic caught), then step 10.
     Handler {
         future: BoxFuture<'static, std::thread::Result<Result<Response, E>>>,
-        after: Option<Box<After>>,
+        after: Option<After>,
     },
     /// The rest of the pipeline, where it must wait (see [`SecurityService::call`]).
     Boxed(BoxFuture<'static, Result<Response, E>>),
@@ -251,7 +251,7 @@ impl<E: Send + 'static> Future for ResponseFuture<E> {
         };
         // Step 10 at once, unless an event must be written first.
         if after.quiet(&res) {
-            return Poll::Ready(Ok((*after).decorated(res)));
+            return Poll::Ready(Ok(after.decorated(res)));
         }
         *this = after.finish_boxed(res);
         Pin::new(this).poll(cx)
@@ -459,7 +459,7 @@ impl After {
     }
 
     /// [`finish`](Self::finish) as the future's last state.
-    fn finish_boxed<E: Send + 'static>(self: Box<Self>, res: Response) -> ResponseFuture<E> {
+    fn finish_boxed<E: Send + 'static>(self, res: Response) -> ResponseFuture<E> {
         ResponseFuture::boxed(async move { Ok(self.finish(res).await) })
     }
 
