@@ -1,11 +1,15 @@
 //! The service a [`SecurityLayer`](crate::SecurityLayer) produces: [`SecurityService`] and
-//! its named [`ResponseFuture`]. Its `run` is the pipeline as a list of steps, in DESIGN's
-//! order; each step is a function in `guard::*` returning `Result<_, Rejection>`, and every
-//! refusal becomes a response in one place (`respond`).
+//! its named [`ResponseFuture`]. The pipeline is a list of steps in DESIGN's order, each a
+//! function in `guard::*` returning `Result<_, Rejection>`, and every refusal becomes a
+//! response in one place (`respond`).
 //!
-//! The future is a named type (as tower-http names its futures) so users can name the
-//! service's; inside it the pipeline's `async` body is boxed once per request, as before the
-//! split (an `async fn`'s future has no name to store unboxed on stable Rust).
+//! The list is walked twice over, once per kind of request. `front` takes the steps that
+//! need no waiting, in `SecurityService::call` itself; a request they pass calls the handler
+//! at once, and its future (`ResponseFuture`) only waits for the handler and decorates the
+//! answer. Where a step must wait (an audit event, a store or an authenticator that is not
+//! ready, a dry-run policy), `run` resumes the same list in one boxed `async` block (an
+//! `async` block has no name to store unboxed on stable Rust). The future is a named type
+//! (as tower-http names its futures) so users can name the service's.
 
 use std::fmt;
 use std::future::Future;
