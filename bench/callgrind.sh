@@ -4,9 +4,9 @@
 # assembled tower_governor/tower-http stack, behind AUTHENTICATED (HS256 bearer, uncached) and
 # behind the assembled stack plus a jsonwebtoken bearer check: the `instructions` bench driver
 # (crates/secure-routes/benches/instructions.rs) runs under valgrind's callgrind twice per
-# route, with FEW and MANY requests; (instructions(MANY) - instructions(FEW)) / (MANY - FEW) is
-# the cost of one request with process setup and warm-up subtracted (the same for the number
-# of calls to malloc). Unlike time, instruction counts do not move with other processes' load
+# route, with FEW and MANY requests, counting only inside the driver's `measured_requests`
+# (after its warm-up); (instructions(MANY) - instructions(FEW)) / (MANY - FEW) is the cost of
+# one request (the same for the number of calls to malloc). Unlike time, instruction counts do not move with other processes' load
 # (they do move with the compiler, the dependencies' versions and the CPU features the
 # libraries detect at run time: valgrind's CPU has no SHA extensions, for one).
 #
