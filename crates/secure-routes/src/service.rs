@@ -125,8 +125,8 @@ where
     /// `poll_ready`) directly, and its future only waits for the handler and decorates the
     /// answer. Anything that must wait (an audit event, a store or an authenticator not
     /// ready, a dry-run policy) continues in one boxed future, `run`, from where this left
-    /// off. Issue 10 part 7: the boxed pipeline future, the inner service's clone and the
-    /// `oneshot` were a tenth of PUBLIC's own CPU per request over HTTP.
+    /// off. Why: the common request then costs no boxed pipeline future, no clone of the inner
+    /// service and no `oneshot` (issue 10 part 7; BENCHMARKS.md, stop 19).
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let state = self.state.clone();
         let (mut parts, body) = req.into_parts();
@@ -311,7 +311,6 @@ fn front(state: &RouteState, ctx: &mut Ctx, parts: &Parts) -> Front {
         Some(auth::Now::Done(Err(r))) => return Front::Refused(r),
         Some(auth::Now::Done(Ok(subject))) => subject,
     };
-    let authenticated = subject.is_some();
     ctx.subject = subject;
     if let Err(r) = subject_ban(state, ctx) {
         return Front::Refused(r);
@@ -322,7 +321,9 @@ fn front(state: &RouteState, ctx: &mut Ctx, parts: &Parts) -> Front {
         Ok(Err(r)) => return Front::Refused(r),
         Err(pending) => return Front::Later(Resume::Store(pending)),
     }
-    match after_limit(state, ctx, parts, authenticated, &mut Refusals(None)) {
+    // Enforced, the authentication step passed to get here (with a principal or, where the
+    // policy allows it, without).
+    match after_limit(state, ctx, parts, true, &mut Refusals(None)) {
         Ok(()) => Front::Passed,
         Err(r) => Front::Refused(r),
     }
@@ -364,11 +365,10 @@ where
                 Some(auth::failed(&state, &ctx.route, ctx.ip, reason).await)
             }
             Resume::Store(pending) => {
-                let authenticated = ctx.subject.is_some();
                 match Box::pin(rate_limit::check_async(&state, pending)).await {
                     Ok(limited) => {
                         (ctx.limit, ctx.failed_open) = (limited.decision, limited.failed_open);
-                        after_limit(&state, &ctx, &parts, authenticated, &mut Refusals(None)).err()
+                        after_limit(&state, &ctx, &parts, true, &mut Refusals(None)).err()
                     }
                     Err(r) => Some(r),
                 }
@@ -400,7 +400,7 @@ where
     }
 }
 
-/// Step 2 and 3 for a dry-run policy, then its checks: a ban is audited as `would_deny` and
+/// Steps 2 and 3 for a dry-run policy, then its checks: a ban is audited as `would_deny` and
 /// the request goes on.
 async fn dry_run(state: &RouteState, ctx: &mut Ctx, parts: &Parts) {
     if let Some(bans) = &state.shared.bans
@@ -559,7 +559,8 @@ fn subject_ban(state: &RouteState, ctx: &Ctx) -> Result<(), Rejection> {
     }
 }
 
-/// Steps 7 to 8b, after the rate limit: authorization, the declared body, the CSRF token.
+/// Steps 6b to 8b, after the rate limit: authorization, the declared body, the CSRF token.
+/// `authenticated`: the authentication step passed (always for an enforced request here).
 fn after_limit(
     state: &RouteState,
     ctx: &Ctx,
