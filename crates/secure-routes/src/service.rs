@@ -292,9 +292,7 @@ fn front(state: &RouteState, ctx: &mut Ctx, parts: &Parts) -> Front {
         return Front::Later(Resume::DryRun);
     }
     // 2. Bans, on the resolved address (never a header the client wrote).
-    if let Some(bans) = &state.shared.bans
-        && let Some(r) = bans.refuse_ip(ctx.ip, &*state.shared.clock)
-    {
+    if let Err(r) = ip_ban(state, ctx) {
         return Front::Refused(r);
     }
     // 3. CORS preflight, answered without calling the handler.
@@ -403,9 +401,7 @@ where
 /// Steps 2 and 3 for a dry-run policy, then its checks: a ban is audited as `would_deny` and
 /// the request goes on.
 async fn dry_run(state: &RouteState, ctx: &mut Ctx, parts: &Parts) {
-    if let Some(bans) = &state.shared.bans
-        && let Some(r) = bans.refuse_ip(ctx.ip, &*state.shared.clock)
-    {
+    if let Err(r) = ip_ban(state, ctx) {
         ctx.audit(r.audit_info(), 403, Outcome::WouldDeny).await;
     }
     if !is_preflight(parts) {
@@ -546,6 +542,17 @@ async fn checks(
         (ctx.limit, ctx.failed_open) = (limited.decision, limited.failed_open);
     }
     after_limit(state, ctx, parts, authenticated, refusals)
+}
+
+/// Step 2 for the address: a banned client address is refused.
+fn ip_ban(state: &RouteState, ctx: &Ctx) -> Result<(), Rejection> {
+    match &state.shared.bans {
+        Some(bans) => match bans.refuse_ip(ctx.ip, &*state.shared.clock) {
+            Some(r) => Err(r),
+            None => Ok(()),
+        },
+        None => Ok(()),
+    }
 }
 
 /// Step 2 for the subject: a banned account is refused from any address.

@@ -77,7 +77,7 @@ use sha2::{Digest, Sha256};
 
 use super::claims::{Claims, PINNED};
 use super::verify::{
-    ClaimOptions, ClaimRules, HmacKey, Hooks, KeySpec, Verified, alg_name, check_key,
+    ClaimOptions, ClaimRules, HmacKey, Hooks, KeySpec, Miss, Verified, alg_name, check_key,
     claim_option_methods, parse_header,
 };
 use super::{AuthError, Authenticator, BoxFuture, Principal};
@@ -575,12 +575,7 @@ impl Authenticator for JwksAuthenticator {
     fn authenticate<'a>(&'a self, parts: &'a Parts) -> BoxFuture<'a, Result<Principal, AuthError>> {
         Box::pin(async move {
             let inner = &self.inner;
-            let set = inner.current();
-            // A cached verification counts only while the key set it was made with is the
-            // current one and still fresh: past its lifetime the set must be refetched first.
-            // One made with the configured HS256 secret counts whatever the set is doing.
-            let generation = set.is_fresh(inner.rules.now()).then_some(set.generation);
-            let miss = match inner.rules.lookup(parts, generation)? {
+            let miss = match inner.cached(parts)? {
                 Ok(cached) => return Ok(cached),
                 Err(miss) => miss,
             };
@@ -594,10 +589,7 @@ impl Authenticator for JwksAuthenticator {
     /// A cached verification (or a request without a usable credential) at once; a token
     /// that must be verified, perhaps after a key-set fetch, goes to `authenticate`.
     fn authenticate_now(&self, parts: &Parts) -> Option<Result<Principal, AuthError>> {
-        let inner = &self.inner;
-        let set = inner.current();
-        let generation = set.is_fresh(inner.rules.now()).then_some(set.generation);
-        match inner.rules.lookup(parts, generation) {
+        match self.inner.cached(parts) {
             Ok(Ok(cached)) => Some(Ok(cached)),
             Ok(Err(_miss)) => None,
             Err(e) => Some(Err(e)),
@@ -606,6 +598,16 @@ impl Authenticator for JwksAuthenticator {
 }
 
 impl Inner {
+    /// The request's principal from the verified-token cache, or the miss to verify.
+    fn cached<'p>(&self, parts: &'p Parts) -> Result<Result<Principal, Miss<'p>>, AuthError> {
+        let set = self.current();
+        // A cached verification counts only while the key set it was made with is the
+        // current one and still fresh: past its lifetime the set must be refetched first.
+        // One made with the configured HS256 secret counts whatever the set is doing.
+        let generation = set.is_fresh(self.rules.now()).then_some(set.generation);
+        self.rules.lookup(parts, generation)
+    }
+
     fn current(&self) -> Arc<KeySet> {
         Arc::clone(&self.keys.read().unwrap_or_else(PoisonError::into_inner))
     }

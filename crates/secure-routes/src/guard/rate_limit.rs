@@ -59,18 +59,23 @@ pub(crate) fn check(
     };
     let key = key(state, route, ip, subject, fingerprint);
     // Behind a deny cache (a shared store) the cache and the single flight come first.
-    if state.shared.deny.is_none()
-        && let Some(answer) = answer_now(&state.shared, &key, quota)
-    {
+    let asked_now = state.shared.deny.is_none();
+    if asked_now && let Some(answer) = answer_now(&state.shared, &key, quota) {
         return Ok(decide(state, quota, answer));
     }
-    Err(Pending { key, quota })
+    Err(Pending {
+        key,
+        quota,
+        asked_now,
+    })
 }
 
 /// A rate-limit check that must wait for its store (see [`check`]).
 pub(crate) struct Pending {
     key: RateLimitKey,
     quota: Quota,
+    /// [`answer_now`] was asked already (and said `None`).
+    asked_now: bool,
 }
 
 /// [`check`] for a store that must be waited for (a shared store, behind the deny cache).
@@ -78,15 +83,17 @@ pub(crate) async fn check_async(
     state: &RouteState,
     pending: Pending,
 ) -> Result<Limited, Rejection> {
-    let Pending { key, quota } = pending;
-    // Without a deny cache `check` has asked `try_acquire_now` already.
-    let asked = state.shared.deny.is_none();
+    let Pending {
+        key,
+        quota,
+        asked_now,
+    } = pending;
     let answer = check_limit(
         &state.shared,
         &key,
         quota,
         state.policy.store_timeout(),
-        asked,
+        asked_now,
     )
     .await;
     decide(state, quota, answer)
