@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
-use http::{HeaderMap, HeaderValue, Method, Request, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, header};
 use tower::ServiceExt as _;
 use tower_http::cors::CorsLayer;
 use tower_layer::Layer;
@@ -24,7 +24,8 @@ use crate::client_ip;
 use crate::fingerprint::Fingerprint;
 use crate::policy::{CsrfMode, Policy};
 use crate::rate_limit::Decision;
-use crate::rate_limit::headers::LimitHeaders;
+use crate::rate_limit::headers::{LimitHeaders, VARYING};
+use crate::request_id::X_REQUEST_ID;
 use crate::response::problem::RejectionInfo;
 use crate::security::Shared;
 
@@ -57,26 +58,139 @@ pub(crate) struct RouteState {
 }
 
 /// The headers step 10 adds that are the same for every answer of a policy: a response's
-/// headers start as a copy of this map, and the handler's own go over them (a copy costs less
-/// than inserting a dozen names one by one; issue 10 part 7).
+/// headers start as a copy of one of these maps, and the handler's own go over them (a copy
+/// costs less than inserting a dozen names one by one; issue 10 part 7).
 pub(crate) struct Decoration {
-    /// The security headers (and HSTS when serving HTTPS), in a map no larger than they need.
+    /// The security headers (and HSTS when serving HTTPS), in a map no larger than they need:
+    /// the start of every answer that does not fit a [`Template`] (a refusal, a preflight, a
+    /// handler that sets a header step 10 or CORS decide).
     ///
     /// Why small: a copy's entry table is exactly as long as the map (`Vec::clone`), 104
     /// bytes an entry, and with the default eight (nine with HSTS) it stays under the 1 KiB
     /// glibc serves from its per-thread cache. The answer then grows it once, by
     /// [`HeaderMap::reserve`] (which grows the entries only when the index table must grow,
-    /// hence the small index table too). With the two constant rate-limit headers in the copy
-    /// it was ten entries: every answer paid one allocation over 1 KiB for the copy and a
-    /// second when it grew (each a trip through the arena and `malloc_consolidate`).
+    /// hence the small index table too).
     pub(crate) base: HeaderMap,
+    /// A handler's whole answer head but for the values of this request, one per
+    /// combination of "authenticated" (`Cache-Control: no-store`) and "no `Origin`" (the
+    /// policy's constant CORS headers): see [`Template`] and [`Decoration::template`].
+    /// `None` when a security header of the policy has a name the templates set themselves
+    /// (a configuration no default makes): every answer is decorated the general way then.
+    templates: Option<[Template; 4]>,
+}
+
+/// Step 10's headers for a handler's answer in their wire order, with a placeholder where
+/// a value changes per request (`Content-Type`, the rate-limit numbers, the request id).
+///
+/// An answer copies the map, writes its values into the placeholders by position (no name
+/// is hashed; `HeaderMap` keeps entries in insertion order) and inserts the handler's other
+/// headers, if any. Why: inserting the seven names step 10 and CORS add to a copy of the
+/// security headers cost about 2,000 of PUBLIC's 19,500 instructions per request, and the
+/// copy then had to grow its index table (issue 10 part 7; BENCHMARKS.md, stop 20).
+///
+/// Why `Content-Type` has a place: nearly every handler sets it, and an answer that only
+/// fills placeholders never grows the copy (an insert into a copy of exactly this many
+/// entries would reallocate them, another allocation over 1 KiB per answer). A handler
+/// without one leaves the placeholder, which is removed.
+pub(crate) struct Template {
+    pub(crate) map: HeaderMap,
+    /// The position of the `Content-Type` placeholder; the rate-limit numbers follow it
+    /// (when the policy has a rate limit), in [`VARYING`]'s order.
+    pub(crate) content_type: usize,
+    /// The position of the request id's placeholder.
+    pub(crate) request_id: usize,
+    /// Whether the map ends with a spare entry (`Content-Length`), removed from each copy
+    /// at once: the copy's entry table then has room for the one header axum adds after
+    /// every layer (`Content-Length`, from the body's size), which would otherwise
+    /// reallocate it (`Vec::clone` makes it exactly as long as the map). Only in the
+    /// templates with the constant CORS headers: with the request's own, merging them grows
+    /// the table anyway.
+    pub(crate) spare: bool,
 }
 
 impl Decoration {
-    pub(crate) fn new(policy: &Policy, https: bool) -> Self {
+    /// `limit`: the policy's rate-limit headers; `cors_without_origin`: what tower-http's
+    /// rules add to an answer for a request without `Origin`.
+    pub(crate) fn new(
+        policy: &Policy,
+        https: bool,
+        limit: Option<&LimitHeaders>,
+        cors_without_origin: &HeaderMap,
+    ) -> Self {
         let mut base = HeaderMap::new();
         policy.security_headers().apply(&mut base, https);
-        Self { base }
+        let template = |no_store, cors| Template::new(&base, limit, no_store, cors);
+        let templates = (!base
+            .keys()
+            .any(|name| *name == header::CONTENT_TYPE || Template::sets(name)))
+        .then(|| {
+            [
+                template(false, None),
+                template(true, None),
+                template(false, Some(cors_without_origin)),
+                template(true, Some(cors_without_origin)),
+            ]
+        });
+        Self { base, templates }
+    }
+
+    /// The template for an answer: authenticated or not, and with the constant CORS headers
+    /// (a request without `Origin`) or without any (the caller merges the request's own).
+    pub(crate) fn template(&self, authenticated: bool, constant_cors: bool) -> Option<&Template> {
+        let t = self.templates.as_ref()?;
+        Some(&t[usize::from(authenticated) | usize::from(constant_cors) << 1])
+    }
+}
+
+impl Template {
+    fn new(
+        base: &HeaderMap,
+        limit: Option<&LimitHeaders>,
+        no_store: bool,
+        cors: Option<&HeaderMap>,
+    ) -> Self {
+        let placeholder = HeaderValue::from_static("");
+        let mut map = base.clone();
+        if let Some(limit) = limit {
+            limit.apply_constant(&mut map);
+        }
+        // `keys_len`: positions count entries, and every name so far has one value.
+        let content_type = map.keys_len();
+        map.insert(header::CONTENT_TYPE, placeholder.clone());
+        if limit.is_some() {
+            for name in VARYING {
+                map.insert(name, placeholder.clone());
+            }
+        }
+        if no_store {
+            // Authenticated answers are per-user: no shared cache may keep them.
+            map.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
+        let request_id = map.keys_len();
+        map.insert(X_REQUEST_ID, placeholder);
+        // Positions count values (`values_mut`) as entries: one value each up to here.
+        debug_assert_eq!(map.len(), map.keys_len());
+        let spare = cors.is_some();
+        if let Some(cors) = cors {
+            crate::respond::merge_cors(&mut map, cors);
+            map.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        }
+        Self {
+            map,
+            content_type,
+            request_id,
+            spare,
+        }
+    }
+
+    /// Whether step 10 or CORS decide the value of `name` on a handler's answer (a handler
+    /// that sets one is decorated the general way, which settles who wins name by name).
+    pub(crate) fn sets(name: &HeaderName) -> bool {
+        *name == header::CACHE_CONTROL
+            || *name == header::VARY
+            || *name == X_REQUEST_ID
+            || LimitHeaders::is_limit_header(name)
+            || name.as_str().starts_with("access-control-")
     }
 }
 

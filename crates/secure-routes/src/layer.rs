@@ -105,9 +105,9 @@ impl Security {
         let limit_headers = policy
             .rate_limit()
             .map(|q| LimitHeaders::new(policy.name(), q));
-        let decoration = Decoration::new(&policy, self.shared.https);
         let state = RouteState {
-            decoration,
+            // Replaced below, once the constant CORS headers are known.
+            decoration: Decoration::new(&policy, self.shared.https, None, &http::HeaderMap::new()),
             cors_without_origin: http::HeaderMap::new(),
             cors,
             shared: self.shared.clone(),
@@ -121,10 +121,17 @@ impl Security {
         // What tower-http's rules add to an answer for a request without `Origin` does not
         // depend on the request: computed once, merged per request.
         let cors_without_origin = state.cors_headers(&http::HeaderMap::new(), false);
+        let decoration = Decoration::new(
+            &state.policy,
+            self.shared.https,
+            state.limit_headers.as_ref(),
+            &cors_without_origin,
+        );
         Ok(SecurityLayer {
             csrf,
             state: Arc::new(RouteState {
                 cors_without_origin,
+                decoration,
                 ..state
             }),
         })

@@ -13,7 +13,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, header};
 use tower_http::csrf::{ProtectionError, ProtectionErrorKind, ResponseForProtectionError};
 
 use crate::audit::{Outcome, Reason, sanitize};
-use crate::context::{Ctx, RouteState};
+use crate::context::{Ctx, RouteState, Template};
 use crate::rate_limit::headers::{LimitHeaders, RATELIMIT};
 use crate::request_id::{X_REQUEST_ID, fresh_request_id};
 use crate::response::problem::{Rejection, RejectionInfo, RejectionKind};
@@ -87,6 +87,65 @@ impl Ctx {
         res
     }
 
+    /// Step 10 for a handler's answer from the policy's [`Template`], when the answer fits
+    /// one: it has a `Content-Type` and no header whose value step 10 or CORS decide
+    /// ([`Template::sets`]), and the decision needs only the per-decision numbers. Returns
+    /// `false`, with `res` untouched, otherwise ([`decorate`](Self::decorate) then).
+    ///
+    /// The result is the same multiset of header lines as `decorate` followed by merging
+    /// the constant CORS headers (when `constant_cors`): the handler's own headers go over
+    /// the security headers, and nothing else they could touch is in the template.
+    pub(crate) fn decorate_from_template(&self, res: &mut Response, constant_cors: bool) -> bool {
+        let state = &self.state;
+        let Some(t) = state
+            .decoration
+            .template(self.subject.is_some(), constant_cors)
+        else {
+            return false;
+        };
+        let varying = match (&self.limit, &state.limit_headers) {
+            (_, None) => None,
+            (Some(decision), Some(limit)) if limit.varying_only(decision) => {
+                match limit.varying_values(decision, self.now) {
+                    [Some(a), Some(b), Some(c)] => Some([a, b, c]),
+                    _ => return false,
+                }
+            }
+            _ => return false,
+        };
+        let mut content_type = false;
+        for name in res.headers().keys() {
+            if Template::sets(name) {
+                return false;
+            }
+            content_type |= *name == header::CONTENT_TYPE;
+        }
+        if !content_type {
+            return false;
+        }
+        let own = std::mem::replace(res.headers_mut(), t.map.clone());
+        let h = res.headers_mut();
+        // The placeholders, by position (every entry up to the request id has one value).
+        let mut varying = varying.into_iter().flatten();
+        for (at, slot) in h.values_mut().enumerate().take(t.request_id + 1) {
+            if at == t.request_id {
+                *slot = self.request_id.clone();
+            } else if at > t.content_type
+                && let Some(v) = varying.next()
+            {
+                *slot = v;
+            }
+        }
+        if t.spare {
+            // The last entry: removing it is a `pop`, the room stays.
+            h.remove(header::CONTENT_LENGTH);
+        }
+        // The handler's own: `Content-Type` takes its placeholder's place (an insert over an
+        // existing name neither moves nor grows the entries).
+        insert_all(h, own);
+        true
+    }
+
     /// Step 10: security headers, rate-limit headers, no-store when authenticated, request id.
     ///
     /// The headers that never change on the route come from a copy of
@@ -111,22 +170,8 @@ impl Ctx {
         if let Some((_, limit_headers)) = limit {
             limit_headers.apply_constant(h);
         }
-        let mut constant_overridden = false;
-        let mut last: Option<HeaderName> = None;
-        for (name, value) in own {
-            match name {
-                Some(name) => {
-                    constant_overridden |= LimitHeaders::is_constant(&name);
-                    h.insert(&name, value);
-                    last = Some(name);
-                }
-                None => {
-                    if let Some(name) = &last {
-                        h.append(name, value);
-                    }
-                }
-            }
-        }
+        let constant_overridden = own.keys().any(LimitHeaders::is_constant);
+        insert_all(h, own);
         if let Some((decision, limit_headers)) = limit {
             if constant_overridden {
                 limit_headers.apply_constant(h);
@@ -138,6 +183,24 @@ impl Ctx {
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         }
         h.insert(X_REQUEST_ID, self.request_id.clone());
+    }
+}
+
+/// Puts `own`'s headers over `target`'s: each name's values replace what `target` had.
+fn insert_all(target: &mut HeaderMap, own: HeaderMap) {
+    let mut last: Option<HeaderName> = None;
+    for (name, value) in own {
+        match name {
+            Some(name) => {
+                target.insert(&name, value);
+                last = Some(name);
+            }
+            None => {
+                if let Some(name) = &last {
+                    target.append(name, value);
+                }
+            }
+        }
     }
 }
 

@@ -485,6 +485,16 @@ impl After {
     /// Step 10: response headers, then the CORS headers (names step 10 never sets; merged
     /// into the decorated map, which has room for them, instead of growing the handler's).
     fn decorated(self, mut res: Response) -> Response {
+        // Without `Origin`, the policy's constant CORS headers are in the template.
+        if self
+            .ctx
+            .decorate_from_template(&mut res, self.cors.is_none())
+        {
+            if let Some(cors) = &self.cors {
+                respond::merge_cors(res.headers_mut(), cors);
+            }
+            return res;
+        }
         self.ctx.decorate(&mut res);
         let cors = self
             .cors
@@ -714,6 +724,153 @@ mod tests {
                 size > 0 && size <= 1024,
                 "the pipeline future is {size} bytes"
             );
+        }
+    }
+
+    /// An answer's header lines, as text.
+    type Lines = Vec<(String, String)>;
+
+    /// One answer of `handler`'s headers decorated both ways: from the template (when it
+    /// fits one) and the general way, each followed by the CORS merge `After::decorated`
+    /// does. The header lines of each, sorted (the order differs only for headers a
+    /// template does not place); an answer that does not fit gets the general way's.
+    fn both_ways(ctx: &Ctx, handler: &HeaderMap, cors: Option<&HeaderMap>) -> (bool, Lines, Lines) {
+        let answer = || {
+            let mut res = Response::new(Body::from("{}"));
+            *res.headers_mut() = handler.clone();
+            res
+        };
+        let lines = |res: Response| {
+            let mut l: Vec<_> = res
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+                .collect();
+            l.sort();
+            l
+        };
+        let mut general = answer();
+        ctx.decorate(&mut general);
+        respond::merge_cors(
+            general.headers_mut(),
+            cors.unwrap_or(&ctx.state.cors_without_origin),
+        );
+        let general = lines(general);
+        let mut fast = answer();
+        if !ctx.decorate_from_template(&mut fast, cors.is_none()) {
+            assert_eq!(
+                fast.headers(),
+                handler,
+                "an answer that does not fit is untouched"
+            );
+            return (false, general.clone(), general);
+        }
+        if let Some(cors) = cors {
+            respond::merge_cors(fast.headers_mut(), cors);
+        }
+        (true, lines(fast), general)
+    }
+
+    /// Step 10 from a template writes the same header lines as the general way, for every
+    /// answer that fits one, authenticated or not, with `Origin` or without, on a route with
+    /// a rate limit and one without; an answer with a header step 10 or CORS decide, or
+    /// without `Content-Type`, is left to the general way.
+    #[test]
+    fn a_template_answer_has_the_same_header_lines_as_the_general_way() {
+        use http::{HeaderName, HeaderValue};
+        let v = HeaderValue::from_static;
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (n, val) in pairs {
+                m.append(HeaderName::from_static(n), v(val));
+            }
+            m
+        };
+        let json = ("content-type", "application/json");
+        let answers = [
+            (h(&[json]), true),
+            (
+                h(&[("set-cookie", "a=1"), json, ("set-cookie", "b=2")]),
+                true,
+            ),
+            (h(&[("x-frame-options", "SAMEORIGIN"), json]), true),
+            (
+                h(&[json, ("content-type", "text/plain"), ("x-custom", "1")]),
+                true,
+            ),
+            (
+                h(&[json, ("content-length", "2"), ("retry-after", "5")]),
+                true,
+            ),
+            (h(&[]), false),
+            (h(&[("x-custom", "1")]), false),
+            (h(&[json, ("vary", "accept-encoding")]), false),
+            (h(&[json, ("x-request-id", "mine")]), false),
+            (h(&[json, ("ratelimit", "\"own\";r=1;t=1")]), false),
+            (h(&[json, ("x-ratelimit-limit", "7")]), false),
+            (h(&[json, ("cache-control", "max-age=60")]), false),
+            (
+                h(&[
+                    json,
+                    ("access-control-allow-origin", "https://partner.example"),
+                ]),
+                false,
+            ),
+        ];
+        let jwt = crate::auth::jwt::JwtAuthenticator::builder()
+            .hs256(b"a test secret of thirty-two bytes")
+            .build()
+            .unwrap();
+        let security = Security::builder()
+            .authenticator(jwt)
+            .csrf_secret([9u8; 32])
+            .allowed_origins(["https://app.example"])
+            .build()
+            .unwrap();
+        let unlimited = Policy::builder("unlimited").build().unwrap();
+        for policy in [Policy::public(), Policy::strict(), unlimited] {
+            let quota = policy.rate_limit();
+            // The state is all this test reads; the inner service is never called.
+            let service = security.layer(policy).unwrap().layer(());
+            let state = service.state.clone();
+            let (parts, _) = Request::new(()).into_parts();
+            let client = Client {
+                ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                request_id: HeaderValue::from_static("the-id"),
+                now: std::time::Duration::from_secs(1_000),
+                route: Arc::from("route"),
+            };
+            let fingerprint = Fingerprint::of(&parts.method, parts.version, &parts.headers);
+            let mut ctx = context(&state, &parts, client, fingerprint);
+            ctx.limit = quota.map(|q| crate::rate_limit::Decision {
+                allowed: true,
+                limit: q.limit(),
+                remaining: 3,
+                reset_after: std::time::Duration::from_millis(1_500),
+                retry_after: None,
+            });
+            let mut with_origin = HeaderMap::new();
+            with_origin.insert(header::ORIGIN, v("https://app.example"));
+            let origin_cors = state.cors_headers(&with_origin, false);
+            assert!(origin_cors.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+            for subject in [None, Some("alice")] {
+                ctx.subject = subject
+                    .map(|s| crate::auth::Principal::new(s, crate::auth::CredentialSource::Header));
+                for cors in [None, Some(&origin_cors)] {
+                    for (handler, fits) in &answers {
+                        let (used, fast, general) = both_ways(&ctx, handler, cors);
+                        let case = format!(
+                            "{} {subject:?} origin={} {handler:?}",
+                            state.policy.name(),
+                            cors.is_some()
+                        );
+                        assert_eq!(used, *fits, "{case}");
+                        assert_eq!(fast, general, "{case}");
+                        let ids = fast.iter().filter(|(n, _)| n == "x-request-id");
+                        assert_eq!(ids.count(), 1, "{case}");
+                    }
+                }
+            }
         }
     }
 }

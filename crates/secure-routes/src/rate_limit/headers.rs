@@ -37,6 +37,9 @@ const X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 const X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 const X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
+/// The headers whose values change with each decision, in the order they are written.
+pub(crate) const VARYING: [HeaderName; 3] = [RATELIMIT, X_REMAINING, X_RESET];
+
 /// Adds the rate-limit headers for `decision` to `headers`; `now` is the Unix time.
 /// `name` must be a valid policy name (letters, digits, `-_.`), as [`crate::Policy`] ensures.
 pub fn apply_headers(
@@ -98,19 +101,47 @@ impl LimitHeaders {
         *name == RATELIMIT_POLICY || *name == X_LIMIT
     }
 
+    /// Whether `name` is one of the rate-limit headers step 10 writes (constant or not).
+    pub(crate) fn is_limit_header(name: &HeaderName) -> bool {
+        Self::is_constant(name) || VARYING.contains(name)
+    }
+
     /// The headers of this decision: `RateLimit`, `X-RateLimit-Remaining` and `-Reset`,
     /// `Retry-After` on a refusal, and `X-RateLimit-Limit` when the store reported a limit
-    /// other than the quota's. Integers are written with `itoa`, not `fmt`.
+    /// other than the quota's.
     pub(crate) fn apply_varying(
         &self,
         headers: &mut HeaderMap,
         decision: &Decision,
         now: Duration,
     ) {
-        let reset = decision.reset_after_secs();
         if decision.limit != self.quota_limit {
             headers.insert(X_LIMIT, HeaderValue::from(decision.limit));
         }
+        for (name, value) in VARYING.into_iter().zip(self.varying_values(decision, now)) {
+            if let Some(v) = value {
+                headers.insert(name, v);
+            }
+        }
+        self.retry_after(headers, decision);
+    }
+
+    /// Whether [`varying_values`](Self::varying_values) are all the headers `decision`
+    /// needs beyond the constant ones: an admission (no `Retry-After`) under the quota's own
+    /// limit.
+    pub(crate) fn varying_only(&self, decision: &Decision) -> bool {
+        decision.limit == self.quota_limit && decision.retry_after.is_none()
+    }
+
+    /// The values of [`VARYING`] for `decision`, in that order; `None` for a value that is
+    /// not a valid header value (a `RateLimit` whose prefix is not, which a valid policy name
+    /// never makes). Integers are written with `itoa`, not `fmt`.
+    pub(crate) fn varying_values(
+        &self,
+        decision: &Decision,
+        now: Duration,
+    ) -> [Option<HeaderValue>; 3] {
+        let reset = decision.reset_after_secs();
         let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
         let (r, t) = (r.format(decision.remaining), t.format(reset));
         let mut at = itoa::Buffer::new();
@@ -131,27 +162,15 @@ impl LimitHeaders {
         );
         let (Some(ratelimit_range), Some(remaining), Some(reset_at)) = ranges else {
             // Only a prefix longer than a policy name allows gets here.
-            if let Ok(v) = HeaderValue::from_bytes(&ratelimit.concat()) {
-                headers.insert(RATELIMIT, v);
-            }
-            headers.insert(X_REMAINING, HeaderValue::from(decision.remaining));
-            headers.insert(
-                X_RESET,
-                HeaderValue::from(now.as_secs().saturating_add(reset)),
-            );
-            return self.retry_after(headers, decision);
+            return [
+                HeaderValue::from_bytes(&ratelimit.concat()).ok(),
+                Some(HeaderValue::from(decision.remaining)),
+                Some(HeaderValue::from(now.as_secs().saturating_add(reset))),
+            ];
         };
         let shared = bytes::Bytes::from_owner(buf);
-        for (name, range) in [
-            (RATELIMIT, ratelimit_range),
-            (X_REMAINING, remaining),
-            (X_RESET, reset_at),
-        ] {
-            if let Ok(v) = HeaderValue::from_maybe_shared(shared.slice(range)) {
-                headers.insert(name, v);
-            }
-        }
-        self.retry_after(headers, decision);
+        [ratelimit_range, remaining, reset_at]
+            .map(|range| HeaderValue::from_maybe_shared(shared.slice(range)).ok())
     }
 
     /// `Retry-After` on a refusal.
