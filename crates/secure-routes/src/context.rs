@@ -172,7 +172,7 @@ impl Template {
         debug_assert_eq!(map.len(), map.keys_len());
         let spare = cors.is_some();
         if let Some(cors) = cors {
-            crate::respond::merge_cors(&mut map, cors);
+            crate::response::cors::merge_cors(&mut map, cors);
             map.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
         }
         Self {

@@ -16,6 +16,7 @@ use crate::audit::{Outcome, Reason, sanitize};
 use crate::context::{Ctx, RouteState, Template};
 use crate::rate_limit::headers::{LimitHeaders, RATELIMIT};
 use crate::request_id::{X_REQUEST_ID, fresh_request_id};
+use crate::response::cors::merge_cors;
 use crate::response::problem::{Rejection, RejectionInfo, RejectionKind};
 
 /// The most headers step 10 and the CORS merge add over the handler's: five rate-limit
@@ -214,33 +215,6 @@ pub(crate) fn unaudited(state: &RouteState, rejection: Rejection) -> Response {
     res
 }
 
-/// Merges CORS headers into a response the way tower-http does: `Vary` appended to what the
-/// handler set, every other name replaced.
-pub(crate) fn merge_cors(target: &mut HeaderMap, cors: &HeaderMap) {
-    // Without `Access-Control-Allow-Origin` (tower-http's, or the handler's own for an origin
-    // it grants itself) the browser's CORS check fails before it reads any other
-    // `Access-Control-*` header (Fetch standard, "CORS check"): tower-http's grants are
-    // inert then, and a request without `Origin` is not a CORS request at all. Only `Vary`
-    // is added, so a cache never serves this answer to another origin; the rest cost 171
-    // bytes on every PUBLIC answer (issue 10 part 7).
-    let granted = cors.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
-        || target.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN);
-    // `iter` yields each name's values one after another, so the first of a name is where
-    // the name changes (one pass, no lookup per name in `cors`).
-    let mut previous: Option<&HeaderName> = None;
-    for (name, value) in cors {
-        if !granted && *name != header::VARY {
-            continue;
-        }
-        if *name != header::VARY && previous != Some(name) {
-            target.insert(name.clone(), value.clone());
-        } else {
-            target.append(name.clone(), value.clone());
-        }
-        previous = Some(name);
-    }
-}
-
 /// The text of a panic payload (`panic!` with a literal or a formatted message).
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
@@ -270,80 +244,5 @@ impl ResponseForProtectionError<Body> for CsrfProblem {
         Rejection::new(RejectionKind::CsrfFailed, reason)
             .with_detail("Cross-origin state-changing requests are not allowed.")
             .into_response()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// tower-http's merge, written the plain way: per name, `Vary` appended, others replaced
-    /// by the first value and the rest appended.
-    fn reference(target: &mut HeaderMap, cors: &HeaderMap) {
-        for name in cors.keys() {
-            let mut values = cors.get_all(name).iter();
-            if *name != header::VARY
-                && let Some(first) = values.next()
-            {
-                target.insert(name.clone(), first.clone());
-            }
-            for value in values {
-                target.append(name.clone(), value.clone());
-            }
-        }
-    }
-
-    /// No `Access-Control-Allow-Origin` on either side: `Vary` alone. The handler's own grant
-    /// (an origin it allows itself): tower-http's other headers come along as before.
-    #[test]
-    fn merge_cors_adds_only_vary_without_a_grant() {
-        let v = HeaderValue::from_static;
-        let mut cors = HeaderMap::new();
-        cors.append(header::VARY, v("origin"));
-        cors.append(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, v("true"));
-        cors.append(header::ACCESS_CONTROL_EXPOSE_HEADERS, v("x-request-id"));
-        let mut plain = HeaderMap::from_iter([(header::CONTENT_TYPE, v("text/plain"))]);
-        merge_cors(&mut plain, &cors);
-        let names: Vec<_> = plain.keys().map(|n| n.as_str()).collect();
-        assert_eq!(names, ["content-type", "vary"]);
-
-        let mut granted = HeaderMap::from_iter([(
-            header::ACCESS_CONTROL_ALLOW_ORIGIN,
-            v("https://partner.example"),
-        )]);
-        let mut want = granted.clone();
-        merge_cors(&mut granted, &cors);
-        reference(&mut want, &cors);
-        assert_eq!(granted, want);
-    }
-
-    #[test]
-    fn merge_cors_appends_vary_and_replaces_the_rest_as_the_plain_merge_does() {
-        let v = HeaderValue::from_static;
-        let mut cors = HeaderMap::new();
-        cors.append(header::VARY, v("origin"));
-        cors.append(header::ACCESS_CONTROL_ALLOW_ORIGIN, v("https://a.example"));
-        cors.append(header::VARY, v("access-control-request-method"));
-        cors.append(header::ACCESS_CONTROL_EXPOSE_HEADERS, v("x-one"));
-        cors.append(header::ACCESS_CONTROL_EXPOSE_HEADERS, v("x-two"));
-        cors.append(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, v("true"));
-        for target in [
-            HeaderMap::new(),
-            HeaderMap::from_iter([
-                (header::VARY, v("accept-encoding")),
-                (header::ACCESS_CONTROL_EXPOSE_HEADERS, v("x-handler")),
-                (header::CONTENT_TYPE, v("text/plain")),
-            ]),
-        ] {
-            let (mut got, mut want) = (target.clone(), target);
-            merge_cors(&mut got, &cors);
-            reference(&mut want, &cors);
-            let pairs = |m: &HeaderMap| -> Vec<(String, String)> {
-                m.iter()
-                    .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
-                    .collect()
-            };
-            assert_eq!(pairs(&got), pairs(&want));
-        }
     }
 }

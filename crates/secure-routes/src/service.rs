@@ -38,6 +38,7 @@ use crate::guard::{auth, authz, body, client, csrf, method, rate_limit};
 use crate::rate_limit::BoxFuture;
 use crate::request_id::RequestId;
 use crate::respond::{self, CsrfProblem};
+use crate::response::cors::merge_cors;
 use crate::response::problem::{Rejection, RejectionInfo};
 
 /// What the pipeline calls once its checks pass: tower-http's Fetch Metadata check, then the
@@ -491,7 +492,7 @@ impl After {
             .decorate_from_template(&mut res, self.cors.is_none())
         {
             if let Some(cors) = &self.cors {
-                respond::merge_cors(res.headers_mut(), cors);
+                merge_cors(res.headers_mut(), cors);
             }
             return res;
         }
@@ -500,7 +501,7 @@ impl After {
             .cors
             .as_ref()
             .unwrap_or(&self.ctx.state.cors_without_origin);
-        respond::merge_cors(res.headers_mut(), cors);
+        merge_cors(res.headers_mut(), cors);
         res
     }
 }
@@ -751,7 +752,7 @@ mod tests {
         };
         let mut general = answer();
         ctx.decorate(&mut general);
-        respond::merge_cors(
+        merge_cors(
             general.headers_mut(),
             cors.unwrap_or(&ctx.state.cors_without_origin),
         );
@@ -766,7 +767,7 @@ mod tests {
             return (false, general.clone(), general);
         }
         if let Some(cors) = cors {
-            respond::merge_cors(fast.headers_mut(), cors);
+            merge_cors(fast.headers_mut(), cors);
         }
         (true, lines(fast), general)
     }
