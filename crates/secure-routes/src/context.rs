@@ -55,6 +55,14 @@ pub(crate) struct RouteState {
     pub(crate) fetch_probe: Option<FetchProbe>,
     /// Step 10's headers that never change on this route, set once.
     pub(crate) decoration: Decoration,
+    /// Whether events are recorded beyond a `tracing` line: by the audit writer (and its
+    /// observers) or by bans (a strike's event). The `tracing` line an event becomes without a
+    /// writer carries neither the fingerprint nor the `User-Agent`, so without these they
+    /// are not read from the request.
+    pub(crate) events_recorded: bool,
+    /// Whether anything reads a request's [`Fingerprint`]: recorded events, or a rate-limit
+    /// key with [`KeyPart::Fingerprint`](crate::KeyPart). It is computed only then.
+    pub(crate) fingerprint_read: bool,
 }
 
 /// The headers step 10 adds that are the same for every answer of a policy: a response's
@@ -264,8 +272,9 @@ pub(crate) struct Ctx {
     pub(crate) ip: IpAddr,
     pub(crate) user_agent: Option<HeaderValue>,
     /// Computed before the headers move into the handler: a refusal from inside the stack is
-    /// audited after that, and must carry it too.
-    pub(crate) fingerprint: Fingerprint,
+    /// audited after that, and must carry it too. `None` when nothing reads it
+    /// ([`RouteState::fingerprint_read`]).
+    pub(crate) fingerprint: Option<Fingerprint>,
     /// The request's `Origin`, for the CORS headers of a rejection.
     pub(crate) origin: Option<HeaderValue>,
     pub(crate) subject: Option<Principal>,
@@ -301,8 +310,10 @@ impl Ctx {
             .with_request(self.method.as_str(), &self.route, self.path.path())
             .with_reason(info.reason.as_str())
             .with_request_id(self.request_id.to_str().unwrap_or(""))
-            .with_fingerprint(self.fingerprint.as_str())
             .with_metadata(serde_json::json!({ "policy": self.state.policy.name() }));
+        if let Some(f) = &self.fingerprint {
+            e = e.with_fingerprint(f.as_str());
+        }
         if let Some(p) = &self.subject {
             e = e.with_subject(p.subject());
         }

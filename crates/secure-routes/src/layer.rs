@@ -63,8 +63,8 @@ use crate::context::{Decoration, RouteState};
 use crate::error::ConfigError;
 use crate::fallback::NotFound;
 use crate::policy::{AuthMode, CsrfMode, FailureMode, Policy};
-use crate::rate_limit::Quota;
 use crate::rate_limit::headers::LimitHeaders;
+use crate::rate_limit::{KeyPart, Quota};
 use crate::respond::CsrfProblem;
 use crate::response::cors;
 use crate::service::IntoBody;
@@ -105,6 +105,9 @@ impl Security {
         let limit_headers = policy
             .rate_limit()
             .map(|q| LimitHeaders::new(policy.name(), q));
+        let events_recorded = self.shared.audit.is_some() || self.shared.bans.is_some();
+        let fingerprint_read =
+            events_recorded || policy.rate_limit_key().contains(&KeyPart::Fingerprint);
         let state = RouteState {
             // Replaced below, once the constant CORS headers are known.
             decoration: Decoration::new(&policy, self.shared.https, None, &http::HeaderMap::new()),
@@ -117,6 +120,8 @@ impl Security {
             route_bucket: std::sync::OnceLock::new(),
             limit_headers,
             fetch_probe,
+            events_recorded,
+            fingerprint_read,
         };
         // What tower-http's rules add to an answer for a request without `Origin` does not
         // depend on the request: computed once, merged per request.

@@ -132,7 +132,9 @@ where
         let state = self.state.clone();
         let (mut parts, body) = req.into_parts();
         // The headers as the client sent them (step 1 sets `x-request-id`).
-        let fingerprint = Fingerprint::of(&parts.method, parts.version, &parts.headers);
+        let fingerprint = state
+            .fingerprint_read
+            .then(|| Fingerprint::of(&parts.method, parts.version, &parts.headers));
         // 1. The client (a server without a socket peer is a configuration error: 500).
         let client = match client::resolve(&state, &mut parts) {
             Ok(c) => c,
@@ -315,7 +317,7 @@ fn front(state: &RouteState, ctx: &mut Ctx, parts: &Parts) -> Front {
         return Front::Refused(r);
     }
     let (route, subject) = (&ctx.route, ctx.subject.as_ref());
-    match rate_limit::check(state, route, ctx.ip, subject, &ctx.fingerprint) {
+    match rate_limit::check(state, route, ctx.ip, subject, ctx.fingerprint.as_ref()) {
         Ok(Ok(limited)) => (ctx.limit, ctx.failed_open) = (limited.decision, limited.failed_open),
         Ok(Err(r)) => return Front::Refused(r),
         Err(pending) => return Front::Later(Resume::Store(pending)),
@@ -543,7 +545,7 @@ async fn checks(
     ctx.subject = subject.flatten();
     refusals.step(subject_ban(state, ctx))?;
     let (route, subject) = (&ctx.route, ctx.subject.as_ref());
-    let limited = match rate_limit::check(state, route, ctx.ip, subject, &ctx.fingerprint) {
+    let limited = match rate_limit::check(state, route, ctx.ip, subject, ctx.fingerprint.as_ref()) {
         Ok(answer) => answer,
         // A store that must be waited for: boxed, so its future does not size every
         // request's (the memory store never gets here).
@@ -642,7 +644,7 @@ fn context(
     state: &Arc<RouteState>,
     parts: &Parts,
     client: Client,
-    fingerprint: Fingerprint,
+    fingerprint: Option<Fingerprint>,
 ) -> Ctx {
     Ctx {
         state: state.clone(),
@@ -652,7 +654,10 @@ fn context(
         request_id: client.request_id,
         now: client.now,
         ip: client.ip,
-        user_agent: parts.headers.get(header::USER_AGENT).cloned(),
+        user_agent: state
+            .events_recorded
+            .then(|| parts.headers.get(header::USER_AGENT).cloned())
+            .flatten(),
         fingerprint,
         origin: parts.headers.get(header::ORIGIN).cloned(),
         subject: None,
@@ -690,7 +695,7 @@ mod tests {
                 route: Arc::from("route"),
             };
             let fingerprint = Fingerprint::of(&parts.method, parts.version, &parts.headers);
-            let ctx = Box::new(context(&state, &parts, client, fingerprint));
+            let ctx = Box::new(context(&state, &parts, client, Some(fingerprint)));
             let inner = service.inner.clone();
             let future = run(state, ctx, parts, body, inner, Resume::Checks);
             self.1
@@ -841,8 +846,7 @@ mod tests {
                 now: std::time::Duration::from_secs(1_000),
                 route: Arc::from("route"),
             };
-            let fingerprint = Fingerprint::of(&parts.method, parts.version, &parts.headers);
-            let mut ctx = context(&state, &parts, client, fingerprint);
+            let mut ctx = context(&state, &parts, client, None);
             ctx.limit = quota.map(|q| crate::rate_limit::Decision {
                 allowed: true,
                 limit: q.limit(),
@@ -873,5 +877,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The fingerprint (and the `User-Agent`) are read only where something records them:
+    /// not on a route whose events go nowhere but `tracing` (no audit writer, no bans) and
+    /// whose key has no fingerprint part; the fingerprint always with such a key. (With an
+    /// audit writer, events carry both: `tests/fingerprint.rs`, `tests/hardening.rs`.)
+    #[test]
+    fn the_fingerprint_and_user_agent_are_read_only_where_something_records_them() {
+        use crate::rate_limit::KeyPart;
+        let security = Security::builder().csrf_secret([9u8; 32]).build().unwrap();
+        let read = |policy| {
+            let state = security.layer(policy).unwrap().layer(()).state;
+            (state.events_recorded, state.fingerprint_read)
+        };
+        assert_eq!(read(Policy::public()), (false, false));
+        let keyed = Policy::public()
+            .to_builder()
+            .rate_limit_key([KeyPart::Ip, KeyPart::Fingerprint])
+            .build()
+            .unwrap();
+        assert_eq!(read(keyed), (false, true));
     }
 }

@@ -52,7 +52,7 @@ pub(crate) fn check(
     route: &Arc<str>,
     ip: IpAddr,
     subject: Option<&Principal>,
-    fingerprint: &Fingerprint,
+    fingerprint: Option<&Fingerprint>,
 ) -> Result<Result<Limited, Rejection>, Pending> {
     let Some(quota) = state.policy.rate_limit() else {
         return Ok(Ok(Limited::default()));
@@ -165,7 +165,7 @@ fn key(
     route: &Arc<str>,
     ip: IpAddr,
     subject: Option<&Principal>,
-    fingerprint: &Fingerprint,
+    fingerprint: Option<&Fingerprint>,
 ) -> RateLimitKey {
     let hasher = &state.shared.hasher;
     let parts = state.policy.rate_limit_key();
@@ -194,7 +194,10 @@ fn key(
                     (KeyPart::Subject, Some(p)) => (b'u', p.subject().as_bytes()),
                     // Anonymous: the subject is the address (tagged apart from `Ip`).
                     (KeyPart::Subject, None) => (b'a', ip),
-                    (KeyPart::Fingerprint, _) => (b'f', fingerprint.as_bytes()),
+                    // Always computed when a key part reads it (`fingerprint_read`).
+                    (KeyPart::Fingerprint, _) => {
+                        (b'f', fingerprint.map_or(&[][..], |f| f.as_bytes()))
+                    }
                 };
             }
             hasher.composite_key(route, &bytes[..parts.len().min(3)])
