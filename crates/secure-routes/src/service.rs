@@ -429,10 +429,11 @@ fn handler_request<ReqBody: http_body::Body>(
         parts.extensions.insert(p.clone());
     }
     parts.extensions.insert(RequestId(ctx.request_id.clone()));
-    // tower-http's CORS rules for this request; constant when it has no `Origin`.
-    let cors = parts
-        .headers
-        .contains_key(header::ORIGIN)
+    // tower-http's CORS rules for this request; constant when it has no `Origin` (read
+    // once, into the audit context).
+    let cors = ctx
+        .origin
+        .is_some()
         .then(|| state.cors_headers(&parts.headers, false));
     // Dry-run passes the body whole (see `PolicyBuilder::dry_run`).
     let limit = state
