@@ -705,6 +705,20 @@ mod tests {
         }
     }
 
+    /// An HS256 authenticator, a CSRF secret and these allowed origins.
+    fn security(origins: &[&str]) -> Security {
+        let jwt = crate::auth::jwt::JwtAuthenticator::builder()
+            .hs256(b"a test secret of thirty-two bytes")
+            .build()
+            .unwrap();
+        Security::builder()
+            .authenticator(jwt)
+            .csrf_secret([9u8; 32])
+            .allowed_origins(origins.iter().copied())
+            .build()
+            .unwrap()
+    }
+
     /// The pipeline's future for a request that must wait (`run`, boxed once for it) stays
     /// within the 1,024 bytes glibc serves from its per-thread cache: a larger allocation takes the arena path, which on
     /// a busy server also consolidates freed small chunks first (`malloc_consolidate`, about
@@ -712,15 +726,7 @@ mod tests {
     /// 18.
     #[test]
     fn the_pipeline_future_fits_the_allocators_per_thread_cache() {
-        let jwt = crate::auth::jwt::JwtAuthenticator::builder()
-            .hs256(b"a test secret of thirty-two bytes")
-            .build()
-            .unwrap();
-        let security = Security::builder()
-            .authenticator(jwt)
-            .csrf_secret([9u8; 32])
-            .build()
-            .unwrap();
+        let security = security(&[]);
         for policy in [Policy::public(), Policy::authenticated(), Policy::strict()] {
             let size = Arc::new(AtomicUsize::new(0));
             let probe = Probe(security.layer(policy).unwrap(), size.clone());
@@ -824,16 +830,7 @@ mod tests {
                 false,
             ),
         ];
-        let jwt = crate::auth::jwt::JwtAuthenticator::builder()
-            .hs256(b"a test secret of thirty-two bytes")
-            .build()
-            .unwrap();
-        let security = Security::builder()
-            .authenticator(jwt)
-            .csrf_secret([9u8; 32])
-            .allowed_origins(["https://app.example"])
-            .build()
-            .unwrap();
+        let security = security(&["https://app.example"]);
         let unlimited = Policy::builder("unlimited").build().unwrap();
         for policy in [Policy::public(), Policy::strict(), unlimited] {
             let quota = policy.rate_limit();
