@@ -92,14 +92,15 @@ pub(crate) struct Decoration {
 ///
 /// An answer copies the map, writes its values into the placeholders by position (no name
 /// is hashed; `HeaderMap` keeps entries in insertion order) and inserts the handler's other
-/// headers, if any. Why: inserting the seven names step 10 and CORS add to a copy of the
-/// security headers cost about 2,000 of PUBLIC's 19,500 instructions per request, and the
-/// copy then had to grow its index table (issue 10 part 7; BENCHMARKS.md, stop 20).
+/// headers, if any. Why: inserting the seven names step 10 and CORS add into a copy of the
+/// security headers hashed each custom name, and the copy then had to grow its index table;
+/// the template took PUBLIC from 19,495 to 18,222 instructions per request (issue 10 part 7;
+/// BENCHMARKS.md, stop 20).
 ///
 /// Why `Content-Type` has a place: nearly every handler sets it, and an answer that only
 /// fills placeholders never grows the copy (an insert into a copy of exactly this many
-/// entries would reallocate them, another allocation over 1 KiB per answer). A handler
-/// without one leaves the placeholder, which is removed.
+/// entries would reallocate them, another allocation over 1 KiB per answer). An answer
+/// without one is decorated the general way.
 pub(crate) struct Template {
     pub(crate) map: HeaderMap,
     /// The position of the `Content-Type` placeholder; the rate-limit numbers follow it
@@ -213,35 +214,41 @@ pub(crate) type FetchProbe = tower::util::BoxCloneSyncService<
 impl RouteState {
     /// The CORS response headers tower-http would add, for an answer that does not pass
     /// through its layer: a preflight (`preflight`), or a rejection the core answers itself
-    /// (so a browser app can read the problem body). tower-http decides whether a request is a
-    /// preflight by its method alone, so it is asked with a stand-in request: `OPTIONS` for a
-    /// preflight, `GET` otherwise, carrying the headers CORS reads.
+    /// (so a browser app can read the problem body). See [`cors_headers`].
     pub(crate) fn cors_headers(&self, headers: &HeaderMap, preflight: bool) -> HeaderMap {
-        let mut probe = Request::new(());
-        *probe.method_mut() = if preflight {
-            Method::OPTIONS
-        } else {
-            Method::GET
-        };
-        for name in [
-            header::ORIGIN,
-            header::ACCESS_CONTROL_REQUEST_METHOD,
-            header::ACCESS_CONTROL_REQUEST_HEADERS,
-        ] {
-            for v in headers.get_all(&name) {
-                probe.headers_mut().append(name.clone(), v.clone());
-            }
-        }
-        // tower-http's rules here are all synchronous (a fixed origin list), so the answer
-        // is ready at once.
-        match self.cors.layer(CorsProbe).oneshot(probe).now_or_never() {
-            Some(Ok(res)) => res.into_parts().0.headers,
-            _ => HeaderMap::new(),
-        }
+        cors_headers(&self.cors, headers, preflight)
     }
 }
 
-/// The stand-in inner service of [`RouteState::cors_headers`].
+/// The CORS response headers `cors` (tower-http's rules) gives a request with `headers`.
+/// tower-http decides whether a request is a preflight by its method alone, so it is asked
+/// with a stand-in request: `OPTIONS` for a preflight, `GET` otherwise, carrying the headers
+/// CORS reads.
+pub(crate) fn cors_headers(cors: &CorsLayer, headers: &HeaderMap, preflight: bool) -> HeaderMap {
+    let mut probe = Request::new(());
+    *probe.method_mut() = if preflight {
+        Method::OPTIONS
+    } else {
+        Method::GET
+    };
+    for name in [
+        header::ORIGIN,
+        header::ACCESS_CONTROL_REQUEST_METHOD,
+        header::ACCESS_CONTROL_REQUEST_HEADERS,
+    ] {
+        for v in headers.get_all(&name) {
+            probe.headers_mut().append(name.clone(), v.clone());
+        }
+    }
+    // tower-http's rules here are all synchronous (a fixed origin list), so the answer is
+    // ready at once.
+    match cors.layer(CorsProbe).oneshot(probe).now_or_never() {
+        Some(Ok(res)) => res.into_parts().0.headers,
+        _ => HeaderMap::new(),
+    }
+}
+
+/// The stand-in inner service of [`cors_headers`].
 #[derive(Clone, Copy)]
 struct CorsProbe;
 

@@ -59,7 +59,7 @@ use http::Method;
 use tower_http::csrf::CsrfLayer;
 use tower_layer::Layer;
 
-use crate::context::{Decoration, RouteState};
+use crate::context::{self, Decoration, RouteState};
 use crate::error::ConfigError;
 use crate::fallback::NotFound;
 use crate::policy::{AuthMode, CsrfMode, FailureMode, Policy};
@@ -108,10 +108,18 @@ impl Security {
         let events_recorded = self.shared.audit.is_some() || self.shared.bans.is_some();
         let fingerprint_read =
             events_recorded || policy.rate_limit_key().contains(&KeyPart::Fingerprint);
+        // What tower-http's rules add to an answer for a request without `Origin` does not
+        // depend on the request: computed once, merged per request.
+        let cors_without_origin = context::cors_headers(&cors, &http::HeaderMap::new(), false);
+        let decoration = Decoration::new(
+            &policy,
+            self.shared.https,
+            limit_headers.as_ref(),
+            &cors_without_origin,
+        );
         let state = RouteState {
-            // Replaced below, once the constant CORS headers are known.
-            decoration: Decoration::new(&policy, self.shared.https, None, &http::HeaderMap::new()),
-            cors_without_origin: http::HeaderMap::new(),
+            decoration,
+            cors_without_origin,
             cors,
             shared: self.shared.clone(),
             policy,
@@ -123,22 +131,9 @@ impl Security {
             events_recorded,
             fingerprint_read,
         };
-        // What tower-http's rules add to an answer for a request without `Origin` does not
-        // depend on the request: computed once, merged per request.
-        let cors_without_origin = state.cors_headers(&http::HeaderMap::new(), false);
-        let decoration = Decoration::new(
-            &state.policy,
-            self.shared.https,
-            state.limit_headers.as_ref(),
-            &cors_without_origin,
-        );
         Ok(SecurityLayer {
             csrf,
-            state: Arc::new(RouteState {
-                cors_without_origin,
-                decoration,
-                ..state
-            }),
+            state: Arc::new(state),
         })
     }
 

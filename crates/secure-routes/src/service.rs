@@ -486,8 +486,9 @@ impl After {
         self.decorated(res)
     }
 
-    /// Step 10: response headers, then the CORS headers (names step 10 never sets; merged
-    /// into the decorated map, which has room for them, instead of growing the handler's).
+    /// Step 10: from the policy's template when the answer fits one (see
+    /// `context::Template`), else the general way; then the CORS headers (names step 10 never
+    /// sets; merged into the decorated map, instead of growing the handler's).
     fn decorated(self, mut res: Response) -> Response {
         // Without `Origin`, the policy's constant CORS headers are in the template.
         if self
