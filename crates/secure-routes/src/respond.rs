@@ -104,16 +104,6 @@ impl Ctx {
         else {
             return false;
         };
-        let varying = match (&self.limit, &state.limit_headers) {
-            (_, None) => None,
-            (Some(decision), Some(limit)) if limit.varying_only(decision) => {
-                match limit.varying_values(decision, self.now) {
-                    [Some(a), Some(b), Some(c)] => Some([a, b, c]),
-                    _ => return false,
-                }
-            }
-            _ => return false,
-        };
         let mut content_type = false;
         for name in res.headers().keys() {
             if Template::sets(name) {
@@ -124,6 +114,16 @@ impl Ctx {
         if !content_type {
             return false;
         }
+        let varying = match (&self.limit, &state.limit_headers) {
+            (_, None) => None,
+            (Some(decision), Some(limit)) if limit.varying_only(decision) => {
+                match limit.varying_values(decision, self.now) {
+                    [Some(a), Some(b), Some(c)] => Some([a, b, c]),
+                    _ => return false,
+                }
+            }
+            _ => return false,
+        };
         let own = std::mem::replace(res.headers_mut(), t.map.clone());
         let h = res.headers_mut();
         // The placeholders, by position (every entry up to the request id has one value).
