@@ -102,10 +102,10 @@ echo "bare-wire / assembled:         $(both bare-wire assembled)  (the least PUB
 echo "PUBLIC / bare-wire:            $(both public bare-wire)  (the pipeline's own work)"
 echo "PUBLIC / assembled:            $(both public assembled)  (target <= 0.85)"
 echo "AUTHENTICATED / assembled+JWT: $(both authenticated assembled-jwt)  (target <= 0.85)"
-# The same in user space alone: the kernel's share also grows with how often wrk sleeps
-# between answers (each wake-up is an inter-processor interrupt, a VM exit on a VM), so a
-# slower route pays more kernel time per request than its own work explains (BENCHMARKS.md,
-# stop 20). Not the issue's measure; printed to tell the two effects apart.
+# The same in user space alone. The kernel's share moves with more than the route's own work:
+# waking wrk when it slept (more often behind a slower route) and loopback packet processing
+# (softirq), counted to whichever process it interrupts (BENCHMARKS.md, stop 20). Not the
+# issue's measure; printed to tell the two apart.
 declare -A umed
 for route in "${routes[@]}"; do umed[$route]=$(echo "${user[$route]}" | median); done
 echo
