@@ -63,8 +63,8 @@ pub(crate) async fn authenticate(
         }
     };
     match judge(state, result) {
-        Judged::Done(done) => done,
-        Judged::Failed(reason) => Err(failed(state, route, ip, reason).await),
+        Now::Done(done) => done,
+        Now::Failed(reason) => Err(failed(state, route, ip, reason).await),
     }
 }
 
@@ -81,13 +81,10 @@ pub(crate) fn authenticate_now(state: &RouteState, parts: &Parts) -> Option<Now>
         Ok(answer) => answer?,
         Err(panic) => return Some(Now::Done(Err(panicked(&*panic)))),
     };
-    Some(match judge(state, result) {
-        Judged::Done(done) => Now::Done(done),
-        Judged::Failed(reason) => Now::Failed(reason),
-    })
+    Some(judge(state, result))
 }
 
-/// What [`authenticate_now`] decided.
+/// What [`authenticate_now`] (and [`judge`], for both ways) decided.
 pub(crate) enum Now {
     /// The principal (or none), or a refusal that needs nothing more.
     Done(Result<Option<Principal>, Rejection>),
@@ -112,22 +109,17 @@ fn panicked(panic: &(dyn std::any::Any + Send)) -> Rejection {
     Rejection::new(RejectionKind::Internal, Reason::AuthenticatorPanicked)
 }
 
-enum Judged {
-    Done(Result<Option<Principal>, Rejection>),
-    Failed(Reason),
-}
-
 /// The authenticator's answer under the policy: a principal, none (optional), a 503, or a
 /// bad credential.
-fn judge(state: &RouteState, result: Result<Principal, AuthError>) -> Judged {
+fn judge(state: &RouteState, result: Result<Principal, AuthError>) -> Now {
     let reason = match result {
-        Ok(p) => return Judged::Done(Ok(Some(p))),
+        Ok(p) => return Now::Done(Ok(Some(p))),
         Err(AuthError::Missing) if state.policy.auth() == AuthMode::Optional => {
-            return Judged::Done(Ok(None));
+            return Now::Done(Ok(None));
         }
         Err(AuthError::Unavailable(why)) => {
             tracing::warn!(error = %crate::audit::sanitize(&why, 256), "authenticator unavailable");
-            return Judged::Done(Err(Rejection::new(
+            return Now::Done(Err(Rejection::new(
                 RejectionKind::AuthUnavailable,
                 Reason::AuthenticatorUnavailable,
             )
@@ -138,7 +130,7 @@ fn judge(state: &RouteState, result: Result<Principal, AuthError>) -> Judged {
         Err(AuthError::Invalid(why)) => Reason::from_static(why),
         Err(_) => Reason::MissingCredential,
     };
-    Judged::Failed(reason)
+    Now::Failed(reason)
 }
 
 /// The refusal of a bad credential: 401, or 429 when counting it against the client address
