@@ -318,7 +318,7 @@ fn front(state: &RouteState, ctx: &mut Ctx, parts: &Parts) -> Front {
     }
     let (route, subject) = (&ctx.route, ctx.subject.as_ref());
     match rate_limit::check(state, route, ctx.ip, subject, ctx.fingerprint.as_ref()) {
-        Ok(Ok(limited)) => (ctx.limit, ctx.failed_open) = (limited.decision, limited.failed_open),
+        Ok(Ok(limited)) => record_limit(ctx, limited),
         Ok(Err(r)) => return Front::Refused(r),
         Err(pending) => return Front::Later(Resume::Store(pending)),
     }
@@ -368,7 +368,7 @@ where
             Resume::Store(pending) => {
                 match Box::pin(rate_limit::check_async(&state, pending)).await {
                     Ok(limited) => {
-                        (ctx.limit, ctx.failed_open) = (limited.decision, limited.failed_open);
+                        record_limit(&mut ctx, limited);
                         after_limit(&state, &ctx, &parts, true, &mut Refusals(None)).err()
                     }
                     Err(r) => Some(r),
@@ -554,31 +554,33 @@ async fn checks(
         Err(pending) => Box::pin(rate_limit::check_async(state, pending)).await,
     };
     if let Some(limited) = refusals.step(limited)? {
-        (ctx.limit, ctx.failed_open) = (limited.decision, limited.failed_open);
+        record_limit(ctx, limited);
     }
     after_limit(state, ctx, parts, authenticated, refusals)
 }
 
+/// What the rate-limit step learned, into the audit context: the decision (for the headers)
+/// and a store failure let through (audited with the final status).
+fn record_limit(ctx: &mut Ctx, limited: rate_limit::Limited) {
+    (ctx.limit, ctx.failed_open) = (limited.decision, limited.failed_open);
+}
+
 /// Step 2 for the address: a banned client address is refused.
 fn ip_ban(state: &RouteState, ctx: &Ctx) -> Result<(), Rejection> {
-    match &state.shared.bans {
-        Some(bans) => match bans.refuse_ip(ctx.ip, &*state.shared.clock) {
-            Some(r) => Err(r),
-            None => Ok(()),
-        },
-        None => Ok(()),
-    }
+    let Some(bans) = &state.shared.bans else {
+        return Ok(());
+    };
+    bans.refuse_ip(ctx.ip, &*state.shared.clock)
+        .map_or(Ok(()), Err)
 }
 
 /// Step 2 for the subject: a banned account is refused from any address.
 fn subject_ban(state: &RouteState, ctx: &Ctx) -> Result<(), Rejection> {
-    match (&state.shared.bans, &ctx.subject) {
-        (Some(bans), Some(p)) => match bans.refuse_subject(p.subject(), &*state.shared.clock) {
-            Some(r) => Err(r),
-            None => Ok(()),
-        },
-        _ => Ok(()),
-    }
+    let (Some(bans), Some(p)) = (&state.shared.bans, &ctx.subject) else {
+        return Ok(());
+    };
+    bans.refuse_subject(p.subject(), &*state.shared.clock)
+        .map_or(Ok(()), Err)
 }
 
 /// Steps 6b to 8b, after the rate limit: authorization, the declared body, the CSRF token.
