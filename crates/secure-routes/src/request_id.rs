@@ -99,11 +99,11 @@ impl IdSequence {
     /// The next id at `now_ms` (Unix milliseconds); `random` draws 64 random bits.
     fn next(&mut self, now_ms: u64, mut random: impl FnMut() -> u64) -> u128 {
         let max = (1u64 << Self::COUNTER_BITS) - 1;
-        if self.ms == u64::MAX {
+        let first = self.ms == u64::MAX;
+        if first {
             self.tag = random() as u32;
-            self.ms = now_ms;
-            self.counter = random() >> (64 - (Self::COUNTER_BITS - 1));
-        } else if now_ms > self.ms {
+        }
+        if first || now_ms > self.ms {
             self.ms = now_ms;
             self.counter = random() >> (64 - (Self::COUNTER_BITS - 1));
         } else if self.counter < max {
