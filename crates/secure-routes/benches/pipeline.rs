@@ -40,8 +40,10 @@ fn bench(c: &mut Criterion) {
                 .iter(|| app.clone().oneshot(stacks::request(path, bearer)));
         });
     }
-    // PUBLIC again with a browser's twelve headers (the cases above send none): what reads
-    // every header, the request fingerprint, pays for them here.
+    // PUBLIC again with a browser's twelve headers (the cases above send none). The request
+    // fingerprint, which reads every header, is not computed here: this bench records no
+    // events (no audit writer, no bans) and its key has no fingerprint part (DESIGN, "Request
+    // fingerprint"); its own cost is the `fingerprint` bench's.
     let public = stacks::ROUTES
         .iter()
         .find(|(name, _, _)| *name == "public")
