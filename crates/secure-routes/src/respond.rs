@@ -124,13 +124,24 @@ impl Ctx {
             }
             _ => return false,
         };
-        let own = std::mem::replace(res.headers_mut(), t.map.clone());
+        let mut own = std::mem::replace(res.headers_mut(), t.map.clone());
+        // The common answer has `Content-Type` alone (the loop above found it): its value
+        // goes into its placeholder by position too, so no name is hashed at all.
+        let mut content_type = (own.len() == 1)
+            .then(|| own.values_mut().next())
+            .flatten()
+            .map(|v| std::mem::replace(v, HeaderValue::from_static("")));
+        let alone = content_type.is_some();
         let h = res.headers_mut();
         // The placeholders, by position (every entry up to the request id has one value).
         let mut varying = varying.into_iter().flatten();
         for (at, slot) in h.values_mut().enumerate().take(t.request_id + 1) {
             if at == t.request_id {
                 *slot = self.request_id.clone();
+            } else if at == t.content_type {
+                if let Some(v) = content_type.take() {
+                    *slot = v;
+                }
             } else if at > t.content_type
                 && let Some(v) = varying.next()
             {
@@ -141,9 +152,11 @@ impl Ctx {
             // The last entry: removing it is a `pop`, the room stays.
             h.remove(header::CONTENT_LENGTH);
         }
-        // The handler's own: `Content-Type` takes its placeholder's place (an insert over an
-        // existing name neither moves nor grows the entries).
-        insert_all(h, own);
+        // The handler's other headers: `Content-Type` takes its placeholder's place (an
+        // insert over an existing name neither moves nor grows the entries).
+        if !alone {
+            insert_all(h, own);
+        }
         true
     }
 

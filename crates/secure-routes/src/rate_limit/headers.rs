@@ -144,10 +144,9 @@ impl LimitHeaders {
         let reset = decision.reset_after_secs();
         let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
         let (r, t) = (r.format(decision.remaining), t.format(reset));
-        let mut at = itoa::Buffer::new();
-        let at = at.format(now.as_secs().saturating_add(reset));
-        // The three values in one allocation shared by three `HeaderValue`s (one allocation
-        // instead of three per answer; issue 10 part 7).
+        let reset_at = Some(reset_at_value(now.as_secs().saturating_add(reset)));
+        // The two values that change with every decision in one allocation shared by two
+        // `HeaderValue`s (one allocation instead of two per answer; issue 10 part 7).
         let ratelimit = [
             self.ratelimit_prefix.as_bytes(),
             r.as_bytes(),
@@ -155,22 +154,19 @@ impl LimitHeaders {
             t.as_bytes(),
         ];
         let mut buf = Varying::new();
-        let ranges = (
-            buf.push(&ratelimit),
-            buf.push(&[r.as_bytes()]),
-            buf.push(&[at.as_bytes()]),
-        );
-        let (Some(ratelimit_range), Some(remaining), Some(reset_at)) = ranges else {
+        let ranges = (buf.push(&ratelimit), buf.push(&[r.as_bytes()]));
+        let (Some(ratelimit_range), Some(remaining)) = ranges else {
             // Only a prefix longer than a policy name allows gets here.
             return [
                 HeaderValue::from_bytes(&ratelimit.concat()).ok(),
                 Some(HeaderValue::from(decision.remaining)),
-                Some(HeaderValue::from(now.as_secs().saturating_add(reset))),
+                reset_at,
             ];
         };
         let shared = bytes::Bytes::from_owner(buf);
-        [ratelimit_range, remaining, reset_at]
-            .map(|range| HeaderValue::from_maybe_shared(shared.slice(range)).ok())
+        let [ratelimit, remaining] = [ratelimit_range, remaining]
+            .map(|range| HeaderValue::from_maybe_shared(shared.slice(range)).ok());
+        [ratelimit, remaining, reset_at]
     }
 
     /// `Retry-After` on a refusal.
@@ -181,9 +177,39 @@ impl LimitHeaders {
     }
 }
 
-/// Room for the three per-decision values: `"name";r=<u32>;t=<u64>` (a policy name is at
-/// most 64 bytes), `<u32>` and `<u64>`.
-const VARYING_CAP: usize = 160;
+thread_local! {
+    /// The `X-RateLimit-Reset` value this thread wrote last, with its Unix second.
+    static LAST_RESET_AT: std::cell::RefCell<Option<(u64, HeaderValue)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `X-RateLimit-Reset` for the Unix second `at`: the value this thread made for the same
+/// second, if it was the last one asked for, else a new one.
+///
+/// Why: unlike the remaining count, the reset time is the same for every answer in a second
+/// (a window's end, or now plus the seconds until the bucket is full), so a thread that
+/// answers many requests formats, checks and allocates it about once a second instead of
+/// once per answer; a clone is a reference count (issue 10 part 7). The value is a function
+/// of `at` alone, so a stale cache can only miss, never answer wrong.
+fn reset_at_value(at: u64) -> HeaderValue {
+    let cached = LAST_RESET_AT.try_with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some((second, value)) if *second == at => value.clone(),
+            _ => {
+                let value = HeaderValue::from(at);
+                *last = Some((at, value.clone()));
+                value
+            }
+        }
+    });
+    // `try_with` fails only while the thread is exiting.
+    cached.unwrap_or_else(|_| HeaderValue::from(at))
+}
+
+/// Room for the two per-decision values: `"name";r=<u32>;t=<u64>` (a policy name is at
+/// most 64 bytes) and `<u32>`.
+const VARYING_CAP: usize = 128;
 
 /// The per-decision header values written side by side, owned by one [`bytes::Bytes`].
 struct Varying {
@@ -276,6 +302,33 @@ mod tests {
             assert_eq!(h["x-ratelimit-limit"], "60", "{len}");
             assert!(!h.contains_key(header::RETRY_AFTER), "{len}");
         }
+    }
+
+    #[test]
+    fn the_reset_value_kept_for_a_second_is_only_used_for_that_second() {
+        for (at, expected) in [
+            (5, "5"),
+            (5, "5"),
+            (6, "6"),
+            (5, "5"),
+            (u64::MAX, "18446744073709551615"),
+        ] {
+            assert_eq!(reset_at_value(at), expected);
+        }
+        // Through the headers: two decisions in one second, then the next second.
+        let limit = LimitHeaders::new("p", Quota::per_minute(60));
+        let d = |secs| Decision {
+            allowed: true,
+            limit: 60,
+            remaining: 1,
+            reset_after: Duration::from_secs(secs),
+            retry_after: None,
+        };
+        let reset =
+            |decision, now| limit.varying_values(&decision, Duration::from_secs(now))[2].clone();
+        assert_eq!(reset(d(10), 100).unwrap(), "110");
+        assert_eq!(reset(d(9), 101).unwrap(), "110");
+        assert_eq!(reset(d(10), 101).unwrap(), "111");
     }
 
     #[tokio::test]
