@@ -245,8 +245,13 @@ pub(crate) fn handler_panicked(payload: Box<dyn std::any::Any + Send + 'static>)
 }
 
 /// Answers a failed Fetch Metadata / `Origin` check with the CSRF problem body.
+///
+/// `pub` in a private module for the reason `service::IntoBody` is: unreachable from outside
+/// the crate, named by the service's [`ResponseFuture`](crate::layer::ResponseFuture)'s
+/// parameter.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct CsrfProblem;
+#[allow(unreachable_pub)]
+pub struct CsrfProblem;
 
 impl ResponseForProtectionError<Body> for CsrfProblem {
     fn response_for_protection_error(&mut self, error: ProtectionError) -> Response {

@@ -22,6 +22,7 @@ use axum::body::Body;
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::FutureExt as _;
+use futures_util::future::CatchUnwind;
 use http::request::Parts;
 use http::{HeaderMap, header};
 use http::{Method, Request};
@@ -48,8 +49,13 @@ type Inner<S> = Csrf<IntoBody<S>, CsrfProblem>;
 /// The handler with its answer's body as axum's [`Body`], so the Fetch Metadata refusal can
 /// answer in the same type. `Body::new` takes an axum handler's own `Body` as it is (no
 /// allocation); only another body type is boxed, once.
+///
+/// `pub` in a private module: unreachable from outside the crate, but the service's
+/// [`ResponseFuture`] holds the inner future unboxed, and a public type's parameter may not
+/// name a crate-private type (E0446).
 #[derive(Clone)]
-pub(crate) struct IntoBody<S>(pub(crate) S);
+#[allow(unreachable_pub)]
+pub struct IntoBody<S>(pub(crate) S);
 
 impl<S, Req, B> Service<Req> for IntoBody<S>
 where
@@ -111,7 +117,7 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Error>;
+    type Future = ResponseFuture<<Inner<S> as Service<Request<LimitedBody<ReqBody>>>>::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -166,7 +172,7 @@ impl<S> SecurityService<S> {
         ctx: Box<Ctx>,
         parts: Parts,
         body: ReqBody,
-    ) -> ResponseFuture<S::Error>
+    ) -> ResponseFuture<<Inner<S> as Service<Request<LimitedBody<ReqBody>>>>::Future>
     where
         S: Service<Request<LimitedBody<ReqBody>>, Response = http::Response<ResBody>>,
         S::Future: Send + 'static,
@@ -186,66 +192,85 @@ impl<S> SecurityService<S> {
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
             Ok(future) => ResponseFuture {
                 state: State::Handler {
-                    future: Box::pin(AssertUnwindSafe(future).catch_unwind()),
+                    future: AssertUnwindSafe(future).catch_unwind(),
                     after: Some(after),
                 },
             },
-            Err(payload) => after.finish_boxed(respond::handler_panicked(payload)),
+            Err(payload) => {
+                ResponseFuture::boxed(after.finish_ok(respond::handler_panicked(payload)))
+            }
         }
     }
 }
 
-/// The future of a [`SecurityService`]: the pipeline's answer, or the inner service's error.
-pub struct ResponseFuture<E> {
-    state: State<E>,
+pin_project_lite::pin_project! {
+    /// The future of a [`SecurityService`]: the pipeline's answer, or the inner service's
+    /// error. `F` is the inner service's future (tower-http's Fetch Metadata check around the
+    /// handler's), held inline: a request that passes the checks at once costs no boxed future
+    /// of ours (issue 10 part 7).
+    pub struct ResponseFuture<F: Future> {
+        #[pin]
+        state: State<F>,
+    }
 }
 
-enum State<E> {
-    /// The answer, decided without waiting (a preflight, a refusal before the audit context).
-    Ready(Option<Response>),
-    /// The handler's future (with a panic caught), then step 10.
-    Handler {
-        future: BoxFuture<'static, std::thread::Result<Result<Response, E>>>,
-        after: Option<After>,
-    },
-    /// The rest of the pipeline, where it must wait (see [`SecurityService::call`]).
-    Boxed(BoxFuture<'static, Result<Response, E>>),
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<F: Future> {
+        // The answer, decided without waiting (a preflight, a refusal before the audit
+        // context).
+        Ready { res: Option<Response> },
+        // The handler's future (with a panic caught), then step 10.
+        Handler {
+            #[pin]
+            future: CatchUnwind<AssertUnwindSafe<F>>,
+            after: Option<After>,
+        },
+        // The rest of the pipeline, where it must wait (see [`SecurityService::call`]).
+        Boxed { future: BoxFuture<'static, F::Output> },
+    }
 }
 
-impl<E> ResponseFuture<E> {
+impl<F: Future> ResponseFuture<F> {
     fn ready(res: Response) -> Self {
         Self {
-            state: State::Ready(Some(res)),
+            state: State::Ready { res: Some(res) },
         }
     }
 
-    fn boxed(future: impl Future<Output = Result<Response, E>> + Send + 'static) -> Self {
+    fn boxed(future: impl Future<Output = F::Output> + Send + 'static) -> Self {
         Self {
-            state: State::Boxed(Box::pin(future)),
+            state: State::Boxed {
+                future: Box::pin(future),
+            },
         }
     }
 }
 
-impl<E> fmt::Debug for ResponseFuture<E> {
+impl<F: Future> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ResponseFuture")
     }
 }
 
-impl<E: Send + 'static> Future for ResponseFuture<E> {
+impl<F, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+    E: Send + 'static,
+{
     type Output = Result<Response, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        let (res, after) = match &mut this.state {
-            State::Ready(res) => {
+        let mut state = self.project().state;
+        let (res, after) = match state.as_mut().project() {
+            StateProj::Ready { res } => {
                 return Poll::Ready(Ok(res
                     .take()
                     .expect("ResponseFuture polled after completion")));
             }
-            State::Boxed(future) => return future.as_mut().poll(cx),
-            State::Handler { future, after } => {
-                let res = match ready!(future.as_mut().poll(cx)) {
+            StateProj::Boxed { future } => return future.as_mut().poll(cx),
+            StateProj::Handler { future, after } => {
+                let res = match ready!(future.poll(cx)) {
                     Ok(Ok(res)) => res,
                     Ok(Err(e)) => return Poll::Ready(Err(e)),
                     Err(payload) => respond::handler_panicked(payload),
@@ -260,8 +285,10 @@ impl<E: Send + 'static> Future for ResponseFuture<E> {
         if after.quiet(&res) {
             return Poll::Ready(Ok(after.decorated(res)));
         }
-        *this = after.finish_boxed(res);
-        Pin::new(this).poll(cx)
+        let mut future: BoxFuture<'static, F::Output> = Box::pin(after.finish_ok(res));
+        let polled = future.as_mut().poll(cx);
+        state.set(State::Boxed { future });
+        polled
     }
 }
 
@@ -462,9 +489,9 @@ impl After {
             && body::check_streamed(self.body_state.get()).is_ok()
     }
 
-    /// [`finish`](Self::finish) as the future's last state.
-    fn finish_boxed<E: Send + 'static>(self, res: Response) -> ResponseFuture<E> {
-        ResponseFuture::boxed(async move { Ok(self.finish(res).await) })
+    /// [`finish`](Self::finish) as the future's last state, in its output type.
+    async fn finish_ok<E>(self, res: Response) -> Result<Response, E> {
+        Ok(self.finish(res).await)
     }
 
     /// Step 9's events, then step 10.
