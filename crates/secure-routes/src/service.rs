@@ -772,8 +772,8 @@ mod tests {
 
     /// The service's own future, which axum boxes for every request on a route (its `Route`
     /// is a boxed service), stays within the per-thread cache too, with room for axum's
-    /// wrappers around it: it holds the inner future inline since stop 21 (440 bytes then
-    /// around axum's `Route`, with 104 for the audit context's box, CORS and body state).
+    /// wrappers around it: it holds the inner future inline since stop 21 (440 bytes around
+    /// axum's `Route` when this test was written).
     #[test]
     fn the_response_future_fits_the_allocators_per_thread_cache() {
         type Future = <SecurityService<Route> as Service<Request<Body>>>::Future;
