@@ -37,7 +37,7 @@ if [ "${PIN:-1}" = 1 ] && command -v taskset >/dev/null && taskset -c 0 true 2>/
 fi
 "${srv_cpu[@]}" "$server" "$addr" > /tmp/bench_server.log 2>&1 &
 pid=$!
-trap 'kill $pid 2>/dev/null || true' EXIT
+trap 'kill $pid 2>/dev/null || true; rm -f "${sleeps_file:-}"' EXIT
 for _ in $(seq 1 100); do
     grep -q ready /tmp/bench_server.log 2>/dev/null && break
     sleep 0.1
@@ -48,31 +48,43 @@ if [ -z "$token" ]; then cat /tmp/bench_server.log >&2; exit 1; fi
 tick=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15, $14}' "/proc/$pid/stat"; }
 
-# One measurement: prints "<us of server CPU per request> <requests> <us of it in user space>".
+# wrk's sleeps (voluntary context switches, from GNU time's rusage) per request, where
+# /usr/bin/time is installed: each time wrk sleeps, the server's next answer must wake it,
+# which on this VM costs server system time (BENCHMARKS.md, stop 21).
+sleeps_file=$(mktemp)
+timer=()
+if [ -x /usr/bin/time ]; then timer=(/usr/bin/time -f %w -o "$sleeps_file"); fi
+
+# One measurement: prints "<us of server CPU per request> <requests> <us of it in user space>
+# <wrk's sleeps per request, or - >".
 run() {
     local path=$1 auth=()
     if [ "$2" = yes ]; then auth=(-H "Authorization: Bearer $token"); fi
     "${wrk_cpu[@]}" wrk -t1 -c"$conns" -d1s "${auth[@]}" "http://$addr$path" >/dev/null # warm-up
     local before after out reqs non2xx user_before user_after
     read -r before user_before < <(cpu_ticks)
-    out=$("${wrk_cpu[@]}" wrk -t1 -c"$conns" -d"${secs}s" "${auth[@]}" "http://$addr$path")
+    echo - > "$sleeps_file"
+    out=$("${wrk_cpu[@]}" "${timer[@]}" wrk -t1 -c"$conns" -d"${secs}s" "${auth[@]}" "http://$addr$path")
     read -r after user_after < <(cpu_ticks)
     reqs=$(echo "$out" | awk '/requests in/ {print $1}')
     non2xx=$(echo "$out" | awk '/Non-2xx/ {print $5}')
     if [ -n "$non2xx" ]; then echo "unexpected non-2xx answers on $path: $non2xx" >&2; exit 1; fi
     # microseconds of server CPU (user + system) per request
     awk -v t=$((after - before)) -v u=$((user_after - user_before)) -v hz="$tick" -v n="$reqs" \
-        'BEGIN { printf "%.2f %d %.2f\n", t / hz * 1e6 / n, n, u / hz * 1e6 / n }'
+        -v w="$(cat "$sleeps_file")" \
+        'BEGIN { printf "%.2f %d %.2f %s\n", t / hz * 1e6 / n, n, u / hz * 1e6 / n,
+                 (w == "-") ? "-" : sprintf("%.3f", w / n) }'
 }
 
 routes=(bare bare-wire public assembled authenticated assembled-jwt)
 declare -A bearer=([bare]=no [bare-wire]=no [public]=no [assembled]=no [authenticated]=yes [assembled-jwt]=yes)
-declare -A all user
+declare -A all user sleeps
 for r in $(seq 1 "$rounds"); do
     for route in "${routes[@]}"; do
-        read -r us n us_user < <(run "/$route" "${bearer[$route]}")
+        read -r us n us_user wrk_sleeps < <(run "/$route" "${bearer[$route]}")
         all[$route]+="$us "
         user[$route]+="$us_user "
+        sleeps[$route]+="$wrk_sleeps "
         printf 'round %d  /%-15s %8s us CPU/request  (%d requests in %ss)\n' "$r" "$route" "$us" "$n" "$secs"
     done
 done
@@ -115,3 +127,8 @@ echo
 echo "  PUBLIC / bare $(ratio "${umed[public]}" "${umed[bare]}"), PUBLIC / assembled" \
     "$(ratio "${umed[public]}" "${umed[assembled]}"), AUTHENTICATED / assembled+JWT" \
     "$(ratio "${umed[authenticated]}" "${umed[assembled-jwt]}")"
+if [ ${#timer[@]} -gt 0 ]; then
+    printf "wrk's sleeps per request (medians):"
+    for route in "${routes[@]}"; do printf ' /%s %s' "$route" "$(echo "${sleeps[$route]}" | median)"; done
+    echo
+fi
