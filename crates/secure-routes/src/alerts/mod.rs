@@ -13,7 +13,7 @@
 //! * a JSON body is queued for the rule's webhook: a Slack-compatible `text`
 //!   (`secure-routes: rule auth-failures fired for ip 203.0.113.7: 5 unauthorized_access in
 //!   1m`) and the fields `id`, `rule`, `action`, `outcome`, `per`, `key`, `count`,
-//!   `within_seconds`, `fired_at`, signed as the [`webhook`] module describes;
+//!   `within_seconds`, `fired_at`, signed as [below](#the-signature-stripes-scheme) describes;
 //! * the key stays quiet for the rule's `cooldown`: one attack sends one alert, not thousands.
 //!
 //! Delivery runs in a background task, never on the request path: a bounded queue (full: the
@@ -75,6 +75,26 @@
 //! writer.shutdown().await;
 //! # });
 //! ```
+//!
+//! ## The signature (Stripe's scheme)
+//!
+//! Each POST carries `X-Secure-Routes-Signature: t=<unix seconds>,v1=<hex>`, where `v1` is
+//! HMAC-SHA256 keyed by the shared secret over the bytes `t` + `"."` + the raw body. The
+//! timestamp is inside the MAC, so a receiver that refuses old timestamps also refuses a
+//! captured request replayed later (a body alone, signed without time, could be replayed
+//! forever). A receiver:
+//!
+//! 1. reads `t` and every `v1` from the header (more than one `v1` may come during a secret
+//!    rotation; unknown keys are ignored);
+//! 2. refuses a `t` more than a tolerance (5 minutes is usual) away from its own clock;
+//! 3. computes HMAC-SHA256(secret, `t` + "." + raw body) over the body bytes exactly as
+//!    received (before any JSON parsing, which would change them);
+//! 4. compares it with each `v1` in constant time (a `==` on strings leaks, by its timing, how
+//!    many leading bytes matched).
+//!
+//! [`verify_signature`] does all four for a Rust receiver. Retries are signed again with their
+//! own time; the body's `id` stays the same, so a receiver can drop duplicates (delivery is
+//! at-least-once: a timed-out POST may still have arrived).
 
 mod webhook;
 mod window;

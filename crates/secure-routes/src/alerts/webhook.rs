@@ -1,24 +1,7 @@
 //! Webhook delivery: the signature, its verification, and the background task that POSTs.
 //!
-//! ## The signature (Stripe's scheme)
-//!
-//! Each POST carries `X-Secure-Routes-Signature: t=<unix seconds>,v1=<hex>`, where `v1` is
-//! HMAC-SHA256 keyed by the shared secret over the bytes `t` + `"."` + the raw body. The
-//! timestamp is inside the MAC, so a receiver that refuses old timestamps also refuses a
-//! captured request replayed later (a body alone, signed without time, could be replayed
-//! forever). A receiver:
-//!
-//! 1. reads `t` and every `v1` from the header (more than one `v1` may come during a secret
-//!    rotation; unknown keys are ignored);
-//! 2. refuses a `t` more than a tolerance (5 minutes is usual) away from its own clock;
-//! 3. computes HMAC-SHA256(secret, `t` + "." + raw body) over the body bytes exactly as
-//!    received (before any JSON parsing, which would change them);
-//! 4. compares it with each `v1` in constant time (a `==` on strings leaks, by its timing, how
-//!    many leading bytes matched).
-//!
-//! [`verify_signature`] does all four for a Rust receiver. Retries are signed again with their
-//! own time; the body's `id` stays the same, so a receiver can drop duplicates (delivery is
-//! at-least-once: a timed-out POST may still have arrived).
+//! The signature scheme is described in the [`alerts` module docs](super), where users read it
+//! (this module is private).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -88,7 +71,7 @@ pub enum SignatureError {
     Mismatch,
 }
 
-/// Checks a webhook request as a receiver should (see the [module docs](self)): the header
+/// Checks a webhook request as a receiver should (see the [module docs](super)): the header
 /// parses, its timestamp is within `tolerance` of `now` (Unix time), and one of its `v1`
 /// values is the HMAC of `t.body` under `secret`, compared in constant time. Never panics,
 /// whatever the header holds.

@@ -613,7 +613,7 @@ pub trait BanStore: Send + Sync + 'static {
 /// One key's ban state, and the pure step every store runs (Redis runs a Lua port of it).
 ///
 /// For store implementors: load the state (or [`BanState::default`] for an unknown key), call
-/// one method, store the result (delete it once [`expires_at`](Self::expires_at) has passed:
+/// one method, store the result (delete it once [`expires`](Self::expires) has passed:
 /// the state then decides like a fresh key). Times are whole milliseconds since the epoch.
 ///
 /// ```
