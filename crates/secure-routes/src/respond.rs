@@ -104,14 +104,14 @@ impl Ctx {
         else {
             return false;
         };
-        let mut content_type = false;
+        let mut has_content_type = false;
         for name in res.headers().keys() {
             if Template::sets(name) {
                 return false;
             }
-            content_type |= *name == header::CONTENT_TYPE;
+            has_content_type |= *name == header::CONTENT_TYPE;
         }
-        if !content_type {
+        if !has_content_type {
             return false;
         }
         let varying = match (&self.limit, &state.limit_headers) {
