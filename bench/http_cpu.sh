@@ -50,7 +50,8 @@ cpu_ticks() { awk '{print $14 + $15, $14}' "/proc/$pid/stat"; }
 
 # wrk's sleeps (voluntary context switches, from GNU time's rusage) per request, where
 # /usr/bin/time is installed: each time wrk sleeps, the server's next answer must wake it,
-# which on this VM costs server system time (BENCHMARKS.md, stop 21).
+# and a slower route makes it sleep more often. How much of the server's system time that
+# costs was not measured apart (BENCHMARKS.md, stop 21).
 sleeps_file=$(mktemp)
 timer=()
 if [ -x /usr/bin/time ]; then timer=(/usr/bin/time -f %w -o "$sleeps_file"); fi
