@@ -129,6 +129,7 @@ impl Decoration {
     ) -> Self {
         let mut base = HeaderMap::new();
         policy.security_headers().apply(&mut base, https);
+        intern_values(&mut base);
         let template = |no_store, cors| Template::new(&base, limit, no_store, cors);
         let templates = (!base
             .keys()
@@ -185,6 +186,7 @@ impl Template {
             crate::response::cors::merge_cors(&mut map, cors);
             map.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
         }
+        intern_values(&mut map);
         Self {
             map,
             content_type,
@@ -201,6 +203,80 @@ impl Template {
             || *name == X_REQUEST_ID
             || LimitHeaders::is_limit_header(name)
             || name.as_str().starts_with("access-control-")
+    }
+}
+
+/// Gives every value of `map` `'static` bytes (see [`interned`]), in place: the entries,
+/// their order and the map's size stay as they were.
+fn intern_values(map: &mut HeaderMap) {
+    for value in map.values_mut() {
+        *value = interned(value);
+    }
+}
+
+/// The most bytes [`interned`] keeps for the life of the process.
+const INTERNED_MAX_BYTES: usize = 1 << 20;
+
+/// The values [`interned`] has kept.
+static INTERNED: std::sync::Mutex<Interner> = std::sync::Mutex::new(Interner::new());
+
+/// `value` with `'static` bytes: the same bytes, kept for the life of the process and shared
+/// by every policy that sets them.
+///
+/// Why: every answer starts as a copy of a [`Template`] or of [`Decoration::base`], and a
+/// copy of a value built at run time (a policy's `RateLimit-Policy` and `X-RateLimit-Limit`,
+/// tower-http's `Vary`, a security header the user set) takes and drops a reference count,
+/// an atomic instruction each, where a copy of `'static` bytes takes none. Three such values
+/// were six of PUBLIC's 44 atomic instructions per request, and a reference count taken and
+/// dropped costs about what an allocation does (issue 10 part 7; BENCHMARKS.md, stop 22).
+///
+/// Bounded: only a policy's own header values come here (never a request's), each kept once
+/// however many policies set it (building the same policies again, as a gateway reload
+/// does, keeps nothing new), and past [`INTERNED_MAX_BYTES`] in all a value is copied as it
+/// is, reference counted.
+fn interned(value: &HeaderValue) -> HeaderValue {
+    let kept = match INTERNED.lock() {
+        Ok(mut interner) => interner.keep(value.as_bytes(), INTERNED_MAX_BYTES),
+        Err(_) => None,
+    };
+    let static_value = kept
+        .and_then(|bytes| HeaderValue::from_maybe_shared(bytes::Bytes::from_static(bytes)).ok());
+    match static_value {
+        Some(mut v) => {
+            v.set_sensitive(value.is_sensitive());
+            v
+        }
+        None => value.clone(),
+    }
+}
+
+/// Byte strings kept for the life of the process, each once.
+struct Interner {
+    kept: std::collections::BTreeSet<&'static [u8]>,
+    bytes: usize,
+}
+
+impl Interner {
+    const fn new() -> Self {
+        Self {
+            kept: std::collections::BTreeSet::new(),
+            bytes: 0,
+        }
+    }
+
+    /// `bytes`, kept: the copy kept before, or a new one while the total stays within
+    /// `max_bytes`; `None` past it.
+    fn keep(&mut self, bytes: &[u8], max_bytes: usize) -> Option<&'static [u8]> {
+        if let Some(kept) = self.kept.get(bytes) {
+            return Some(kept);
+        }
+        if self.bytes + bytes.len() > max_bytes {
+            return None;
+        }
+        let kept: &'static [u8] = Box::leak(bytes.into());
+        self.kept.insert(kept);
+        self.bytes += kept.len();
+        Some(kept)
     }
 }
 
@@ -362,5 +438,75 @@ impl Ctx {
                 "security event"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rate_limit::Quota;
+
+    #[test]
+    fn the_interner_keeps_each_value_once_and_stops_at_its_bound() {
+        let mut interner = Interner::new();
+        let abc = interner.keep(b"abc", 10).unwrap();
+        assert_eq!(abc, b"abc");
+        let again = interner.keep(b"abc", 10).unwrap();
+        assert!(std::ptr::eq(abc, again), "kept once, then shared");
+        assert_eq!(interner.keep(b"defghijk", 10), None, "3 + 8 bytes > 10");
+        assert_eq!(interner.keep(b"defg", 10).unwrap(), b"defg");
+        assert_eq!(interner.bytes, 7);
+        assert!(
+            interner.keep(b"abc", 0).is_some(),
+            "a kept value is shared past the bound"
+        );
+    }
+
+    #[test]
+    fn an_interned_value_keeps_its_bytes_and_sensitivity() {
+        let mut secret = HeaderValue::from_str("made at run time").unwrap();
+        secret.set_sensitive(true);
+        let v = interned(&secret);
+        assert_eq!(v, secret);
+        assert!(v.is_sensitive());
+        assert!(!interned(&HeaderValue::from_static("x")).is_sensitive());
+    }
+
+    /// Every value of a template and of the base is interned: two decorations of one policy
+    /// (as a reload builds) share every value's bytes, the ones made at run time too.
+    #[test]
+    fn a_policys_decorations_share_interned_values() {
+        let policy = Policy::public();
+        // Each built anew, as a reload does: without interning, the values made at run time
+        // would have bytes of their own.
+        let decoration = || {
+            let limit = LimitHeaders::new("public", Quota::per_minute(100));
+            let mut cors = HeaderMap::new();
+            let vary = HeaderValue::from_str("origin, made-at-run-time").unwrap();
+            cors.insert(header::VARY, vary);
+            Decoration::new(&policy, true, Some(&limit), &cors)
+        };
+        let (a, b) = (decoration(), decoration());
+        let same = |x: &HeaderMap, y: &HeaderMap| {
+            assert_eq!(x, y);
+            for (v, w) in x.values().zip(y.values()) {
+                assert_eq!(v.as_bytes().as_ptr(), w.as_bytes().as_ptr(), "{v:?}");
+            }
+        };
+        same(&a.base, &b.base);
+        for (authenticated, constant_cors) in
+            [(false, false), (true, false), (false, true), (true, true)]
+        {
+            let (x, y) = (
+                a.template(authenticated, constant_cors).unwrap(),
+                b.template(authenticated, constant_cors).unwrap(),
+            );
+            same(&x.map, &y.map);
+        }
+        let policy_value = a.template(false, true).unwrap().map.get("ratelimit-policy");
+        assert!(
+            policy_value.is_some(),
+            "the run-time value is in the template"
+        );
     }
 }

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use futures_util::FutureExt as _;
 use futures_util::future::CatchUnwind;
 use http::request::Parts;
-use http::{HeaderMap, header};
+use http::{HeaderMap, HeaderValue, header};
 use http::{Method, Request};
 use tower::{BoxError, ServiceExt as _};
 use tower_http::csrf::Csrf;
@@ -135,21 +135,23 @@ where
     /// off. Why: the common request then costs no boxed pipeline future, no clone of the inner
     /// service and no `oneshot` (issue 10 part 7; BENCHMARKS.md, stop 19).
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let state = self.state.clone();
+        // Borrowed: the audit context takes the one reference this request holds (a
+        // reference count is an atomic instruction; issue 10 part 7).
+        let state = &self.state;
         let (mut parts, body) = req.into_parts();
         // The headers as the client sent them (step 1 sets `x-request-id`).
         let fingerprint = state
             .fingerprint_read
             .then(|| Fingerprint::of(&parts.method, parts.version, &parts.headers));
         // 1. The client (a server without a socket peer is a configuration error: 500).
-        let client = match client::resolve(&state, &mut parts) {
+        let client = match client::resolve(state, &mut parts) {
             Ok(c) => c,
-            Err(r) => return ResponseFuture::ready(respond::unaudited(&state, r)),
+            Err(r) => return ResponseFuture::ready(respond::unaudited(state, r)),
         };
         // Boxed: the audit context outlives this call in every path, and moves into the
         // future whole.
-        let mut ctx = Box::new(context(&state, &parts, client, fingerprint));
-        let from = match front(&state, &mut ctx, &parts) {
+        let mut ctx = Box::new(context(state, &parts, client, fingerprint));
+        let from = match front(state, &mut ctx, &parts) {
             Front::Passed => return self.call_handler(ctx, parts, body),
             Front::Preflight => return ResponseFuture::ready(ctx.preflight(&parts.headers)),
             Front::Refused(r) => {
@@ -160,7 +162,7 @@ where
         // The clone is not ready; the one poll_ready prepared is taken (tower's usual swap).
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::boxed(run(state, ctx, parts, body, inner, from))
+        ResponseFuture::boxed(run(ctx.state.clone(), ctx, parts, body, inner, from))
     }
 }
 
@@ -516,18 +518,24 @@ impl After {
     /// Step 10: from the policy's template when the answer fits one (see
     /// `context::Template`), else the general way; then the CORS headers (names step 10 never
     /// sets; merged into the decorated map, instead of growing the handler's).
-    fn decorated(self, mut res: Response) -> Response {
+    fn decorated(mut self, mut res: Response) -> Response {
+        // The audit context ends here (`self` is consumed): its request id moves into the
+        // answer rather than being copied (a reference count fewer).
+        let id = std::mem::replace(&mut self.ctx.request_id, HeaderValue::from_static(""));
         // Without `Origin`, the policy's constant CORS headers are in the template.
-        if self
+        let id = match self
             .ctx
-            .decorate_from_template(&mut res, self.cors.is_none())
+            .decorate_from_template(&mut res, self.cors.is_none(), id)
         {
-            if let Some(cors) = &self.cors {
-                merge_cors(res.headers_mut(), cors);
+            Ok(()) => {
+                if let Some(cors) = &self.cors {
+                    merge_cors(res.headers_mut(), cors);
+                }
+                return res;
             }
-            return res;
-        }
-        self.ctx.decorate(&mut res);
+            Err(id) => id,
+        };
+        self.ctx.decorate(&mut res, id);
         let cors = self
             .cors
             .as_ref()
@@ -804,14 +812,17 @@ mod tests {
             l
         };
         let mut general = answer();
-        ctx.decorate(&mut general);
+        ctx.decorate(&mut general, ctx.request_id.clone());
         merge_cors(
             general.headers_mut(),
             cors.unwrap_or(&ctx.state.cors_without_origin),
         );
         let general = lines(general);
         let mut fast = answer();
-        if !ctx.decorate_from_template(&mut fast, cors.is_none()) {
+        if ctx
+            .decorate_from_template(&mut fast, cors.is_none(), ctx.request_id.clone())
+            .is_err()
+        {
             assert_eq!(
                 fast.headers(),
                 handler,
