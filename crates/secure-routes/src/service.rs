@@ -31,7 +31,7 @@ use tower_http::csrf::Csrf;
 use tower_service::Service;
 
 use crate::audit::{Outcome, Reason};
-use crate::context::{Ctx, RouteState};
+use crate::context::{Ctx, RequestPath, RouteState};
 use crate::fingerprint::Fingerprint;
 use crate::guard::body::{LimitedBody, SharedBodyState};
 use crate::guard::client::Client;
@@ -345,7 +345,7 @@ fn front(state: &RouteState, ctx: &mut Ctx, parts: &Parts) -> Front {
     if let Err(r) = subject_ban(state, ctx) {
         return Front::Refused(r);
     }
-    let (route, subject) = (&ctx.route, ctx.subject.as_ref());
+    let (route, subject) = (ctx.route(), ctx.subject.as_ref());
     match rate_limit::check(state, route, ctx.ip, subject, ctx.fingerprint.as_ref()) {
         Ok(Ok(limited)) => record_limit(ctx, limited),
         Ok(Err(r)) => return Front::Refused(r),
@@ -392,7 +392,7 @@ where
                 .await
                 .err(),
             Resume::AuthFailed(reason) => {
-                Some(auth::failed(&state, &ctx.route, ctx.ip, reason).await)
+                Some(auth::failed(&state, ctx.route(), ctx.ip, reason).await)
             }
             Resume::Store(pending) => {
                 match Box::pin(rate_limit::check_async(&state, pending)).await {
@@ -577,11 +577,11 @@ async fn checks(
     refusals: &mut Refusals,
 ) -> Result<(), Rejection> {
     refusals.step(method::check(state.policy.methods(), &parts.method))?;
-    let subject = refusals.step(auth::authenticate(state, parts, &ctx.route, ctx.ip).await)?;
+    let subject = refusals.step(auth::authenticate(state, parts, ctx.route(), ctx.ip).await)?;
     let authenticated = subject.is_some();
     ctx.subject = subject.flatten();
     refusals.step(subject_ban(state, ctx))?;
-    let (route, subject) = (&ctx.route, ctx.subject.as_ref());
+    let (route, subject) = (ctx.route(), ctx.subject.as_ref());
     let limited = match rate_limit::check(state, route, ctx.ip, subject, ctx.fingerprint.as_ref()) {
         Ok(answer) => answer,
         // A store that must be waited for: boxed, so its future does not size every
@@ -688,8 +688,8 @@ fn context(
     Ctx {
         state: state.clone(),
         method: parts.method.clone(),
-        path: parts.uri.clone(),
-        route: client.route,
+        path: RequestPath::of(&parts.uri),
+        bucket: client.route,
         request_id: client.request_id,
         now: client.now,
         ip: client.ip,
@@ -731,7 +731,7 @@ mod tests {
                 ip: std::net::Ipv4Addr::LOCALHOST.into(),
                 request_id: http::HeaderValue::from_static("id"),
                 now: std::time::Duration::ZERO,
-                route: Arc::from("route"),
+                route: crate::context::Bucket::Own(Arc::from("route")),
             };
             let fingerprint = Fingerprint::of(&parts.method, parts.version, &parts.headers);
             let ctx = Box::new(context(&state, &parts, client, Some(fingerprint)));
@@ -894,7 +894,7 @@ mod tests {
                 ip: std::net::Ipv4Addr::LOCALHOST.into(),
                 request_id: HeaderValue::from_static("the-id"),
                 now: std::time::Duration::from_secs(1_000),
-                route: Arc::from("route"),
+                route: crate::context::Bucket::Own(Arc::from("route")),
             };
             let mut ctx = context(&state, &parts, client, None);
             ctx.limit = quota.map(|q| crate::rate_limit::Decision {

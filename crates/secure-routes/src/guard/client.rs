@@ -17,7 +17,7 @@ use http::request::Parts;
 
 use crate::audit::Reason;
 use crate::client_ip::ClientIp;
-use crate::context::RouteState;
+use crate::context::{Bucket, RouteState};
 use crate::request_id::{X_REQUEST_ID, fresh_request_id_at, plain_request_id};
 use crate::response::problem::{Rejection, RejectionKind};
 
@@ -30,7 +30,7 @@ pub(crate) struct Client {
     /// The pipeline's clock when the request arrived (the fresh id's time).
     pub(crate) now: Duration,
     /// The route identity: `route:<template>`, `bucket:<name>` or `policy:<name>`.
-    pub(crate) route: Arc<str>,
+    pub(crate) route: Bucket,
 }
 
 /// Resolves the client, and puts the request id (header) and [`ClientIp`] (extension) into
@@ -85,25 +85,25 @@ fn missing_peer(state: &RouteState) -> Rejection {
     Rejection::new(RejectionKind::Internal, Reason::MissingConnectInfo)
 }
 
-fn route_identity(state: &RouteState, parts: &Parts) -> Arc<str> {
-    if let Some(b) = &state.fixed_bucket {
-        return b.clone();
+fn route_identity(state: &RouteState, parts: &Parts) -> Bucket {
+    if state.fixed_bucket.is_some() {
+        return Bucket::Fixed;
     }
     match parts.extensions.get::<MatchedPath>() {
         // The matched template, never the raw URL: `?x=1`, case or encoding tricks cannot
         // create a fresh bucket.
         Some(m) => {
             let template = m.as_str();
-            let (seen, bucket) = state
+            let (seen, _) = state
                 .route_bucket
                 .get_or_init(|| (template.into(), Arc::from(format!("route:{template}"))));
             if **seen == *template {
-                bucket.clone()
+                Bucket::Route
             } else {
-                Arc::from(format!("route:{template}"))
+                Bucket::Own(Arc::from(format!("route:{template}")))
             }
         }
         // Applied outside routing (a whole-router `.layer`): one bucket for the policy.
-        None => state.fallback_bucket.clone(),
+        None => Bucket::Fallback,
     }
 }
