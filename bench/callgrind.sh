@@ -10,6 +10,10 @@
 # (they do move with the compiler, the dependencies' versions and the CPU features the
 # libraries detect at run time: valgrind's CPU has no SHA extensions, for one).
 #
+# Also counted per request: calls to malloc, and atomic instructions (bench/atomics.py: an
+# uncontended atomic costs about 20 cycles, a reference count taken and dropped about what an
+# allocation does, yet each is one instruction here; issue 10 part 7, stop 22).
+#
 # Usage: bench/callgrind.sh [FEW] [MANY]        (defaults 1000 and 6000)
 # INSTRUCTIONS_BIN=path runs a driver built before (a before/after comparison: build the
 # `instructions` bench on the old commit, copy the binary aside, run both with the same script).
@@ -37,7 +41,7 @@ instructions() { # route, requests, output file -> total instructions (Ir) of th
     # memory store's CPU-counter calibration runs for a time, not a number of steps, and
     # moved the per-request figure by thousands of instructions between runs).
     valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*measured_requests*' \
-        --callgrind-out-file="$3" "$bin" "$1" "$2" 2>/dev/null >/dev/null
+        --dump-instr=yes --callgrind-out-file="$3" "$bin" "$1" "$2" 2>/dev/null >/dev/null
     awk '/^(summary|totals):/ {print $2; exit}' "$3"
 }
 
@@ -61,8 +65,11 @@ for route in bare_handler bare_wire public assembled authenticated_hs256 assembl
     allocs=$(awk -v a="$(mallocs "$out/$route.few.out")" \
         -v b="$(mallocs "$out/$route.out")" -v n=$((many - few)) \
         'BEGIN { printf "%.1f", (b - a) / n }')
-    printf '%-22s %8s instructions/request  %5s mallocs/request   (%s requests: %s, %s requests: %s)\n' \
-        "$route" "${per[$route]}" "$allocs" "$few" "$a" "$many" "$b"
+    atomics=$(awk -v a="$(bench/atomics.py "$out/$route.few.out")" \
+        -v b="$(bench/atomics.py "$out/$route.out")" -v n=$((many - few)) \
+        'BEGIN { printf "%.1f", (b - a) / n }')
+    printf '%-22s %8s instructions/request  %5s mallocs  %5s atomics/request   (%s requests: %s, %s requests: %s)\n' \
+        "$route" "${per[$route]}" "$allocs" "$atomics" "$few" "$a" "$many" "$b"
 done
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 added() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.0f", a - b }'; }
