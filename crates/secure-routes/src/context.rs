@@ -308,8 +308,12 @@ static INTERNED: std::sync::Mutex<Interner> = std::sync::Mutex::new(Interner::ne
 /// Bounded: only a policy's own header values come here (never a request's), each kept once
 /// however many policies set it (building the same policies again, as a gateway reload
 /// does, keeps nothing new), and past [`INTERNED_MAX_BYTES`] in all a value is copied as it
-/// is, reference counted.
+/// is, reference counted. A value marked sensitive is not kept past its policy either: it is
+/// copied as it is.
 fn interned(value: &HeaderValue) -> HeaderValue {
+    if value.is_sensitive() {
+        return value.clone();
+    }
     let kept = match INTERNED.lock() {
         Ok(mut interner) => interner.keep(value.as_bytes(), INTERNED_MAX_BYTES),
         Err(_) => None,
@@ -317,10 +321,7 @@ fn interned(value: &HeaderValue) -> HeaderValue {
     let static_value = kept
         .and_then(|bytes| HeaderValue::from_maybe_shared(bytes::Bytes::from_static(bytes)).ok());
     match static_value {
-        Some(mut v) => {
-            v.set_sensitive(value.is_sensitive());
-            v
-        }
+        Some(v) => v,
         None => value.clone(),
     }
 }
@@ -559,13 +560,22 @@ mod tests {
     }
 
     #[test]
-    fn an_interned_value_keeps_its_bytes_and_sensitivity() {
-        let mut secret = HeaderValue::from_str("made at run time").unwrap();
-        secret.set_sensitive(true);
-        let v = interned(&secret);
-        assert_eq!(v, secret);
+    fn a_sensitive_value_is_copied_not_kept() {
+        let mut sensitive = HeaderValue::from_str("made at run time, sensitive").unwrap();
+        sensitive.set_sensitive(true);
+        let v = interned(&sensitive);
+        assert_eq!(v, sensitive);
         assert!(v.is_sensitive());
-        assert!(!interned(&HeaderValue::from_static("x")).is_sensitive());
+        assert_eq!(
+            v.as_bytes().as_ptr(),
+            sensitive.as_bytes().as_ptr(),
+            "a copy, not kept"
+        );
+        let plain = HeaderValue::from_str("made at run time, plain").unwrap();
+        let kept = interned(&plain);
+        assert_eq!(kept, plain);
+        assert!(!kept.is_sensitive());
+        assert_ne!(kept.as_bytes().as_ptr(), plain.as_bytes().as_ptr(), "kept");
     }
 
     /// Every value of a template and of the base is interned: two decorations of one policy
