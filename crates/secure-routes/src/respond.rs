@@ -15,7 +15,7 @@ use tower_http::csrf::{ProtectionError, ProtectionErrorKind, ResponseForProtecti
 use crate::audit::{Outcome, Reason, sanitize};
 use crate::context::{Ctx, RouteState, Template};
 use crate::rate_limit::headers::{LimitHeaders, RATELIMIT};
-use crate::request_id::{X_REQUEST_ID, fresh_request_id};
+use crate::request_id::{X_REQUEST_ID, fresh_request_id_at};
 use crate::response::cors::merge_cors;
 use crate::response::problem::{Rejection, RejectionInfo, RejectionKind};
 
@@ -235,11 +235,12 @@ fn insert_all(target: &mut HeaderMap, own: HeaderMap) {
 
 /// A refusal before the request has an audit context (no client address): the policy's
 /// security headers and a fresh request id, no audit event (there is no client to record).
+/// The id's time is the pipeline's `Clock`, as every other id the policy makes.
 pub(crate) fn unaudited(state: &RouteState, rejection: Rejection) -> Response {
     let mut res = rejection.into_response();
     let h = res.headers_mut();
     state.policy.security_headers().apply(h, state.shared.https);
-    h.insert(X_REQUEST_ID, fresh_request_id());
+    h.insert(X_REQUEST_ID, fresh_request_id_at(state.shared.clock.now()));
     res
 }
 

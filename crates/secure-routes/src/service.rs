@@ -757,6 +757,35 @@ mod tests {
             .unwrap()
     }
 
+    /// A request refused before it has an audit context (no socket peer) gets a request id
+    /// made at the pipeline's clock, like every other id the policy makes.
+    #[test]
+    fn an_unaudited_refusal_takes_its_id_time_from_the_pipelines_clock() {
+        let at = std::time::Duration::from_millis(1_700_000_000_123);
+        let security = Security::builder()
+            .csrf_secret([9u8; 32])
+            .clock(Arc::new(crate::clock::FakeClock::new(at)))
+            .build()
+            .unwrap();
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(|| async { "ok" }).layer(security.layer(Policy::public()).unwrap()),
+        );
+        // No `ConnectInfo`: refused before step 1 has a client.
+        let res = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(tower::ServiceExt::oneshot(app, Request::new(Body::empty())))
+            .unwrap();
+        assert_eq!(res.status(), 500);
+        let id = res.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .replace('-', "");
+        let ms = u64::from_str_radix(&id[..12], 16).unwrap();
+        assert_eq!(ms, 1_700_000_000_123, "UUIDv7's 48-bit Unix milliseconds");
+    }
+
     /// The pipeline's future for a request that must wait (`run`, boxed once for it) stays
     /// within the 1,024 bytes glibc serves from its per-thread cache: a larger allocation takes the arena path, which on
     /// a busy server also consolidates freed small chunks first (`malloc_consolidate`, about
