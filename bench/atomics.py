@@ -3,9 +3,9 @@
 prefixed instructions (and xchg with a memory operand, locked without the prefix) found in the
 profiled objects by objdump, weighted by how often callgrind saw each one run.
 
-Why a count of its own: an uncontended atomic read-modify-write costs about 20 cycles on the
-machines this project measures on (a reference count taken and dropped, 10-20 ns, about what
-an allocation and its free cost), yet it is one instruction in an instruction count. Per-request
+Why a count of its own: a reference count taken and dropped (two uncontended atomics)
+measured 10-20 ns on the machines this project measures on, about what an allocation and its
+free cost, yet each atomic is one instruction in an instruction count. Per-request
 reference counts were most of what separated PUBLIC's CPU time over HTTP from what its
 instruction count predicted (issue 10 part 7; BENCHMARKS.md, stop 22).
 

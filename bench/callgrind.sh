@@ -10,9 +10,9 @@
 # (they do move with the compiler, the dependencies' versions and the CPU features the
 # libraries detect at run time: valgrind's CPU has no SHA extensions, for one).
 #
-# Also counted per request: calls to malloc, and atomic instructions (bench/atomics.py: an
-# uncontended atomic costs about 20 cycles, a reference count taken and dropped about what an
-# allocation does, yet each is one instruction here; issue 10 part 7, stop 22).
+# Also counted per request: calls to malloc, and atomic instructions (bench/atomics.py: a
+# reference count taken and dropped, two atomics, costs about what an allocation does, yet
+# each atomic is one instruction here; issue 10 part 7, stop 22).
 #
 # Usage: bench/callgrind.sh [FEW] [MANY]        (defaults 1000 and 6000)
 # INSTRUCTIONS_BIN=path runs a driver built before (a before/after comparison: build the
