@@ -689,7 +689,7 @@ fn context(
         state: state.clone(),
         method: parts.method.clone(),
         path: RequestPath::of(&parts.uri),
-        bucket: client.route,
+        bucket: client.bucket,
         request_id: client.request_id,
         now: client.now,
         ip: client.ip,
@@ -731,7 +731,7 @@ mod tests {
                 ip: std::net::Ipv4Addr::LOCALHOST.into(),
                 request_id: http::HeaderValue::from_static("id"),
                 now: std::time::Duration::ZERO,
-                route: crate::context::Bucket::Own(Arc::from("route")),
+                bucket: crate::context::Bucket::Own(Arc::from("route")),
             };
             let fingerprint = Fingerprint::of(&parts.method, parts.version, &parts.headers);
             let ctx = Box::new(context(&state, &parts, client, Some(fingerprint)));
@@ -923,7 +923,7 @@ mod tests {
                 ip: std::net::Ipv4Addr::LOCALHOST.into(),
                 request_id: HeaderValue::from_static("the-id"),
                 now: std::time::Duration::from_secs(1_000),
-                route: crate::context::Bucket::Own(Arc::from("route")),
+                bucket: crate::context::Bucket::Own(Arc::from("route")),
             };
             let mut ctx = context(&state, &parts, client, None);
             ctx.limit = quota.map(|q| crate::rate_limit::Decision {

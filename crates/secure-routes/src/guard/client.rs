@@ -29,8 +29,9 @@ pub(crate) struct Client {
     pub(crate) request_id: HeaderValue,
     /// The pipeline's clock when the request arrived (the fresh id's time).
     pub(crate) now: Duration,
-    /// The route identity: `route:<template>`, `bucket:<name>` or `policy:<name>`.
-    pub(crate) route: Bucket,
+    /// The route identity (`route:<template>`, `bucket:<name>` or `policy:<name>`), named
+    /// as the audit context keeps it ([`Bucket`]).
+    pub(crate) bucket: Bucket,
 }
 
 /// Resolves the client, and puts the request id (header) and [`ClientIp`] (extension) into
@@ -58,12 +59,12 @@ pub(crate) fn resolve(state: &RouteState, parts: &mut Parts) -> Result<Client, R
     };
     parts.headers.insert(X_REQUEST_ID, request_id.clone());
     parts.extensions.insert(ClientIp(ip));
-    let route = route_identity(state, parts);
+    let bucket = route_identity(state, parts);
     Ok(Client {
         ip,
         request_id,
         now,
-        route,
+        bucket,
     })
 }
 
